@@ -1,0 +1,5 @@
+import sys
+
+from polymodal.cli import main
+
+sys.exit(main())

@@ -1,0 +1,123 @@
+"""``polymodal <verb>``: train, export, tokenizer training.
+
+Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from polymodal.config import ConfigError, load_config
+
+EXIT_CONFIG_ERROR = 2
+EXIT_TRAINING_STOPPED = 3
+
+DEBUG_SETTINGS = {
+    "experiment.debug": True,
+    "experiment.log_every": 1,
+    "experiment.eval_every": 10,
+    "experiment.eval_steps": 2,
+    "experiment.ckpt_every": 10,
+    "experiment.resume": "none",
+    "experiment.wandb.enabled": False,
+}
+DEBUG_MAX_STEPS = 20
+
+
+def apply_debug_settings(cfg: DictConfig) -> None:
+    """A quick, verbose, local run: few steps, every log line, no remote logging, its own output dir."""
+    for key, value in DEBUG_SETTINGS.items():
+        OmegaConf.update(cfg, key, value)
+    cfg.experiment.total_steps = min(cfg.experiment.total_steps, DEBUG_MAX_STEPS)
+    cfg.experiment.output_dir = f"{cfg.experiment.output_dir}-debug"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from polymodal.train.distributed import teardown_distributed
+    from polymodal.train.trainer import Trainer, TrainingStopped
+
+    cfg = load_config(args.config, args.overrides)
+    if args.debug:
+        apply_debug_settings(cfg)
+    try:
+        result = Trainer(cfg).fit()
+    except TrainingStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return EXIT_TRAINING_STOPPED
+    finally:
+        teardown_distributed()
+    val = result["val"].get("loss")
+    print(f"finished at step {result['step']}" + (f", validation loss {val:.4f}" if val is not None else ""))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from polymodal.config import instantiate
+    from polymodal.train.checkpoint import Checkpointer, load_model_weights
+    from polymodal.train.distributed import DistEnv, resolve_device
+    from polymodal.train.weights import export_weights
+
+    checkpoint = Path(args.checkpoint)
+    if not (checkpoint / "config.yaml").is_file():  # a run directory: take its newest complete checkpoint
+        env = DistEnv(rank=0, local_rank=0, world_size=1, device=resolve_device("cpu"))
+        newest = Checkpointer(checkpoint / "checkpoints", keep_last=1, env=env).latest()
+        if newest is None:
+            raise ConfigError(f"{checkpoint} is neither a checkpoint nor a run directory with checkpoints")
+        checkpoint = newest
+    config_yaml = (checkpoint / "config.yaml").read_text()
+    model = instantiate(OmegaConf.create(config_yaml).model)
+    load_model_weights(checkpoint, model)
+    weights = export_weights(model, Path(args.out), config_yaml)
+    print(f"exported {checkpoint} -> {weights}")
+    return 0
+
+
+def _train_text_tokenizer(args: argparse.Namespace) -> int:
+    from polymodal.tokenizers.bpe import train_text_tokenizer
+
+    train_text_tokenizer(args.inputs or None, Path(args.output), args.vocab_size, args.min_frequency)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polymodal", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser("train", help="train the experiment a config file describes")
+    train.add_argument("--config", required=True, help="experiment YAML file")
+    train.add_argument("--debug", action="store_true", help="quick verbose run: 20 steps, key checks, no wandb")
+    train.add_argument(
+        "overrides", nargs="*", help="key.sub=value to set, +key.sub=value to add a key, ~key.sub to delete one"
+    )
+    train.set_defaults(run=_train)
+
+    export = verbs.add_parser("export", help="consolidated safetensors weights + config from a checkpoint")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (takes its newest)")
+    export.add_argument("--out", required=True, help="output directory")
+    export.set_defaults(run=_export)
+
+    tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="kind", required=True)
+    text = tokenizer.add_parser("train-text", help="byte-level BPE on text files (default: stdlib docstrings)")
+    text.add_argument("inputs", nargs="*", help=".txt/.jsonl files, directories or globs")
+    text.add_argument("--output", required=True, help="tokenizer.json to write")
+    text.add_argument("--vocab-size", type=int, default=8192)
+    text.add_argument("--min-frequency", type=int, default=2)
+    text.set_defaults(run=_train_text_tokenizer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

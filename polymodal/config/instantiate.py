@@ -1,0 +1,47 @@
+"""Build objects from ``_target_`` nodes with Hydra, turning Hydra's failures into short ConfigErrors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+
+from polymodal.config.errors import ConfigError
+
+_FULL_KEY = re.compile(r"^full_key: (.+)$", re.MULTILINE)
+_TARGET = re.compile(r"target '([^']+)'")
+
+
+def instantiate(node: Any, /, **kwargs: Any) -> Any:
+    """Instantiate ``node`` (a config node or plain dict with ``_target_``; nested targets are built first).
+
+    ``kwargs`` override or complete the node's arguments, which is how callers inject run-time objects
+    (``params=model.parameters()``, ``dataset=...``). A node with ``_partial_: true`` returns a
+    ``functools.partial`` to be completed by the caller. ``None`` returns ``None``.
+
+    Containers are converted to plain ``list``/``dict`` (``_convert_="all"``, unless the caller passes its own
+    ``_convert_``): blocks then receive ordinary Python values that torch APIs, ``isinstance`` checks,
+    pickling and ``state_dict`` handle, instead of ``ListConfig``/``DictConfig`` objects that are read-only
+    views tied to the config.
+    """
+    kwargs.setdefault("_convert_", "all")
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from error
+        raise ConfigError(_failure_message(error)) from error
+
+
+def _failure_message(error: InstantiationException) -> str:
+    """'cannot instantiate <path> (_target_: <target>): <cause>' from Hydra's exception."""
+    message = str(error)
+    full_key = _FULL_KEY.search(message)
+    target = _TARGET.search(message)
+    where = f"'{full_key.group(1).strip()}'" if full_key else "the top-level node"
+    target_name = target.group(1) if target else "?"
+    cause = error.__cause__
+    reason = f"{type(cause).__name__}: {cause}" if cause is not None else message.splitlines()[0]
+    return f"cannot instantiate {where} (_target_: {target_name}): {' '.join(reason.split())}"

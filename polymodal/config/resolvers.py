@@ -1,0 +1,46 @@
+"""Arithmetic interpolation resolvers: ``${add:a,b}``, ``${mul:a,b}``, ``${div:a,b}``.
+
+``div`` is integer (floor) division when both operands are ints, true division otherwise, so
+``${div:${constants.dim},${constants.heads}}`` stays an int that can size a layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import OmegaConf
+
+Number = int | float
+
+
+def _number(value: object, resolver: str) -> Number:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"${{{resolver}:...}} needs numbers, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _add(a: object, b: object) -> Number:
+    return _number(a, "add") + _number(b, "add")
+
+
+def _mul(a: object, b: object) -> Number:
+    return _number(a, "mul") * _number(b, "mul")
+
+
+def _div(a: object, b: object) -> Number:
+    numerator, denominator = _number(a, "div"), _number(b, "div")
+    if denominator == 0:
+        raise ValueError(f"${{div:{numerator},{denominator}}} divides by zero")
+    if isinstance(numerator, int) and isinstance(denominator, int):
+        return numerator // denominator
+    return numerator / denominator
+
+
+_RESOLVERS: dict[str, Callable[..., Number]] = {"add": _add, "mul": _mul, "div": _div}
+
+
+def register_resolvers() -> None:
+    """Register the resolvers with OmegaConf; calling it again is a no-op."""
+    for name, resolver in _RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

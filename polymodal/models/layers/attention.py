@@ -1,0 +1,152 @@
+"""The one self-attention module: multi-head / grouped-query attention over SDPA.
+
+Boolean masks follow SDPA semantics (``True`` = may attend) and broadcast to ``[B, H, T, T]``.
+A mask is never ignored: with ``is_causal=True`` the causal mask is AND-ed into it. A query row
+left with no key to attend (all-padding samples, left padding under a causal mask) is allowed to
+attend itself, so SDPA never sees an empty row and never returns NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from polymodal.models.layers.masks import causal_mask
+from polymodal.models.layers.norm import RMSNorm
+
+
+def _sdpa_supports_enable_gqa() -> bool:
+    """Probe SDPA once for the ``enable_gqa`` keyword (torch >= 2.5).
+
+    ``inspect.signature`` cannot read the signature of this builtin, so a tiny call answers instead.
+    """
+    query = torch.zeros(1, 2, 1, 2)
+    key_value = torch.zeros(1, 1, 1, 2)
+    try:
+        F.scaled_dot_product_attention(query, key_value, key_value, enable_gqa=True)
+    except TypeError:
+        return False
+    return True
+
+
+SDPA_SUPPORTS_ENABLE_GQA = _sdpa_supports_enable_gqa()
+
+
+class Attention(nn.Module):
+    """Self-attention with separate ``q_proj, k_proj, v_proj, o_proj`` linears.
+
+    Args:
+        dim: model width (input and output).
+        num_heads: query heads.
+        num_kv_heads: key/value heads (grouped-query attention); defaults to ``num_heads``.
+        head_dim: per-head width; defaults to ``dim // num_heads``.
+        qkv_bias / out_bias: biases of the input / output projections.
+        qk_norm: RMS-normalise queries and keys over ``head_dim`` (``q_norm``, ``k_norm``) before RoPE.
+        rope: a module called as ``rope(q, k, position_ids) -> (q, k)`` on ``[B, H, T, head_dim]``.
+        dropout: attention-probability dropout, applied in training mode only.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
+        qk_norm: bool = False,
+        rope: nn.Module | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads < 1 or num_kv_heads < 1:
+            raise ValueError(f"num_heads and num_kv_heads must be >= 1, got {num_heads} and {num_kv_heads}")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={num_kv_heads}")
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads} (or pass head_dim)")
+            head_dim = dim // num_heads
+        rope_head_dim = getattr(rope, "head_dim", head_dim)
+        if rope_head_dim != head_dim:
+            raise ValueError(f"rope head_dim={rope_head_dim} does not match attention head_dim={head_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
+        self.q_norm = RMSNorm(head_dim) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim) if qk_norm else None
+        self.rope = rope
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"x must be [B, T, D], got shape {tuple(x.shape)}")
+        batch, seq_len, _ = x.shape
+        q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.rope is not None:
+            q, k = self.rope(q, k, position_ids)
+        elif position_ids is not None:
+            raise ValueError("position_ids were given but this Attention has no rope to use them")
+
+        attn_mask = self._attention_mask(mask, is_causal, batch, seq_len)
+        groups = self.num_heads // self.num_kv_heads
+        gqa_kwargs = {}
+        if groups > 1 and SDPA_SUPPORTS_ENABLE_GQA:
+            gqa_kwargs["enable_gqa"] = True
+        elif groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attn_mask is None,
+            **gqa_kwargs,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim))
+
+    def _attention_mask(
+        self, mask: Tensor | None, is_causal: bool, batch: int, seq_len: int
+    ) -> Tensor | None:
+        """Validate ``mask``, AND the causal mask into it and give every empty query row its diagonal."""
+        if mask is None:
+            return None
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+        target = (batch, self.num_heads, seq_len, seq_len)
+        try:
+            broadcast_ok = mask.dim() <= 4 and torch.broadcast_shapes(mask.shape, target) == target
+        except RuntimeError:
+            broadcast_ok = False
+        if not broadcast_ok:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to [B, H, T, T] = {target}"
+            )
+        if is_causal:
+            mask = mask & causal_mask(seq_len, mask.device)
+        empty_rows = ~mask.any(dim=-1, keepdim=True)
+        diagonal = torch.eye(seq_len, dtype=torch.bool, device=mask.device)
+        return mask | (empty_rows & diagonal)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"

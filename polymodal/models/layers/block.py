@@ -1,0 +1,140 @@
+"""Pre-norm transformer blocks, the block stack, and a builder for the common configurations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
+
+from torch import Tensor, nn
+
+from polymodal.models.layers.attention import Attention
+from polymodal.models.layers.drop_path import DropPath
+from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
+from polymodal.models.layers.norm import LayerNorm, RMSNorm
+from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
+
+
+class TransformerBlock(nn.Module):
+    """``x + attn(attn_norm(x))`` then ``x + mlp(mlp_norm(x))``, each branch through stochastic depth."""
+
+    def __init__(
+        self,
+        dim: int,
+        attention: Attention,
+        mlp: nn.Module,
+        norm: Callable[[int], nn.Module] = RMSNorm,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.attn_norm = norm(dim)
+        self.attn = attention
+        self.mlp_norm = norm(dim)
+        self.mlp = mlp
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        x = x + self.drop_path(self.attn(self.attn_norm(x), mask, is_causal, position_ids))
+        return x + self.drop_path(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks (an ``nn.ModuleList``, so each can be sharded/checkpointed on its own) and
+    an optional final norm."""
+
+    def __init__(self, blocks: list[TransformerBlock], final_norm: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.final_norm = final_norm
+
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        for block in self.blocks:
+            x = block(x, mask, is_causal, position_ids)
+        return x if self.final_norm is None else self.final_norm(x)
+
+
+def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def build_transformer(
+    dim: int,
+    depth: int,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    mlp: Literal["swiglu", "gelu"] = "swiglu",
+    mlp_ratio: float = 4.0,
+    multiple_of: int = 256,
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm",
+    norm_bias: bool = True,
+    qk_norm: bool = False,
+    rope: Literal["1d", "2d"] | None = "1d",
+    max_seq_len: int = 2048,
+    grid_size: tuple[int, int] | None = None,
+    rope_theta: float = 10000.0,
+    qkv_bias: bool = False,
+    drop_path: float = 0.0,
+    final_norm: bool = True,
+    num_prefix_tokens: int = 0,
+) -> Transformer:
+    """Build a pre-norm transformer.
+
+    ``mlp="swiglu"`` uses the Llama width :func:`swiglu_hidden_dim` (``mlp_ratio``, ``multiple_of``);
+    ``"gelu"`` a biased GELU MLP of width ``int(mlp_ratio * dim)``. ``norm_bias`` only concerns
+    LayerNorm. ``rope="1d"`` covers ``max_seq_len`` positions; ``"2d"`` needs ``grid_size`` and takes
+    ``num_prefix_tokens`` unrotated leading tokens. One rotary module (tables only, no parameters) is
+    shared by all blocks. Stochastic depth grows linearly from 0 at the first block to ``drop_path``
+    at the last.
+    """
+    _choice("mlp", mlp, ("swiglu", "gelu"))
+    _choice("norm", norm, ("rmsnorm", "layernorm"))
+    _choice("rope", rope, ("1d", "2d", None))
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    if dim % num_heads:
+        raise ValueError(f"dim={dim} must be divisible by num_heads={num_heads}")
+    head_dim = dim // num_heads
+
+    rotary: nn.Module | None = None
+    if rope == "1d":
+        rotary = RotaryEmbedding(head_dim, max_seq_len, theta=rope_theta)
+    elif rope == "2d":
+        if grid_size is None:
+            raise ValueError("rope='2d' needs grid_size=(h, w)")
+        rotary = AxialRotaryEmbedding2D(
+            head_dim, grid_size, theta=rope_theta, num_prefix_tokens=num_prefix_tokens
+        )
+
+    norm_factory: Callable[[int], nn.Module] = (
+        RMSNorm if norm == "rmsnorm" else partial(LayerNorm, bias=norm_bias)
+    )
+
+    def make_mlp() -> nn.Module:
+        if mlp == "swiglu":
+            return SwiGLU(dim, swiglu_hidden_dim(dim, mlp_ratio, multiple_of))
+        return MLP(dim, int(mlp_ratio * dim))
+
+    blocks = [
+        TransformerBlock(
+            dim,
+            Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, rope=rotary),
+            make_mlp(),
+            norm=norm_factory,
+            drop_path=drop_path * index / (depth - 1) if depth > 1 else 0.0,
+        )
+        for index in range(depth)
+    ]
+    return Transformer(blocks, norm_factory(dim) if final_norm else None)

@@ -1,0 +1,42 @@
+"""Normalisation layers computed in float32 and cast back, so they stay stable under bf16 autocast."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm with an optional bias, computed in float32 whatever the input or autocast dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, bias: bool = True) -> None:
+        super().__init__(dim, eps=eps, elementwise_affine=True, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), bias, self.eps)
+        return out.to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm ``x / sqrt(mean(x**2) + eps) * weight`` (no centring, no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = F.rms_norm(x.float(), (self.dim,), self.weight.float(), self.eps)
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"

@@ -1,0 +1,78 @@
+"""A Llama-style decoder-only language model as a MetaModel.
+
+preprocessor: token embedding + causal document mask (packed sequences never attend across documents)
+trunk:        pre-norm transformer with RMSNorm, SwiGLU, RoPE (positions restart per document) and GQA
+head:         linear projection to the vocabulary, optionally tied to the embedding
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from polymodal.models.layers.block import build_transformer
+from polymodal.models.layers.init import init_weights
+from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
+from polymodal.models.parts import DocumentCausalMask, LinearHead, TransformerTrunk
+from polymodal.train.flops import matmul_params, transformer_train_flops_per_token
+
+
+class TokenEmbedding(ReadWriteBlock):
+    def __init__(self, vocab_size: int, dim: int, read_key: str = "input_ids", write_key: str = "hidden"):
+        super().__init__(read_key, write_key)
+        self.embedding = nn.Embedding(vocab_size, dim)
+
+    def forward(self, data: DataDict) -> DataDict:
+        data[self.write_keys[0]] = self.embedding(data[self.read_keys[0]])
+        return data
+
+
+class CausalLM(MetaModel):
+    """The MetaModel plus what the trainer asks of a model family: its analytic training FLOPs."""
+
+    def __init__(self, embed: TokenEmbedding, mask: DocumentCausalMask, trunk: TransformerTrunk, head: LinearHead):
+        super().__init__(preprocessor=[embed, mask], trunk=trunk, head=head)
+
+    def train_flops(self, batch: DataDict) -> float:
+        """Forward + backward FLOPs for ``batch`` (6·N_matmul + 12·L·d·T per token, see ``train.flops``)."""
+        tokens = batch[self.preprocessor.blocks[0].read_keys[0]]
+        trunk: TransformerTrunk = self.trunk
+        dim = trunk.transformer.blocks[0].attn.q_proj.in_features
+        per_token = transformer_train_flops_per_token(matmul_params(self), trunk.depth, dim, tokens.shape[-1])
+        return per_token * tokens.numel()
+
+
+def build_llm(
+    vocab_size: int,
+    dim: int,
+    depth: int,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    max_seq_len: int = 2048,
+    mlp_ratio: float = 4.0,
+    multiple_of: int = 256,
+    rope_theta: float = 10000.0,
+    qk_norm: bool = False,
+    tie_embeddings: bool = False,
+    init_std: float = 0.02,
+) -> CausalLM:
+    """Build and initialise the model (trunc-normal init with GPT-2 depth scaling of residual projections)."""
+    transformer = build_transformer(
+        dim,
+        depth,
+        num_heads,
+        num_kv_heads,
+        mlp="swiglu",
+        mlp_ratio=mlp_ratio,
+        multiple_of=multiple_of,
+        norm="rmsnorm",
+        qk_norm=qk_norm,
+        rope="1d",
+        max_seq_len=max_seq_len,
+        rope_theta=rope_theta,
+    )
+    model = CausalLM(TokenEmbedding(vocab_size, dim), DocumentCausalMask(), TransformerTrunk(transformer),
+                     LinearHead(dim, vocab_size))
+    init_weights(model, scheme="trunc_normal", std=init_std, depth=depth)
+    if tie_embeddings:
+        model.head.proj.weight = model.preprocessor.blocks[0].embedding.weight
+    return model

@@ -1,0 +1,60 @@
+"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders, a linear head."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from polymodal.models.layers.block import Transformer
+from polymodal.models.layers.masks import document_mask
+from polymodal.models.meta import DataDict, ReadWriteBlock
+
+
+class DocumentCausalMask(ReadWriteBlock):
+    """Writes a causal, block-diagonal mask: a token attends earlier tokens of its own document only."""
+
+    def __init__(self, read_key: str = "document_ids", write_key: str = "attn_mask"):
+        super().__init__(read_key, write_key)
+
+    def forward(self, data: DataDict) -> DataDict:
+        data[self.write_keys[0]] = document_mask(data[self.read_keys[0]], causal=True)
+        return data
+
+
+class TransformerTrunk(ReadWriteBlock):
+    """Runs a :class:`Transformer` on ``hidden`` with an optional mask and position ids read from the dict."""
+
+    def __init__(
+        self,
+        transformer: Transformer,
+        read_key: str = "hidden",
+        write_key: str = "hidden",
+        mask_key: str | None = "attn_mask",
+        position_key: str | None = "position_ids",
+        is_causal: bool = False,
+    ):
+        reads = [read_key] + [key for key in (mask_key, position_key) if key is not None]
+        super().__init__(reads, write_key)
+        self.transformer = transformer
+        self.mask_key, self.position_key, self.is_causal = mask_key, position_key, is_causal
+
+    @property
+    def depth(self) -> int:
+        return len(self.transformer.blocks)
+
+    def forward(self, data: DataDict) -> DataDict:
+        mask = data[self.mask_key] if self.mask_key else None
+        positions = data[self.position_key] if self.position_key else None
+        data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, self.is_causal, positions)
+        return data
+
+
+class LinearHead(ReadWriteBlock):
+    """A linear projection of one key into another (e.g. hidden states → vocabulary logits)."""
+
+    def __init__(self, dim: int, out_dim: int, read_key: str = "hidden", write_key: str = "logits", bias: bool = False):
+        super().__init__(read_key, write_key)
+        self.proj = nn.Linear(dim, out_dim, bias=bias)
+
+    def forward(self, data: DataDict) -> DataDict:
+        data[self.write_keys[0]] = self.proj(data[self.read_keys[0]])
+        return data

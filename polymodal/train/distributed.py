@@ -1,0 +1,129 @@
+"""Process-group set-up, device choice and data-parallel wrapping.
+
+A run is single-process when no launcher variables are set, and joins a process group when started by
+``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``) or SLURM ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/
+``SLURM_LOCALID``; ``MASTER_ADDR``/``MASTER_PORT`` must then be exported by the batch script). The backend follows
+the device: NCCL on CUDA, gloo on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _launcher_ranks() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from torchrun's variables, else SLURM's, else a single process."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env.get("LOCAL_RANK", 0)), int(env["WORLD_SIZE"])
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
+        return int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), int(env["SLURM_NTASKS"])
+    return 0, 0, 1
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("experiment.device=cuda but no CUDA device is available; use device=auto or cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if requested == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device '{requested}' (expected auto, cpu or cuda)")
+
+
+def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
+    """Join the process group the launcher prepared (if any) and pick this rank's device."""
+    rank, local_rank, world_size = _launcher_ranks()
+    chosen = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if chosen.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(minutes=timeout_minutes),
+            device_id=chosen if chosen.type == "cuda" else None,
+        )
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def wrap_data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
+    """DDP across all ranks when distributed; the model itself otherwise."""
+    if not env.is_distributed:
+        return model
+    device_ids = [env.device.index] if env.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """Suppress DDP's gradient all-reduce on non-final micro-steps of gradient accumulation."""
+    if enabled or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks (identity in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= dist.get_world_size()
+    return values
+
+
+def broadcast_object(value: object, src: int = 0) -> object:
+    """The value of rank ``src`` on every rank (must be picklable *and* produced by our own code)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_process_first(env: DistEnv) -> Iterator[None]:
+    """Rank 0 runs the body first (e.g. builds a cache), then the others run it and find the cache."""
+    if not env.is_main:
+        barrier()
+    yield
+    if env.is_main:
+        barrier()

@@ -1,0 +1,220 @@
+"""FLOP accounting for MFU: analytic training FLOPs, device peak FLOP/s and the MFU ratio.
+
+Conventions (PaLM appendix B / nanoGPT / torchtitan):
+
+* FLOPs count 2 per multiply-accumulate; a training step (forward + backward) costs 3x the forward.
+* MFU counts the FLOPs the *algorithm* needs. Activation recompute is not counted (that would be HFU).
+* Peaks are *dense* numbers. Vendor headline figures that assume 2:4 structured sparsity are twice these
+  and are never used here.
+* On CPU (or an unknown GPU) the "peak" is a measured large-matmul throughput in the same dtype on the same
+  machine. Such a CPU-MFU is a regression metric for this box only, never comparable to GPU MFU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Dense tensor-core peaks in FLOP/s per device, keyed by a substring of `torch.cuda.get_device_name()`.
+# Keys: "bf16" / "fp16" (tensor cores, fp32 accumulate), "tf32" (fp32 matmuls with TF32 allowed) and
+# "fp32" (no tensor cores). A dtype missing from an entry is measured with the matmul probe instead.
+# Longer keys are matched first, so "H100 PCIe" wins over "H100" and "A100" / "A10G" over "A10".
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "A100": {"bf16": 312e12, "fp16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
+    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "tf32": 378e12, "fp32": 51.2e12},
+    "H100 NVL": {"bf16": 835e12, "fp16": 835e12, "tf32": 417.5e12, "fp32": 60e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},  # SXM
+    "H200": {"bf16": 989e12, "fp16": 989e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "B200": {"bf16": 2.25e15, "fp16": 2.25e15},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "tf32": 183e12, "fp32": 91.6e12},
+    # AWS's A10G has fewer tensor-core FLOPs than the A10 datasheet's 125 TF; the public comparisons put it
+    # at ~70 TF dense fp16/bf16. Its tf32/fp32 figures are not pinned down, so those are measured.
+    "A10G": {"bf16": 70e12, "fp16": 70e12},
+    "A10": {"bf16": 125e12, "fp16": 125e12, "tf32": 62.5e12, "fp32": 31.2e12},
+    "RTX 4090": {"bf16": 165.2e12, "fp16": 165.2e12, "tf32": 82.6e12, "fp32": 82.6e12},
+    # V100 tensor cores have no bf16 and no tf32: bf16 and tf32 are measured.
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+}
+
+CACHE_DIR_ENV = "POLYMODAL_CACHE_DIR"
+_PEAK_CACHE_FILE = "peak_flops.json"
+_warned_unknown_gpus: set[str] = set()
+# Big enough to be compute-bound, small enough to take well under a second: 1024^2 on CPU, larger on GPUs.
+_PROBE_MATMUL_SIZE = {"cpu": 1024}
+
+
+def transformer_train_flops_per_token(n_matmul_params: int, n_layers: int, dim: int, seq_len: int) -> float:
+    """Training FLOPs per token of a dense transformer: ``6 * N_matmul + 12 * L * d * T``.
+
+    ``6 * N_matmul`` is the weight matmuls (2 FLOPs per multiply-accumulate, times 3 for forward + backward).
+    ``N_matmul`` excludes embedding-table lookups (they multiply nothing) but includes the output projection /
+    LM head, tied or not, because that matmul runs for every token (see :func:`matmul_params`).
+    ``12 * L * d * T`` is the attention score (QK^T) and value (AV) matmuls with ``d = n_heads * head_dim``;
+    causal sparsity is *not* discounted (the PaLM / nanoGPT / torchtitan convention), so for packed
+    block-diagonal sequences this overstates attention. Activation recompute is not counted: this is
+    model FLOPs (MFU), not hardware FLOPs (HFU).
+    """
+    for name, value in (("n_matmul_params", n_matmul_params), ("n_layers", n_layers), ("dim", dim),
+                        ("seq_len", seq_len)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    return 6.0 * n_matmul_params + 12.0 * n_layers * dim * seq_len
+
+
+def matmul_params(model: nn.Module, exclude_types: tuple[type[nn.Module], ...] = ()) -> int:
+    """Number of parameters multiplied once per token: the weights of every ``nn.Linear`` (and subclass).
+
+    Biases, norms and embedding tables (lookups) are not matmuls and are not counted. A weight shared by
+    several Linears is counted once; an output head tied to the embedding table *is* counted, since the
+    head matmul runs per token. Raw ``nn.Parameter`` matmuls (e.g. ``nn.MultiheadAttention.in_proj_weight``)
+    and patchify convolutions are not seen. ``exclude_types`` drops whole sub-trees, e.g. a frozen tower
+    whose forward-only FLOPs (2 per parameter, not 6) you account for separately.
+    """
+    excluded = {id(inner) for module in model.modules() if exclude_types and isinstance(module, exclude_types)
+                for inner in module.modules()}
+    counted: set[int] = set()
+    total = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Linear) or id(module) in excluded:
+            continue
+        if id(module.weight) not in counted:
+            counted.add(id(module.weight))
+            total += module.weight.numel()
+    return total
+
+
+def mfu(flops_per_step: float, step_time_s: float, peak_flops: float, num_devices: int = 1) -> float:
+    """Model FLOPs utilisation: achieved FLOP/s divided by the summed dense peak of all devices."""
+    for name, value in (("flops_per_step", flops_per_step), ("step_time_s", step_time_s),
+                        ("peak_flops", peak_flops), ("num_devices", num_devices)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    return flops_per_step / step_time_s / (peak_flops * num_devices)
+
+
+def measure_matmul_flops(
+    device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 5
+) -> float:
+    """Best-of-``repeats`` FLOP/s of a ``size x size`` matmul in ``dtype`` on ``device`` (after a warm-up)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    _synchronize(device, torch.matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _synchronize(device, torch.matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path | None = None) -> float:
+    """Dense peak FLOP/s of one ``device`` for matmuls in ``dtype``.
+
+    CUDA devices are looked up in :data:`PEAK_FLOPS`. A GPU or dtype not in the table (warned once per
+    GPU), and every non-CUDA device, gets a measured matmul throughput instead. Measurements are cached in
+    ``<cache_dir>/peak_flops.json`` (default ``$POLYMODAL_CACHE_DIR`` or ``~/.cache/polymodal``), keyed by
+    device kind, dtype, processor model and torch thread count. An unreadable cache is ignored and rewritten.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        gpu_name = torch.cuda.get_device_name(device)
+        peak = _table_peak(gpu_name, dtype)
+        if peak is not None:
+            return peak
+        if gpu_name not in _warned_unknown_gpus:
+            _warned_unknown_gpus.add(gpu_name)
+            logger.warning("No dense peak FLOP/s known for %r in %s; measuring a matmul instead (MFU will be "
+                           "relative to that measurement)", gpu_name, dtype)
+    return _cached_probe(device, dtype, _resolve_cache_dir(cache_dir) / _PEAK_CACHE_FILE)
+
+
+def _table_peak(gpu_name: str, dtype: torch.dtype) -> float | None:
+    dtype_key = _peak_dtype_key(dtype)
+    if dtype_key is None:
+        return None
+    for key in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if key in gpu_name:
+            return PEAK_FLOPS[key].get(dtype_key)
+    return None
+
+
+def _peak_dtype_key(dtype: torch.dtype) -> str | None:
+    if dtype == torch.float32:
+        return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+
+
+def _resolve_cache_dir(cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env_dir = os.environ.get(CACHE_DIR_ENV)
+    return Path(env_dir) if env_dir else Path.home() / ".cache" / "polymodal"
+
+
+def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
+    hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else _processor_model()
+    return f"{device.type}|{dtype}|{hardware}|threads={torch.get_num_threads()}"
+
+
+def _processor_model() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:  # not Linux
+        cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _cached_probe(device: torch.device, dtype: torch.dtype, cache_file: Path) -> float:
+    key = _probe_cache_key(device, dtype)
+    cache = _read_cache(cache_file)
+    cached = cache.get(key)
+    if isinstance(cached, (int, float)) and cached > 0:
+        return float(cached)
+    measured = measure_matmul_flops(device, dtype, size=_PROBE_MATMUL_SIZE.get(device.type, 8192))
+    logger.info("Measured %.3g FLOP/s for %s; caching it in %s", measured, key, cache_file)
+    cache[key] = measured
+    _write_cache(cache_file, cache)
+    return measured
+
+
+def _read_cache(cache_file: Path) -> dict[str, object]:
+    if not cache_file.exists():
+        return {}
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        logger.warning("Ignoring unreadable peak-FLOP/s cache %s (%s); it will be rewritten", cache_file, err)
+        return {}
+    if not isinstance(cache, dict):
+        logger.warning("Ignoring peak-FLOP/s cache %s: not a JSON object; it will be rewritten", cache_file)
+        return {}
+    return cache
+
+
+def _write_cache(cache_file: Path, cache: dict[str, object]) -> None:
+    """Atomic write (temp file + rename), so concurrent ranks never read a half-written cache."""
+    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, cache_file)
+    except OSError as err:
+        logger.warning("Could not write peak-FLOP/s cache %s: %s", cache_file, err)
+
+
+def _synchronize(device: torch.device, result: torch.Tensor) -> None:
+    """Wait for ``result`` to be computed: asynchronous devices return before the kernel finishes."""
+    if device.type != "cpu":
+        result.sum().item()

@@ -1,0 +1,205 @@
+"""AdamW with parameter groups split by weight decay and per-pattern learning-rate scale.
+
+Weight-decay rule. A trainable parameter is decayed unless one of these holds:
+
+1. it belongs to a normalisation layer: ``nn.LayerNorm``, ``nn.GroupNorm``, batch/instance norms, or any
+   module whose class name ends with ``"Norm"`` (e.g. our ``RMSNorm``);
+2. it is a bias: ``ndim < 2`` or its name ends with ``"bias"``;
+3. it is an embedding table (weight of ``nn.Embedding`` / ``nn.EmbeddingBag``);
+4. it is registered directly on a module that is not a Linear/Conv layer and its name matches one of the
+   ``no_decay`` fnmatch patterns (learned tokens, position embeddings, registers).
+
+So the ≥2-D weights of Linear/Conv layers are decayed, and so are other ≥2-D weights that match no pattern
+(e.g. ``nn.MultiheadAttention.in_proj_weight`` or grouped MoE expert weights). A parameter reachable under
+several names (tied weights) is optimised once and is exempt from decay if any of its names is exempt
+(a tied embedding/output matrix is not decayed).
+
+Patterns (``no_decay``, ``lr_scales``, ``freeze``) are matched case-sensitively with ``fnmatch`` against full
+parameter names such as ``trunk.blocks.0.attn.qkv.weight``; a shared parameter matches if any of its names
+does. For ``lr_scales`` the first matching pattern wins, so list specific patterns before general ones.
+Each group records ``param_names``, ``weight_decay``, ``lr_scale`` and ``base_lr``; see
+:func:`param_groups_summary`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+import torch
+from torch import nn
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+DEFAULT_NO_DECAY_PATTERNS: tuple[str, ...] = (
+    "*pos_embed*",
+    "*cls_token*",
+    "*mask_token*",
+    "*register*",
+    "*_token*",
+)
+
+_NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
+_LINEAR_OR_CONV_TYPES = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
+
+
+@dataclass
+class _ParamInfo:
+    """One distinct parameter with every name it is reachable under and its decay verdict."""
+
+    param: nn.Parameter
+    names: list[str] = field(default_factory=list)
+    decay: bool = True
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORM_TYPES) or type(module).__name__.endswith("Norm")
+
+
+def _name_is_decayed(
+    module: nn.Module, local_name: str, full_name: str, param: nn.Parameter, no_decay: Sequence[str]
+) -> bool:
+    if _is_norm(module) or isinstance(module, _EMBEDDING_TYPES):
+        return False
+    if param.ndim < 2 or local_name.endswith("bias"):
+        return False
+    if isinstance(module, _LINEAR_OR_CONV_TYPES):
+        return True
+    return not any(fnmatchcase(full_name, pattern) for pattern in no_decay)
+
+
+def _collect_params(model: nn.Module, no_decay: Sequence[str]) -> list[_ParamInfo]:
+    """Every distinct parameter of ``model`` in registration order, with all its names."""
+    by_id: dict[int, _ParamInfo] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for local_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
+            full_name = f"{module_name}.{local_name}" if module_name else local_name
+            info = by_id.setdefault(id(param), _ParamInfo(param))
+            if full_name in info.names:
+                continue
+            info.names.append(full_name)
+            info.decay = info.decay and _name_is_decayed(module, local_name, full_name, param, no_decay)
+    return list(by_id.values())
+
+
+def _matches(info: _ParamInfo, pattern: str) -> bool:
+    return any(fnmatchcase(name, pattern) for name in info.names)
+
+
+def _check_patterns_match(kind: str, patterns: Sequence[str], params: list[_ParamInfo]) -> None:
+    for pattern in patterns:
+        if not any(_matches(info, pattern) for info in params):
+            raise ValueError(
+                f"{kind} pattern {pattern!r} matches no parameter of the model "
+                f"(patterns are fnmatch over full names, e.g. {params[0].names[0]!r})"
+            )
+
+
+def _lr_scale_of(info: _ParamInfo, lr_scales: Mapping[str, float]) -> float:
+    for pattern, scale in lr_scales.items():
+        if _matches(info, pattern):
+            return float(scale)
+    return 1.0
+
+
+def _fused_by_default(params: list[nn.Parameter]) -> bool:
+    """Fused AdamW only when every parameter is a floating tensor on one accelerator with fused kernels."""
+    device_types = {param.device.type for param in params}
+    if len(device_types) != 1:
+        return False
+    (device_type,) = device_types
+    return (
+        device_type != "cpu"
+        and device_type in _get_fused_kernels_supported_devices()
+        and all(torch.is_floating_point(param) for param in params)
+    )
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: Sequence[float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    no_decay: Sequence[str] = DEFAULT_NO_DECAY_PATTERNS,
+    lr_scales: Mapping[str, float] | None = None,
+    fused: bool | None = None,
+    foreach: bool | None = None,
+    freeze: Sequence[str] = (),
+) -> torch.optim.AdamW:
+    """Build AdamW over ``model``'s trainable parameters, grouped by (decayed, lr_scale).
+
+    ``freeze`` patterns set ``requires_grad=False`` first; parameters that do not require grad are left
+    out. Every ``freeze`` and ``lr_scales`` pattern must match some parameter (typo protection).
+    ``fused=None`` picks fused kernels when all parameters sit on one accelerator that supports them.
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot be used together; set at most one")
+    lr_scales = dict(lr_scales or {})
+    for pattern, scale in lr_scales.items():
+        if scale <= 0:
+            raise ValueError(f"lr_scales[{pattern!r}] must be > 0, got {scale}")
+
+    all_params = _collect_params(model, list(no_decay))
+    if not all_params:
+        raise ValueError(f"model {type(model).__name__} has no parameters to optimise")
+    _check_patterns_match("freeze", list(freeze), all_params)
+    _check_patterns_match("lr_scales", list(lr_scales), all_params)
+
+    for info in all_params:
+        if any(_matches(info, pattern) for pattern in freeze):
+            info.param.requires_grad_(False)
+    trainable = [info for info in all_params if info.param.requires_grad]
+    if not trainable:
+        raise ValueError(
+            f"no trainable parameters remain in {type(model).__name__} (freeze patterns: {list(freeze)})"
+        )
+
+    groups: dict[tuple[bool, float], dict] = {}
+    for info in trainable:
+        scale = _lr_scale_of(info, lr_scales)
+        group = groups.setdefault(
+            (info.decay, scale),
+            {
+                "params": [],
+                "param_names": [],
+                "weight_decay": weight_decay if info.decay else 0.0,
+                "lr_scale": scale,
+                "base_lr": lr,
+                "lr": lr * scale,
+            },
+        )
+        group["params"].append(info.param)
+        group["param_names"].append(info.names[0])
+
+    if fused is None and not foreach:
+        fused = _fused_by_default([info.param for info in trainable])
+    # fused=False would also switch torch's foreach default off; None keeps it.
+    return torch.optim.AdamW(
+        list(groups.values()),
+        lr=lr,
+        betas=(float(betas[0]), float(betas[1])),
+        eps=eps,
+        weight_decay=weight_decay,
+        fused=True if fused else None,
+        foreach=foreach,
+    )
+
+
+def param_groups_summary(optimizer: torch.optim.Optimizer) -> str:
+    """One line per param group: weight decay, lr scale, base lr, tensor and element counts, names."""
+    lines = []
+    for index, group in enumerate(optimizer.param_groups):
+        numel = sum(param.numel() for param in group["params"])
+        names = group.get("param_names", [])
+        lines.append(
+            f"group {index}: weight_decay={group['weight_decay']:g} lr_scale={group.get('lr_scale', 1.0):g} "
+            f"base_lr={group.get('base_lr', group['lr']):g} tensors={len(group['params'])} numel={numel} "
+            f"names=[{', '.join(names)}]"
+        )
+    return "\n".join(lines)

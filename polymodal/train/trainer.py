@@ -1,0 +1,274 @@
+"""The training loop: iteration-based, one readable pass from top to bottom.
+
+Everything a run needs is built from the resolved config by ``Trainer.__init__``; ``Trainer.fit`` runs
+``experiment.total_steps`` optimizer steps, each of ``grad_accum_steps`` micro-batches, evaluating, logging and
+checkpointing on the configured cadences. The model never sees parallelism: wrapping (activation checkpointing,
+DDP, ``torch.compile``) happens in :meth:`Trainer._prepare_model`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from polymodal.config import experiment_config, instantiate
+from polymodal.models.meta import DataDict, call_block, checking_keys
+from polymodal.train.checkpoint import Checkpointer
+from polymodal.train.distributed import (
+    all_reduce_mean,
+    gradient_sync,
+    main_process_first,
+    setup_distributed,
+    wrap_data_parallel,
+)
+from polymodal.train.flops import device_peak_flops, mfu
+from polymodal.train.logging import RunLogger, setup_console_logging
+from polymodal.train.plots import plot_loss_curves
+from polymodal.train.rng import seed_everything
+from polymodal.train.weights import load_pretrained
+
+log = logging.getLogger("polymodal")
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (e.g. too many non-finite steps); a checkpoint was written first."""
+
+
+@dataclass
+class Progress:
+    """What the loop advances; checkpointed beside the model, optimizer, data position and RNGs."""
+
+    step: int = 0
+    skipped_steps: int = 0
+
+
+def move_to_device(batch: DataDict, device: torch.device) -> DataDict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _batch_size(batch: DataDict) -> int:
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak RSS
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.exp = experiment_config(cfg)
+        self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        self.env = setup_distributed(self.exp.device)
+        self.output_dir = Path(self.exp.output_dir)
+        if self.env.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(self.config_yaml)
+        setup_console_logging(self.output_dir, self.env.rank, self.exp.debug)
+
+        self.checkpointer = Checkpointer(self.output_dir / "checkpoints", self.exp.keep_last, self.env)
+
+        seed_everything(self.exp.seed)  # the same initial weights on every rank
+        self.model: nn.Module = instantiate(cfg.model).to(self.env.device)
+        init = self.exp.init_from
+        if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
+            load_pretrained(self.model, init.path, init.include, init.exclude, init.rename, init.strict)
+        seed_everything(self.exp.seed + self.env.rank)  # dropout and data-side randomness differ per rank
+
+        with main_process_first(self.env):  # rank 0 trains the tokenizer / fills caches, then the rest read them
+            self.data = instantiate(cfg.data, seed=self.exp.seed, dp_rank=self.env.rank, dp_world=self.env.world_size)
+        self.objective: nn.Module = instantiate(cfg.loss).to(self.env.device)
+        self.optimizer: torch.optim.Optimizer = instantiate(cfg.optim.optimizer, model=self.model)
+        self.schedule = instantiate(cfg.optim.schedule)
+        self.train_model = self._prepare_model(self.model)
+        self.progress = Progress()
+        self.dtype = torch.bfloat16 if self.exp.precision == "bf16" else torch.float32
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        if self.exp.activation_checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+
+            from polymodal.models.layers.block import TransformerBlock
+
+            apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, TransformerBlock))
+        wrapped = wrap_data_parallel(model, self.env)
+        return torch.compile(wrapped) if self.exp.torch_compile else wrapped
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.exp.precision == "bf16")
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        resume = self.exp.resume
+        if resume == "none":
+            return None
+        if resume == "auto":
+            return self.checkpointer.latest()
+        path = Path(resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"experiment.resume={resume}: no such checkpoint directory")
+        return path
+
+    def resume(self) -> None:
+        checkpoint = self._checkpoint_to_resume()
+        if checkpoint is None:
+            return
+        state = self.checkpointer.load(checkpoint, self.model, self.optimizer)
+        self.progress = Progress(step=state["step"], skipped_steps=state["skipped_steps"])
+        self.data.train.load_state_dict(state["data"])
+        if state["world_size"] != self.env.world_size:
+            seed_everything(zlib.crc32(f"{self.exp.seed}/{self.env.rank}/{self.progress.step}".encode()))
+        log.info("resumed from %s at step %d", checkpoint, self.progress.step)
+
+    def save_checkpoint(self) -> Path:
+        state = {"skipped_steps": self.progress.skipped_steps, "data": self.data.train.state_dict()}
+        return self.checkpointer.save(self.progress.step, self.model, self.optimizer, state, self.config_yaml)
+
+    def forward_loss(self, batch: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with self._autocast(), checking_keys(self.exp.debug):
+            output = call_block(self.train_model, batch, name="model")
+            return call_block(self.objective, output, name="loss")
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns device-side statistics."""
+        exp = self.exp
+        self.schedule.apply(self.optimizer, self.progress.step, exp.total_steps)
+        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
+        data_wait = flops = samples = 0.0
+        for micro_step in range(exp.grad_accum_steps):
+            started = time.perf_counter()
+            batch = move_to_device(next(self.data.train), self.env.device)
+            data_wait += time.perf_counter() - started
+            with gradient_sync(self.train_model, enabled=micro_step == exp.grad_accum_steps - 1):
+                loss, metrics = self.forward_loss(batch)
+                (loss / exp.grad_accum_steps).backward()
+            stats["loss"] += loss.detach() / exp.grad_accum_steps
+            for name, value in metrics.items():
+                stats[name] += value.detach().float() / exp.grad_accum_steps
+            samples += _batch_size(batch)
+            flops += self.model.train_flops(batch) if hasattr(self.model, "train_flops") else 0.0
+
+        max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
+        if finite:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step += 1
+        if not finite:
+            self._on_non_finite(stats["loss"], grad_norm)
+        stats["grad_norm"] = grad_norm.detach()
+        stats["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
+        stats["data_wait_s"] = torch.tensor(data_wait)
+        stats["flops"] = torch.tensor(flops)
+        stats["samples"] = torch.tensor(samples)
+        return stats
+
+    def _on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        policy = self.exp.nonfinite
+        self.progress.skipped_steps += 1
+        what = f"non-finite loss/gradient at step {self.progress.step} (loss={loss.item()}, grad_norm={grad_norm.item()})"
+        if policy.policy == "skip" and self.progress.skipped_steps <= policy.max_skips:
+            log.warning("%s: update skipped (%d/%d allowed)", what, self.progress.skipped_steps, policy.max_skips)
+            return
+        checkpoint = self.save_checkpoint()
+        reason = "policy is 'stop'" if policy.policy == "stop" else f"more than {policy.max_skips} steps skipped"
+        raise TrainingStopped(
+            f"{what}; stopping because {reason}. The last good state is saved in {checkpoint}: lower the learning "
+            f"rate, check the data, or raise experiment.nonfinite.max_skips, then resume."
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.train_model.eval()
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
+        batches = 0
+        for batch in self.data.val_batches(self.exp.eval_steps):
+            loss, metrics = self.forward_loss(move_to_device(batch, self.env.device))
+            sums["loss"] += loss.float()
+            for name, value in metrics.items():
+                sums[name] += value.float()
+            batches += 1
+        self.train_model.train()
+        if batches == 0:
+            raise ValueError("the validation split produced no batches; check data.val settings")
+        names = sorted(sums)
+        means = all_reduce_mean(torch.stack([sums[n] for n in names]) / batches)
+        return dict(zip(names, means.tolist()))
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the last train and validation metrics."""
+        exp = self.exp
+        self.resume()
+        peak = exp.peak_flops or device_peak_flops(self.env.device, self.dtype)
+        tokens_per_sample = getattr(self.data, "tokens_per_sample", 1)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log.info("model: %.2fM parameters on %s; data: %s", n_params / 1e6, self.env.device, self.data.info())
+        run_logger = RunLogger(
+            self.output_dir,
+            exp.total_steps,
+            rank=self.env.rank,
+            tensorboard=exp.tensorboard,
+            wandb=None if exp.debug else exp.wandb,
+            run_name=exp.name,
+            config=OmegaConf.to_container(OmegaConf.create(self.config_yaml)),
+            start_step=self.progress.step,
+        )
+        last_train: dict[str, float] = {}
+        last_val: dict[str, float] = {}
+        with run_logger:
+            window: dict[str, torch.Tensor] = defaultdict(float)
+            window_steps, window_start = 0, time.perf_counter()
+            while self.progress.step < exp.total_steps:
+                for name, value in self.train_step().items():
+                    window[name] = window[name] + value
+                window_steps += 1
+                step = self.progress.step
+                run_logger.advance(step)
+                if step % exp.log_every == 0 or step == exp.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    last_train = self._summarise(window, window_steps, elapsed, peak, tokens_per_sample)
+                    run_logger.log(step, "train", last_train)
+                    window, window_steps, window_start = defaultdict(float), 0, time.perf_counter()
+                if step % exp.eval_every == 0 or step == exp.total_steps:
+                    last_val = self.evaluate()
+                    run_logger.log(step, "val", last_val)
+                if step % exp.ckpt_every == 0 or step == exp.total_steps:
+                    self.save_checkpoint()
+        if self.env.is_main:
+            plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
+        return {"train": last_train, "val": last_val, "step": self.progress.step}
+
+    def _summarise(
+        self, window: dict[str, torch.Tensor], steps: int, elapsed: float, peak: float, tokens_per_sample: int
+    ) -> dict[str, float]:
+        """Turn a logging window's device-side sums into the logged numbers (the only per-window host sync)."""
+        totals = {name: float(value) for name, value in window.items()}
+        world = self.env.world_size
+        samples = totals.pop("samples") * world
+        flops = totals.pop("flops") * world
+        data_wait = totals.pop("data_wait_s")
+        lr = totals.pop("lr") / steps
+        summary = {name: value / steps for name, value in totals.items()}
+        summary.update(
+            lr=lr,
+            samples_per_s=samples / elapsed,
+            tokens_per_s=samples * tokens_per_sample / elapsed,
+            data_wait_fraction=data_wait / elapsed,
+            peak_memory_gb=_peak_memory_gb(self.env.device),
+            mfu=mfu(flops, elapsed, peak, num_devices=world) if flops else 0.0,
+            skipped_steps=float(self.progress.skipped_steps),
+        )
+        return summary

@@ -1,0 +1,86 @@
+"""Consolidated weights: export to safetensors, and initialise a model from them with key filters and renames."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_model
+from torch import nn
+
+log = logging.getLogger("polymodal")
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def export_weights(model: nn.Module, out_dir: Path, config_yaml: str) -> Path:
+    """Write ``model.safetensors`` (tied weights stored once) and the run's ``config.yaml`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    save_model(model, str(weights), metadata={"format": "pt", "library": "polymodal"})
+    (out_dir / "config.yaml").write_text(config_yaml)
+    return weights
+
+
+def select_and_rename(
+    state: Mapping[str, torch.Tensor],
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Keep keys matching any ``include`` and no ``exclude`` glob, then apply regex ``rename`` rules in order."""
+    selected: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not any(fnmatch.fnmatchcase(key, pattern) for pattern in include):
+            continue
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in exclude):
+            continue
+        for pattern, replacement in (rename or {}).items():
+            key = re.sub(pattern, replacement, key)
+        if key in selected:
+            raise ValueError(f"renaming maps two checkpoint keys onto '{key}'; adjust the rename rules")
+        selected[key] = value
+    return selected
+
+
+def load_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> tuple[list[str], list[str]]:
+    """Initialise ``model`` from consolidated weights (a ``.safetensors`` file or an export directory).
+
+    Returns the model keys left untouched and the checkpoint keys that found no home. Shape mismatches are errors.
+    """
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no weights at {file} (export a checkpoint with `polymodal export`)")
+    state = select_and_rename(load_file(str(file)), include, exclude, rename)
+    if not state:
+        raise ValueError(f"the include/exclude filters keep no weights from {file}")
+    own = model.state_dict()
+    mismatched = [
+        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+        for key, value in state.items()
+        if key in own and own[key].shape != value.shape
+    ]
+    if mismatched:
+        raise ValueError("shape mismatch when loading pretrained weights:\n  " + "\n  ".join(mismatched))
+    result = model.load_state_dict(state, strict=strict)
+    log.info(
+        "initialised %d tensors from %s (%d model keys untouched, %d checkpoint keys unused)",
+        len(state) - len(result.unexpected_keys),
+        file,
+        len(result.missing_keys),
+        len(result.unexpected_keys),
+    )
+    return list(result.missing_keys), list(result.unexpected_keys)

@@ -1,0 +1,76 @@
+"""A tiny LLM experiment on a generated text corpus, as a config file the tests can override."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+COLOURS = ["red", "blue", "green", "yellow", "purple", "grey"]
+SHAPES = ["cube", "sphere", "cone", "cylinder"]
+RELATIONS = ["left of", "right of", "behind", "in front of", "above"]
+
+
+def write_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    with path.open("w") as out:
+        for _ in range(documents):
+            sentences = [
+                f"the {rng.choice(COLOURS)} {rng.choice(SHAPES)} is {rng.choice(RELATIONS)} "
+                f"the {rng.choice(COLOURS)} {rng.choice(SHAPES)}."
+                for _ in range(rng.randint(2, 6))
+            ]
+            out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "scenes.jsonl")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, text_corpus, monkeypatch) -> Path:
+    """configs/llm/model.yaml + configs/optim/adamw_cosine.yaml at a tiny size, reading the generated corpus."""
+    monkeypatch.setenv("POLYMODAL_CACHE_DIR", str(tmp_path / "cache"))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        f"""
+defaults:
+  - {REPO}/configs/llm/model.yaml
+  - {REPO}/configs/optim/adamw_cosine.yaml
+constants:
+  vocab_size: 512
+  seq_len: 32
+  batch_size: 4
+  dim: 32
+  depth: 2
+  num_heads: 4
+  num_kv_heads: 2
+  multiple_of: 16
+  tie_embeddings: true
+  lr: 3.0e-3
+  warmup_steps: 2
+data:
+  _target_: polymodal.data.text.lm_data.LMData
+  source: files
+  paths: [{text_corpus}]
+  tokenizer_path: {tmp_path}/cache/tokenizer.json
+  cache_dir: {tmp_path}/cache
+  vocab_size: ${{constants.vocab_size}}
+  seq_len: ${{constants.seq_len}}
+  batch_size: ${{constants.batch_size}}
+experiment:
+  output_dir: {tmp_path}/run
+  total_steps: 8
+  log_every: 1
+  eval_every: 4
+  eval_steps: 2
+  ckpt_every: 4
+  peak_flops: 1.0e11
+  tensorboard: false
+"""
+    )
+    return config

@@ -1,0 +1,174 @@
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from polymodal.train.optim import build_optimizer, param_groups_summary
+
+
+class RMSNorm(nn.Module):
+    """Custom norm recognised by its class name; its 2-D gain would otherwise look decayable."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+class TinyModel(nn.Module):
+    def __init__(self, vocab: int = 11, dim: int = 8, head_first: bool = False) -> None:
+        super().__init__()
+        if head_first:
+            self.head = nn.Linear(dim, vocab, bias=False)
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.expert_weights = nn.Parameter(torch.randn(2, dim, dim))
+        self.conv = nn.Conv2d(3, dim, 2)
+        self.patch_to_token = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = RMSNorm(dim)
+        self.ln = nn.LayerNorm(dim)
+        if not head_first:
+            self.head = nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+
+DECAYED = {"conv.weight", "patch_to_token.weight", "proj.weight", "expert_weights"}
+NOT_DECAYED_EXCEPT_TIED = {
+    "pos_embed",
+    "cls_token",
+    "conv.bias",
+    "patch_to_token.bias",
+    "proj.bias",
+    "norm.weight",
+    "ln.weight",
+    "ln.bias",
+}
+
+
+def names_by_decay(optimizer):
+    decayed, not_decayed = set(), set()
+    for group in optimizer.param_groups:
+        (decayed if group["weight_decay"] > 0 else not_decayed).update(group["param_names"])
+    return decayed, not_decayed
+
+
+@pytest.mark.parametrize("head_first", [False, True])
+def test_weight_decay_assignment(head_first):
+    model = TinyModel(head_first=head_first)
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    decayed, not_decayed = names_by_decay(optimizer)
+    tied_name = "head.weight" if head_first else "embed.weight"
+    assert decayed == DECAYED
+    assert not_decayed == NOT_DECAYED_EXCEPT_TIED | {tied_name}
+    all_params = [p for group in optimizer.param_groups for p in group["params"]]
+    assert len(all_params) == len({id(p) for p in all_params}) == len(list(model.parameters()))
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.05, 0.0}
+    assert all(group["base_lr"] == 1e-3 and group["lr_scale"] == 1.0 for group in optimizer.param_groups)
+
+
+def test_one_step_matches_naive_adamw():
+    """First AdamW step: p <- p * (1 - lr * wd) - lr * g / (|g| + eps), wd only on decayed params."""
+    torch.manual_seed(0)
+    model = TinyModel()
+    lr, wd, eps = 0.1, 0.5, 1e-8
+    optimizer = build_optimizer(model, lr=lr, weight_decay=wd, eps=eps, lr_scales={"proj.*": 0.25})
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    optimizer.step()
+    for name, p in model.named_parameters():
+        step_lr = lr * (0.25 if name.startswith("proj.") else 1.0)
+        decay = wd if name in DECAYED else 0.0
+        g = grads[name]
+        expected = before[name] * (1 - step_lr * decay) - step_lr * g / (g.abs() + eps)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lr_scales_split_groups_first_match_wins():
+    model = TinyModel()
+    optimizer = build_optimizer(model, lr=1e-2, lr_scales={"proj.weight": 0.1, "proj.*": 0.5, "conv.*": 0.5})
+    by_key = {(g["weight_decay"] > 0, g["lr_scale"]): set(g["param_names"]) for g in optimizer.param_groups}
+    assert by_key == {
+        (True, 1.0): DECAYED - {"proj.weight", "conv.weight"},
+        (True, 0.1): {"proj.weight"},
+        (True, 0.5): {"conv.weight"},
+        (False, 1.0): NOT_DECAYED_EXCEPT_TIED - {"proj.bias", "conv.bias"} | {"embed.weight"},
+        (False, 0.5): {"proj.bias", "conv.bias"},
+    }
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(1e-2 * group["lr_scale"])
+
+
+def test_freeze_excludes_parameters():
+    model = TinyModel()
+    optimizer = build_optimizer(model, lr=1e-3, freeze=["conv.*", "pos_embed"])
+    names = {name for group in optimizer.param_groups for name in group["param_names"]}
+    assert not names & {"conv.weight", "conv.bias", "pos_embed"}
+    assert not model.conv.weight.requires_grad and not model.pos_embed.requires_grad
+    assert model.proj.weight.requires_grad and "proj.weight" in names
+
+
+def test_tied_weight_frozen_through_either_name():
+    model = TinyModel()
+    build_optimizer(model, lr=1e-3, freeze=["head.*"])
+    assert not model.embed.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"freeze": ["convv.*"]}, "freeze pattern 'convv.\\*'"),
+        ({"lr_scales": {"trunk.*": 0.5}}, "lr_scales pattern 'trunk.\\*'"),
+        ({"freeze": ["*"]}, "no trainable parameters"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"lr_scales": {"proj.*": 0.0}}, "lr_scales\\['proj.\\*'\\]"),
+        ({"fused": True, "foreach": True}, "fused=True and foreach=True"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_optimizer(TinyModel(), **({"lr": 1e-3} | kwargs))
+
+
+def test_model_without_parameters_raises():
+    with pytest.raises(ValueError, match="no parameters"):
+        build_optimizer(nn.ReLU(), lr=1e-3)
+
+
+def test_cpu_does_not_default_to_fused():
+    optimizer = build_optimizer(TinyModel(), lr=1e-3)
+    assert not optimizer.defaults["fused"]
+
+
+def test_hydra_partial_construction():
+    partial = instantiate(
+        {
+            "_target_": "polymodal.train.optim.build_optimizer",
+            "_partial_": True,
+            "lr": 3e-4,
+            "weight_decay": 0.2,
+            "betas": [0.9, 0.99],
+            "no_decay": ["*pos_embed*", "*cls_token*"],
+            "lr_scales": {"proj.*": 0.5},
+            "freeze": ["ln.*"],
+        }
+    )
+    optimizer = partial(model=TinyModel())
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert optimizer.defaults["betas"] == (0.9, 0.99)
+    assert {g["lr_scale"] for g in optimizer.param_groups} == {1.0, 0.5}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.2, 0.0}
+
+
+def test_summary_lists_every_group():
+    optimizer = build_optimizer(TinyModel(), lr=1e-3, weight_decay=0.1)
+    lines = param_groups_summary(optimizer).splitlines()
+    assert len(lines) == len(optimizer.param_groups) == 2
+    decayed_line = next(line for line in lines if "weight_decay=0.1 " in line)
+    assert "proj.weight" in decayed_line and "pos_embed" not in decayed_line
