@@ -57,12 +57,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from polymodal.config import instantiate
-    from polymodal.train.checkpoint import Checkpointer, load_model_weights
+    from polymodal.train.checkpoint import TRAINER_STATE, Checkpointer, load_model_weights
     from polymodal.train.distributed import DistEnv, resolve_device
     from polymodal.train.weights import export_weights
 
     checkpoint = Path(args.checkpoint)
-    if not (checkpoint / "config.yaml").is_file():  # a run directory: take its newest complete checkpoint
+    if not (checkpoint / TRAINER_STATE).is_file():  # a run directory: take its newest complete checkpoint
         env = DistEnv(rank=0, local_rank=0, world_size=1, device=resolve_device("cpu"))
         newest = Checkpointer(checkpoint / "checkpoints", keep_last=1, env=env).latest()
         if newest is None:

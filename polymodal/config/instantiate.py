@@ -11,7 +11,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from polymodal.config.errors import ConfigError
 
 _FULL_KEY = re.compile(r"^full_key: (.+)$", re.MULTILINE)
-_TARGET = re.compile(r"target '([^']+)'")
+_TARGET = re.compile(r"target '([^']+)'", re.IGNORECASE)
 
 
 def instantiate(node: Any, /, **kwargs: Any) -> Any:
@@ -22,9 +22,9 @@ def instantiate(node: Any, /, **kwargs: Any) -> Any:
     ``functools.partial`` to be completed by the caller. ``None`` returns ``None``.
 
     Containers are converted to plain ``list``/``dict`` (``_convert_="all"``, unless the caller passes its own
-    ``_convert_``): blocks then receive ordinary Python values that torch APIs, ``isinstance`` checks,
-    pickling and ``state_dict`` handle, instead of ``ListConfig``/``DictConfig`` objects that are read-only
-    views tied to the config.
+    ``_convert_``), so blocks receive ordinary Python values: torch rejects a ``ListConfig`` where it wants a
+    size (``torch.zeros(ListConfig([2, 3]))`` raises), ``isinstance(x, list)`` checks fail on it, and a
+    config node kept by a module would hold a reference to the whole config.
     """
     kwargs.setdefault("_convert_", "all")
     try:

@@ -95,6 +95,8 @@ def _read_yaml(path: Path, listed_in: Path | None) -> Tree:
     except OmegaConfBaseException as error:
         key = f" at key '{error.full_key}'" if error.full_key else ""
         raise ConfigError(f"{_display(path)}{key}: {_brief(error)}") from error
+    except OSError as error:  # unreadable, or a top level that is a scalar
+        raise ConfigError(f"{_display(path)}: cannot load: {error}") from error
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{_display(path)}: the top level must be a mapping, got a list")
     return OmegaConf.to_container(loaded, resolve=False)

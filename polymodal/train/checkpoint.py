@@ -95,10 +95,10 @@ class Checkpointer:
         self.env = env
 
     def complete_checkpoints(self) -> list[Path]:
-        """Committed checkpoints, oldest first."""
+        """Committed checkpoints, oldest first (a ``step_*`` directory without its trainer state is ignored)."""
         if not self.directory.is_dir():
             return []
-        found = [p for p in self.directory.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+        found = [p for p in self.directory.iterdir() if _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
         return sorted(found, key=step_of)
 
     def latest(self) -> Path | None:

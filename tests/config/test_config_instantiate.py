@@ -97,3 +97,10 @@ def test_config_error_raised_by_a_target_is_kept(tmp_path):
     node = OmegaConf.create({"_target_": "polymodal.config.load_config", "path": str(missing)})
     with pytest.raises(ConfigError, match=r"^config file not found: .*absent\.yaml$"):
         instantiate(node)
+
+
+def test_plain_dict_node_without_config_path_is_named_top_level():
+    with pytest.raises(
+        ConfigError, match=r"^cannot instantiate the top-level node \(_target_: torch\.nn\.Linearr\)"
+    ):
+        instantiate({"_target_": "torch.nn.Linearr"})

@@ -88,6 +88,7 @@ def test_missing_config_file_names_path(tmp_path):
     [
         ("model: [1, 2\n", "invalid YAML"),
         ("- 1\n- 2\n", "top level must be a mapping"),
+        ("5\n", "cannot load"),
         ("defaults: a.yaml\n", "'defaults' must be a list"),
         ("defaults:\n  - {model: 3}\n", "must be a path or a 'key: path' mapping"),
     ],

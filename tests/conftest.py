@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "grey"]
 SHAPES = ["cube", "sphere", "cone", "cylinder"]

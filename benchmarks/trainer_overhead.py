@@ -1,0 +1,270 @@
+"""Trainer overhead: ``Trainer.train_step`` against a plain hand-written PyTorch loop doing the same work.
+
+Protocol (shared/reference/field.md §3.2): one process builds a Trainer from ``configs/llm/tiny.yaml`` resized to
+a regime, and a reference loop over a deep copy of the trainer's model (identical weights), an optimizer built
+by the same config factory (identical settings and param groups), the same loss object, and its own loader over
+the same token corpus in the same position (so both pay the data cost and see the same batches). After warm-up
+the two alternate step by step, swapping which goes first every pair; each step is timed from its start to the
+end of the optimizer update. Because both consume identical batches from identical weights, their losses must
+match step for step, which checks that the baseline really does the trainer's work.
+
+Regimes: ``tiny`` is overhead-dominated (its µs/step difference is the framework cost), ``small`` is
+compute-dominated (its ratio is what a real run feels). Data: the built-in stdlib-docstring source of the config,
+cached under ``--cache-dir`` after the first build (a few seconds).
+
+    python benchmarks/trainer_overhead.py                 # both regimes, under ~3 minutes on 2 CPU cores
+    python benchmarks/trainer_overhead.py --regime tiny --steps 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from polymodal.config import instantiate, load_config
+from polymodal.data.text.packed import PackedSequenceLoader
+from polymodal.train.schedules import Schedule
+from polymodal.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "llm" / "tiny.yaml"
+TARGET_RATIO = 1.03
+RUN_LENGTH = 100_000  # experiment.total_steps: sets the lr schedule and puts every periodic action past the end
+
+
+@dataclass(frozen=True)
+class Regime:
+    dim: int
+    depth: int
+    seq_len: int
+    batch_size: int
+    default_steps: int  # measured steps per side when --steps is not given; sized for the ~3 minute budget
+
+
+REGIMES: dict[str, Regime] = {
+    "tiny": Regime(dim=64, depth=2, seq_len=64, batch_size=4, default_steps=300),
+    "small": Regime(dim=256, depth=4, seq_len=256, batch_size=8, default_steps=20),
+}
+
+
+def regime_config(regime: Regime, output_dir: Path, cache_dir: Path, device: str) -> DictConfig:
+    """The tiny LLM config resized to ``regime``; logging, eval and checkpoints only at step ``RUN_LENGTH``.
+
+    The benchmark calls ``train_step`` directly, so those periodic actions never run; the settings keep the
+    config honest about that.
+    """
+    overrides = [
+        f"constants.dim={regime.dim}",
+        f"constants.depth={regime.depth}",
+        f"constants.seq_len={regime.seq_len}",
+        f"constants.batch_size={regime.batch_size}",
+        f"constants.cache_dir={cache_dir}",
+        f"experiment.output_dir={output_dir}",
+        f"experiment.device={device}",
+        f"experiment.total_steps={RUN_LENGTH}",
+        f"experiment.log_every={RUN_LENGTH}",
+        f"experiment.eval_every={RUN_LENGTH}",
+        f"experiment.ckpt_every={RUN_LENGTH}",
+        "experiment.resume=none",
+        "experiment.tensorboard=false",
+        "experiment.peak_flops=1.0e12",
+    ]
+    return load_config(CONFIG, overrides)
+
+
+@dataclass
+class ReferenceLoop:
+    """What a hand-written loop holds: model, optimizer, loss, loader, schedule, step counter."""
+
+    model: nn.Module
+    objective: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    loader: PackedSequenceLoader
+    device: torch.device
+    total_steps: int
+    max_grad_norm: float
+    step: int = 0
+
+    def train_step(self) -> torch.Tensor:
+        multiplier = self.schedule(self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * multiplier * group["lr_scale"]
+        batch = {name: tensor.to(self.device) for name, tensor in next(self.loader).items()}
+        loss, _ = self.objective(self.model(batch))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss.detach()
+
+
+def reference_loop_for(trainer: Trainer, optimizer_config: DictConfig) -> ReferenceLoop:
+    """A reference loop that starts exactly where ``trainer`` stands: same weights, optimizer settings, data."""
+    if trainer.exp.grad_accum_steps != 1 or trainer.exp.precision != "fp32" or trainer.exp.torch_compile:
+        raise ValueError("the reference loop mirrors fp32, eager, grad_accum_steps=1 training only")
+    model = copy.deepcopy(trainer.model)  # deepcopy keeps the tied embedding/head weight tied
+    source = trainer.data.train
+    loader = PackedSequenceLoader(
+        source.corpus, source.seq_len, source.batch_size, source.seed, source.dp_rank, source.dp_world, source.shuffle
+    )
+    loader.load_state_dict(source.state_dict())
+    return ReferenceLoop(
+        model=model,
+        objective=trainer.objective,
+        optimizer=instantiate(optimizer_config, model=model),
+        schedule=trainer.schedule,
+        loader=loader,
+        device=trainer.env.device,
+        total_steps=trainer.exp.total_steps,
+        max_grad_norm=trainer.exp.grad_clip if trainer.exp.grad_clip > 0 else math.inf,
+    )
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_step(step: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
+    """Seconds one step takes until its device work is done, and the step's loss."""
+    started = time.perf_counter()
+    loss = step()
+    _synchronize(device)
+    return time.perf_counter() - started, loss
+
+
+@dataclass
+class Measurement:
+    trainer_s: list[float]
+    reference_s: list[float]
+    trainer_data_wait_s: float
+    max_loss_difference: float
+
+
+def measure(trainer: Trainer, reference: ReferenceLoop, warmup: int, steps: int) -> Measurement:
+    """Alternate trainer and reference steps (swapping the order every pair); time the last ``steps`` pairs."""
+    device = trainer.env.device
+    trainer_times: list[float] = []
+    reference_times: list[float] = []
+    data_wait = 0.0
+    max_difference = 0.0
+    for pair in range(warmup + steps):
+        trainer_stats: dict[str, torch.Tensor] = {}
+
+        def run_trainer() -> torch.Tensor:
+            trainer_stats.update(trainer.train_step())
+            return trainer_stats["loss"]
+
+        sides = [(run_trainer, trainer_times), (reference.train_step, reference_times)]
+        losses = []
+        for step, times in sides if pair % 2 == 0 else reversed(sides):
+            seconds, loss = timed_step(step, device)
+            losses.append(loss)
+            if pair >= warmup:
+                times.append(seconds)
+        if pair >= warmup:
+            data_wait += float(trainer_stats["data_wait_s"])
+        max_difference = max(max_difference, float((losses[0] - losses[1]).abs()))
+    return Measurement(trainer_times, reference_times, data_wait, max_difference)
+
+
+def report(name: str, regime: Regime, n_params: int, warmup: int, result: Measurement) -> str:
+    trainer_median = statistics.median(result.trainer_s)
+    reference_median = statistics.median(result.reference_s)
+    trainer_min, reference_min = min(result.trainer_s), min(result.reference_s)
+    median_ratio = trainer_median / reference_median
+    min_ratio = trainer_min / reference_min
+    verdict = "holds" if median_ratio <= TARGET_RATIO else "does NOT hold"
+    steps = len(result.trainer_s)
+    return "\n".join(
+        [
+            f"regime {name}: dim={regime.dim} depth={regime.depth} seq_len={regime.seq_len} "
+            f"batch={regime.batch_size}, {n_params / 1e6:.2f}M params, {steps} measured steps each "
+            f"after {warmup} warm-up",
+            f"  {'':10}{'median ms':>11}{'min ms':>10}",
+            f"  {'trainer':10}{trainer_median * 1e3:11.3f}{trainer_min * 1e3:10.3f}",
+            f"  {'baseline':10}{reference_median * 1e3:11.3f}{reference_min * 1e3:10.3f}",
+            f"  {'ratio':10}{median_ratio:11.3f}{min_ratio:10.3f}   target median ratio <= {TARGET_RATIO}: {verdict}",
+            f"  overhead  {(trainer_median - reference_median) * 1e6:+.0f} us/step (median), "
+            f"{(trainer_min - reference_min) * 1e6:+.0f} us/step (min)",
+            f"  trainer data wait {100 * result.trainer_data_wait_s / sum(result.trainer_s):.1f}% of its step time; "
+            f"max |loss difference| trainer vs baseline {result.max_loss_difference:.3g}",
+        ]
+    )
+
+
+def run_regime(name: str, steps: int | None, warmup: int, cache_dir: Path, device: str) -> Measurement:
+    regime = REGIMES[name]
+    steps = regime.default_steps if steps is None else steps
+    with tempfile.TemporaryDirectory(prefix=f"trainer-overhead-{name}-") as output_dir:
+        cfg = regime_config(regime, Path(output_dir), cache_dir, device)
+        trainer = Trainer(cfg)
+        reference = reference_loop_for(trainer, cfg.optim.optimizer)
+        result = measure(trainer, reference, warmup, steps)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    print(report(name, regime, n_params, warmup, result), flush=True)
+    return result
+
+
+def cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regime", choices=[*REGIMES, "both"], default="both", help="which model size to run")
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="measured steps per side (default: " + ", ".join(f"{n} {r.default_steps}" for n, r in REGIMES.items())
+        + ")",
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per side before measuring")
+    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "polymodal",
+                        help="where the stdlib tokenizer and token corpus are cached")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch.set_num_threads before measuring (default: torch's own choice). On a busy 2-core box, 1 "
+        "thread avoids the scheduler stalls that make every multi-threaded op cost a time slice",
+    )
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Measurement]:
+    """Run the chosen regimes, print one report each, and return their measurements by regime name."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()}", flush=True)
+    names = list(REGIMES) if args.regime == "both" else [args.regime]
+    return {name: run_regime(name, args.steps, args.warmup, args.cache_dir.resolve(), args.device) for name in names}
+
+
+if __name__ == "__main__":
+    main()

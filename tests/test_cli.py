@@ -1,0 +1,109 @@
+"""The command line as a user meets it: real subprocesses, exit codes, messages without tracebacks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polymodal.cli import main
+from polymodal.config import load_config
+from polymodal.train.trainer import Trainer
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-m", "polymodal", *args], capture_output=True, text=True, timeout=300, cwd=cwd, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("experiment.totl_steps=5", "did you mean 'experiment.total_steps'"),
+        ("experiment.log_every=often", "experiment.log_every"),
+        ("experiment.precision=fp16", "fp16"),
+    ],
+)
+def test_config_mistakes_exit_2_with_one_clear_line(tiny_config, override, expected):
+    result = run_cli("train", "--config", str(tiny_config), override)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = run_cli("train", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "nope.yaml" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_misspelt_key_in_the_file_is_reported(tiny_config):
+    tiny_config.write_text(tiny_config.read_text().replace("  log_every: 1", "  log_evry: 1"))
+    result = run_cli("train", "--config", str(tiny_config))
+    assert result.returncode == 2 and "did you mean 'experiment.log_every'" in result.stderr
+
+
+def test_debug_run_is_short_local_and_checks_keys(tiny_config, tmp_path, capsys, monkeypatch):
+    seen = {}
+    original = Trainer.__init__
+
+    def spy(self, cfg):
+        original(self, cfg)
+        seen["exp"] = self.exp
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    assert main(["train", "--config", str(tiny_config), "--debug", "experiment.total_steps=50"]) == 0
+    exp = seen["exp"]
+    assert exp.debug and exp.total_steps == 20 and exp.log_every == 1 and not exp.wandb.enabled
+    assert exp.output_dir == f"{tmp_path}/run-debug"
+    assert (tmp_path / "run-debug" / "metrics.jsonl").is_file()
+
+
+def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_path):
+    assert main(["train", "--config", str(tiny_config)]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    trained = Trainer(load_config(tiny_config, [f"experiment.output_dir={tmp_path}/run"]))
+    trained.resume()
+    for name, value in exported.items():
+        assert torch.equal(value, trained.model.state_dict()[name]), name
+    assert "_target_: polymodal.models.llm.build_llm" in (tmp_path / "export" / "config.yaml").read_text()
+
+    fine_tune = Trainer(
+        load_config(
+            tiny_config,
+            [
+                f"experiment.output_dir={tmp_path}/fine-tune",
+                f"experiment.init_from.path={tmp_path}/export",
+                "experiment.init_from.exclude=[head.*, preprocessor.*]",
+            ],
+        )
+    )
+    own = fine_tune.model.state_dict()
+    for name, value in exported.items():
+        loaded = torch.equal(own[name], value)
+        assert loaded == name.startswith("trunk."), name
+
+
+def test_rename_rules_map_checkpoint_keys(tiny_config, tmp_path):
+    from polymodal.train.weights import select_and_rename
+
+    state = {"trunk.transformer.blocks.0.attn.q_proj.weight": torch.ones(1), "head.proj.weight": torch.zeros(1)}
+    renamed = select_and_rename(state, include=["trunk.*"], rename={r"^trunk\.transformer\.": "encoder."})
+    assert list(renamed) == ["encoder.blocks.0.attn.q_proj.weight"]
+    with pytest.raises(ValueError, match="two checkpoint keys"):
+        select_and_rename(state, rename={r".*": "same"})
+
+
+def test_tokenizer_train_text_command(tmp_path, text_corpus):
+    output = tmp_path / "tok" / "tokenizer.json"
+    result = run_cli("tokenizer", "train-text", str(text_corpus), "--output", str(output), "--vocab-size", "400")
+    assert result.returncode == 0, result.stderr
+    from polymodal.tokenizers.bpe import load_tokenizer
+
+    tokenizer = load_tokenizer(output)
+    text = "the red cube is left of the blue sphere."
+    assert tokenizer.decode(tokenizer.encode(text).ids) == text
