@@ -85,9 +85,7 @@ def _read_yaml(path: Path, listed_in: Path | None) -> Tree:
     if not path.is_file():
         where = f" (listed in the defaults of {_display(listed_in)})" if listed_in else ""
         siblings = [p.name for p in path.parent.glob("*") if p.suffix in _YAML_SUFFIXES]
-        raise ConfigError(
-            f"config file not found: {_display(path)}{where}" + did_you_mean(path.name, siblings)
-        )
+        raise ConfigError(f"config file not found: {_display(path)}{where}" + did_you_mean(path.name, siblings))
     try:
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as error:
@@ -118,9 +116,7 @@ def _default_entries(body: Tree, path: Path) -> list[tuple[str | None, Path]]:
         ):
             targets.extend((key, _default_path(path, value)) for key, value in entry.items())
         else:
-            raise ConfigError(
-                f"{_display(path)}: defaults entry {entry!r} must be a path or a 'key: path' mapping"
-            )
+            raise ConfigError(f"{_display(path)}: defaults entry {entry!r} must be a path or a 'key: path' mapping")
     return targets
 
 
@@ -188,9 +184,7 @@ def _find_broken_interpolation(node: DictConfig | ListConfig, path: str) -> tupl
     raw_node = OmegaConf.to_container(node, resolve=False)
     keys = list(node.keys()) if isinstance(node, DictConfig) else list(range(len(node)))
     for key in keys:
-        key_path = (
-            f"{path}[{key}]" if isinstance(node, ListConfig) else (f"{path}.{key}" if path else str(key))
-        )
+        key_path = f"{path}[{key}]" if isinstance(node, ListConfig) else (f"{path}.{key}" if path else str(key))
         if OmegaConf.is_interpolation(node, key):
             try:
                 node[key]

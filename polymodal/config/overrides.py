@@ -163,7 +163,5 @@ def _add(tree: Tree, parts: list[str], override: Override) -> None:
     if not isinstance(node, dict):
         raise ConfigError(f"cannot add '{override.key}': '{'.'.join(parts[:-1])}' is not a mapping")
     if parts[-1] in node:
-        raise ConfigError(
-            f"cannot add '{override.key}': it already exists (use '{override.key}=...' to change it)"
-        )
+        raise ConfigError(f"cannot add '{override.key}': it already exists (use '{override.key}=...' to change it)")
     node[parts[-1]] = override.value

@@ -81,9 +81,7 @@ def _build(schema: type, node: Any, path: str) -> Any:
         if str(key) not in specs:
             kind = "key" if path else "top-level section"
             prefix = f"{path}." if path else ""
-            raise ConfigError(
-                f"unknown {kind} '{_join(path, str(key))}'" + did_you_mean(str(key), specs, prefix)
-            )
+            raise ConfigError(f"unknown {kind} '{_join(path, str(key))}'" + did_you_mean(str(key), specs, prefix))
     values = {}
     for name, spec in specs.items():
         key_path = _join(path, name)
@@ -129,9 +127,7 @@ def _check(expected: Any, value: Any, path: str) -> Any:
     elif origin is dict:
         if isinstance(value, Mapping):
             return {
-                _check(args[0], key, f"{path} (key {key!r})"): _plain(
-                    _check(args[1], item, _join(path, str(key)))
-                )
+                _check(args[0], key, f"{path} (key {key!r})"): _plain(_check(args[1], item, _join(path, str(key))))
                 for key, item in value.items()
             }
     elif expected is float:

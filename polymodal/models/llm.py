@@ -70,8 +70,12 @@ def build_llm(
         max_seq_len=max_seq_len,
         rope_theta=rope_theta,
     )
-    model = CausalLM(TokenEmbedding(vocab_size, dim), DocumentCausalMask(), TransformerTrunk(transformer),
-                     LinearHead(dim, vocab_size))
+    model = CausalLM(
+        TokenEmbedding(vocab_size, dim),
+        DocumentCausalMask(),
+        TransformerTrunk(transformer),
+        LinearHead(dim, vocab_size),
+    )
     init_weights(model, scheme="trunc_normal", std=init_std, depth=depth)
     if tie_embeddings:
         model.head.proj.weight = model.preprocessor.blocks[0].embedding.weight

@@ -82,8 +82,7 @@ class _GuardedDict(MutableMapping):
             raise KeyDeclarationError(f"{self._where()} read undeclared key '{key}'")
         if key not in self._data:
             raise KeyDeclarationError(
-                f"{self._where()} reads '{key}', which is missing from the data_dict "
-                f"(present: {sorted(self._data)})"
+                f"{self._where()} reads '{key}', which is missing from the data_dict (present: {sorted(self._data)})"
             )
         return self._data[key]
 
@@ -217,7 +216,7 @@ class ModuleBlock(ReadWriteBlock):
             raise ValueError(
                 f"{type(self.module).__name__} returned {len(outputs)} outputs for write keys {list(self.write_keys)}"
             )
-        for key, value in zip(self.write_keys, outputs):
+        for key, value in zip(self.write_keys, outputs, strict=True):
             data[key] = value
         return data
 

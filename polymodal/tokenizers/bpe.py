@@ -138,9 +138,7 @@ def load_or_train_bpe(
                 )
             return tokenizer
         if corpus is None:
-            raise FileNotFoundError(
-                f"tokenizer file not found: {target}, and no corpus was given to train one"
-            )
+            raise FileNotFoundError(f"tokenizer file not found: {target}, and no corpus was given to train one")
         tokenizer = train_bpe(corpus(), vocab_size, min_frequency)
         save_tokenizer(tokenizer, target)
         return tokenizer

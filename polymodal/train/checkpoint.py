@@ -157,9 +157,7 @@ class Checkpointer:
         dcp.load(tensors, checkpoint_id=checkpoint)
         others = json.loads((checkpoint / "non_tensor_state.json").read_text())
         restored = _merge(tensors, others)
-        set_state_dict(
-            model, optimizer, model_state_dict=restored["model"], optim_state_dict=restored.get("optim", {})
-        )
+        set_state_dict(model, optimizer, model_state_dict=restored["model"], optim_state_dict=restored.get("optim", {}))
 
         rng_file = checkpoint / "rng" / f"rank{self.env.rank}.json"
         if trainer_state["world_size"] == self.env.world_size and rng_file.is_file():

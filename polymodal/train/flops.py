@@ -63,8 +63,12 @@ def transformer_train_flops_per_token(n_matmul_params: int, n_layers: int, dim: 
     block-diagonal sequences this overstates attention. Activation recompute is not counted: this is
     model FLOPs (MFU), not hardware FLOPs (HFU).
     """
-    for name, value in (("n_matmul_params", n_matmul_params), ("n_layers", n_layers), ("dim", dim),
-                        ("seq_len", seq_len)):
+    for name, value in (
+        ("n_matmul_params", n_matmul_params),
+        ("n_layers", n_layers),
+        ("dim", dim),
+        ("seq_len", seq_len),
+    ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     return 6.0 * n_matmul_params + 12.0 * n_layers * dim * seq_len
@@ -79,8 +83,12 @@ def matmul_params(model: nn.Module, exclude_types: tuple[type[nn.Module], ...] =
     and patchify convolutions are not seen. ``exclude_types`` drops whole sub-trees, e.g. a frozen tower
     whose forward-only FLOPs (2 per parameter, not 6) you account for separately.
     """
-    excluded = {id(inner) for module in model.modules() if exclude_types and isinstance(module, exclude_types)
-                for inner in module.modules()}
+    excluded = {
+        id(inner)
+        for module in model.modules()
+        if exclude_types and isinstance(module, exclude_types)
+        for inner in module.modules()
+    }
     counted: set[int] = set()
     total = 0
     for module in model.modules():
@@ -94,16 +102,18 @@ def matmul_params(model: nn.Module, exclude_types: tuple[type[nn.Module], ...] =
 
 def mfu(flops_per_step: float, step_time_s: float, peak_flops: float, num_devices: int = 1) -> float:
     """Model FLOPs utilisation: achieved FLOP/s divided by the summed dense peak of all devices."""
-    for name, value in (("flops_per_step", flops_per_step), ("step_time_s", step_time_s),
-                        ("peak_flops", peak_flops), ("num_devices", num_devices)):
+    for name, value in (
+        ("flops_per_step", flops_per_step),
+        ("step_time_s", step_time_s),
+        ("peak_flops", peak_flops),
+        ("num_devices", num_devices),
+    ):
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
     return flops_per_step / step_time_s / (peak_flops * num_devices)
 
 
-def measure_matmul_flops(
-    device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 5
-) -> float:
+def measure_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
     """Best-of-``repeats`` FLOP/s of a ``size x size`` matmul in ``dtype`` on ``device`` (after a warm-up)."""
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -132,8 +142,12 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path 
             return peak
         if gpu_name not in _warned_unknown_gpus:
             _warned_unknown_gpus.add(gpu_name)
-            logger.warning("No dense peak FLOP/s known for %r in %s; measuring a matmul instead (MFU will be "
-                           "relative to that measurement)", gpu_name, dtype)
+            logger.warning(
+                "No dense peak FLOP/s known for %r in %s; measuring a matmul instead (MFU will be "
+                "relative to that measurement)",
+                gpu_name,
+                dtype,
+            )
     return _cached_probe(device, dtype, _resolve_cache_dir(cache_dir) / _PEAK_CACHE_FILE)
 
 

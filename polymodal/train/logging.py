@@ -157,9 +157,14 @@ class RunLogger:
             )
         if sys.stdout.isatty() if progress_bar is None else progress_bar:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("eta"), TimeRemainingColumn(),
-                console=rich.get_console())
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=rich.get_console(),
+            )
             self._progress.add_task(run_name, total=total_steps, completed=start_step, loss="-")
             self._progress.start()
 
@@ -211,8 +216,9 @@ class RunLogger:
     def __enter__(self) -> RunLogger:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def _eta(self, step: int) -> str:
@@ -226,8 +232,7 @@ class RunLogger:
 
 def _to_float(name: Any, value: Any) -> float:
     if not isinstance(name, str) or not name or name in _RESERVED_KEYS:
-        raise ValueError(
-            f"metric name must be a non-empty string other than {sorted(_RESERVED_KEYS)}, got {name!r}")
+        raise ValueError(f"metric name must be a non-empty string other than {sorted(_RESERVED_KEYS)}, got {name!r}")
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
@@ -284,8 +289,13 @@ def _drop_records_after(metrics_path: Path, start_step: int) -> None:
     kept = [record for record in records if record["step"] <= start_step]
     if n_bad == 0 and len(kept) == len(records):
         return
-    logger.info("Resuming at step %d: dropped %d record(s) logged after it and %d malformed line(s) from %s",
-                start_step, len(records) - len(kept), n_bad, metrics_path)
+    logger.info(
+        "Resuming at step %d: dropped %d record(s) logged after it and %d malformed line(s) from %s",
+        start_step,
+        len(records) - len(kept),
+        n_bad,
+        metrics_path,
+    )
     tmp = metrics_path.with_name(metrics_path.name + ".tmp")
     tmp.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
     os.replace(tmp, metrics_path)
@@ -318,16 +328,16 @@ def _stable_run_id(output_dir: Path) -> str:
     return run_id
 
 
-def _init_wandb(
-    settings: WandbSettings, output_dir: Path, run_name: str, config: dict[str, Any] | None
-) -> Any:
+def _init_wandb(settings: WandbSettings, output_dir: Path, run_name: str, config: dict[str, Any] | None) -> Any:
     """Start (or resume) the wandb run. Config fields win over ``./.wandb.yaml``; unset ones fall to wandb's
     own defaults and ``WANDB_*`` environment variables."""
     try:
         import wandb
     except ImportError as err:
-        raise ImportError("wandb logging is enabled but wandb is not installed: "
-                          "pip install 'polymodal[wandb]' (or disable wandb in the config)") from err
+        raise ImportError(
+            "wandb logging is enabled but wandb is not installed: "
+            "pip install 'polymodal[wandb]' (or disable wandb in the config)"
+        ) from err
     file_settings = _read_wandb_file(Path.cwd() / WANDB_SETTINGS_FILE)
     mode = getattr(settings, "mode", None) or file_settings.get("mode")
     if mode is not None and mode not in _WANDB_MODES:

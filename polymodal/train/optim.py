@@ -156,9 +156,7 @@ def build_optimizer(
             info.param.requires_grad_(False)
     trainable = [info for info in all_params if info.param.requires_grad]
     if not trainable:
-        raise ValueError(
-            f"no trainable parameters remain in {type(model).__name__} (freeze patterns: {list(freeze)})"
-        )
+        raise ValueError(f"no trainable parameters remain in {type(model).__name__} (freeze patterns: {list(freeze)})")
 
     groups: dict[tuple[bool, float], dict] = {}
     for info in trainable:

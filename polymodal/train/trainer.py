@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from polymodal.config import experiment_config, instantiate
+from polymodal.config import experiment_config, instantiate, save_config
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.train.checkpoint import Checkpointer
 from polymodal.train.distributed import (
@@ -75,8 +75,7 @@ class Trainer:
         self.env = setup_distributed(self.exp.device)
         self.output_dir = Path(self.exp.output_dir)
         if self.env.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(self.config_yaml)
+            save_config(cfg, self.output_dir / "config.yaml")
         setup_console_logging(self.output_dir, self.env.rank, self.exp.debug)
 
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", self.exp.keep_last, self.env)
@@ -91,6 +90,9 @@ class Trainer:
         with main_process_first(self.env):  # rank 0 trains the tokenizer / fills caches, then the rest read them
             self.data = instantiate(cfg.data, seed=self.exp.seed, dp_rank=self.env.rank, dp_world=self.env.world_size)
         self.objective: nn.Module = instantiate(cfg.loss).to(self.env.device)
+        self.metrics: nn.Module | None = instantiate(cfg.metrics)  # evaluation-only Objective blocks, or None
+        if self.metrics is not None:
+            self.metrics.to(self.env.device)
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optim.optimizer, model=self.model)
         self.schedule = instantiate(cfg.optim.schedule)
         self.train_model = self._prepare_model(self.model)
@@ -136,10 +138,12 @@ class Trainer:
         state = {"skipped_steps": self.progress.skipped_steps, "data": self.data.train.state_dict()}
         return self.checkpointer.save(self.progress.step, self.model, self.optimizer, state, self.config_yaml)
 
-    def forward_loss(self, batch: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_loss(self, batch: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor], DataDict]:
+        """The model's output data_dict, and the objective's loss and named values on it."""
         with self._autocast(), checking_keys(self.exp.debug):
             output = call_block(self.train_model, batch, name="model")
-            return call_block(self.objective, output, name="loss")
+            loss, metrics = call_block(self.objective, output, name="loss")
+        return loss, metrics, output
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns device-side statistics."""
@@ -152,7 +156,7 @@ class Trainer:
             batch = move_to_device(next(self.data.train), self.env.device)
             data_wait += time.perf_counter() - started
             with gradient_sync(self.train_model, enabled=micro_step == exp.grad_accum_steps - 1):
-                loss, metrics = self.forward_loss(batch)
+                loss, metrics, _ = self.forward_loss(batch)
                 (loss / exp.grad_accum_steps).backward()
             stats["loss"] += loss.detach() / exp.grad_accum_steps
             for name, value in metrics.items():
@@ -179,7 +183,9 @@ class Trainer:
     def _on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         policy = self.exp.nonfinite
         self.progress.skipped_steps += 1
-        what = f"non-finite loss/gradient at step {self.progress.step} (loss={loss.item()}, grad_norm={grad_norm.item()})"
+        what = (
+            f"non-finite loss/gradient at step {self.progress.step} (loss={loss.item()}, grad_norm={grad_norm.item()})"
+        )
         if policy.policy == "skip" and self.progress.skipped_steps <= policy.max_skips:
             log.warning("%s: update skipped (%d/%d allowed)", what, self.progress.skipped_steps, policy.max_skips)
             return
@@ -196,7 +202,11 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
         batches = 0
         for batch in self.data.val_batches(self.exp.eval_steps):
-            loss, metrics = self.forward_loss(move_to_device(batch, self.env.device))
+            loss, metrics, output = self.forward_loss(move_to_device(batch, self.env.device))
+            if self.metrics is not None:
+                with checking_keys(self.exp.debug):
+                    _, extra = call_block(self.metrics, output, name="metrics")
+                metrics = {**metrics, **extra}
             sums["loss"] += loss.float()
             for name, value in metrics.items():
                 sums[name] += value.float()
@@ -206,7 +216,7 @@ class Trainer:
             raise ValueError("the validation split produced no batches; check data.val settings")
         names = sorted(sums)
         means = all_reduce_mean(torch.stack([sums[n] for n in names]) / batches)
-        return dict(zip(names, means.tolist()))
+        return dict(zip(names, means.tolist(), strict=True))
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the last train and validation metrics."""

@@ -9,9 +9,7 @@ from polymodal.config import ConfigError, instantiate
 
 
 def test_target_builds_object_with_node_arguments():
-    layer = instantiate(
-        OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2})
-    )
+    layer = instantiate(OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2}))
     assert isinstance(layer, torch.nn.Linear) and layer.weight.shape == (2, 3)
 
 
@@ -22,9 +20,7 @@ def test_call_time_kwargs_override_and_complete_the_node():
 
 
 def test_partial_returns_a_partial_that_the_caller_completes():
-    factory = instantiate(
-        OmegaConf.create({"_target_": "torch.nn.Linear", "_partial_": True, "out_features": 2})
-    )
+    factory = instantiate(OmegaConf.create({"_target_": "torch.nn.Linear", "_partial_": True, "out_features": 2}))
     assert isinstance(factory, functools.partial)
     first, second = factory(in_features=3), factory(in_features=3)
     assert first.weight.shape == (2, 3) and first is not second
@@ -67,17 +63,13 @@ def config_with_model(model: dict):
 
 def test_unknown_target_names_config_path_and_target():
     cfg = config_with_model({"_target_": "torch.nn.Linearr", "in_features": 2})
-    with pytest.raises(
-        ConfigError, match=r"^cannot instantiate 'model\.trunk' \(_target_: torch\.nn\.Linearr\): "
-    ):
+    with pytest.raises(ConfigError, match=r"^cannot instantiate 'model\.trunk' \(_target_: torch\.nn\.Linearr\): "):
         instantiate(cfg.model.trunk)
 
 
 def test_unknown_module_names_config_path_and_target():
     cfg = config_with_model({"_target_": "no_such_package.Block"})
-    with pytest.raises(
-        ConfigError, match=r"'model\.trunk' \(_target_: no_such_package\.Block\).*no_such_package"
-    ):
+    with pytest.raises(ConfigError, match=r"'model\.trunk' \(_target_: no_such_package\.Block\).*no_such_package"):
         instantiate(cfg.model)
 
 
@@ -86,9 +78,7 @@ def test_wrong_argument_name_names_nested_path_and_argument():
     with pytest.raises(ConfigError) as caught:
         instantiate(cfg.model)
     message = str(caught.value)
-    assert message.startswith(
-        "cannot instantiate 'model.trunk.inner' (_target_: torch.nn.modules.linear.Linear)"
-    )
+    assert message.startswith("cannot instantiate 'model.trunk.inner' (_target_: torch.nn.modules.linear.Linear)")
     assert "TypeError" in message and "out_feature" in message and "\n" not in message
 
 
@@ -100,7 +90,5 @@ def test_config_error_raised_by_a_target_is_kept(tmp_path):
 
 
 def test_plain_dict_node_without_config_path_is_named_top_level():
-    with pytest.raises(
-        ConfigError, match=r"^cannot instantiate the top-level node \(_target_: torch\.nn\.Linearr\)"
-    ):
+    with pytest.raises(ConfigError, match=r"^cannot instantiate the top-level node \(_target_: torch\.nn\.Linearr\)"):
         instantiate({"_target_": "torch.nn.Linearr"})

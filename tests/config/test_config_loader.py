@@ -62,9 +62,7 @@ def test_same_file_reached_twice_is_not_a_cycle(write_yaml, required_sections):
 def test_defaults_cycle_is_an_error(write_yaml, required_sections):
     write_yaml("a.yaml", "defaults: [b.yaml]\n")
     write_yaml("b.yaml", "defaults: [a.yaml]\n")
-    with pytest.raises(
-        ConfigError, match=r"defaults cycle: .*main\.yaml -> .*a\.yaml -> .*b\.yaml -> .*a\.yaml"
-    ):
+    with pytest.raises(ConfigError, match=r"defaults cycle: .*main\.yaml -> .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
         load_config(write_yaml("main.yaml", "defaults: [a]\n" + required_sections))
 
 
@@ -119,9 +117,7 @@ def test_add_delete_and_experiment_default_overrides(write_yaml):
     path = write_yaml("main.yaml", "model: {dim: 8, bias: true}\ndata: {}\noptim: {}\nloss: {}\n")
     cfg = load_config(path, overrides=["+model.extra.depth=2", "~model.bias", "experiment.total_steps=5"])
     assert OmegaConf.to_container(cfg.model) == {"dim": 8, "extra": {"depth": 2}}
-    assert (
-        cfg.experiment.total_steps == 5
-    )  # not in the file, yet overridable: schema defaults are merged first
+    assert cfg.experiment.total_steps == 5  # not in the file, yet overridable: schema defaults are merged first
 
 
 @pytest.mark.parametrize(
@@ -144,8 +140,7 @@ def test_bad_overrides_are_config_errors(write_yaml, required_sections, override
 def test_broken_interpolation_names_the_key_holding_it(write_yaml, required_sections):
     path = write_yaml(
         "main.yaml",
-        "constants: {dim: 8}\n"
-        + required_sections.replace("model: {}", "model: {a: {dim: '${constants.dimm}'}}"),
+        "constants: {dim: 8}\n" + required_sections.replace("model: {}", "model: {a: {dim: '${constants.dimm}'}}"),
     )
     with pytest.raises(ConfigError) as caught:
         load_config(path)

@@ -57,9 +57,7 @@ def test_values_are_typed_and_nested_sections_become_dataclasses():
 
 
 def test_any_sections_are_not_checked_inside():
-    root = validate_config(
-        config_with(model={"_target_": "x.Y", "whatever": [1, {"k": None}]}, metrics={"m": 1})
-    )
+    root = validate_config(config_with(model={"_target_": "x.Y", "whatever": [1, {"k": None}]}, metrics={"m": 1}))
     assert root.model.whatever[1].k is None and root.metrics.m == 1
 
 
@@ -145,9 +143,7 @@ def test_grad_clip_zero_and_resume_path_are_valid():
 
 
 def test_load_config_fills_every_default_into_the_returned_config(write_yaml):
-    path = write_yaml(
-        "main.yaml", "model: {}\ndata: {}\noptim: {}\nloss: {}\nexperiment: {wandb: {enabled: true}}\n"
-    )
+    path = write_yaml("main.yaml", "model: {}\ndata: {}\noptim: {}\nloss: {}\nexperiment: {wandb: {enabled: true}}\n")
     cfg = load_config(path, overrides=["experiment.seed=3"])
     expected = dataclasses.asdict(ExperimentConfig(seed=3, wandb=WandbConfig(enabled=True)))
     assert OmegaConf.to_container(cfg.experiment) == expected

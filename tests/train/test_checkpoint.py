@@ -37,7 +37,7 @@ def test_round_trip_restores_model_optimizer_rngs_and_state(tmp_path):
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected_draws
     assert state["step"] == 7 and state["data"] == {"epoch": 2} and state["skipped_steps"] == 1
     assert state["version"] and state["world_size"] == 1
-    for a, b in zip(model.state_dict().values(), other_model.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), other_model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     saved, restored = optimizer.state_dict(), other_optimizer.state_dict()
     for key in saved["state"]:
@@ -75,5 +75,5 @@ def test_model_only_load(tmp_path):
     path = Checkpointer(tmp_path, keep_last=1, env=ENV).save(3, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
     fresh, _ = model_and_optimizer(seed=5)
     load_model_weights(path, fresh)
-    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -72,5 +72,5 @@ def test_accumulation_syncs_once_and_matches_the_full_batch_gradient():
         for micro in range(MICRO_STEPS):
             (reference(micro_batch(rank, micro)).square().mean() / (MICRO_STEPS * world)).backward()
     for rank in range(world):
-        for got, expected in zip(results[rank]["grads"], (p.grad for p in reference.parameters())):
+        for got, expected in zip(results[rank]["grads"], (p.grad for p in reference.parameters()), strict=True):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -20,11 +20,14 @@ def _assert_png(path):
 
 
 def test_plot_train_and_val_with_nulls(tmp_path):
-    records = [{"step": s, "split": "train", "time": 0.0, "loss": 8 * math.exp(-s / 60) + 0.5, "lr": 1e-3}
-               for s in range(1, 301)]
+    records = [
+        {"step": s, "split": "train", "time": 0.0, "loss": 8 * math.exp(-s / 60) + 0.5, "lr": 1e-3}
+        for s in range(1, 301)
+    ]
     records[40]["loss"] = None  # a non-finite loss, written as null
-    records += [{"step": s, "split": "val", "time": 0.0, "loss": 8 * math.exp(-s / 60) + 0.7}
-                for s in range(50, 301, 50)]
+    records += [
+        {"step": s, "split": "val", "time": 0.0, "loss": 8 * math.exp(-s / 60) + 0.7} for s in range(50, 301, 50)
+    ]
     metrics = _write_metrics(tmp_path / "metrics.jsonl", records)
     out = plot_loss_curves(metrics, tmp_path / "plots" / "loss.png")
     assert out == tmp_path / "plots" / "loss.png"
@@ -32,8 +35,9 @@ def test_plot_train_and_val_with_nulls(tmp_path):
 
 
 def test_plot_train_only(tmp_path):
-    metrics = _write_metrics(tmp_path / "metrics.jsonl",
-                             [{"step": s, "split": "train", "loss": 3.0 - s / 100} for s in range(1, 11)])
+    metrics = _write_metrics(
+        tmp_path / "metrics.jsonl", [{"step": s, "split": "train", "loss": 3.0 - s / 100} for s in range(1, 11)]
+    )
     _assert_png(plot_loss_curves(metrics, tmp_path / "loss.png"))
 
 

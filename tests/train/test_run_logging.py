@@ -37,8 +37,17 @@ def _lines(path):
 
 def test_metrics_jsonl_records_converted_values(tmp_path):
     with RunLogger(tmp_path, total_steps=100, tensorboard=False, progress_bar=False) as run:
-        run.log(10, "train", {"loss": torch.tensor(2.5), "lr": np.float32(1e-3), "tokens": 7,
-                              "grad_norm": float("nan"), "big": torch.tensor([float("inf")])})
+        run.log(
+            10,
+            "train",
+            {
+                "loss": torch.tensor(2.5),
+                "lr": np.float32(1e-3),
+                "tokens": 7,
+                "grad_norm": float("nan"),
+                "big": torch.tensor([float("inf")]),
+            },
+        )
         run.log(10, "val", {"loss": np.array(3.0)})
     raw = [json.loads(line) for line in _lines(tmp_path / "metrics.jsonl")]
     assert raw[0]["step"] == 10 and raw[0]["split"] == "train" and raw[0]["time"] > 1.6e9
@@ -50,14 +59,18 @@ def test_metrics_jsonl_records_converted_values(tmp_path):
 
 @pytest.mark.parametrize(
     ("metrics", "message"),
-    [({"loss": torch.ones(2)}, "'loss' must be a scalar"),
-     ({"loss": "low"}, "'loss' must be a number"),
-     ({"step": 1.0}, "metric name"),
-     ({"loss": np.ones(3)}, "'loss' must be a number")],
+    [
+        ({"loss": torch.ones(2)}, "'loss' must be a scalar"),
+        ({"loss": "low"}, "'loss' must be a number"),
+        ({"step": 1.0}, "metric name"),
+        ({"loss": np.ones(3)}, "'loss' must be a number"),
+    ],
 )
 def test_bad_metrics_are_rejected(tmp_path, metrics, message):
-    with (RunLogger(tmp_path, total_steps=10, tensorboard=False, progress_bar=False) as run,
-          pytest.raises(ValueError, match=message)):
+    with (
+        RunLogger(tmp_path, total_steps=10, tensorboard=False, progress_bar=False) as run,
+        pytest.raises(ValueError, match=message),
+    ):
         run.log(1, "train", metrics)
 
 
@@ -80,7 +93,11 @@ def test_resume_drops_records_after_start_step(tmp_path):
         run.log(30, "train", {"loss": 0.5})
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [(r["step"], r["split"], r["loss"]) for r in records] == [
-        (10, "train", 4.0), (20, "train", 3.0), (20, "val", 4.0), (30, "train", 0.5)]
+        (10, "train", 4.0),
+        (20, "train", 3.0),
+        (20, "val", 4.0),
+        (30, "train", 0.5),
+    ]
 
 
 def test_read_metrics_counts_malformed_lines(tmp_path, caplog):
@@ -170,19 +187,20 @@ def offline_wandb(tmp_path, monkeypatch):
 def test_wandb_settings_file_is_validated(offline_wandb):
     (offline_wandb / ".wandb.yaml").write_text("project: p\nteam: t\n")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['team'\]"):
-        RunLogger(offline_wandb / "run", total_steps=10, tensorboard=False, progress_bar=False,
-                  wandb=_Wandb())
+        RunLogger(offline_wandb / "run", total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb())
     (offline_wandb / ".wandb.yaml").write_text("project: p\n")
     with pytest.raises(ValueError, match="wandb mode"):
-        RunLogger(offline_wandb / "run", total_steps=10, tensorboard=False, progress_bar=False,
-                  wandb=_Wandb(mode="sometimes"))
+        RunLogger(
+            offline_wandb / "run", total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb(mode="sometimes")
+        )
 
 
 def test_wandb_offline_run_resumes_with_the_same_id(offline_wandb):
     (offline_wandb / ".wandb.yaml").write_text("project: polymodal-tests\nmode: online\n")
     out = offline_wandb / "run"
-    with RunLogger(out, total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb(),
-                   config={"lr": 0.1}) as run:
+    with RunLogger(
+        out, total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb(), config={"lr": 0.1}
+    ) as run:
         run.log(1, "train", {"loss": 1.0})
         first_id = run._wandb_run.id
         assert run._wandb_run.project == "polymodal-tests"
@@ -190,7 +208,6 @@ def test_wandb_offline_run_resumes_with_the_same_id(offline_wandb):
     assert (out / "wandb_id.txt").read_text().strip() == first_id
     assert any((out / "wandb").glob("offline-run-*"))  # explicit mode="offline" beat the file's "online"
 
-    with RunLogger(out, total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb(),
-                   start_step=1) as run:
+    with RunLogger(out, total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb(), start_step=1) as run:
         run.log(2, "train", {"loss": 0.5})
         assert run._wandb_run.id == first_id

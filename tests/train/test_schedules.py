@@ -10,9 +10,7 @@ from polymodal.train.optim import build_optimizer
 from polymodal.train.schedules import Schedule, lr_multiplier
 
 
-def naive_multiplier(
-    step, total, warmup, kind, min_ratio=0.0, decay_fraction=0.2, init=0.0, wsd_decay="linear"
-):
+def naive_multiplier(step, total, warmup, kind, min_ratio=0.0, decay_fraction=0.2, init=0.0, wsd_decay="linear"):
     """Independent piecewise reference written straight from the documented formulas."""
     if step < warmup:
         return init + (1 - init) * (step + 1) / warmup

@@ -146,9 +146,7 @@ def _expand_one(path: str | Path) -> list[Path]:
     if p.is_dir():
         return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in DOCUMENT_SUFFIXES)
     if p.suffix not in DOCUMENT_SUFFIXES:
-        raise ValueError(
-            f"unsupported document file suffix {p.suffix!r} for {p}; expected one of {DOCUMENT_SUFFIXES}"
-        )
+        raise ValueError(f"unsupported document file suffix {p.suffix!r} for {p}; expected one of {DOCUMENT_SUFFIXES}")
     return [p]
 
 

@@ -29,9 +29,7 @@ SOURCES = ("stdlib", "files")
 class _DocumentSource:
     """Reads the train/val documents of a source on demand (once) and describes them for cache keys."""
 
-    def __init__(
-        self, source: str, paths: list[str] | None, val_paths: list[str] | None, val_fraction: float
-    ) -> None:
+    def __init__(self, source: str, paths: list[str] | None, val_paths: list[str] | None, val_fraction: float) -> None:
         if source not in SOURCES:
             raise ValueError(f"unknown text source {source!r}; expected one of {SOURCES}")
         if source == "files" and not paths:
@@ -71,11 +69,7 @@ class _DocumentSource:
             docs = self._all_file_documents() if split == "train" else read_documents(self.val_paths)
         else:
             # Split by the document text's hash: stable across runs, and duplicates land on one side.
-            docs = [
-                d
-                for d in self._all_file_documents()
-                if in_val_split(d, self.val_fraction) == (split == "val")
-            ]
+            docs = [d for d in self._all_file_documents() if in_val_split(d, self.val_fraction) == (split == "val")]
         if not docs:
             raise ValueError(f"the {split} split of text source {self.identity()} has no documents")
         return docs
@@ -113,13 +107,9 @@ class LMData:
         self.tokens_per_sample = seq_len
         self.eval_batch_size = eval_batch_size or batch_size
         self._docs = _DocumentSource(source, paths, val_paths, val_fraction)
-        self.tokenizer = load_or_train_bpe(
-            tokenizer_path, vocab_size, corpus=lambda: self._docs.documents("train")
-        )
+        self.tokenizer = load_or_train_bpe(tokenizer_path, vocab_size, corpus=lambda: self._docs.documents("train"))
         self._fingerprint = tokenizer_fingerprint(self.tokenizer)
-        cache_name = hashlib.sha256(
-            f"{Path(tokenizer_path).resolve()}|{self._docs.identity()}".encode()
-        ).hexdigest()
+        cache_name = hashlib.sha256(f"{Path(tokenizer_path).resolve()}|{self._docs.identity()}".encode()).hexdigest()
         self._cache_stem = Path(cache_dir) / "tokens" / cache_name[:16]
         self.train_corpus = self._tokenized("train")
         self.val_corpus = self._tokenized("val")

@@ -178,9 +178,7 @@ class PackedSequenceLoader:
         self.batch_in_epoch = int(state["batch_in_epoch"])
 
 
-def eval_batches(
-    corpus: TokenCorpus, seq_len: int, batch_size: int, max_batches: int | None = None
-) -> Iterator[Batch]:
+def eval_batches(corpus: TokenCorpus, seq_len: int, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
     """Deterministic evaluation batches: windows ``0, 1, 2, ...`` in order, ``batch_size`` per batch.
 
     Every window is covered once, so the last batch may be smaller than ``batch_size``. ``max_batches``
@@ -192,9 +190,7 @@ def eval_batches(
         raise ValueError(f"max_batches must be >= 0 or None, got {max_batches}")
     num_windows = count_windows(corpus, seq_len)
     if num_windows == 0:
-        raise ValueError(
-            f"corpus too short for evaluation: {len(corpus)} tokens give no window of seq_len={seq_len}"
-        )
+        raise ValueError(f"corpus too short for evaluation: {len(corpus)} tokens give no window of seq_len={seq_len}")
     starts = range(0, num_windows, batch_size)
     if max_batches is not None:
         starts = starts[:max_batches]

@@ -46,9 +46,7 @@ class TokenCorpus:
         return len(self.tokens)
 
 
-def tokenize_documents(
-    tokenizer: Tokenizer, docs: Sequence[str], eos_id: int, batch_size: int = 1024
-) -> TokenCorpus:
+def tokenize_documents(tokenizer: Tokenizer, docs: Sequence[str], eos_id: int, batch_size: int = 1024) -> TokenCorpus:
     """Encode ``docs`` in batches (``encode_batch`` runs in parallel) and append ``eos_id`` to each."""
     if not docs:
         raise ValueError("tokenize_documents got no documents")
@@ -57,9 +55,7 @@ def tokenize_documents(
     pieces: list[np.ndarray] = []
     eos = np.array([eos_id], dtype=np.int32)
     for start in range(0, len(docs), batch_size):
-        for encoding in tokenizer.encode_batch(
-            list(docs[start : start + batch_size]), add_special_tokens=False
-        ):
+        for encoding in tokenizer.encode_batch(list(docs[start : start + batch_size]), add_special_tokens=False):
             pieces.append(np.asarray(encoding.ids, dtype=np.int32))
             pieces.append(eos)
     lengths = np.array([len(p) for p in pieces[0::2]], dtype=np.int64) + 1

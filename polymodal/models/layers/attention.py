@@ -125,9 +125,7 @@ class Attention(nn.Module):
         )
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim))
 
-    def _attention_mask(
-        self, mask: Tensor | None, is_causal: bool, batch: int, seq_len: int
-    ) -> Tensor | None:
+    def _attention_mask(self, mask: Tensor | None, is_causal: bool, batch: int, seq_len: int) -> Tensor | None:
         """Validate ``mask``, AND the causal mask into it and give every empty query row its diagonal."""
         if mask is None:
             return None
@@ -139,9 +137,7 @@ class Attention(nn.Module):
         except RuntimeError:
             broadcast_ok = False
         if not broadcast_ok:
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to [B, H, T, T] = {target}"
-            )
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to [B, H, T, T] = {target}")
         if is_causal:
             mask = mask & causal_mask(seq_len, mask.device)
         empty_rows = ~mask.any(dim=-1, keepdim=True)

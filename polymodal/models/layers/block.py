@@ -114,13 +114,9 @@ def build_transformer(
     elif rope == "2d":
         if grid_size is None:
             raise ValueError("rope='2d' needs grid_size=(h, w)")
-        rotary = AxialRotaryEmbedding2D(
-            head_dim, grid_size, theta=rope_theta, num_prefix_tokens=num_prefix_tokens
-        )
+        rotary = AxialRotaryEmbedding2D(head_dim, grid_size, theta=rope_theta, num_prefix_tokens=num_prefix_tokens)
 
-    norm_factory: Callable[[int], nn.Module] = (
-        RMSNorm if norm == "rmsnorm" else partial(LayerNorm, bias=norm_bias)
-    )
+    norm_factory: Callable[[int], nn.Module] = RMSNorm if norm == "rmsnorm" else partial(LayerNorm, bias=norm_bias)
 
     def make_mlp() -> nn.Module:
         if mlp == "swiglu":

@@ -17,9 +17,7 @@ def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 256) 
     with exact fractions so that widths like 2/3 * 4 * 768 = 2048 are not bumped up by float rounding.
     """
     if dim < 1 or multiple_of < 1 or mlp_ratio <= 0:
-        raise ValueError(
-            f"dim, multiple_of and mlp_ratio must be positive, got {dim}, {multiple_of}, {mlp_ratio}"
-        )
+        raise ValueError(f"dim, multiple_of and mlp_ratio must be positive, got {dim}, {multiple_of}, {mlp_ratio}")
     target = Fraction(2, 3) * Fraction(mlp_ratio) * dim
     return multiple_of * math.ceil(target / multiple_of)
 

@@ -150,11 +150,7 @@ class AxialRotaryEmbedding2D(_RotaryTable):
         rows = torch.cat([prefix, flat // width])
         cols = torch.cat([prefix, flat % width])
         half = self.head_dim // 2
-        return torch.cat(
-            [rotary_angles(rows, half, self.theta), rotary_angles(cols, half, self.theta)], dim=-1
-        )
+        return torch.cat([rotary_angles(rows, half, self.theta), rotary_angles(cols, half, self.theta)], dim=-1)
 
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}"
-        )
+        return f"{super().extra_repr()}, grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}"

@@ -119,9 +119,7 @@ def test_bad_configuration_errors(files_setup):
 
 
 def test_stdlib_source(tmp_path):
-    data = LMData(
-        str(tmp_path / "bpe.json"), VOCAB, seq_len=64, batch_size=2, cache_dir=str(tmp_path / "cache")
-    )
+    data = LMData(str(tmp_path / "bpe.json"), VOCAB, seq_len=64, batch_size=2, cache_dir=str(tmp_path / "cache"))
     info = data.info()
     assert info["train_tokens"] > 100_000 and info["val_tokens"] > 10_000
     assert next(data.train)["input_ids"].shape == (2, 64)

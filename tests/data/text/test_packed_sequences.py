@@ -74,9 +74,7 @@ def test_loader_properties_and_epoch_coverage():
     assert loader.num_windows == 1999 // 16 == 124
     assert loader.tokens_per_batch == 80
     assert iter(loader) is loader
-    seen = [
-        tuple(b["input_ids"][r].tolist()) for b in take(loader, loader.batches_per_epoch) for r in range(5)
-    ]
+    seen = [tuple(b["input_ids"][r].tolist()) for b in take(loader, loader.batches_per_epoch) for r in range(5)]
     assert len(seen) == 120 == len(set(seen))  # 24 full batches, 4 leftover windows dropped
     all_windows = {tuple(make_batch(corpus, np.array([w]), 16)["input_ids"][0].tolist()) for w in range(124)}
     assert set(seen) <= all_windows
@@ -108,9 +106,7 @@ def test_no_shuffle_is_sequential():
 def test_order_is_independent_of_rank_split():
     corpus = random_corpus()
     single = PackedSequenceLoader(corpus, seq_len=16, batch_size=6, seed=7)
-    ranks = [
-        PackedSequenceLoader(corpus, seq_len=16, batch_size=3, seed=7, dp_rank=r, dp_world=2) for r in (0, 1)
-    ]
+    ranks = [PackedSequenceLoader(corpus, seq_len=16, batch_size=3, seed=7, dp_rank=r, dp_world=2) for r in (0, 1)]
     for _ in range(2 * single.batches_per_epoch + 3):  # crosses two epoch boundaries
         assert rows(next(single)) == rows(next(ranks[0])) + rows(next(ranks[1]))
 
@@ -136,9 +132,7 @@ def test_resume_continues_exactly():
 
 def test_resume_from_two_ranks_onto_one():
     corpus = random_corpus()
-    ranks = [
-        PackedSequenceLoader(corpus, seq_len=16, batch_size=2, seed=5, dp_rank=r, dp_world=2) for r in (0, 1)
-    ]
+    ranks = [PackedSequenceLoader(corpus, seq_len=16, batch_size=2, seed=5, dp_rank=r, dp_world=2) for r in (0, 1)]
     for loader in ranks:
         take(loader, 10)
     state = ranks[0].state_dict()
@@ -165,9 +159,7 @@ def test_resume_mismatch_errors():
             {k: v for k, v in state.items() if k != "epoch"}
         )
     with pytest.raises(ValueError, match="invalid loader position"):
-        PackedSequenceLoader(corpus, seq_len=16, batch_size=4, seed=1).load_state_dict(
-            {**state, "batch_in_epoch": 99}
-        )
+        PackedSequenceLoader(corpus, seq_len=16, batch_size=4, seed=1).load_state_dict({**state, "batch_in_epoch": 99})
 
 
 def test_constructor_errors():

@@ -131,9 +131,7 @@ def test_read_documents_counts_and_reports_skips(tmp_path, caplog):
     assert docs == ["ok 1", "ok 2"]
     (message,) = [r.getMessage() for r in caplog.records]
     assert "skipped 6" in message
-    assert (
-        "1 malformed JSON" in message and "2 non-UTF-8" in message and "3 no string field 'text'" in message
-    )
+    assert "1 malformed JSON" in message and "2 non-UTF-8" in message and "3 no string field 'text'" in message
     assert f"{good}:2" in message
 
 

@@ -58,9 +58,7 @@ def test_attention_matches_naive_reference(kwargs):
     attn = make_attention(**kwargs)
     x = torch.randn(2, 7, 32)
     torch.testing.assert_close(attn(x), naive_attention(attn, x), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(
-        attn(x, is_causal=True), naive_attention(attn, x, causal_mask(7)), atol=1e-5, rtol=1e-4
-    )
+    torch.testing.assert_close(attn(x, is_causal=True), naive_attention(attn, x, causal_mask(7)), atol=1e-5, rtol=1e-4)
 
 
 def test_attention_with_position_ids_matches_reference():
@@ -81,9 +79,7 @@ def test_mask_and_is_causal_are_combined():
     doc_mask = document_mask(torch.tensor([[0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 2]]), causal=False)
     expected = naive_attention(attn, x, doc_mask & causal_mask(6))
     torch.testing.assert_close(attn(x, mask=doc_mask, is_causal=True), expected, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(
-        attn(x, mask=doc_mask), naive_attention(attn, x, doc_mask), atol=1e-5, rtol=1e-4
-    )
+    torch.testing.assert_close(attn(x, mask=doc_mask), naive_attention(attn, x, doc_mask), atol=1e-5, rtol=1e-4)
 
 
 def test_mask_changes_the_output():

@@ -25,9 +25,7 @@ def test_swiglu_matches_explicit_computation():
     assert swiglu.fc1.bias is None
 
 
-@pytest.mark.parametrize(
-    "hidden_dim, multiple_of, expected", [(24, 1, 24), (24, 16, 32), (32, 16, 32), (33, 16, 48)]
-)
+@pytest.mark.parametrize("hidden_dim, multiple_of, expected", [(24, 1, 24), (24, 16, 32), (32, 16, 32), (33, 16, 48)])
 def test_swiglu_rounds_hidden_up_to_multiple(hidden_dim, multiple_of, expected):
     swiglu = SwiGLU(8, hidden_dim, multiple_of=multiple_of)
     assert swiglu.hidden_dim == expected

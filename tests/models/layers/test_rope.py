@@ -6,9 +6,7 @@ import torch
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
 
-def rotate_pairs_reference(
-    x: torch.Tensor, angles_per_pair: torch.Tensor, offset: int, span: int
-) -> torch.Tensor:
+def rotate_pairs_reference(x: torch.Tensor, angles_per_pair: torch.Tensor, offset: int, span: int) -> torch.Tensor:
     """Rotate dims [offset, offset + span) of x ([T, D]) with rotate-half pairing via complex numbers.
 
     Pair i couples dims offset + i and offset + i + span/2; angles_per_pair is [T, span/2].
@@ -32,9 +30,7 @@ def rope_1d_reference(x: torch.Tensor, positions: list[int], theta: float = 1000
     return rotate_pairs_reference(x, angles, 0, head_dim)
 
 
-def rope_2d_reference(
-    x: torch.Tensor, rows: list[int], cols: list[int], theta: float = 10000.0
-) -> torch.Tensor:
+def rope_2d_reference(x: torch.Tensor, rows: list[int], cols: list[int], theta: float = 10000.0) -> torch.Tensor:
     half = x.shape[-1] // 2
     frequencies = [theta ** (-2 * i / half) for i in range(half // 2)]
     row_angles = torch.tensor([[r * f for f in frequencies] for r in rows], dtype=torch.float64)
@@ -163,9 +159,7 @@ def test_rope_tables_are_exact_at_long_positions():
         (lambda: RotaryEmbedding(8, 4)(torch.randn(1, 1, 5, 8), torch.randn(1, 1, 5, 8)), "max_seq_len"),
         (lambda: RotaryEmbedding(8, 4)(torch.randn(1, 1, 3, 6), torch.randn(1, 1, 3, 6)), "head_dim"),
         (
-            lambda: RotaryEmbedding(8, 4)(
-                torch.randn(1, 1, 3, 8), torch.randn(1, 1, 3, 8), torch.zeros(3).long()
-            ),
+            lambda: RotaryEmbedding(8, 4)(torch.randn(1, 1, 3, 8), torch.randn(1, 1, 3, 8), torch.zeros(3).long()),
             "position_ids",
         ),
     ],

@@ -63,9 +63,7 @@ def test_build_transformer_variants(kwargs):
         assert isinstance(first.mlp, MLP) and first.mlp.fc1.out_features == 128
     else:
         assert isinstance(first.mlp, SwiGLU) and first.mlp.hidden_dim == 96
-    rope_class = {None: type(None), "2d": AxialRotaryEmbedding2D}.get(
-        kwargs.get("rope", "1d"), RotaryEmbedding
-    )
+    rope_class = {None: type(None), "2d": AxialRotaryEmbedding2D}.get(kwargs.get("rope", "1d"), RotaryEmbedding)
     assert isinstance(first.attn.rope, rope_class)
 
 
@@ -90,9 +88,7 @@ def test_causal_and_document_masks_reach_every_block():
 
 
 def test_block_bf16_autocast_forward_on_cpu():
-    model = randomise(
-        build_transformer(32, depth=2, num_heads=4, num_kv_heads=2, qk_norm=True, multiple_of=16)
-    )
+    model = randomise(build_transformer(32, depth=2, num_heads=4, num_kv_heads=2, qk_norm=True, multiple_of=16))
     x = torch.randn(2, 6, 32)
     reference = model(x, is_causal=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
