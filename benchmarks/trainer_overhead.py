@@ -58,7 +58,7 @@ class Regime:
 
 REGIMES: dict[str, Regime] = {
     "tiny": Regime(dim=64, depth=2, seq_len=64, batch_size=4, vocab_size=512, default_steps=500),
-    "small": Regime(dim=256, depth=4, seq_len=256, batch_size=8, vocab_size=2048, default_steps=20),
+    "small": Regime(dim=256, depth=4, seq_len=256, batch_size=8, vocab_size=2048, default_steps=30),
 }
 
 
@@ -118,8 +118,13 @@ class ReferenceLoop:
 
 def reference_loop_for(trainer: Trainer, optimizer_config: DictConfig) -> ReferenceLoop:
     """A reference loop that starts exactly where ``trainer`` stands: same weights, optimizer settings, data."""
-    if trainer.exp.grad_accum_steps != 1 or trainer.exp.precision != "fp32" or trainer.exp.torch_compile:
-        raise ValueError("the reference loop mirrors fp32, eager, grad_accum_steps=1 training only")
+    exp = trainer.exp
+    if exp.grad_accum_steps != 1 or exp.precision != "fp32" or exp.torch_compile:
+        raise ValueError(
+            "the reference loop mirrors fp32, eager, grad_accum_steps=1 training only; got "
+            f"experiment.precision={exp.precision}, torch_compile={exp.torch_compile}, "
+            f"grad_accum_steps={exp.grad_accum_steps}"
+        )
     model = copy.deepcopy(trainer.model)  # deepcopy keeps the tied embedding/head weight tied
     source = trainer.data.train
     loader = PackedSequenceLoader(
@@ -133,8 +138,8 @@ def reference_loop_for(trainer: Trainer, optimizer_config: DictConfig) -> Refere
         schedule=trainer.schedule,
         loader=loader,
         device=trainer.env.device,
-        total_steps=trainer.exp.total_steps,
-        max_grad_norm=trainer.exp.grad_clip if trainer.exp.grad_clip > 0 else math.inf,
+        total_steps=exp.total_steps,
+        max_grad_norm=exp.grad_clip if exp.grad_clip > 0 else math.inf,
     )
 
 
@@ -168,11 +173,13 @@ def measure(trainer: Trainer, reference: ReferenceLoop, warmup: int, steps: int)
     for pair in range(warmup + steps):
         if pair % 2 == 0:
             (trainer_time, stats), (reference_time, reference_loss) = (
-                timed(trainer.train_step, device), timed(reference.train_step, device)
+                timed(trainer.train_step, device),
+                timed(reference.train_step, device),
             )
         else:
             (reference_time, reference_loss), (trainer_time, stats) = (
-                timed(reference.train_step, device), timed(trainer.train_step, device)
+                timed(reference.train_step, device),
+                timed(trainer.train_step, device),
             )
         loss_difference = float((stats["loss"] - reference_loss).abs())
         result.max_loss_difference = max(result.max_loss_difference, loss_difference)
@@ -189,7 +196,7 @@ def report(name: str, regime: Regime, n_params: int, warmup: int, result: Measur
     reference_median = statistics.median(result.reference_s)
     trainer_min, reference_min = min(result.trainer_s), min(result.reference_s)
     median_ratio = trainer_median / reference_median
-    paired_overhead = statistics.median(t - r for t, r in zip(result.trainer_s, result.reference_s))
+    paired_overhead = statistics.median(t - r for t, r in zip(result.trainer_s, result.reference_s, strict=True))
     verdict = "holds" if median_ratio <= TARGET_RATIO else "does NOT hold"
     return "\n".join(
         [
@@ -234,17 +241,20 @@ def cpu_model() -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=[*REGIMES, "both"], default="both", help="which model size to run")
-    parser.add_argument(
-        "--steps", type=int, default=None,
-        help="measured steps per side (default: " + ", ".join(f"{n} {r.default_steps}" for n, r in REGIMES.items())
-        + ")",
-    )
+    default_steps = ", ".join(f"{name} {regime.default_steps}" for name, regime in REGIMES.items())
+    parser.add_argument("--steps", type=int, default=None, help=f"measured steps per side (default: {default_steps})")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per side before measuring")
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "polymodal",
-                        help="where the stdlib tokenizer and token corpus are cached")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=REPO / ".cache" / "polymodal",
+        help="where the stdlib tokenizer and token corpus are cached",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(
-        "--threads", type=int, default=None,
+        "--threads",
+        type=int,
+        default=None,
         help="torch.set_num_threads before measuring (default: torch's own choice). On a busy 2-core box, 1 "
         "thread avoids the scheduler stalls that make every multi-threaded op cost a time slice",
     )

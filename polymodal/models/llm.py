@@ -31,14 +31,19 @@ class CausalLM(MetaModel):
 
     def __init__(self, embed: TokenEmbedding, mask: DocumentCausalMask, trunk: TransformerTrunk, head: LinearHead):
         super().__init__(preprocessor=[embed, mask], trunk=trunk, head=head)
+        self._flops_per_token: dict[int, float] = {}  # by sequence length; the architecture never changes
 
     def train_flops(self, batch: DataDict) -> float:
         """Forward + backward FLOPs for ``batch`` (6·N_matmul + 12·L·d·T per token, see ``train.flops``)."""
         tokens = batch[self.preprocessor.blocks[0].read_keys[0]]
-        trunk: TransformerTrunk = self.trunk
-        dim = trunk.transformer.blocks[0].attn.q_proj.in_features
-        per_token = transformer_train_flops_per_token(matmul_params(self), trunk.depth, dim, tokens.shape[-1])
-        return per_token * tokens.numel()
+        seq_len = tokens.shape[-1]
+        if seq_len not in self._flops_per_token:
+            trunk: TransformerTrunk = self.trunk
+            dim = trunk.transformer.blocks[0].attn.q_proj.in_features
+            self._flops_per_token[seq_len] = transformer_train_flops_per_token(
+                matmul_params(self), trunk.depth, dim, seq_len
+            )
+        return self._flops_per_token[seq_len] * tokens.numel()
 
 
 def build_llm(

@@ -62,6 +62,11 @@ def _batch_size(batch: DataDict) -> int:
     return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
 
 
+def _mean(values: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of micro-batch values (no extra work for the common single micro-batch)."""
+    return values[0] if len(values) == 1 else torch.stack(values).float().mean()
+
+
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -145,11 +150,12 @@ class Trainer:
             loss, metrics = call_block(self.objective, output, name="loss")
         return loss, metrics, output
 
-    def train_step(self) -> dict[str, torch.Tensor]:
-        """One optimizer step over ``grad_accum_steps`` micro-batches; returns device-side statistics."""
+    def train_step(self) -> dict[str, torch.Tensor | float]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; tensors in the result stay on device."""
         exp = self.exp
         self.schedule.apply(self.optimizer, self.progress.step, exp.total_steps)
-        stats: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
+        losses: list[torch.Tensor] = []
+        values: dict[str, list[torch.Tensor]] = defaultdict(list)
         data_wait = flops = samples = 0.0
         for micro_step in range(exp.grad_accum_steps):
             started = time.perf_counter()
@@ -158,12 +164,14 @@ class Trainer:
             with gradient_sync(self.train_model, enabled=micro_step == exp.grad_accum_steps - 1):
                 loss, metrics, _ = self.forward_loss(batch)
                 (loss / exp.grad_accum_steps).backward()
-            stats["loss"] += loss.detach() / exp.grad_accum_steps
+            losses.append(loss.detach())
             for name, value in metrics.items():
-                stats[name] += value.detach().float() / exp.grad_accum_steps
+                values[name].append(value.detach())
             samples += _batch_size(batch)
             flops += self.model.train_flops(batch) if hasattr(self.model, "train_flops") else 0.0
 
+        stats: dict[str, torch.Tensor | float] = {"loss": _mean(losses)}
+        stats.update({name: _mean(parts) for name, parts in values.items()})
         max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
@@ -173,11 +181,13 @@ class Trainer:
         self.progress.step += 1
         if not finite:
             self._on_non_finite(stats["loss"], grad_norm)
-        stats["grad_norm"] = grad_norm.detach()
-        stats["lr"] = torch.tensor(self.optimizer.param_groups[0]["lr"])
-        stats["data_wait_s"] = torch.tensor(data_wait)
-        stats["flops"] = torch.tensor(flops)
-        stats["samples"] = torch.tensor(samples)
+        stats.update(
+            grad_norm=grad_norm.detach(),
+            lr=self.optimizer.param_groups[0]["lr"],
+            data_wait_s=data_wait,
+            flops=flops,
+            samples=samples,
+        )
         return stats
 
     def _on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -239,7 +249,7 @@ class Trainer:
         last_train: dict[str, float] = {}
         last_val: dict[str, float] = {}
         with run_logger:
-            window: dict[str, torch.Tensor] = defaultdict(float)
+            window: dict[str, torch.Tensor | float] = defaultdict(float)
             window_steps, window_start = 0, time.perf_counter()
             while self.progress.step < exp.total_steps:
                 for name, value in self.train_step().items():
@@ -262,7 +272,7 @@ class Trainer:
         return {"train": last_train, "val": last_val, "step": self.progress.step}
 
     def _summarise(
-        self, window: dict[str, torch.Tensor], steps: int, elapsed: float, peak: float, tokens_per_sample: int
+        self, window: dict[str, torch.Tensor | float], steps: int, elapsed: float, peak: float, tokens_per_sample: int
     ) -> dict[str, float]:
         """Turn a logging window's device-side sums into the logged numbers (the only per-window host sync)."""
         totals = {name: float(value) for name, value in window.items()}
