@@ -71,6 +71,8 @@ experiment:
   ckpt_every: 4
   peak_flops: 1.0e11
   tensorboard: false
+  wandb:
+    enabled: false
 """
     )
     return config

@@ -12,7 +12,8 @@ REPO_CONFIG = "configs/llm/tiny.yaml"
 
 @pytest.mark.slow
 def test_tiny_llm_learns_far_below_the_unigram_entropy(tmp_path):
-    cfg = load_config(REPO_CONFIG, [f"experiment.output_dir={tmp_path}/run", f"constants.cache_dir={tmp_path}/cache"])
+    overrides = [f"experiment.output_dir={tmp_path}/run", f"constants.cache_dir={tmp_path}/cache"]
+    cfg = load_config(REPO_CONFIG, [*overrides, "experiment.wandb.enabled=false"])
     trainer = Trainer(cfg)
     result = trainer.fit()
     unigram_entropy = trainer.data.info()["unigram_entropy_nats"]

@@ -38,10 +38,14 @@ class NonFiniteConfig:
 
 @dataclass
 class WandbConfig:
-    enabled: bool = False
-    project: str = "polymodal"
+    """Weights & Biases. ``enabled: null`` means "when configured": a ``.wandb.yaml`` in the working directory
+    or ``WANDB_API_KEY`` / ``WANDB_MODE`` in the environment. Unset fields fall back to ``.wandb.yaml``, then
+    to wandb's own ``WANDB_*`` variables and defaults."""
+
+    enabled: bool | None = None
+    project: str | None = None
     entity: str | None = None
-    mode: Literal["online", "offline", "disabled"] = "offline"
+    mode: Literal["online", "offline", "disabled"] | None = None
     tags: list[str] = field(default_factory=list)
 
 

@@ -39,6 +39,7 @@ WANDB_ID_FILE = "wandb_id.txt"
 WANDB_SETTINGS_FILE = ".wandb.yaml"
 _WANDB_FILE_KEYS = frozenset({"entity", "project", "mode", "api_key"})
 _WANDB_MODES = frozenset({"online", "offline", "disabled"})
+_WANDB_ENV_SWITCHES = ("WANDB_API_KEY", "WANDB_MODE")
 _RESERVED_KEYS = frozenset({"step", "split", "time"})
 _SPECIAL_METRICS = frozenset({"loss", "lr", "tokens_per_s"})  # given their own format in progress lines
 _OWN_HANDLER = "_polymodal_handler"
@@ -145,7 +146,7 @@ class RunLogger:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         _drop_records_after(self.metrics_path, start_step)
-        if wandb is not None and getattr(wandb, "enabled", False):
+        if wandb_configured(wandb):
             self._wandb_run = _init_wandb(wandb, self.output_dir, run_name, config)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -301,6 +302,16 @@ def _drop_records_after(metrics_path: Path, start_step: int) -> None:
     os.replace(tmp, metrics_path)
 
 
+def wandb_configured(settings: WandbSettings | None) -> bool:
+    """``settings.enabled`` when it is set; otherwise whether a ``.wandb.yaml`` or wandb variables exist."""
+    if settings is None:
+        return False
+    enabled = getattr(settings, "enabled", None)
+    if enabled is not None:
+        return bool(enabled)
+    return (Path.cwd() / WANDB_SETTINGS_FILE).is_file() or any(v in os.environ for v in _WANDB_ENV_SWITCHES)
+
+
 def _read_wandb_file(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
@@ -347,7 +358,7 @@ def _init_wandb(settings: WandbSettings, output_dir: Path, run_name: str, config
     return wandb.init(
         dir=str(output_dir),
         mode=mode,
-        project=getattr(settings, "project", None) or file_settings.get("project"),
+        project=getattr(settings, "project", None) or file_settings.get("project") or "polymodal",
         entity=getattr(settings, "entity", None) or file_settings.get("entity"),
         name=run_name,
         tags=list(tags) if tags else None,

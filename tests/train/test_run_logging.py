@@ -211,3 +211,19 @@ def test_wandb_offline_run_resumes_with_the_same_id(offline_wandb):
     with RunLogger(out, total_steps=10, tensorboard=False, progress_bar=False, wandb=_Wandb(), start_step=1) as run:
         run.log(2, "train", {"loss": 0.5})
         assert run._wandb_run.id == first_id
+
+
+def test_wandb_turns_on_when_configured_unless_switched_off(tmp_path, monkeypatch):
+    from polymodal.config.schema import WandbConfig
+    from polymodal.train.logging import wandb_configured
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert not wandb_configured(WandbConfig()) and not wandb_configured(None)
+    (tmp_path / ".wandb.yaml").write_text("entity: me\n")
+    assert wandb_configured(WandbConfig())
+    assert not wandb_configured(WandbConfig(enabled=False))
+    (tmp_path / ".wandb.yaml").unlink()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_configured(WandbConfig())
