@@ -31,11 +31,9 @@ def text_corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "scenes.jsonl")
 
 
-@pytest.fixture
-def tiny_config(tmp_path, text_corpus, monkeypatch) -> Path:
-    """configs/llm/model.yaml + configs/optim/adamw_cosine.yaml at a tiny size, reading the generated corpus."""
-    monkeypatch.setenv("POLYMODAL_CACHE_DIR", str(tmp_path / "cache"))
-    config = tmp_path / "tiny.yaml"
+def write_tiny_config(directory: Path, corpus: Path) -> Path:
+    """configs/llm/model.yaml + configs/optim/adamw_cosine.yaml at a tiny size, reading ``corpus``."""
+    config = directory / "tiny.yaml"
     config.write_text(
         f"""
 defaults:
@@ -56,14 +54,14 @@ constants:
 data:
   _target_: polymodal.data.text.lm_data.LMData
   source: files
-  paths: [{text_corpus}]
-  tokenizer_path: {tmp_path}/cache/tokenizer.json
-  cache_dir: {tmp_path}/cache
+  paths: [{corpus}]
+  tokenizer_path: {directory}/cache/tokenizer.json
+  cache_dir: {directory}/cache
   vocab_size: ${{constants.vocab_size}}
   seq_len: ${{constants.seq_len}}
   batch_size: ${{constants.batch_size}}
 experiment:
-  output_dir: {tmp_path}/run
+  output_dir: {directory}/run
   total_steps: 8
   log_every: 1
   eval_every: 4
@@ -76,3 +74,16 @@ experiment:
 """
     )
     return config
+
+
+@pytest.fixture(scope="session")
+def tiny_config_writer():
+    """``write_tiny_config`` for module-scoped fixtures (conftest modules are not importable from tests)."""
+    return write_tiny_config
+
+
+@pytest.fixture
+def tiny_config(tmp_path, text_corpus, monkeypatch) -> Path:
+    """A tiny LLM experiment in ``tmp_path`` (outputs in ``tmp_path/run``)."""
+    monkeypatch.setenv("POLYMODAL_CACHE_DIR", str(tmp_path / "cache"))
+    return write_tiny_config(tmp_path, text_corpus)

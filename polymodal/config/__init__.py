@@ -6,6 +6,7 @@ from polymodal.config.loader import load_config, save_config
 from polymodal.config.overrides import apply_overrides, parse_override
 from polymodal.config.resolvers import register_resolvers
 from polymodal.config.schema import (
+    DistributedConfig,
     ExperimentConfig,
     InitFromConfig,
     NonFiniteConfig,
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ExperimentConfig",
     "InitFromConfig",
+    "DistributedConfig",
     "NonFiniteConfig",
     "RootConfig",
     "WandbConfig",

@@ -62,6 +62,26 @@ class InitFromConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """The device mesh ``dp_replicate × dp_shard × cp × tp`` (product = world size) and how it is used.
+
+    ``strategy``: ``fsdp`` shards parameters, gradients and optimizer state over dp_shard·cp (FSDP2);
+    ``hsdp`` shards within groups of dp_shard·cp and replicates across ``dp_replicate`` groups; ``ddp``
+    replicates over every data-parallel rank. ``dp_shard: -1`` takes whatever the other degrees leave.
+    """
+
+    strategy: Literal["fsdp", "hsdp", "ddp"] = "fsdp"
+    dp_replicate: int = field(default=1, metadata=POSITIVE)
+    dp_shard: int = -1
+    tp: int = field(default=1, metadata=POSITIVE)
+    cp: int = field(default=1, metadata=POSITIVE)
+    reshard_after_forward: bool = True  # FSDP2: free gathered parameters after forward (re-gather in backward)
+    loss_parallel: bool = False  # TP: keep logits sharded over the vocabulary for the loss
+    meta_init: bool = False  # build on the meta device, shard, then materialise and initialise
+    timeout_minutes: float = field(default=30.0, metadata=POSITIVE)
+
+
+@dataclass
 class ExperimentConfig:
     name: str = field(default="run", metadata=NON_EMPTY)
     output_dir: str = field(default="runs/run", metadata=NON_EMPTY)
@@ -84,6 +104,7 @@ class ExperimentConfig:
     tensorboard: bool = True
     debug: bool = False
     init_from: InitFromConfig = field(default_factory=InitFromConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     peak_flops: float | None = field(default=None, metadata=POSITIVE)  # overrides the device peak for MFU
 
 

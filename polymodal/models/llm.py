@@ -29,9 +29,21 @@ class TokenEmbedding(ReadWriteBlock):
 class CausalLM(MetaModel):
     """The MetaModel plus what the trainer asks of a model family: its analytic training FLOPs."""
 
-    def __init__(self, embed: TokenEmbedding, mask: DocumentCausalMask, trunk: TransformerTrunk, head: LinearHead):
+    def __init__(
+        self,
+        embed: TokenEmbedding,
+        mask: DocumentCausalMask,
+        trunk: TransformerTrunk,
+        head: LinearHead,
+        init_std: float = 0.02,
+    ):
         super().__init__(preprocessor=[embed, mask], trunk=trunk, head=head)
+        self.init_std = init_std
         self._flops_per_token: dict[int, float] = {}  # by sequence length; the architecture never changes
+
+    def initialize_weights(self) -> None:
+        """Trunc-normal init with GPT-2 depth scaling of the residual projections (also after meta-device builds)."""
+        init_weights(self, scheme="trunc_normal", std=self.init_std, depth=self.trunk.depth)
 
     def train_flops(self, batch: DataDict) -> float:
         """Forward + backward FLOPs for ``batch`` (6·N_matmul + 12·L·d·T per token, see ``train.flops``)."""
@@ -80,8 +92,9 @@ def build_llm(
         DocumentCausalMask(),
         TransformerTrunk(transformer),
         LinearHead(dim, vocab_size),
+        init_std=init_std,
     )
-    init_weights(model, scheme="trunc_normal", std=init_std, depth=depth)
+    model.initialize_weights()
     if tie_embeddings:
         model.head.proj.weight = model.preprocessor.blocks[0].embedding.weight
     return model

@@ -17,6 +17,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -86,19 +87,26 @@ def barrier() -> None:
         dist.barrier()
 
 
-def wrap_data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
-    """DDP across all ranks when distributed; the model itself otherwise."""
-    if not env.is_distributed:
-        return model
-    device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Suppress data-parallel gradient reduction on non-final micro-steps of gradient accumulation.
 
-
-def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
-    """Suppress DDP's gradient all-reduce on non-final micro-steps of gradient accumulation."""
-    if enabled or not isinstance(model, DistributedDataParallel):
-        return contextlib.nullcontext()
-    return model.no_sync()
+    DDP: ``no_sync()``. FSDP2: ``set_requires_gradient_sync(False)`` (gradients accumulate unsharded, then the final
+    micro-step reduce-scatters the sum). Anything else: nothing to suppress.
+    """
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -108,15 +116,6 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
-
-
-def broadcast_object(value: object, src: int = 0) -> object:
-    """The value of rank ``src`` on every rank (must be picklable *and* produced by our own code)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 @contextlib.contextmanager

@@ -22,19 +22,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.distributed.tensor import DTensor
 
-from polymodal.config import experiment_config, instantiate, save_config
+from polymodal.config import ConfigError, experiment_config, instantiate, save_config
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.train.checkpoint import Checkpointer
-from polymodal.train.distributed import (
-    all_reduce_mean,
-    gradient_sync,
-    main_process_first,
-    setup_distributed,
-    wrap_data_parallel,
-)
+from polymodal.train.distributed import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
 from polymodal.train.flops import device_peak_flops, mfu
 from polymodal.train.logging import RunLogger, setup_console_logging
+from polymodal.train.parallel.mesh import Mesh, ParallelDims
+from polymodal.train.parallel.parallelize import parallelize
+from polymodal.train.parallel.plans import plan_for, split_sequence
 from polymodal.train.plots import plot_loss_curves
 from polymodal.train.rng import seed_everything
 from polymodal.train.weights import load_pretrained
@@ -77,42 +75,60 @@ class Trainer:
     def __init__(self, cfg: DictConfig):
         self.exp = experiment_config(cfg)
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        self.env = setup_distributed(self.exp.device)
+        self.env = setup_distributed(self.exp.device, self.exp.distributed.timeout_minutes)
         self.output_dir = Path(self.exp.output_dir)
         if self.env.is_main:
             save_config(cfg, self.output_dir / "config.yaml")
         setup_console_logging(self.output_dir, self.env.rank, self.exp.debug)
 
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", self.exp.keep_last, self.env)
-
-        seed_everything(self.exp.seed)  # the same initial weights on every rank
-        self.model: nn.Module = instantiate(cfg.model).to(self.env.device)
-        init = self.exp.init_from
-        if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
-            load_pretrained(self.model, init.path, init.include, init.exclude, init.rename, init.strict)
+        self.mesh = self._build_mesh()
+        self.model, self.train_model = self._build_model(cfg)
         seed_everything(self.exp.seed + self.env.rank)  # dropout and data-side randomness differ per rank
 
+        dp_rank, dp_world = (self.mesh.dp_rank, self.mesh.dims.dp) if self.mesh else (0, 1)
+        self.dp_world = dp_world
         with main_process_first(self.env):  # rank 0 trains the tokenizer / fills caches, then the rest read them
-            self.data = instantiate(cfg.data, seed=self.exp.seed, dp_rank=self.env.rank, dp_world=self.env.world_size)
+            self.data = instantiate(cfg.data, seed=self.exp.seed, dp_rank=dp_rank, dp_world=dp_world)
         self.objective: nn.Module = instantiate(cfg.loss).to(self.env.device)
         self.metrics: nn.Module | None = instantiate(cfg.metrics)  # evaluation-only Objective blocks, or None
         if self.metrics is not None:
             self.metrics.to(self.env.device)
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optim.optimizer, model=self.model)
         self.schedule = instantiate(cfg.optim.schedule)
-        self.train_model = self._prepare_model(self.model)
         self.progress = Progress()
         self.dtype = torch.bfloat16 if self.exp.precision == "bf16" else torch.float32
 
-    def _prepare_model(self, model: nn.Module) -> nn.Module:
-        if self.exp.activation_checkpointing:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    def _build_mesh(self) -> Mesh | None:
+        dims = ParallelDims.from_config(self.exp.distributed, self.env.world_size)  # checked on one process too
+        return Mesh.build(dims, self.env.device.type) if self.env.is_distributed else None
 
-            from polymodal.models.layers.block import TransformerBlock
+    def _build_model(self, cfg: DictConfig) -> tuple[nn.Module, nn.Module]:
+        """Build (on the meta device if asked), load init_from weights, parallelize, materialise."""
+        meta_init = self.exp.distributed.meta_init
+        seed_everything(self.exp.seed)  # the same initial weights on every rank
+        with torch.device("meta") if meta_init else contextlib.nullcontext():
+            model: nn.Module = instantiate(cfg.model)
+        if not meta_init:
+            model.to(self.env.device)
+        init = self.exp.init_from
+        if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
+            if meta_init:
+                raise ConfigError("experiment.init_from needs experiment.distributed.meta_init=false")
+            load_pretrained(model, init.path, init.include, init.exclude, init.rename, init.strict)
+        model, train_model = parallelize(model, self.mesh, self.exp, self.env.device)
+        if meta_init:
+            model.to_empty(device=self.env.device)
+            with torch.no_grad():
+                model.initialize_weights()
+        return model, train_model
 
-            apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, TransformerBlock))
-        wrapped = wrap_data_parallel(model, self.env)
-        return torch.compile(wrapped) if self.exp.torch_compile else wrapped
+    def _split_sequence(self, batch: DataDict) -> DataDict:
+        """Under context parallelism each CP rank keeps its chunk of the sequence keys."""
+        if self.mesh is None or self.mesh.dims.cp == 1:
+            return batch
+        keys = plan_for(self.model).sequence_keys
+        return split_sequence(batch, keys, self.mesh.cp_rank, self.mesh.dims.cp)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.exp.precision == "bf16")
@@ -162,7 +178,7 @@ class Trainer:
             batch = move_to_device(next(self.data.train), self.env.device)
             data_wait += time.perf_counter() - started
             with gradient_sync(self.train_model, enabled=micro_step == exp.grad_accum_steps - 1):
-                loss, metrics, _ = self.forward_loss(batch)
+                loss, metrics, _ = self.forward_loss(self._split_sequence(batch))
                 (loss / exp.grad_accum_steps).backward()
             losses.append(loss.detach())
             for name, value in metrics.items():
@@ -174,6 +190,8 @@ class Trainer:
         stats.update({name: _mean(parts) for name, parts in values.items()})
         max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if isinstance(grad_norm, DTensor):
+            grad_norm = grad_norm.full_tensor()
         finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
         if finite:
             self.optimizer.step()
@@ -212,7 +230,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
         batches = 0
         for batch in self.data.val_batches(self.exp.eval_steps):
-            loss, metrics, output = self.forward_loss(move_to_device(batch, self.env.device))
+            loss, metrics, output = self.forward_loss(self._split_sequence(move_to_device(batch, self.env.device)))
             if self.metrics is not None:
                 with checking_keys(self.exp.debug):
                     _, extra = call_block(self.metrics, output, name="metrics")
@@ -274,11 +292,17 @@ class Trainer:
     def _summarise(
         self, window: dict[str, torch.Tensor | float], steps: int, elapsed: float, peak: float, tokens_per_sample: int
     ) -> dict[str, float]:
-        """Turn a logging window's device-side sums into the logged numbers (the only per-window host sync)."""
-        totals = {name: float(value) for name, value in window.items()}
+        """Turn a logging window's sums into the logged numbers: averaged over ranks, one host sync per window.
+
+        Samples and FLOPs are counted per data-parallel rank on the whole (unsplit) batch, so the global numbers
+        are the rank mean times the data-parallel world; MFU divides by every device, TP/CP peers included.
+        """
+        names = sorted(window)
+        stacked = torch.stack([torch.as_tensor(window[name], device=self.env.device).float() for name in names])
+        totals = dict(zip(names, all_reduce_mean(stacked).tolist(), strict=True))
         world = self.env.world_size
-        samples = totals.pop("samples") * world
-        flops = totals.pop("flops") * world
+        samples = totals.pop("samples") * self.dp_world
+        flops = totals.pop("flops") * self.dp_world
         data_wait = totals.pop("data_wait_s")
         lr = totals.pop("lr") / steps
         summary = {name: value / steps for name, value in totals.items()}

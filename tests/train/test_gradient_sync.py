@@ -7,8 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from polymodal.train.distributed import DistEnv, gradient_sync, wrap_data_parallel
+from polymodal.train.distributed import gradient_sync
 
 MICRO_STEPS = 3
 
@@ -31,8 +32,7 @@ def micro_batch(rank: int, micro: int) -> torch.Tensor:
 def worker(rank: int, world: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    env = DistEnv(rank=rank, local_rank=rank, world_size=world, device=torch.device("cpu"))
-    model = wrap_data_parallel(make_model(), env)
+    model = DistributedDataParallel(make_model())
     calls = []
 
     def counting_hook(state, bucket):

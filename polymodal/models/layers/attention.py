@@ -8,11 +8,12 @@ attend itself, so SDPA never sees an empty row and never returns NaN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.models.layers.masks import causal_mask
 from polymodal.models.layers.norm import RMSNorm
 
 
@@ -31,6 +32,64 @@ def _sdpa_supports_enable_gqa() -> bool:
 
 
 SDPA_SUPPORTS_ENABLE_GQA = _sdpa_supports_enable_gqa()
+
+
+AttentionKernel = Callable[[Tensor, Tensor, Tensor, "Tensor | None", bool, float], Tensor]
+
+
+def masked_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
+    q_offset: int = 0,
+) -> Tensor:
+    """SDPA of queries ``[B, H, Tq, d]`` against keys/values ``[B, Hkv, Tk, d]`` (GQA when Hkv < H).
+
+    The queries are positions ``q_offset .. q_offset + Tq`` of the key sequence (0 unless the sequence is split
+    across ranks). ``mask`` broadcasts to ``[B, H, Tq, Tk]``, or covers every query position (``[.., Tk, Tk]``),
+    in which case this call's rows are taken from it. ``is_causal`` is AND-ed into the mask; a query row left
+    with nothing to attend may attend its own position, so the result is never NaN.
+    """
+    batch, heads, q_len, _ = q.shape
+    kv_len = k.shape[-2]
+    groups = heads // k.shape[1]
+    gqa_kwargs = {}
+    if groups > 1 and SDPA_SUPPORTS_ENABLE_GQA:
+        gqa_kwargs["enable_gqa"] = True
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if mask is None and q_offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, **gqa_kwargs)
+    attn_mask = _query_rows(mask, batch, heads, q_len, kv_len, q_offset)
+    positions = torch.arange(q_len, device=q.device)[:, None] + q_offset
+    if is_causal:
+        causal = positions >= torch.arange(kv_len, device=q.device)
+        attn_mask = causal if attn_mask is None else attn_mask & causal
+    if attn_mask is not None:
+        own_position = positions == torch.arange(kv_len, device=q.device)
+        attn_mask = attn_mask | (~attn_mask.any(dim=-1, keepdim=True) & own_position)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **gqa_kwargs)
+
+
+def _query_rows(mask: Tensor | None, batch: int, heads: int, q_len: int, kv_len: int, q_offset: int) -> Tensor | None:
+    """Validate ``mask`` and cut out the rows of this call's queries."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+    if mask.dim() == 4 and mask.shape[-2] not in (1, q_len) and mask.shape[-2] >= q_offset + q_len:
+        mask = mask[..., q_offset : q_offset + q_len, :]
+    target = (batch, heads, q_len, kv_len)
+    try:
+        broadcast_ok = mask.dim() <= 4 and torch.broadcast_shapes(mask.shape, target) == target
+    except RuntimeError:
+        broadcast_ok = False
+    if not broadcast_ok:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to [B, H, Tq, Tk] = {target}")
+    return mask
 
 
 class Attention(nn.Module):
@@ -85,6 +144,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(head_dim) if qk_norm else None
         self.k_norm = RMSNorm(head_dim) if qk_norm else None
         self.rope = rope
+        self.kernel: AttentionKernel | None = None  # None: masked_attention; a parallelize plan may install another
 
     def forward(
         self,
@@ -96,9 +156,10 @@ class Attention(nn.Module):
         if x.dim() != 3:
             raise ValueError(f"x must be [B, T, D], got shape {tuple(x.shape)}")
         batch, seq_len, _ = x.shape
-        q = self.q_proj(x).view(batch, seq_len, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(batch, seq_len, self.num_kv_heads, self.head_dim)
+        # Head counts come from the projections' outputs (-1), so column-sharded projections just work.
+        q = self.q_proj(x).view(batch, seq_len, -1, self.head_dim)
+        k = self.k_proj(x).view(batch, seq_len, -1, self.head_dim)
+        v = self.v_proj(x).view(batch, seq_len, -1, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -106,43 +167,9 @@ class Attention(nn.Module):
             q, k = self.rope(q, k, position_ids)
         elif position_ids is not None:
             raise ValueError("position_ids were given but this Attention has no rope to use them")
-
-        attn_mask = self._attention_mask(mask, is_causal, batch, seq_len)
-        groups = self.num_heads // self.num_kv_heads
-        gqa_kwargs = {}
-        if groups > 1 and SDPA_SUPPORTS_ENABLE_GQA:
-            gqa_kwargs["enable_gqa"] = True
-        elif groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and attn_mask is None,
-            **gqa_kwargs,
-        )
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, self.num_heads * self.head_dim))
-
-    def _attention_mask(self, mask: Tensor | None, is_causal: bool, batch: int, seq_len: int) -> Tensor | None:
-        """Validate ``mask``, AND the causal mask into it and give every empty query row its diagonal."""
-        if mask is None:
-            return None
-        if mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
-        target = (batch, self.num_heads, seq_len, seq_len)
-        try:
-            broadcast_ok = mask.dim() <= 4 and torch.broadcast_shapes(mask.shape, target) == target
-        except RuntimeError:
-            broadcast_ok = False
-        if not broadcast_ok:
-            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to [B, H, T, T] = {target}")
-        if is_causal:
-            mask = mask & causal_mask(seq_len, mask.device)
-        empty_rows = ~mask.any(dim=-1, keepdim=True)
-        diagonal = torch.eye(seq_len, dtype=torch.bool, device=mask.device)
-        return mask | (empty_rows & diagonal)
+        attend = self.kernel or masked_attention
+        out = attend(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim={self.head_dim}"

@@ -1,0 +1,102 @@
+"""The device mesh ``dp_replicate × dp_shard × cp × tp`` and the process groups carved out of it.
+
+Ranks are laid out with ``tp`` fastest (tensor-parallel peers are neighbours, i.e. on one node), then ``cp``,
+then ``dp_shard``, then ``dp_replicate``. The data-parallel rank — which slice of the global batch a rank
+reads — is ``replicate_rank · dp_shard + shard_rank``; TP and CP peers share it and so see the same batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from polymodal.config.errors import ConfigError
+from polymodal.config.schema import DistributedConfig
+
+MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    strategy: str
+    dp_replicate: int
+    dp_shard: int
+    cp: int
+    tp: int
+
+    @classmethod
+    def from_config(cls, cfg: DistributedConfig, world_size: int) -> ParallelDims:
+        """Fill in ``dp_shard: -1`` and check the degrees multiply to ``world_size``."""
+        where = "experiment.distributed"
+        if cfg.strategy == "ddp" and (cfg.dp_replicate != 1 or cfg.dp_shard not in (-1, 1)):
+            raise ConfigError(
+                f"{where}: strategy ddp replicates over all data-parallel ranks; leave dp_replicate/dp_shard"
+            )
+        if cfg.strategy == "fsdp" and cfg.dp_replicate != 1:
+            raise ConfigError(f"{where}: dp_replicate={cfg.dp_replicate} needs strategy hsdp (fsdp shards only)")
+        model_parallel = cfg.tp * cfg.cp
+        if world_size % model_parallel:
+            raise ConfigError(f"{where}: tp·cp = {model_parallel} does not divide the world size {world_size}")
+        data_parallel = world_size // model_parallel
+        if cfg.strategy == "ddp":
+            replicate, shard = data_parallel, 1
+        else:
+            if data_parallel % cfg.dp_replicate:
+                raise ConfigError(
+                    f"{where}: dp_replicate={cfg.dp_replicate} does not divide the {data_parallel} data-parallel ranks "
+                    f"(world {world_size} / tp {cfg.tp} / cp {cfg.cp})"
+                )
+            replicate = cfg.dp_replicate
+            shard = data_parallel // replicate if cfg.dp_shard == -1 else cfg.dp_shard
+        dims = cls(cfg.strategy, replicate, shard, cfg.cp, cfg.tp)
+        if dims.world_size != world_size:
+            raise ConfigError(
+                f"{where}: dp_replicate·dp_shard·cp·tp = {replicate}·{shard}·{cfg.cp}·{cfg.tp} = {dims.world_size}, "
+                f"but the world size is {world_size}"
+            )
+        if cfg.strategy == "hsdp" and replicate == 1:
+            raise ConfigError(f"{where}: strategy hsdp needs dp_replicate > 1 (else use fsdp)")
+        if cfg.strategy == "ddp" and cfg.tp > 1:
+            raise ConfigError(f"{where}: tensor parallelism needs strategy fsdp or hsdp, not ddp")
+        return dims
+
+    @property
+    def world_size(self) -> int:
+        return self.dp_replicate * self.dp_shard * self.cp * self.tp
+
+    @property
+    def dp(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """The mesh of a distributed run and the views of it that the parallel plans use."""
+
+    dims: ParallelDims
+    device_mesh: DeviceMesh
+
+    @classmethod
+    def build(cls, dims: ParallelDims, device_type: str) -> Mesh:
+        shape = (dims.dp_replicate, dims.dp_shard, dims.cp, dims.tp)
+        mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_DIMS)
+        mesh["dp_replicate", "dp_shard"]._flatten("dp")
+        mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
+        mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
+        return cls(dims, mesh)
+
+    def __getitem__(self, name: str | tuple[str, ...]) -> DeviceMesh:
+        return self.device_mesh[name]
+
+    @property
+    def dp_rank(self) -> int:
+        return self.device_mesh["dp"].get_local_rank()
+
+    @property
+    def cp_rank(self) -> int:
+        return self.device_mesh["cp"].get_local_rank()
+
+    def group(self, name: str) -> dist.ProcessGroup:
+        return self.device_mesh[name].get_group()

@@ -1,0 +1,67 @@
+"""Apply parallelism to a built model, in the one order that composes: tensor parallel → context parallel →
+activation checkpointing → data parallel (FSDP2 / HSDP / DDP) → ``torch.compile``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointWrapper,
+    apply_activation_checkpointing,
+)
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from polymodal.config.schema import ExperimentConfig
+from polymodal.train.parallel.mesh import Mesh
+from polymodal.train.parallel.plans import fsdp_units, install_context_parallel, plan_for
+
+
+def checkpoint_activations(model: nn.Module, units: list[nn.Module]) -> list[nn.Module]:
+    """Recompute each unit's activations in backward; returns the wrappers that replaced the units."""
+    targets = set(units)
+    apply_activation_checkpointing(model, check_fn=lambda module: module in targets)
+    return [m for m in model.modules() if isinstance(m, CheckpointWrapper) and m._checkpoint_wrapped_module in targets]
+
+
+def shard_data_parallel(model: nn.Module, units: list[nn.Module], mesh: Mesh, exp: ExperimentConfig) -> None:
+    """FSDP2 over dp_shard·cp (HSDP: replicated across dp_replicate); bf16 compute with fp32 reduction under bf16."""
+    dims = mesh.dims
+    fsdp_mesh = mesh[("dp_replicate", "dp_shard_cp")] if dims.dp_replicate > 1 else mesh["dp_shard_cp"]
+    policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16 if exp.precision == "bf16" else None, reduce_dtype=torch.float32
+    )
+    reshard = exp.distributed.reshard_after_forward
+    for unit in units:
+        fully_shard(unit, mesh=fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
+    fully_shard(model, mesh=fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
+
+
+def parallelize(
+    model: nn.Module, mesh: Mesh | None, exp: ExperimentConfig, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """Returns ``(model, train_model)``: ``model`` owns the parameters (state dicts, clipping, FLOPs), ``train_model``
+    is what the loop calls (``model`` itself, or a DDP / compiled wrapper of it)."""
+    plan = plan_for(model)
+    dims = mesh.dims if mesh is not None else None
+    if dims is not None and dims.tp > 1:
+        if plan.tensor_parallel is None:
+            raise ValueError(f"no tensor-parallel plan for {type(model).__name__}; set experiment.distributed.tp=1")
+        plan.tensor_parallel(model, mesh["tp"])
+    if dims is not None and dims.cp > 1:
+        if not plan.sequence_keys:
+            raise ValueError(f"no context-parallel plan for {type(model).__name__}; set experiment.distributed.cp=1")
+        install_context_parallel(model, mesh.group("cp"))
+    units = fsdp_units(model)
+    if exp.activation_checkpointing:
+        units = checkpoint_activations(model, units)
+
+    train_model = model
+    if dims is not None and dims.strategy == "ddp":
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, process_group=mesh.group("dp_cp"), device_ids=device_ids)
+    elif dims is not None and dims.dp_replicate * dims.dp_shard * dims.cp > 1:
+        shard_data_parallel(model, units, mesh, exp)
+    if exp.torch_compile:
+        train_model = torch.compile(train_model)
+    return model, train_model

@@ -1,0 +1,149 @@
+"""Per-family parallel plans: which modules tensor parallelism splits, and which batch keys context parallelism
+splits along the sequence. The models themselves know nothing of this; a plan is looked up by model class.
+
+Tensor parallelism (Megatron-style, with sequence parallelism) inside every :class:`TransformerBlock`:
+``q/k/v_proj`` and ``mlp.fc1/fc3`` are column-parallel, ``o_proj`` and ``mlp.fc2`` row-parallel with their
+output reduce-scattered along the sequence, the norms run sequence-parallel on a sequence shard. Between blocks
+activations stay sharded along the sequence (``Shard(1)``).
+
+Context parallelism: the sequence keys of the batch are split into ``cp`` contiguous chunks; each rank embeds
+and attends with its chunk of queries against keys/values all-gathered from the CP group (the mask is built from
+the full document ids, so document masks work). Ring attention (``torch.distributed.tensor.experimental.
+context_parallel``) would save the gathered K/V memory, but it runs only on CUDA SDPA kernels and only for plain
+causal masks, not our block-diagonal document masks, and not on gloo/CPU where the tests run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
+
+from polymodal.models.layers.attention import Attention, masked_attention
+from polymodal.models.layers.block import TransformerBlock
+from polymodal.models.llm import CausalLM
+from polymodal.models.meta import DataDict
+from polymodal.train.parallel.collectives import all_gather_with_grad
+
+
+def transformer_block_plan() -> dict[str, object]:
+    """Tensor + sequence parallel styles for one block; its input and output are ``Shard(1)`` local tensors."""
+    return {
+        "attn_norm": SequenceParallel(),
+        "attn": PrepareModuleInput(
+            input_layouts=(Shard(1), None, None, None), desired_input_layouts=(Replicate(), None, None, None)
+        ),
+        "attn.q_proj": ColwiseParallel(),
+        "attn.k_proj": ColwiseParallel(),
+        "attn.v_proj": ColwiseParallel(),
+        "attn.o_proj": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp_norm": SequenceParallel(),
+        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+        "mlp.fc1": ColwiseParallel(),
+        "mlp.fc3": ColwiseParallel(),
+        "mlp.fc2": RowwiseParallel(output_layouts=Shard(1)),
+    }
+
+
+def _check_tp_divides(model: nn.Module, tp: int) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            if module.q_norm is not None:
+                raise ValueError(f"{name}: tensor parallelism with qk_norm is not supported yet")
+            if module.num_kv_heads % tp:
+                raise ValueError(f"{name}: tp={tp} must divide num_kv_heads={module.num_kv_heads}")
+
+
+def llm_tensor_parallel(model: CausalLM, tp_mesh: DeviceMesh) -> None:
+    """Embedding row-parallel into a sequence shard, blocks as above, final norm sequence-parallel, LM head
+    column-parallel back to full logits (tied embedding/head weights are re-tied after sharding)."""
+    _check_tp_divides(model, tp_mesh.size())
+    embedding = model.preprocessor.blocks[0].embedding
+    tied = model.head.proj.weight is embedding.weight
+    parallelize_module(
+        model,
+        tp_mesh,
+        {
+            "preprocessor.blocks.0.embedding": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "trunk.transformer.final_norm": SequenceParallel(),
+            "head.proj": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+        },
+    )
+    for block in model.trunk.transformer.blocks:
+        parallelize_module(block, tp_mesh, transformer_block_plan())
+    if tied:
+        model.head.proj.weight = embedding.weight
+
+
+class ContextParallelAttention:
+    """An attention kernel for a sequence split over a CP group: local queries against gathered keys/values."""
+
+    def __init__(self, group: dist.ProcessGroup):
+        self.group = group
+        self.rank = dist.get_rank(group)
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        dropout_p: float,
+    ) -> torch.Tensor:
+        k = all_gather_with_grad(k, dim=2, group=self.group)
+        v = all_gather_with_grad(v, dim=2, group=self.group)
+        return masked_attention(q, k, v, mask, is_causal, dropout_p, q_offset=self.rank * q.shape[2])
+
+
+def install_context_parallel(model: nn.Module, group: dist.ProcessGroup) -> None:
+    kernel = ContextParallelAttention(group)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.kernel = kernel
+
+
+def split_sequence(batch: DataDict, keys: tuple[str, ...], rank: int, world: int) -> DataDict:
+    """This CP rank's contiguous chunk of each sequence key (dim 1); other keys are kept whole."""
+    split = dict(batch)
+    for key in keys:
+        length = batch[key].shape[1]
+        if length % world:
+            raise ValueError(f"context parallel: sequence length {length} of '{key}' is not divisible by cp={world}")
+        split[key] = batch[key].narrow(1, rank * (length // world), length // world)
+    return split
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    tensor_parallel: Callable[[nn.Module, DeviceMesh], None] | None = None
+    sequence_keys: tuple[str, ...] = ()  # batch keys split along dim 1 under context parallelism
+
+
+PLANS: dict[type[nn.Module], ParallelPlan] = {
+    CausalLM: ParallelPlan(llm_tensor_parallel, sequence_keys=("input_ids", "target_ids", "position_ids")),
+}
+
+
+def plan_for(model: nn.Module) -> ParallelPlan:
+    for cls in type(model).__mro__:
+        if cls in PLANS:
+            return PLANS[cls]
+    return ParallelPlan()
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """FSDP2 shards each transformer block as its own unit (gathered just before use), then the rest at the root."""
+    return [module for module in model.modules() if isinstance(module, TransformerBlock)]
