@@ -23,6 +23,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.experimental import implicit_replication
+from torch.distributed.tensor.parallel import loss_parallel
 
 from polymodal.config import ConfigError, experiment_config, instantiate, save_config
 from polymodal.models.meta import DataDict, call_block, checking_keys
@@ -58,6 +60,11 @@ def move_to_device(batch: DataDict, device: torch.device) -> DataDict:
 
 def _batch_size(batch: DataDict) -> int:
     return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def _plain(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor's full value as a plain tensor (statistics are logged and compared as plain tensors)."""
+    return value.full_tensor() if isinstance(value, DTensor) else value
 
 
 def _mean(values: list[torch.Tensor]) -> torch.Tensor:
@@ -159,8 +166,19 @@ class Trainer:
         state = {"skipped_steps": self.progress.skipped_steps, "data": self.data.train.state_dict()}
         return self.checkpointer.save(self.progress.step, self.model, self.optimizer, state, self.config_yaml)
 
+    def _loss_context(self) -> contextlib.AbstractContextManager:
+        """Under loss parallelism the logits are vocabulary-sharded DTensors: the loss (and its backward) runs in
+        torch's loss_parallel context, with plain tensors (targets, masks) implicitly replicated."""
+        if self.mesh is None or not self.exp.distributed.loss_parallel:
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(loss_parallel())
+        stack.enter_context(implicit_replication())
+        return stack
+
     def forward_loss(self, batch: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor], DataDict]:
-        """The model's output data_dict, and the objective's loss and named values on it."""
+        """The model's output data_dict, and the objective's loss and named values on it (call it, and run the
+        backward, inside :meth:`_loss_context`)."""
         with self._autocast(), checking_keys(self.exp.debug):
             output = call_block(self.train_model, batch, name="model")
             loss, metrics = call_block(self.objective, output, name="loss")
@@ -177,12 +195,13 @@ class Trainer:
             started = time.perf_counter()
             batch = move_to_device(next(self.data.train), self.env.device)
             data_wait += time.perf_counter() - started
-            with gradient_sync(self.train_model, enabled=micro_step == exp.grad_accum_steps - 1):
+            sync = micro_step == exp.grad_accum_steps - 1
+            with gradient_sync(self.train_model, enabled=sync), self._loss_context():
                 loss, metrics, _ = self.forward_loss(self._split_sequence(batch))
                 (loss / exp.grad_accum_steps).backward()
-            losses.append(loss.detach())
+            losses.append(_plain(loss.detach()))
             for name, value in metrics.items():
-                values[name].append(value.detach())
+                values[name].append(_plain(value.detach()))
             samples += _batch_size(batch)
             flops += self.model.train_flops(batch) if hasattr(self.model, "train_flops") else 0.0
 
@@ -190,8 +209,7 @@ class Trainer:
         stats.update({name: _mean(parts) for name, parts in values.items()})
         max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if isinstance(grad_norm, DTensor):
-            grad_norm = grad_norm.full_tensor()
+        grad_norm = _plain(grad_norm)
         finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
         if finite:
             self.optimizer.step()
@@ -230,14 +248,14 @@ class Trainer:
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
         batches = 0
         for batch in self.data.val_batches(self.exp.eval_steps):
-            loss, metrics, output = self.forward_loss(self._split_sequence(move_to_device(batch, self.env.device)))
-            if self.metrics is not None:
-                with checking_keys(self.exp.debug):
-                    _, extra = call_block(self.metrics, output, name="metrics")
-                metrics = {**metrics, **extra}
-            sums["loss"] += loss.float()
+            with self._loss_context():
+                loss, metrics, output = self.forward_loss(self._split_sequence(move_to_device(batch, self.env.device)))
+                if self.metrics is not None:
+                    with checking_keys(self.exp.debug):
+                        metrics = {**metrics, **call_block(self.metrics, output, name="metrics")[1]}
+            sums["loss"] += _plain(loss).float()
             for name, value in metrics.items():
-                sums[name] += value.float()
+                sums[name] += _plain(value).float()
             batches += 1
         self.train_model.train()
         if batches == 0:

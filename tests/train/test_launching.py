@@ -118,15 +118,14 @@ def run_together(commands: list[list[str]], envs: list[dict[str, str]], log_dir:
     assert exit_codes == [0] * len(processes), f"exit codes {exit_codes}\n{outputs_report(outputs)}"
 
 
-def gradient_norms(run_dir: Path) -> list[float]:
-    """The global gradient norm of every step: a quantity of the synchronised gradient, the same on every rank."""
-    return [record["grad_norm"] for record in read_metrics(run_dir / "metrics.jsonl") if record["split"] == "train"]
+def train_curve(run_dir: Path, metric: str) -> list[float]:
+    """``metric`` of every logged train step, from rank 0's metrics.jsonl."""
+    return [record[metric] for record in read_metrics(run_dir / "metrics.jsonl") if record["split"] == "train"]
 
 
 def assert_trained_as_one_job(run_dir: Path, world_size: int) -> None:
     """Rank 0 logged every step, every rank has its log, one checkpoint holds every rank's state."""
-    train_steps = [record["step"] for record in read_metrics(run_dir / "metrics.jsonl") if record["split"] == "train"]
-    assert train_steps == list(range(1, STEPS + 1))
+    assert train_curve(run_dir, "step") == list(range(1, STEPS + 1))
 
     rank_logs = sorted(path.name for path in (run_dir / "logs").glob("rank*.log"))
     assert rank_logs == [f"rank{rank}.log" for rank in range(world_size)]
@@ -146,14 +145,15 @@ def assert_trained_as_one_job(run_dir: Path, world_size: int) -> None:
 def assert_matches_one_process_with_the_global_batch(tiny_config: Path, tmp_path: Path) -> None:
     """Two ranks of batch 4 train exactly like one process of batch 8 (same sample order, averaged gradients).
 
-    The logged train loss is rank 0's own and validation batches follow the batch size, so the comparison is on
-    the gradient norms: equal at every step means equal gradients from equal weights.
+    Equal losses and gradient norms at every step mean equal weights throughout. (Validation losses are not
+    compared: the validation batches follow the batch size.)
     """
     reference = tmp_path / "reference"
     reference.mkdir()
     overrides = ["constants.batch_size=8", f"experiment.output_dir={reference}"]
     run_together([train_command(tiny_config, *overrides)], [clean_env()], reference)
-    assert gradient_norms(tmp_path / "run") == pytest.approx(gradient_norms(reference), rel=1e-5)
+    for metric in ("loss", "grad_norm"):  # of the global batch: means over ranks, norms of synchronised gradients
+        assert train_curve(tmp_path / "run", metric) == pytest.approx(train_curve(reference, metric), rel=1e-5), metric
 
 
 def test_two_torchrun_nodes_meet_through_a_c10d_rendezvous(tiny_config, tmp_path):

@@ -30,6 +30,7 @@ LAYOUTS = {
     "fsdp-2-activation-checkpointing": (2, 2, ["experiment.activation_checkpointing=true"]),
     "hsdp-2x2": (4, 1, ["experiment.distributed.strategy=hsdp", "experiment.distributed.dp_replicate=2"]),
     "tp-2": (2, 4, ["experiment.distributed.tp=2"]),
+    "tp-2-loss-parallel": (2, 4, ["experiment.distributed.tp=2", "experiment.distributed.loss_parallel=true"]),
     "cp-2": (2, 4, ["experiment.distributed.cp=2"]),
     "fsdp-2xtp-2": (4, 2, ["experiment.distributed.tp=2"]),
 }

@@ -58,6 +58,8 @@ class ParallelDims:
             )
         if cfg.strategy == "hsdp" and replicate == 1:
             raise ConfigError(f"{where}: strategy hsdp needs dp_replicate > 1 (else use fsdp)")
+        if cfg.loss_parallel and cfg.tp == 1:
+            raise ConfigError(f"{where}: loss_parallel shards the logits over tensor-parallel ranks; it needs tp > 1")
         if cfg.strategy == "ddp" and cfg.tp > 1:
             raise ConfigError(f"{where}: tensor parallelism needs strategy fsdp or hsdp, not ddp")
         return dims

@@ -47,7 +47,7 @@ def parallelize(
     if dims is not None and dims.tp > 1:
         if plan.tensor_parallel is None:
             raise ValueError(f"no tensor-parallel plan for {type(model).__name__}; set experiment.distributed.tp=1")
-        plan.tensor_parallel(model, mesh["tp"])
+        plan.tensor_parallel(model, mesh["tp"], exp.distributed.loss_parallel)
     if dims is not None and dims.cp > 1:
         if not plan.sequence_keys:
             raise ValueError(f"no context-parallel plan for {type(model).__name__}; set experiment.distributed.cp=1")

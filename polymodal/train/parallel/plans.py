@@ -66,9 +66,11 @@ def _check_tp_divides(model: nn.Module, tp: int) -> None:
                 raise ValueError(f"{name}: tp={tp} must divide num_kv_heads={module.num_kv_heads}")
 
 
-def llm_tensor_parallel(model: CausalLM, tp_mesh: DeviceMesh) -> None:
+def llm_tensor_parallel(model: CausalLM, tp_mesh: DeviceMesh, loss_parallel: bool = False) -> None:
     """Embedding row-parallel into a sequence shard, blocks as above, final norm sequence-parallel, LM head
-    column-parallel back to full logits (tied embedding/head weights are re-tied after sharding)."""
+    column-parallel: to full logits, or with ``loss_parallel`` to logits left sharded over the vocabulary (a
+    ``DTensor`` the loss must consume under ``torch.distributed.tensor.parallel.loss_parallel``). Tied
+    embedding/head weights are re-tied after sharding (both are sharded along the vocabulary)."""
     _check_tp_divides(model, tp_mesh.size())
     embedding = model.preprocessor.blocks[0].embedding
     tied = model.head.proj.weight is embedding.weight
@@ -78,7 +80,11 @@ def llm_tensor_parallel(model: CausalLM, tp_mesh: DeviceMesh) -> None:
         {
             "preprocessor.blocks.0.embedding": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
             "trunk.transformer.final_norm": SequenceParallel(),
-            "head.proj": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
+            "head.proj": ColwiseParallel(
+                input_layouts=Shard(1),
+                output_layouts=Shard(-1) if loss_parallel else Replicate(),
+                use_local_output=not loss_parallel,
+            ),
         },
     )
     for block in model.trunk.transformer.blocks:
@@ -128,7 +134,7 @@ def split_sequence(batch: DataDict, keys: tuple[str, ...], rank: int, world: int
 
 @dataclass(frozen=True)
 class ParallelPlan:
-    tensor_parallel: Callable[[nn.Module, DeviceMesh], None] | None = None
+    tensor_parallel: Callable[[nn.Module, DeviceMesh, bool], None] | None = None  # (model, tp mesh, loss_parallel)
     sequence_keys: tuple[str, ...] = ()  # batch keys split along dim 1 under context parallelism
 
 
