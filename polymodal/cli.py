@@ -44,14 +44,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.debug:
         apply_debug_settings(cfg)
     try:
-        result = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        result = trainer.fit()
     except TrainingStopped as stop:
         print(f"error: {stop}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED
     finally:
         teardown_distributed()
-    val = result["val"].get("loss")
-    print(f"finished at step {result['step']}" + (f", validation loss {val:.4f}" if val is not None else ""))
+    if trainer.env.is_main:
+        val = result["val"].get("loss")
+        print(f"finished at step {result['step']}" + (f", validation loss {val:.4f}" if val is not None else ""))
     return 0
 
 

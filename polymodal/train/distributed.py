@@ -54,8 +54,13 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("experiment.device=cuda but no CUDA device is available; use device=auto or cpu")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        visible = torch.cuda.device_count()
+        # One GPU per task (SLURM --gpus-per-task=1) shows every rank its own GPU as device 0.
+        index = 0 if visible == 1 else local_rank
+        if index >= visible:
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {visible} CUDA devices are visible")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     if requested == "cpu":
         return torch.device("cpu")
     raise ValueError(f"unknown device '{requested}' (expected auto, cpu or cuda)")

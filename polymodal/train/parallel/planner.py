@@ -443,7 +443,6 @@ def collectives(model: ModelShape, layout: Layout) -> list[Collective]:
     if layout.wrapper in ("fsdp", "hsdp"):
         group = layout.shard_group
         shard_all = _numel(local, group)
-        shard_blocks = _numel([s for p, s in zip(model.params, local, strict=True) if p.in_block], group)
         # A rank contributes its shard to every all-gather and receives its shard of every reduce-scatter.
         add(
             "FSDP all-gather params (forward)",
@@ -452,13 +451,13 @@ def collectives(model: ModelShape, layout: Layout) -> list[Collective]:
             micro * (depth + 1),
             micro * (group - 1) * shard_all * precision.param,
         )
-        if layout.reshard_after_forward:  # FSDP2 keeps the root unsharded between forward and backward
+        if layout.reshard_after_forward:  # every unit, the root included, is gathered again for backward
             add(
                 "FSDP all-gather params (backward)",
                 "dp_shard·cp",
                 group,
-                micro * depth,
-                micro * (group - 1) * shard_blocks * precision.param,
+                micro * (depth + 1),
+                micro * (group - 1) * shard_all * precision.param,
             )
         add("FSDP reduce-scatter grads", "dp_shard·cp", group, depth + 1, (group - 1) * shard_all * precision.reduce)
         if layout.wrapper == "hsdp":
