@@ -1,4 +1,4 @@
-"""``polymodal <verb>``: train, export, tokenizer training.
+"""``polymodal <verb>``: train, export, plan, tokenizer training.
 
 Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
 """
@@ -78,6 +78,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from polymodal.train.parallel.planner import plan_main
+
+    return plan_main(args.config, args.overrides, args.gpus, args.gpu_memory)
+
+
 def _train_text_tokenizer(args: argparse.Namespace) -> int:
     from polymodal.tokenizers.bpe import train_text_tokenizer
 
@@ -101,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (takes its newest)")
     export.add_argument("--out", required=True, help="output directory")
     export.set_defaults(run=_export)
+
+    plan = verbs.add_parser("plan", help="per-GPU memory and traffic of a config on a GPU mesh (exit 1: won't fit)")
+    plan.add_argument("--config", required=True, help="experiment YAML file")
+    plan.add_argument("--gpus", type=int, default=None, help="world size (default: the configured mesh, else 8)")
+    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    plan.add_argument("overrides", nargs="*", help="key.sub=value, e.g. experiment.distributed.tp=2")
+    plan.set_defaults(run=_plan)
 
     tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="kind", required=True)
     text = tokenizer.add_parser("train-text", help="byte-level BPE on text files (default: stdlib docstrings)")

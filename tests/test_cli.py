@@ -107,3 +107,13 @@ def test_tokenizer_train_text_command(tmp_path, text_corpus):
     tokenizer = load_tokenizer(output)
     text = "the red cube is left of the blue sphere."
     assert tokenizer.decode(tokenizer.encode(text).ids) == text
+
+
+def test_plan_reports_fit_and_exit_code():
+    fits = run_cli("plan", "--config", "configs/llm/125m.yaml", "--gpus", "8", "--gpu-memory", "80")
+    assert fits.returncode == 0, fits.stderr
+    assert "memory per GPU" in fits.stdout and "FSDP reduce-scatter grads" in fits.stdout
+    too_small = run_cli("plan", "--config", "configs/llm/7b.yaml", "--gpus", "2", "--gpu-memory", "16")
+    assert too_small.returncode == 1 and "does NOT fit" in too_small.stdout
+    bad_mesh = run_cli("plan", "--config", "configs/llm/7b.yaml", "--gpus", "6", "experiment.distributed.tp=4")
+    assert bad_mesh.returncode == 2 and "does not divide the world size 6" in bad_mesh.stderr

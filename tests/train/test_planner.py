@@ -1,17 +1,19 @@
 """The planner's numbers against measurements of the real model, optimizer and parallel wrappers.
 
-Multi-GPU layouts are measured in this one process on a fake process group (``torch.testing``'s ``FakeStore``):
-collectives do nothing, but FSDP2, tensor and context parallelism build exactly the shards, gathered tensors and
-autograd graphs they build on a real mesh, and every collective they issue passes through the dispatcher, where
-a ``TorchDispatchMode`` records it. Rank 0 is measured; it holds the largest FSDP shard, which the planner reports.
+Multi-GPU layouts are measured in a forked process as rank 0 of a fake process group (``torch.testing``'s
+``FakeStore``): collectives do nothing, but FSDP2, tensor and context parallelism build exactly the shards,
+gathered tensors and autograd graphs they build on a real mesh, and every collective they issue passes through the
+dispatcher, where a ``TorchDispatchMode`` records it. Rank 0 holds the largest FSDP shard, which the planner reports.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import multiprocessing
+import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -50,6 +52,7 @@ SMALL = [
 # The only tensors autograd saves that the planner leaves out are a few scalars of the loss (12 bytes) and, under
 # context parallelism, the int64 query positions of the mask rows (8·T/cp bytes per block); 1% covers both.
 ACTIVATION_TOLERANCE = 0.01
+CHILD_TIMEOUT_S = 300  # a hung child fails its test instead of the whole run
 
 
 def small_config(*overrides: str):
@@ -73,20 +76,42 @@ def synthetic_batch(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-@contextlib.contextmanager
-def fake_world(size: int) -> Iterator[None]:
+def in_fake_world(size: int, measure: Callable[[], Any]) -> Any:
+    """``measure()`` run as rank 0 of a fake ``size``-rank process group, in a forked child, and its result.
+
+    Each world gets a fresh process: DTensor caches sharding plans by device mesh, and meshes of equal shape compare
+    equal, so a second fake world in the same process would reuse plans bound to the first one's destroyed groups.
+    """
     if size == 1:
-        yield
-        return
-    dist.init_process_group("fake", store=fake_pg.FakeStore(), rank=0, world_size=size)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
+        return measure()
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+
+    def child() -> None:
+        torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork: a parallel kernel would hang
+        try:
+            dist.init_process_group("fake", store=fake_pg.FakeStore(), rank=0, world_size=size)
+            sender.send((True, measure()))
+        except BaseException:  # the parent re-raises it with the child's traceback
+            sender.send((False, traceback.format_exc()))
+        finally:
+            sender.close()
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    sender.close()
+    if not receiver.poll(CHILD_TIMEOUT_S):
+        process.kill()
+        process.join()
+        raise AssertionError(f"measurement on a fake {size}-rank world did not finish in {CHILD_TIMEOUT_S} s")
+    ok, result = receiver.recv()
+    process.join()
+    if not ok:
+        raise AssertionError(f"measurement on a fake {size}-rank world failed:\n{result}")
+    return result
 
 
 def parallel_model(cfg, world: int) -> tuple[nn.Module, nn.Module, int]:
-    """The model as the trainer wraps it on ``world`` ranks (call inside ``fake_world``), and this rank's CP size."""
+    """The model as the trainer wraps it on ``world`` ranks (call inside ``in_fake_world``), and this rank's CP size."""
     exp = experiment_config(cfg)
     dims = ParallelDims.from_config(exp.distributed, world)
     mesh = Mesh.build(dims, "cpu") if world > 1 else None
@@ -104,7 +129,9 @@ def plain_tensors(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
     if is_traceable_wrapper_subclass(tensor):
         names, _ = tensor.__tensor_flatten__()
         for name in names:
-            yield from plain_tensors(getattr(tensor, name))
+            inner = getattr(tensor, name)
+            if isinstance(inner, torch.Tensor):  # DTensor also flattens to its device mesh
+                yield from plain_tensors(inner)
     else:
         yield tensor
 
@@ -172,18 +199,48 @@ def saved_activation_bytes(cfg, model: nn.Module, train_model: nn.Module, batch)
 def test_parameter_gradient_and_optimizer_bytes_equal_a_real_adamw_step(world, overrides):
     cfg = small_config(*overrides)
     predicted = memory_of(plan_report(cfg, gpus=world))
-    with fake_world(world):
+
+    def measure() -> dict[str, int]:
         model, train_model, cp = parallel_model(cfg, world)
         optimizer = instantiate(cfg.optim.optimizer, model=model)
         forward_loss(cfg, train_model, rank_batch(cfg, model, cp)).backward()
         optimizer.step()
         parameters = list(model.parameters())
-        measured = {
+        return {
             "parameters": held_bytes(parameters),
             "gradients": held_bytes(p.grad for p in parameters),
             "optimizer state (AdamW)": held_bytes(t for state in optimizer.state.values() for t in state.values()),
         }
+
+    measured = in_fake_world(world, measure)
     assert {name: predicted[name] for name in measured} == measured
+
+
+def unsharded_accumulated_grads(model: nn.Module) -> list[torch.Tensor]:
+    """The gradients FSDP2 keeps unsharded between micro-steps without gradient sync (FSDP internals)."""
+    grads = []
+    for module in model.modules():
+        group = module._get_fsdp_state()._fsdp_param_group if hasattr(module, "_get_fsdp_state") else None
+        for param in group.fsdp_params if group is not None else ():
+            accumulated = param.unsharded_accumulated_grad
+            grads.append(accumulated if accumulated is not None else param._unsharded_param.grad)
+    return grads
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_fsdp_gradients_between_unsynced_micro_steps_are_whole_fp32_tensors():
+    cfg = small_config("experiment.precision=bf16", "experiment.grad_accum_steps=2")
+    predicted = memory_of(plan_report(cfg, gpus=4))["gradients"]
+
+    def measure() -> int:
+        model, train_model, cp = parallel_model(cfg, 4)
+        with gradient_sync(train_model, enabled=False):
+            forward_loss(cfg, train_model, rank_batch(cfg, model, cp)).backward()
+        grads = unsharded_accumulated_grads(model)
+        assert all(grad.dtype == torch.float32 for grad in grads)
+        return held_bytes(grads)
+
+    assert in_fake_world(4, measure) == predicted
 
 
 def test_fsdp_shard_is_the_ceiling_of_dim0_over_the_group():
@@ -202,7 +259,7 @@ def test_fsdp_shard_is_the_ceiling_of_dim0_over_the_group():
     [
         (1, []),
         (1, ["experiment.precision=bf16"]),  # autocast over fp32 parameters: bf16 weight copies are saved too
-        (1, ["model.qk_norm=true"]),
+        (1, ["+model.qk_norm=true"]),
         (4, ["experiment.precision=bf16"]),  # FSDP mixed precision: bf16 parameters and residual stream
         (8, ["experiment.distributed.tp=2"]),  # sequence parallel
         (8, ["experiment.precision=bf16", "experiment.distributed.cp=2"]),
@@ -212,11 +269,15 @@ def test_fsdp_shard_is_the_ceiling_of_dim0_over_the_group():
 def test_saved_activations_equal_what_autograd_saves(world, overrides):
     cfg = small_config(*overrides)
     report = plan_report(cfg, gpus=world)
-    predicted = report.model.depth * sum(t.bytes for t in report.block_saved) + sum(t.bytes for t in report.outside_saved)
-    predicted += memory_of(report).get("bf16 weight copies (autocast)", 0)
-    with fake_world(world):
+    blocks = report.model.depth * sum(t.bytes for t in report.block_saved)
+    weight_copies = memory_of(report).get("bf16 weight copies (autocast)", 0)
+    predicted = blocks + sum(t.bytes for t in report.outside_saved) + weight_copies
+
+    def measure() -> int:
         model, train_model, cp = parallel_model(cfg, world)
-        measured = saved_activation_bytes(cfg, model, train_model, rank_batch(cfg, model, cp))
+        return saved_activation_bytes(cfg, model, train_model, rank_batch(cfg, model, cp))
+
+    measured = in_fake_world(world, measure)
     assert measured == pytest.approx(predicted, rel=ACTIVATION_TOLERANCE)
 
 
@@ -260,6 +321,9 @@ def test_checkpointed_blocks_save_only_their_inputs():
 # ---------------------------------------------------------------------------------------------- communication
 
 
+COLLECTIVE_KINDS = ("allgather", "all_gather", "reduce_scatter", "allreduce", "all_reduce")
+
+
 class CollectiveLog(TorchDispatchMode):
     """Calls and input bytes of every c10d collective that passes through the dispatcher."""
 
@@ -270,7 +334,7 @@ class CollectiveLog(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.name()
-        if "c10d" in name:
+        if "c10d" in name and any(kind in name for kind in COLLECTIVE_KINDS):
             # The input operand: (output, input) for the *_base_ ops, (outputs, inputs) for allgather_,
             # (tensors, ...) for allreduce_, (input, ...) for the functional ops.
             operand = args[1] if name.endswith(("_base_", "allgather_")) else args[0]
@@ -280,9 +344,8 @@ class CollectiveLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def ring_bytes_sent(log: CollectiveLog, op: str, group: int) -> float:
-    """What one rank sends for the logged calls of ``op`` over ``group`` ranks with ring algorithms."""
-    size = log.input_bytes[op]
+def ring_bytes_sent(op: str, size: int, group: int) -> float:
+    """What one rank sends with ring algorithms for calls of ``op`` over ``group`` ranks with ``size`` input bytes."""
     if op.endswith("allreduce_"):
         return 2 * (group - 1) / group * size
     if "reduce_scatter" in op:  # the input is the full buffer
@@ -316,6 +379,7 @@ def ring_bytes_sent(log: CollectiveLog, op: str, group: int) -> float:
                 "c10d::_reduce_scatter_base_": ("FSDP reduce", 2),
                 "_c10d_functional::all_gather_into_tensor": ("TP all-gather", 2),
                 "_c10d_functional::reduce_scatter_tensor": ("TP reduce-scatter", 2),
+                "_c10d_functional::all_reduce": ("TP all-reduce", 2),
             },
         ),
         (
@@ -335,19 +399,24 @@ def test_collectives_match_what_one_optimizer_step_issues(world, overrides, expe
     cfg = small_config(*overrides)
     report = plan_report(cfg, gpus=world)
     micro_steps = cfg.experiment.grad_accum_steps
-    with fake_world(world):
+
+    def measure() -> tuple[Counter[str], Counter[str]]:
         model, train_model, cp = parallel_model(cfg, world)
         batch = rank_batch(cfg, model, cp)
         with CollectiveLog() as log:
             for micro_step in range(micro_steps):
                 with gradient_sync(train_model, enabled=micro_step == micro_steps - 1):
                     forward_loss(cfg, train_model, batch).backward()
-    assert set(log.calls) == set(expected)
+        return log.calls, log.input_bytes
+
+    calls, input_bytes = in_fake_world(world, measure)
+    assert set(calls) == set(expected)
     for op, (prefix, group) in expected.items():
         planned = [c for c in report.collectives if c.name.startswith(prefix)]
         assert planned, f"the plan has no collective named {prefix}..."
-        assert sum(c.calls_per_step for c in planned) == log.calls[op], op
-        assert sum(c.bytes_per_step for c in planned) == pytest.approx(ring_bytes_sent(log, op, group), abs=1), op
+        assert sum(c.calls_per_step for c in planned) == calls[op], op
+        sent = ring_bytes_sent(op, input_bytes[op], group)
+        assert sum(c.bytes_per_step for c in planned) == pytest.approx(sent, abs=1), op
 
 
 def test_single_gpu_plan_has_no_collectives():
@@ -360,7 +429,7 @@ def test_single_gpu_plan_has_no_collectives():
 @pytest.mark.parametrize(
     ("overrides", "gpus", "message"),
     [
-        (["experiment.distributed.dp_shard=2", "experiment.distributed.tp=2"], 8, "world size 8"),
+        (["experiment.distributed.dp_shard=2", "experiment.distributed.tp=2"], 8, "world size is 8"),
         (["experiment.distributed.tp=8"], 8, "num_heads=4"),
         (["experiment.distributed.cp=3"], 3, "seq_len=64"),
         (["experiment.distributed.tp=2", "constants.vocab_size=255"], 2, "dim 0 (255)"),

@@ -1,0 +1,117 @@
+"""Per-step communication: each collective of one optimizer step and the bytes one GPU sends in it.
+
+Bytes are what one GPU *sends* with ring algorithms (all-gather and reduce-scatter of a full buffer of ``N`` bytes
+over ``n`` ranks: ``(n-1)/n·N``; all-reduce: ``2·(n-1)/n·N``). ``collectives`` accounts for data parallelism (FSDP
+all-gathers and reduce-scatters, the HSDP all-reduce across replicas, or DDP's all-reduce), tensor parallelism
+(sequence-parallel activations, logits, gradients of replicated parameters) and context parallelism (keys and
+values and their gradients); groups of one rank are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from polymodal.train.parallel.planner.shapes import FP32, Layout, ModelShape, _numel, tp_local_shape
+
+
+@dataclass(frozen=True)
+class Collective:
+    name: str
+    group: str
+    group_size: int
+    calls_per_step: int
+    bytes_per_step: int  # sent by one GPU per optimizer step
+
+
+def _ring_gather_or_scatter(full_bytes: float, n: int) -> float:
+    return (n - 1) / n * full_bytes
+
+
+def _ring_all_reduce(full_bytes: float, n: int) -> float:
+    return 2 * (n - 1) / n * full_bytes
+
+
+def _collective(name: str, group: str, size: int, calls: int, sent: float) -> list[Collective]:
+    """The collective, or nothing over a group of one rank."""
+    return [Collective(name, group, size, calls, round(sent))] if size > 1 else []
+
+
+def _data_parallel_collectives(model: ModelShape, layout: Layout, local: list[tuple[int, ...]]) -> list[Collective]:
+    """FSDP: every unit (blocks and the root) is all-gathered in each forward and, when resharded after forward,
+    again in each backward; gradients are reduce-scattered once per step (no sync between micro-steps), and under
+    HSDP their shards all-reduced across replicas. DDP: one bucketed all-reduce of fp32 gradients per step."""
+    dims, precision, micro = layout.dims, layout.precision, layout.grad_accum_steps
+    units = model.depth + 1
+    if layout.wrapper == "ddp":
+        group = dims.dp * dims.cp
+        return _collective("DDP all-reduce grads", "dp·cp", group, 1, _ring_all_reduce(FP32 * _numel(local), group))
+    if layout.wrapper not in ("fsdp", "hsdp"):
+        return []
+    group = layout.shard_group
+    shard = _numel(local, group)  # a rank sends its shard to every all-gather, receives its shard of a reduce-scatter
+    gather = micro * (group - 1) * shard * precision.param
+    found = _collective("FSDP all-gather params (forward)", "dp_shard·cp", group, micro * units, gather)
+    if layout.reshard_after_forward:
+        found += _collective("FSDP all-gather params (backward)", "dp_shard·cp", group, micro * units, gather)
+    scatter = (group - 1) * shard * precision.reduce
+    found += _collective("FSDP reduce-scatter grads", "dp_shard·cp", group, units, scatter)
+    if layout.wrapper == "hsdp":
+        replicas = _ring_all_reduce(shard * precision.reduce, dims.dp_replicate)
+        found += _collective("HSDP all-reduce grads", "dp_replicate", dims.dp_replicate, units, replicas)
+    return found
+
+
+def _tensor_parallel_collectives(model: ModelShape, layout: Layout) -> list[Collective]:
+    """Per block, forward: 2 all-gathers of norm outputs (residual dtype) and 2 reduce-scatters of the o_proj and
+    fc2 outputs (compute dtype); backward: the opposite collective on each gradient. Recomputation (torch's
+    non-reentrant checkpoint stops once the last saved tensor is rebuilt, before fc2) repeats the 2 all-gathers and
+    the o_proj reduce-scatter. Outside the blocks, in the residual dtype: the embedding output is reduce-scattered
+    (all-gathered in backward), the head input all-gathered (reduce-scattered in backward). The logits are
+    all-gathered unless ``loss_parallel``. Gradients of replicated parameters (norm weights) are partial sums: FSDP
+    all-reduces them in each backward, otherwise they are reduced once, when the optimizer reads them."""
+    tp, precision, micro, depth = layout.dims.tp, layout.precision, layout.grad_accum_steps, model.depth
+    if tp == 1:
+        return []
+    recompute = 1 if layout.activation_checkpointing else 0
+    residual, compute = precision.param, precision.compute
+    activation = model.block.dim * layout.tokens  # elements of one gathered (full-sequence) activation
+    gathers = (depth * (2 + 2 * recompute) + 2, depth * 2)  # calls in the (residual, compute) dtype
+    scatters = (depth * 2 + 2, depth * (2 + recompute))
+    found: list[Collective] = []
+    for name, (in_residual, in_compute) in (("all-gather", gathers), ("reduce-scatter", scatters)):
+        sent = micro * _ring_gather_or_scatter((in_residual * residual + in_compute * compute) * activation, tp)
+        found += _collective(f"TP {name} activations", "tp", tp, micro * (in_residual + in_compute), sent)
+    if not layout.loss_parallel:
+        logits = micro * _ring_gather_or_scatter(compute * model.vocab_size * layout.tokens, tp)
+        found += _collective("TP all-gather logits", "tp", tp, micro, logits)
+    replicated = [p for p in model.params if p.tp_dim is None]
+    reductions = micro if layout.wrapper in ("fsdp", "hsdp") else 1
+    replicated_bytes = precision.param * sum(math.prod(p.shape) for p in replicated)
+    sent = reductions * _ring_all_reduce(replicated_bytes, tp)
+    return found + _collective("TP all-reduce replicated grads", "tp", tp, reductions * len(replicated), sent)
+
+
+def _context_parallel_collectives(model: ModelShape, layout: Layout) -> list[Collective]:
+    """Per block, keys and values (rotated, this rank's heads) are all-gathered along the sequence in forward and
+    again when recomputed; in backward their gradients are all-reduced whole (``all_gather_with_grad``)."""
+    dims, micro, depth, block = layout.dims, layout.grad_accum_steps, model.depth, model.block
+    if dims.cp == 1:
+        return []
+    gathered = 1 + (1 if layout.activation_checkpointing else 0)
+    kv_width = block.num_kv_heads * block.head_dim // dims.tp
+    keys_values = 2 * layout.precision.compute * kv_width * layout.batch_size * layout.seq_len
+    sent = micro * depth * gathered * _ring_gather_or_scatter(keys_values, dims.cp)
+    found = _collective("CP all-gather keys/values", "cp", dims.cp, micro * depth * 2 * gathered, sent)
+    sent = micro * depth * _ring_all_reduce(keys_values, dims.cp)
+    return found + _collective("CP all-reduce key/value grads", "cp", dims.cp, micro * depth * 2, sent)
+
+
+def collectives(model: ModelShape, layout: Layout) -> list[Collective]:
+    """Each collective of one optimizer step with the bytes one GPU sends (groups of one rank are left out)."""
+    local = [tp_local_shape(p, layout.dims.tp) for p in model.params]
+    return (
+        _data_parallel_collectives(model, layout, local)
+        + _tensor_parallel_collectives(model, layout)
+        + _context_parallel_collectives(model, layout)
+    )

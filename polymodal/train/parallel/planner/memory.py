@@ -1,0 +1,193 @@
+"""Per-GPU memory: the tensors saved for backward and the memory lines of a step.
+
+``block_saved_tensors`` lists, in bytes on one GPU, every tensor one transformer block saves for backward
+(``tests/train/test_planner.py`` checks the list against autograd's saved-tensor hooks), ``outside_saved_tensors``
+those of the embedding, final norm, LM head and loss; ``block_input_bytes`` is what activation checkpointing keeps
+of a block and ``batch_bytes`` the batch and attention mask. ``memory_lines`` adds parameters, gradients, AdamW
+state, DDP buckets or FSDP gathered parameters and unsharded gradients, activations and logits into the lines of
+the report, each with and without activation checkpointing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from polymodal.train.parallel.planner.shapes import (
+    FP32,
+    INT64,
+    BlockShape,
+    Layout,
+    ModelShape,
+    _numel,
+    tp_local_shape,
+)
+
+
+@dataclass(frozen=True)
+class SavedTensor:
+    name: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryLine:
+    category: str
+    without_ac: int
+    with_ac: int
+    note: str = ""
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+
+
+def _rms_norm_saved(prefix: str, width: int, rows: int, layout: Layout) -> list[SavedTensor]:
+    """``F.rms_norm`` on an fp32 copy of its input saves that input, 1/rms and the normalised input (all fp32);
+    with non-fp32 parameters also the fp32 copy of the weight. Its output is saved by whatever consumes it."""
+    saved = [
+        SavedTensor(f"{prefix}: input in fp32", FP32 * width * rows),
+        SavedTensor(f"{prefix}: 1/rms (fp32)", FP32 * rows),
+        SavedTensor(f"{prefix}: normalised input (fp32)", FP32 * width * rows),
+    ]
+    if layout.precision.param != FP32:
+        saved.append(SavedTensor(f"{prefix}: fp32 copy of the weight", FP32 * width))
+    return saved
+
+
+def _norm_output(prefix: str, width: int, consumers: int, layout: Layout) -> SavedTensor:
+    """The norm output as its linears save it: gathered over the sequence under TP, and under autocast with
+    fp32 parameters cast to bf16 separately by each of the ``consumers`` linears."""
+    copies = consumers if layout.precision.autocast_casts else 1
+    return SavedTensor(f"{prefix}: output (linear input)", layout.precision.compute * width * layout.tokens * copies)
+
+
+def block_saved_tensors(block: BlockShape, layout: Layout) -> list[SavedTensor]:
+    """The tensors one transformer block saves for backward, in bytes on one GPU.
+
+    Pre-norm RMSNorm, q/k/v/o projections with RoPE (cos/sin gathered by position ids) and GQA, SDPA with the
+    document mask turned into an additive bias (flash / memory-efficient kernels: no ``T×T`` probabilities, but
+    the bias is ``B×Tq×Tk``), SwiGLU. Sequence-parallel regions hold ``1/tp`` of the tokens, head-sharded and
+    MLP-hidden tensors ``1/tp`` of the width; context parallelism splits the queries, and keys/values are
+    gathered over the whole sequence.
+    """
+    tp, e = layout.dims.tp, layout.precision.compute
+    tokens, sp_tokens = layout.tokens, layout.sequence_parallel_tokens
+    all_tokens = layout.batch_size * layout.seq_len  # keys/values of the whole sequence (gathered under CP)
+    q_width = block.num_heads * block.head_dim // tp
+    kv_width = block.num_kv_heads * block.head_dim // tp
+    hidden = block.mlp_hidden // tp
+
+    saved = _rms_norm_saved("attention norm", block.dim, sp_tokens, layout)
+    saved.append(_norm_output("attention norm", block.dim, consumers=3, layout=layout))
+    if block.qk_norm:
+        saved += _rms_norm_saved("query norm", block.head_dim, tokens * block.num_heads // tp, layout)
+        saved += _rms_norm_saved("key norm", block.head_dim, tokens * block.num_kv_heads // tp, layout)
+    saved += [
+        SavedTensor("RoPE cos and sin (fp32)", 2 * FP32 * block.head_dim * tokens),
+        SavedTensor("rotated queries", e * q_width * tokens),
+        SavedTensor("rotated keys", e * kv_width * all_tokens),
+        SavedTensor("values", e * kv_width * all_tokens),
+        SavedTensor(
+            "attention mask as additive bias",
+            e * layout.batch_size * (layout.seq_len // layout.dims.cp) * layout.seq_len,
+        ),
+        SavedTensor("attention output (o_proj input)", e * q_width * tokens),
+        SavedTensor("attention log-sum-exp (fp32)", FP32 * (block.num_heads // tp) * tokens),
+    ]
+    saved += _rms_norm_saved("MLP norm", block.dim, sp_tokens, layout)
+    saved.append(_norm_output("MLP norm", block.dim, consumers=2, layout=layout))
+    saved += [
+        SavedTensor(f"SwiGLU {name}", e * hidden * tokens)
+        for name in ("fc1 output (SiLU input)", "fc3 output", "SiLU output", "gated product (fc2 input)")
+    ]
+    return saved
+
+
+def outside_saved_tensors(model: ModelShape, layout: Layout) -> list[SavedTensor]:
+    """Tensors saved for backward outside the blocks: embedding input, final norm, LM head input and the loss
+    (next-token cross-entropy and z-loss on fp32 logits)."""
+    tokens = layout.tokens
+    vocab = model.vocab_size // layout.dims.tp if layout.loss_parallel else model.vocab_size
+    saved = [SavedTensor("token ids (embedding input)", INT64 * tokens)]
+    saved += _rms_norm_saved("final norm", model.block.dim, layout.sequence_parallel_tokens, layout)
+    saved += [
+        _norm_output("final norm", model.block.dim, consumers=1, layout=layout),
+        SavedTensor("logits in fp32", FP32 * vocab * tokens),
+        SavedTensor("log-softmax (fp32)", FP32 * vocab * tokens),
+        SavedTensor("log-sum-exp (fp32, z-loss)", FP32 * tokens),
+        SavedTensor("target ids", INT64 * tokens),
+        SavedTensor("valid-target mask", tokens),
+    ]
+    return saved
+
+
+def block_input_bytes(model: ModelShape, layout: Layout) -> int:
+    """What activation checkpointing keeps of one block: its input (residual stream, sequence-parallel)."""
+    return layout.precision.param * model.block.dim * layout.sequence_parallel_tokens
+
+
+def batch_bytes(layout: Layout) -> int:
+    """Document ids (whole sequence: the mask is built from all of them), this rank's position ids and the
+    boolean ``B×T×T`` document mask, alive for the whole micro-step."""
+    full = layout.batch_size * layout.seq_len
+    return INT64 * full + INT64 * layout.tokens + layout.batch_size * layout.seq_len**2
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+
+
+def memory_lines(
+    model: ModelShape, layout: Layout, block_saved: Sequence[SavedTensor], outside_saved: Sequence[SavedTensor]
+) -> list[MemoryLine]:
+    precision, group, tp = layout.precision, layout.shard_group, layout.dims.tp
+    local = [tp_local_shape(p, tp) for p in model.params]
+    block_local = _numel([shape for p, shape in zip(model.params, local, strict=True) if p.in_block]) // model.depth
+    root_local = _numel([shape for p, shape in zip(model.params, local, strict=True) if not p.in_block])
+    held = _numel(local, group)
+    how = f"sharded over dp_shard·cp={group}" if group > 1 else "replicated" if layout.wrapper == "ddp" else "whole"
+    if tp > 1:
+        how += f", tp={tp}"
+
+    def same(category: str, size: int, note: str = "") -> MemoryLine:
+        return MemoryLine(category, size, size, note)
+
+    sharded = layout.wrapper in ("fsdp", "hsdp")
+    # FSDP2 without gradient sync keeps the accumulated gradients unsharded (in the reduce dtype) until the last
+    # micro-step reduce-scatters them; their shards replace them unit by unit, so the unsharded size is the peak.
+    accumulates_unsharded = sharded and layout.grad_accum_steps > 1
+    lines = [
+        same("parameters", FP32 * held, f"fp32, {how}"),
+        same("gradients", FP32 * _numel(local), "fp32, unsharded: accumulated without sync between micro-steps")
+        if accumulates_unsharded
+        else same("gradients", FP32 * held, f"fp32, {how}"),
+        same("optimizer state (AdamW)", 2 * FP32 * held + FP32 * len(model.params), "exp_avg, exp_avg_sq fp32, step"),
+    ]
+    if layout.wrapper == "ddp":
+        lines.append(same("DDP gradient buckets", FP32 * _numel(local), "gradient_as_bucket_view=False"))
+    if sharded:
+        alive_blocks = min(2, model.depth) if layout.reshard_after_forward else model.depth
+        gathered = precision.param * (root_local + alive_blocks * block_local)
+        lines.append(same("gathered parameters (FSDP)", gathered, f"root + {alive_blocks} block(s) unsharded"))
+        block_grads = (precision.param + precision.reduce) * block_local
+        lines.append(same("unsharded gradients of one block", block_grads, "before reduce-scatter / accumulation"))
+    elif precision.autocast_casts:
+        matmul = _numel([shape for p, shape in zip(model.params, local, strict=True) if p.matmul])
+        lines.append(same("bf16 weight copies (autocast)", 2 * matmul, "held for backward"))
+
+    per_layer = sum(t.bytes for t in block_saved)
+    lines += [
+        MemoryLine(
+            "activations: transformer blocks",
+            model.depth * per_layer,
+            model.depth * block_input_bytes(model, layout) + per_layer,
+            "AC: block inputs + one recomputed block",
+        ),
+        same("activations: embedding, head, loss", sum(t.bytes for t in outside_saved)),
+        same("batch and attention mask", batch_bytes(layout)),
+    ]
+    vocab = model.vocab_size // tp if layout.loss_parallel else model.vocab_size
+    # Estimate: two fp32 logit-sized gradients inside the loss backward; in bf16 also the head's own logits (kept by
+    # the output dict) and the gradient cast back to bf16.
+    per_logit = 2 * FP32 + (2 * precision.compute if precision.compute != FP32 else 0)
+    lines.append(same("logits and logit gradients", per_logit * vocab * layout.tokens, "estimate, start of backward"))
+    return lines

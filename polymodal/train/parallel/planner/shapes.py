@@ -1,0 +1,203 @@
+"""The shapes the planner reasons about: the model's and the run's.
+
+``model_shape`` reads a model built on the meta device (so counts are exact and cost no memory) into a
+``ModelShape``: the widths of its identical transformer blocks (``BlockShape``), its vocabulary and every distinct
+parameter (``ParamShape``) with the dim tensor parallelism splits, whether it lives in a block (an FSDP unit) and
+whether a matmul uses it. ``tp_local_shape`` and ``fsdp_shard_numel`` give what one rank holds of a parameter under
+tensor parallelism and FSDP2 sharding. ``Layout`` and ``Precision`` describe the run the formulas are applied to:
+mesh, data-parallel wrapper, bytes per element and micro-batch; ``FP32`` and ``INT64`` are element sizes in bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from polymodal.config import ConfigError
+from polymodal.models.layers.attention import Attention
+from polymodal.models.layers.block import TransformerBlock
+from polymodal.models.layers.mlp import SwiGLU
+from polymodal.models.layers.norm import RMSNorm
+from polymodal.models.parts import LinearHead
+from polymodal.train.parallel.mesh import ParallelDims
+
+FP32 = 4
+INT64 = 8
+
+
+Wrapper = Literal["none", "ddp", "fsdp", "hsdp"]
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """The widths of one transformer block (every block of the model has the same)."""
+
+    dim: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_hidden: int
+    qk_norm: bool
+
+
+@dataclass(frozen=True)
+class ParamShape:
+    """One distinct parameter: its shape, the dim tensor parallelism splits (None: replicated), whether it
+    lives in a transformer block (an FSDP unit) and whether a matmul uses it (autocast keeps a bf16 copy)."""
+
+    name: str
+    shape: tuple[int, ...]
+    tp_dim: int | None
+    in_block: bool
+    matmul: bool
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    block: BlockShape
+    depth: int
+    vocab_size: int
+    params: tuple[ParamShape, ...]
+
+    @property
+    def num_params(self) -> int:
+        return sum(math.prod(param.shape) for param in self.params)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per element: ``compute`` of matmul outputs, ``param`` of parameters as the forward sees them (and so
+    of the residual stream, which starts as the embedding's output), ``reduce`` of gradient reductions.
+    ``autocast_casts``: fp32 parameters under bf16 autocast, so every linear saves a bf16 copy of its input."""
+
+    compute: int
+    param: int
+    reduce: int
+    autocast_casts: bool
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything the formulas need about a run: the mesh, the data-parallel wrapper, the micro-batch."""
+
+    dims: ParallelDims
+    wrapper: Wrapper
+    precision: Precision
+    batch_size: int
+    seq_len: int
+    grad_accum_steps: int
+    activation_checkpointing: bool
+    reshard_after_forward: bool
+    loss_parallel: bool
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of this rank's micro-batch (context parallelism splits the sequence)."""
+        return self.batch_size * self.seq_len // self.dims.cp
+
+    @property
+    def sequence_parallel_tokens(self) -> int:
+        """Tokens of this rank in sequence-parallel regions (norms, residual stream) under tensor parallelism."""
+        return self.tokens // self.dims.tp
+
+    @property
+    def shard_group(self) -> int:
+        """Ranks that one FSDP unit is sharded over (1 when parameters are not sharded)."""
+        return self.dims.dp_shard * self.dims.cp if self.wrapper in ("fsdp", "hsdp") else 1
+
+
+# ---------------------------------------------------------------------------------------------------- model shape
+
+
+def _tensor_parallel_dims(model: nn.Module) -> dict[int, int]:
+    """Parameter id -> the dim tensor parallelism splits, following ``train.parallel.plans``: q/k/v and fc1/fc3
+    and the LM head column-wise (dim 0 of the weight), o_proj and fc2 row-wise (dim 1), the embedding over the
+    vocabulary (dim 0). Everything else (norms) is replicated."""
+    split: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, Attention):
+            for linear in (module.q_proj, module.k_proj, module.v_proj):
+                split.update({id(p): 0 for p in linear.parameters()})
+            split[id(module.o_proj.weight)] = 1
+        elif isinstance(module, SwiGLU):
+            for linear in (module.fc1, module.fc3):
+                split.update({id(p): 0 for p in linear.parameters()})
+            split[id(module.fc2.weight)] = 1
+        elif isinstance(module, LinearHead):
+            split.update({id(p): 0 for p in module.proj.parameters()})
+        elif isinstance(module, nn.Embedding):
+            split[id(module.weight)] = 0
+    return split
+
+
+def _block_shape(block: TransformerBlock, where: str) -> BlockShape:
+    attn, mlp = block.attn, block.mlp
+    if not isinstance(attn, Attention) or not isinstance(mlp, SwiGLU):
+        raise ConfigError(
+            f"{where}: the planner models Attention + SwiGLU blocks, got {type(attn).__name__} + {type(mlp).__name__}"
+        )
+    for norm_name in ("attn_norm", "mlp_norm"):
+        if not isinstance(getattr(block, norm_name), RMSNorm):
+            raise ConfigError(
+                f"{where}.{norm_name}: the planner models RMSNorm, got {type(getattr(block, norm_name)).__name__}"
+            )
+    return BlockShape(
+        dim=attn.q_proj.in_features,
+        num_heads=attn.num_heads,
+        num_kv_heads=attn.num_kv_heads,
+        head_dim=attn.head_dim,
+        mlp_hidden=mlp.hidden_dim,
+        qk_norm=attn.q_norm is not None,
+    )
+
+
+def model_shape(model: nn.Module) -> ModelShape:
+    """Read the block widths, vocabulary and every distinct parameter (tied weights once) of a built model."""
+    blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, TransformerBlock)]
+    if not blocks:
+        raise ConfigError(f"{type(model).__name__} has no TransformerBlock: the planner models transformer LMs")
+    shapes = {_block_shape(block, name) for name, block in blocks}
+    if len(shapes) > 1:
+        raise ConfigError(
+            f"{type(model).__name__}: blocks differ in shape ({len(shapes)} kinds); the planner needs identical blocks"
+        )
+    heads = [m for m in model.modules() if isinstance(m, LinearHead)]
+    if len(heads) != 1:
+        raise ConfigError(f"{type(model).__name__}: expected one LinearHead (the LM head), found {len(heads)}")
+
+    in_block = {id(p) for _, block in blocks for p in block.parameters()}
+    matmul = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    tp_dims = _tensor_parallel_dims(model)
+    params = tuple(
+        ParamShape(name, tuple(p.shape), tp_dims.get(id(p)), id(p) in in_block, id(p) in matmul)
+        for name, p in model.named_parameters()
+    )
+    return ModelShape(shapes.pop(), len(blocks), heads[0].proj.out_features, params)
+
+
+def tp_local_shape(param: ParamShape, tp: int) -> tuple[int, ...]:
+    """The shape one tensor-parallel rank holds."""
+    if param.tp_dim is None or tp == 1:
+        return param.shape
+    size = param.shape[param.tp_dim]
+    if size % tp:
+        raise ConfigError(f"experiment.distributed.tp={tp} does not divide {param.name} dim {param.tp_dim} ({size})")
+    local = list(param.shape)
+    local[param.tp_dim] = size // tp
+    return tuple(local)
+
+
+def fsdp_shard_numel(shape: tuple[int, ...], group: int) -> int:
+    """Elements one rank holds of a parameter FSDP2 shards over ``group`` ranks: dim 0 is split into
+    ``ceil(dim0 / group)`` rows per rank (the last ranks are padded)."""
+    if not shape:
+        return 1
+    return math.ceil(shape[0] / group) * math.prod(shape[1:])
+
+
+def _numel(shapes: Sequence[tuple[int, ...]], group: int = 1) -> int:
+    return sum(fsdp_shard_numel(shape, group) for shape in shapes)
