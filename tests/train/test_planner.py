@@ -76,27 +76,18 @@ def synthetic_batch(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def in_fake_world(size: int, measure: Callable[[], Any]) -> Any:
-    """``measure()`` run as rank 0 of a fake ``size``-rank process group, in a forked child, and its result.
+def in_fake_world(size: int, measure: Callable[..., Any], *args: Any) -> Any:
+    """``measure(*args)`` run as rank 0 of a fake ``size``-rank process group, in a fresh process, and its result.
 
-    Each world gets a fresh process: DTensor caches sharding plans by device mesh, and meshes of equal shape compare
-    equal, so a second fake world in the same process would reuse plans bound to the first one's destroyed groups.
+    Each world gets a fresh *spawned* process: DTensor caches sharding plans by device mesh (a second fake world
+    in one process would reuse plans bound to destroyed groups), and a forked child can inherit a lock held by
+    one of the test process's threads and hang.
     """
     if size == 1:
-        return measure()
-    receiver, sender = multiprocessing.Pipe(duplex=False)
-
-    def child() -> None:
-        torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork: a parallel kernel would hang
-        try:
-            dist.init_process_group("fake", store=fake_pg.FakeStore(), rank=0, world_size=size)
-            sender.send((True, measure()))
-        except BaseException:  # the parent re-raises it with the child's traceback
-            sender.send((False, traceback.format_exc()))
-        finally:
-            sender.close()
-
-    process = multiprocessing.get_context("fork").Process(target=child)
+        return measure(*args)
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_fake_world_child, args=(sender, size, measure, args))
     process.start()
     sender.close()
     if not receiver.poll(CHILD_TIMEOUT_S):
@@ -108,6 +99,17 @@ def in_fake_world(size: int, measure: Callable[[], Any]) -> Any:
     if not ok:
         raise AssertionError(f"measurement on a fake {size}-rank world failed:\n{result}")
     return result
+
+
+def _fake_world_child(sender, size: int, measure: Callable[..., Any], args: tuple) -> None:
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("fake", store=fake_pg.FakeStore(), rank=0, world_size=size)
+        sender.send((True, measure(*args)))
+    except BaseException:  # the parent re-raises it with the child's traceback
+        sender.send((False, traceback.format_exc()))
+    finally:
+        sender.close()
 
 
 def parallel_model(cfg, world: int) -> tuple[nn.Module, nn.Module, int]:
@@ -184,6 +186,19 @@ def saved_activation_bytes(cfg, model: nn.Module, train_model: nn.Module, batch)
 # ------------------------------------------------------------------------------------------- parameters and state
 
 
+def measure_state_bytes(cfg, world: int) -> dict[str, int]:
+    model, train_model, cp = parallel_model(cfg, world)
+    optimizer = instantiate(cfg.optim.optimizer, model=model)
+    forward_loss(cfg, train_model, rank_batch(cfg, model, cp)).backward()
+    optimizer.step()
+    parameters = list(model.parameters())
+    return {
+        "parameters": held_bytes(parameters),
+        "gradients": held_bytes(p.grad for p in parameters),
+        "optimizer state (AdamW)": held_bytes(t for state in optimizer.state.values() for t in state.values()),
+    }
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(
     ("world", "overrides"),
@@ -200,19 +215,7 @@ def test_parameter_gradient_and_optimizer_bytes_equal_a_real_adamw_step(world, o
     cfg = small_config(*overrides)
     predicted = memory_of(plan_report(cfg, gpus=world))
 
-    def measure() -> dict[str, int]:
-        model, train_model, cp = parallel_model(cfg, world)
-        optimizer = instantiate(cfg.optim.optimizer, model=model)
-        forward_loss(cfg, train_model, rank_batch(cfg, model, cp)).backward()
-        optimizer.step()
-        parameters = list(model.parameters())
-        return {
-            "parameters": held_bytes(parameters),
-            "gradients": held_bytes(p.grad for p in parameters),
-            "optimizer state (AdamW)": held_bytes(t for state in optimizer.state.values() for t in state.values()),
-        }
-
-    measured = in_fake_world(world, measure)
+    measured = in_fake_world(world, measure_state_bytes, cfg, world)
     assert {name: predicted[name] for name in measured} == measured
 
 
@@ -227,20 +230,21 @@ def unsharded_accumulated_grads(model: nn.Module) -> list[torch.Tensor]:
     return grads
 
 
+def measure_unsynced_gradient_bytes(cfg) -> int:
+    model, train_model, cp = parallel_model(cfg, 4)
+    with gradient_sync(train_model, enabled=False):
+        forward_loss(cfg, train_model, rank_batch(cfg, model, cp)).backward()
+    grads = unsharded_accumulated_grads(model)
+    assert all(grad.dtype == torch.float32 for grad in grads)
+    return held_bytes(grads)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_fsdp_gradients_between_unsynced_micro_steps_are_whole_fp32_tensors():
     cfg = small_config("experiment.precision=bf16", "experiment.grad_accum_steps=2")
     predicted = memory_of(plan_report(cfg, gpus=4))["gradients"]
 
-    def measure() -> int:
-        model, train_model, cp = parallel_model(cfg, 4)
-        with gradient_sync(train_model, enabled=False):
-            forward_loss(cfg, train_model, rank_batch(cfg, model, cp)).backward()
-        grads = unsharded_accumulated_grads(model)
-        assert all(grad.dtype == torch.float32 for grad in grads)
-        return held_bytes(grads)
-
-    assert in_fake_world(4, measure) == predicted
+    assert in_fake_world(4, measure_unsynced_gradient_bytes, cfg) == predicted
 
 
 def test_fsdp_shard_is_the_ceiling_of_dim0_over_the_group():
@@ -251,6 +255,11 @@ def test_fsdp_shard_is_the_ceiling_of_dim0_over_the_group():
 
 
 # ------------------------------------------------------------------------------------------------ activations
+
+
+def measure_saved_activation_bytes(cfg, world: int) -> int:
+    model, train_model, cp = parallel_model(cfg, world)
+    return saved_activation_bytes(cfg, model, train_model, rank_batch(cfg, model, cp))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -273,11 +282,7 @@ def test_saved_activations_equal_what_autograd_saves(world, overrides):
     weight_copies = memory_of(report).get("bf16 weight copies (autocast)", 0)
     predicted = blocks + sum(t.bytes for t in report.outside_saved) + weight_copies
 
-    def measure() -> int:
-        model, train_model, cp = parallel_model(cfg, world)
-        return saved_activation_bytes(cfg, model, train_model, rank_batch(cfg, model, cp))
-
-    measured = in_fake_world(world, measure)
+    measured = in_fake_world(world, measure_saved_activation_bytes, cfg, world)
     assert measured == pytest.approx(predicted, rel=ACTIVATION_TOLERANCE)
 
 
@@ -353,6 +358,16 @@ def ring_bytes_sent(op: str, size: int, group: int) -> float:
     return (group - 1) * size  # all-gathers: the input is this rank's part
 
 
+def measure_collectives(cfg, world: int, micro_steps: int) -> tuple[Counter[str], Counter[str]]:
+    model, train_model, cp = parallel_model(cfg, world)
+    batch = rank_batch(cfg, model, cp)
+    with CollectiveLog() as log:
+        for micro_step in range(micro_steps):
+            with gradient_sync(train_model, enabled=micro_step == micro_steps - 1):
+                forward_loss(cfg, train_model, batch).backward()
+    return log.calls, log.input_bytes
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize(
     ("world", "overrides", "expected"),
@@ -400,16 +415,7 @@ def test_collectives_match_what_one_optimizer_step_issues(world, overrides, expe
     report = plan_report(cfg, gpus=world)
     micro_steps = cfg.experiment.grad_accum_steps
 
-    def measure() -> tuple[Counter[str], Counter[str]]:
-        model, train_model, cp = parallel_model(cfg, world)
-        batch = rank_batch(cfg, model, cp)
-        with CollectiveLog() as log:
-            for micro_step in range(micro_steps):
-                with gradient_sync(train_model, enabled=micro_step == micro_steps - 1):
-                    forward_loss(cfg, train_model, batch).backward()
-        return log.calls, log.input_bytes
-
-    calls, input_bytes = in_fake_world(world, measure)
+    calls, input_bytes = in_fake_world(world, measure_collectives, cfg, world, micro_steps)
     assert set(calls) == set(expected)
     for op, (prefix, group) in expected.items():
         planned = [c for c in report.collectives if c.name.startswith(prefix)]
