@@ -118,6 +118,8 @@ class Trainer:
             model: nn.Module = instantiate(cfg.model)
         if not meta_init:
             model.to(self.env.device)
+        elif not hasattr(model, "initialize_weights"):
+            raise ConfigError(f"meta_init needs {type(model).__name__} to define initialize_weights()")
         init = self.exp.init_from
         if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
             if meta_init:
