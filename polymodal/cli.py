@@ -1,4 +1,4 @@
-"""``polymodal <verb>``: train, export, plan, tokenizer training.
+"""``polymodal <verb>``: train, export, plan, synth, tokenizer training.
 
 Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from polymodal.config import ConfigError, load_config
+from polymodal.data.synth.cli import add_synth_arguments, synth_main
 
 EXIT_CONFIG_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
     plan.add_argument("overrides", nargs="*", help="key.sub=value, e.g. experiment.distributed.tp=2")
     plan.set_defaults(run=_plan)
+
+    synth = verbs.add_parser("synth", help="generate the built-in synthetic multimodal scene data set")
+    add_synth_arguments(synth)
+    synth.set_defaults(run=synth_main)
 
     tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="kind", required=True)
     text = tokenizer.add_parser("train-text", help="byte-level BPE on text files (default: stdlib docstrings)")

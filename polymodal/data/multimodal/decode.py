@@ -1,0 +1,120 @@
+"""Bytes of one shard member -> the in-memory value of its modality.
+
+The member extension picks the format; the on-disk modality name (the shard folder, before any renaming)
+refines images, arrays and text by its suffix:
+
+=============  ==========================================================================================
+extension      value
+=============  ==========================================================================================
+png/jpg/jpeg   uint8 ``[C,H,W]`` (grey -> ``[1,H,W]``, colour -> ``[3,H,W]``). Names ending in ``semseg``:
+               int64 class map ``[H,W]``. Names ending in ``normal``: float32 ``[3,H,W]`` in [-1, 1]
+               (stored as ``(n + 1) / 2 * 255``).
+npy            the array as a tensor (``allow_pickle=False``); names ending in ``depth``: a ``[H,W]``
+               map becomes float32 ``[1,H,W]``.
+json           the JSON value; names ending in ``det``: ``{"boxes": float32 [N,4], "labels": int64 [N]}``.
+txt            the stripped string; names ending in ``label``: an int64 scalar tensor.
+=============  ==========================================================================================
+
+Undecodable bytes raise :class:`DecodeError` with a reason tag; an unknown extension is a ``ValueError``
+(a configuration problem, not a bad sample).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+
+
+class DecodeError(ValueError):
+    """The member's bytes are not a valid value of its format; ``reason`` tags the kind of damage."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def decode_image(modality: str, data: bytes) -> torch.Tensor:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if image.mode not in ("L", "RGB"):
+                image = image.convert("RGB")
+            pixels = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports damage through all three
+        raise DecodeError("corrupt_image", f"{modality}: {error}") from error
+    if modality.endswith("semseg"):
+        if pixels.ndim != 2:
+            raise DecodeError("corrupt_image", f"{modality}: class map must be a grey image, got {pixels.shape}")
+        return torch.from_numpy(pixels.astype(np.int64))
+    tensor = torch.from_numpy(pixels.copy())
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+    if modality.endswith("normal"):
+        return tensor.float() / 255.0 * 2.0 - 1.0
+    return tensor
+
+
+def decode_array(modality: str, data: bytes) -> torch.Tensor:
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise DecodeError("corrupt_array", f"{modality}: {error}") from error
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if modality.endswith("depth") and tensor.ndim == 2:
+        return tensor.float().unsqueeze(0)
+    return tensor
+
+
+def decode_detections(modality: str, value: Any) -> dict[str, torch.Tensor]:
+    try:
+        boxes = torch.tensor(value["boxes"], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor(value["labels"], dtype=torch.int64).reshape(-1)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise DecodeError("corrupt_json", f"{modality}: bad detections {error!r}") from error
+    if len(boxes) != len(labels):
+        raise DecodeError("corrupt_json", f"{modality}: {len(boxes)} boxes but {len(labels)} labels")
+    return {"boxes": boxes, "labels": labels}
+
+
+def decode_json(modality: str, data: bytes) -> Any:
+    try:
+        value = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DecodeError("corrupt_json", f"{modality}: {error}") from error
+    return decode_detections(modality, value) if modality.endswith("det") else value
+
+
+def decode_text(modality: str, data: bytes) -> str | torch.Tensor:
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise DecodeError("corrupt_text", f"{modality}: {error}") from error
+    if not modality.endswith("label"):
+        return text
+    try:
+        return torch.tensor(int(text), dtype=torch.int64)
+    except ValueError as error:
+        raise DecodeError("corrupt_text", f"{modality}: label {text[:40]!r} is not an integer") from error
+
+
+def decode_member(modality: str, extension: str, data: bytes) -> Any:
+    """Decode one member's bytes; ``extension`` is the last part of the member name (``png`` in ``rgb.png``)."""
+    extension = extension.lower()
+    if extension in IMAGE_EXTENSIONS:
+        return decode_image(modality, data)
+    if extension == "npy":
+        return decode_array(modality, data)
+    if extension == "json":
+        return decode_json(modality, data)
+    if extension == "txt":
+        return decode_text(modality, data)
+    raise ValueError(
+        f"modality {modality!r}: no decoder for extension {extension!r}; "
+        f"supported: {', '.join((*IMAGE_EXTENSIONS, 'npy', 'json', 'txt'))}"
+    )

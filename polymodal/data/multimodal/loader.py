@@ -1,0 +1,332 @@
+"""An exactly resumable, data-parallel loader over a map-style multimodal dataset.
+
+Order. Epoch ``e`` visits sample ids in the order ``numpy.random.default_rng([seed, e]).permutation(N)``
+(``arange(N)`` without shuffling). Global batch ``k`` of an epoch is positions ``[k*G, (k+1)*G)`` of that
+order with ``G = batch_size * dp_world``; rank ``r`` takes rows ``[r*B, (r+1)*B)`` of it. The ``N mod G``
+samples left at the end of an epoch are dropped for that epoch (the next permutation drops others).
+The order is a pure function of ``(seed, epoch, G)``: it does not depend on the number of workers, and a
+resume may change ``dp_world`` as long as ``G`` stays the same.
+
+Skips. A sample whose read (or transform) raises :class:`SampleError` is replaced by the sample at the same
+row of the following global batches: position ``p = k*G + j`` tries ``(p + m*G) mod N`` for ``m = 1, 2, ...``,
+skipping positions inside global batch ``k``, until one loads. The rule uses only global positions, so the
+result is the same for any number of workers or ranks, and rows of one global batch never pick the same
+replacement unless the search wraps around the epoch end. A replacement is a sample of a later batch, so it
+is seen twice in that epoch. Every failed read is counted per reason; more than ``error_budget`` in total
+raises a ``RuntimeError``.
+
+Resuming. :meth:`ResumableLoader.state_dict` is the position of the next global batch (JSON). Loading it only
+rebuilds the ``DataLoader`` iterator from that position; no earlier sample is read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from polymodal.data.multimodal.skips import SampleError, SkipCounter
+
+Sample = dict[str, Any]
+Batch = dict[str, Any]
+STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "global_batch", "num_samples")
+MAX_IDS_IN_ERROR = 5
+
+
+class MapDataset(Protocol):
+    """What the loader needs: a length and samples by id; a bad sample raises :class:`SampleError`."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, sample_id: int) -> Sample: ...
+
+
+class GlobalOrder:
+    """The sample order of every epoch, shared by all ranks (see module docstring)."""
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self._cached_epoch = -1
+        self._cached_order = np.empty(0, dtype=np.int64)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Sample ids of ``epoch`` in visiting order (the last one is cached)."""
+        if epoch != self._cached_epoch:
+            if self.shuffle:
+                self._cached_order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+            else:
+                self._cached_order = np.arange(self.num_samples, dtype=np.int64)
+            self._cached_epoch = epoch
+        return self._cached_order
+
+    def batches_per_epoch(self, global_batch: int) -> int:
+        return self.num_samples // global_batch
+
+    def rank_ids(self, epoch: int, batch_in_epoch: int, batch_size: int, dp_rank: int, dp_world: int) -> np.ndarray:
+        """Sample ids that rank ``dp_rank`` gets in global batch ``batch_in_epoch`` of ``epoch``."""
+        start = batch_in_epoch * batch_size * dp_world + dp_rank * batch_size
+        return self.epoch_order(epoch)[start : start + batch_size]
+
+
+@dataclass(frozen=True)
+class SkipRecord:
+    reason: str
+    sample_id: int
+
+
+@dataclass(frozen=True)
+class _LoadedSample:
+    sample: Sample
+    skips: tuple[SkipRecord, ...]
+
+
+class _BudgetedSkips:
+    """A :class:`SkipCounter` that also keeps the first skipped sample ids and raises once over budget."""
+
+    def __init__(self, error_budget: int) -> None:
+        self.counter = SkipCounter(error_budget)
+        self.first_ids: list[int] = []
+
+    def add(self, skips: tuple[SkipRecord, ...]) -> None:
+        for skip in skips:
+            self.counter.add(skip.reason, f"sample {skip.sample_id}")
+            if len(self.first_ids) < MAX_IDS_IN_ERROR:
+                self.first_ids.append(skip.sample_id)
+        if self.counter.over_budget():
+            raise RuntimeError(
+                f"data error budget exceeded: {self.counter.message()}; first skipped ids {self.first_ids}"
+            )
+
+
+class _PositionView:
+    """Map-style view for the DataLoader: key ``(epoch, position)`` -> the (possibly replaced) sample."""
+
+    def __init__(
+        self, dataset: MapDataset, order: GlobalOrder, global_batch: int, transform: Callable[[Sample], Sample] | None
+    ) -> None:
+        self.dataset = dataset
+        self.order = order
+        self.global_batch = global_batch
+        self.transform = transform
+
+    def _load(self, sample_id: int) -> Sample:
+        sample = dict(self.dataset[sample_id])
+        if self.transform is not None:
+            sample = self.transform(sample)
+        sample["sample_id"] = sample_id
+        return sample
+
+    def __getitem__(self, key: tuple[int, int]) -> _LoadedSample:
+        epoch, position = key
+        order = self.order.epoch_order(epoch)
+        n, g = len(order), self.global_batch
+        batch_start = position - position % g
+        skips: list[SkipRecord] = []
+        candidate = position
+        for _ in range(n // math.gcd(g, n)):  # the cycle length of ``position + m*g (mod n)``
+            if candidate == position or not batch_start <= candidate < batch_start + g:
+                sample_id = int(order[candidate])
+                try:
+                    return _LoadedSample(self._load(sample_id), tuple(skips))
+                except SampleError as error:
+                    skips.append(SkipRecord(error.reason, sample_id))
+            candidate = (candidate + g) % n
+        raise RuntimeError(
+            f"no loadable replacement for epoch {epoch} position {position}: all {len(skips)} candidates failed "
+            f"(reasons {dict(Counter(s.reason for s in skips))}, sample ids {[s.sample_id for s in skips][:5]})"
+        )
+
+
+class _RankBatchSampler:
+    """Yields this rank's keys for global batches from a start position onwards, across epochs, forever."""
+
+    def __init__(
+        self, order: GlobalOrder, batch_size: int, dp_rank: int, dp_world: int, start_epoch: int, start_batch: int
+    ) -> None:
+        self.order = order
+        self.batch_size = batch_size
+        self.dp_rank = dp_rank
+        self.global_batch = batch_size * dp_world
+        self.start_epoch = start_epoch
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, batch = self.start_epoch, self.start_batch
+        per_epoch = self.order.batches_per_epoch(self.global_batch)
+        while True:
+            if batch == per_epoch:
+                epoch, batch = epoch + 1, 0
+            first = batch * self.global_batch + self.dp_rank * self.batch_size
+            yield [(epoch, p) for p in range(first, first + self.batch_size)]
+            batch += 1
+
+
+class _CollateWithSkips:
+    """Collates the samples with the user's function; the skip records travel next to the batch."""
+
+    def __init__(self, collate: Callable[[list[Sample]], Batch]) -> None:
+        self.collate = collate
+
+    def __call__(self, loaded: list[_LoadedSample]) -> tuple[Batch, tuple[SkipRecord, ...]]:
+        samples = [item.sample for item in loaded]
+        batch = self.collate(samples)
+        batch["sample_id"] = torch.tensor([s["sample_id"] for s in samples], dtype=torch.int64)
+        return batch, tuple(skip for item in loaded for skip in item.skips)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Decoding workers each get one intra-op thread so they do not oversubscribe the cores."""
+    torch.set_num_threads(1)
+
+
+class ResumableLoader:
+    """Infinite iterator of collated batches for one data-parallel rank; ``batch["sample_id"]`` is int64 [B].
+
+    ``collate`` turns a list of sample dicts into a batch dict (default: ``torch.utils.data.default_collate``);
+    ``transform`` maps a sample dict to a sample dict in the worker. Transforms that draw random numbers
+    should seed them from ``sample["sample_id"]`` to stay independent of the worker count.
+    """
+
+    def __init__(
+        self,
+        dataset: MapDataset,
+        batch_size: int,
+        seed: int,
+        dp_rank: int = 0,
+        dp_world: int = 1,
+        num_workers: int = 0,
+        collate: Callable[[list[Sample]], Batch] = default_collate,
+        transform: Callable[[Sample], Sample] | None = None,
+        error_budget: int = 100,
+        prefetch_factor: int = 2,
+        shuffle: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if dp_world < 1 or not 0 <= dp_rank < dp_world:
+            raise ValueError(f"need 0 <= dp_rank < dp_world, got dp_rank={dp_rank}, dp_world={dp_world}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if prefetch_factor < 1:
+            raise ValueError(f"prefetch_factor must be >= 1, got {prefetch_factor}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.dp_rank = dp_rank
+        self.dp_world = dp_world
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.global_batch = batch_size * dp_world
+        self.num_samples = len(dataset)
+        self.order = GlobalOrder(self.num_samples, seed, shuffle)
+        if self.num_samples < self.global_batch:
+            raise ValueError(
+                f"dataset has {self.num_samples} samples, fewer than one global batch of {self.global_batch} "
+                f"(batch_size={batch_size} x dp_world={dp_world})"
+            )
+        self.batches_per_epoch = self.order.batches_per_epoch(self.global_batch)
+        self._view = _PositionView(dataset, self.order, self.global_batch, transform)
+        self._collate = _CollateWithSkips(collate)
+        self._skips = _BudgetedSkips(error_budget)
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._iterator: Iterator[tuple[Batch, tuple[SkipRecord, ...]]] | None = None
+
+    def _data_loader(self, view: _PositionView, sampler: Iterable[list[tuple[int, int]]]) -> DataLoader:
+        workers = self.num_workers > 0
+        return DataLoader(
+            view,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+            worker_init_fn=_init_worker if workers else None,
+            prefetch_factor=self.prefetch_factor if workers else None,
+        )
+
+    def __iter__(self) -> ResumableLoader:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._iterator is None:
+            sampler = _RankBatchSampler(
+                self.order, self.batch_size, self.dp_rank, self.dp_world, self.epoch, self.batch_in_epoch
+            )
+            self._iterator = iter(self._data_loader(self._view, sampler))
+        batch, skips = next(self._iterator)
+        self._skips.add(skips)
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return batch
+
+    def skip_counts(self) -> dict[str, int]:
+        """Skipped samples per reason on this rank since construction (not part of the resumable state)."""
+        return dict(self._skips.counter.counts)
+
+    def state_dict(self) -> dict[str, int]:
+        """JSON-able position: the next batch is global batch ``batch_in_epoch`` of ``epoch``."""
+        return {
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "seed": self.seed,
+            "global_batch": self.global_batch,
+            "num_samples": self.num_samples,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue exactly after the last batch taken by the loader (of any dp_world) that saved ``state``."""
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"loader state is missing keys {missing}; expected {list(STATE_KEYS)}")
+        for name in ("seed", "num_samples", "global_batch"):
+            if state[name] != getattr(self, name):
+                raise ValueError(
+                    f"cannot resume: loader state has {name}={state[name]!r} but this loader has "
+                    f"{name}={getattr(self, name)!r} (batch_size={self.batch_size} x dp_world={self.dp_world}); "
+                    "the sample order would differ"
+                )
+        if state["epoch"] < 0 or not 0 <= state["batch_in_epoch"] < self.batches_per_epoch:
+            raise ValueError(
+                f"invalid loader position epoch={state['epoch']}, batch_in_epoch={state['batch_in_epoch']} "
+                f"(an epoch has {self.batches_per_epoch} batches)"
+            )
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self._iterator = None  # dropping the iterator shuts its workers down; the next batch rebuilds it
+
+    def val_batches(self, max_batches: int | None = None) -> Iterator[Batch]:
+        """Evaluation batches: ids ``0, 1, 2, ...`` in order, global batches of ``G`` split over ranks as above.
+
+        Every rank gets the same number of batches (a trailing partial global batch is dropped);
+        ``max_batches`` caps it. Skips follow the training rule and are budgeted separately per call.
+        """
+        if max_batches is not None and max_batches < 0:
+            raise ValueError(f"max_batches must be >= 0 or None, got {max_batches}")
+        order = GlobalOrder(self.num_samples, self.seed, shuffle=False)
+        count = order.batches_per_epoch(self.global_batch)
+        if max_batches is not None:
+            count = min(count, max_batches)
+        first_row = self.dp_rank * self.batch_size
+        keys = [[(0, k * self.global_batch + first_row + row) for row in range(self.batch_size)] for k in range(count)]
+        view = _PositionView(self.dataset, order, self.global_batch, self._view.transform)
+        loader = self._data_loader(view, keys)
+        # A separate generator, so the argument check above runs at call time rather than on the first next().
+        return _budgeted(loader, _BudgetedSkips(self._skips.counter.budget))
+
+
+def _budgeted(loader: DataLoader, skips: _BudgetedSkips) -> Iterator[Batch]:
+    for batch, batch_skips in loader:
+        skips.add(batch_skips)
+        yield batch

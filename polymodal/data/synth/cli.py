@@ -1,0 +1,59 @@
+"""``polymodal synth``: generate the synthetic scene data set in one of the output layouts, and/or a preview grid."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from polymodal.config import ConfigError
+from polymodal.data.synth.preview import write_preview
+from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_conversations, write_imagefolder, write_shards
+
+FORMATS = ("shards", "imagefolder", "conversations")
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``synth`` options to ``parser`` (a sub-command parser or a fresh one)."""
+    parser.add_argument("--out", help="output root directory (omit to only write --preview)")
+    parser.add_argument("--format", choices=FORMATS, default="shards", help="output layout")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=64, help="image height = width in pixels")
+    parser.add_argument("--samples-per-shard", type=int, default=1000, help="shards format only")
+    parser.add_argument(
+        "--modalities", default=",".join(MODALITY_EXTENSIONS), help="comma-separated, shards format only"
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="imagefolder format only")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
+    parser.add_argument("--preview", help="also write a PNG grid of a few scenes here")
+    parser.add_argument("--preview-rows", type=int, default=4)
+    return parser
+
+
+def synth_main(args: argparse.Namespace) -> int:
+    """Run the generation an ``add_synth_arguments`` namespace describes; bad values raise ConfigError."""
+    try:
+        return _generate(args)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if args.out is None and args.preview is None:
+        raise ValueError("nothing to do: give --out and/or --preview")
+    if args.out is not None:
+        out = Path(args.out)
+        if args.format == "shards":
+            modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+            write_shards(out, args.num_samples, args.samples_per_shard, args.seed, args.size, args.workers, modalities)
+        elif args.format == "imagefolder":
+            write_imagefolder(out, args.num_samples, args.val_fraction, args.seed, args.size, args.workers)
+        else:
+            write_conversations(out, args.num_samples, args.seed, args.size, args.workers)
+        print(f"wrote {args.num_samples} samples ({args.format}) to {out}")
+    if args.preview is not None:
+        if args.preview_rows < 1:
+            raise ValueError(f"--preview-rows must be >= 1, got {args.preview_rows}")
+        print(f"preview: {write_preview(args.preview, args.seed, list(range(args.preview_rows)), args.size)}")
+    return 0

@@ -1,0 +1,57 @@
+import argparse
+
+import pytest
+from PIL import Image
+
+from polymodal.config import ConfigError
+from polymodal.data.synth.cli import add_synth_arguments, synth_main
+from polymodal.data.synth.preview import COLUMNS
+
+
+def _run(*argv):
+    return synth_main(add_synth_arguments(argparse.ArgumentParser()).parse_args(list(argv)))
+
+
+def test_shards_and_preview(tmp_path):
+    preview = tmp_path / "grid.png"
+    code = _run(
+        "--out",
+        str(tmp_path / "data"),
+        "--num-samples",
+        "5",
+        "--samples-per-shard",
+        "2",
+        "--workers",
+        "1",
+        "--modalities",
+        "rgb,caption",
+        "--preview",
+        str(preview),
+        "--preview-rows",
+        "2",
+    )
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["caption", "rgb"]
+    assert len(list((tmp_path / "data" / "rgb").glob("shard-*.tar"))) == 3
+    width, height = Image.open(preview).size
+    assert width > len(COLUMNS) * 64 and height > 2 * 64
+
+
+def test_conversations_format(tmp_path):
+    assert _run("--out", str(tmp_path), "--format", "conversations", "--num-samples", "1", "--workers", "1") == 0
+    assert (tmp_path / "conversations.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "nothing to do"),
+        (["--preview", "x.png", "--preview-rows", "0"], "preview-rows"),
+        (["--out", "x", "--num-samples", "0"], "num_samples"),
+        (["--out", "x", "--workers", "-1"], "workers"),
+    ],
+)
+def test_bad_arguments(tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        _run(*argv)
