@@ -35,6 +35,7 @@ from polymodal.data.multimodal.skips import SampleError, SkipCounter
 
 Sample = dict[str, Any]
 Batch = dict[str, Any]
+SampleTransform = Callable[[Sample, torch.Generator], Sample]
 STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "global_batch", "num_samples")
 MAX_IDS_IN_ERROR = 5
 
@@ -110,21 +111,27 @@ class _BudgetedSkips:
             )
 
 
+def sample_generator(seed: int, epoch: int, sample_id: int) -> torch.Generator:
+    """The random stream of one sample's augmentation in one epoch: the same for any worker or rank count."""
+    state = np.random.SeedSequence([seed, epoch, sample_id]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 class _PositionView:
     """Map-style view for the DataLoader: key ``(epoch, position)`` -> the (possibly replaced) sample."""
 
     def __init__(
-        self, dataset: MapDataset, order: GlobalOrder, global_batch: int, transform: Callable[[Sample], Sample] | None
+        self, dataset: MapDataset, order: GlobalOrder, global_batch: int, transform: SampleTransform | None
     ) -> None:
         self.dataset = dataset
         self.order = order
         self.global_batch = global_batch
         self.transform = transform
 
-    def _load(self, sample_id: int) -> Sample:
+    def _load(self, epoch: int, sample_id: int) -> Sample:
         sample = dict(self.dataset[sample_id])
         if self.transform is not None:
-            sample = self.transform(sample)
+            sample = self.transform(sample, sample_generator(self.order.seed, epoch, sample_id))
         sample["sample_id"] = sample_id
         return sample
 
@@ -139,7 +146,7 @@ class _PositionView:
             if candidate == position or not batch_start <= candidate < batch_start + g:
                 sample_id = int(order[candidate])
                 try:
-                    return _LoadedSample(self._load(sample_id), tuple(skips))
+                    return _LoadedSample(self._load(epoch, sample_id), tuple(skips))
                 except SampleError as error:
                     skips.append(SkipRecord(error.reason, sample_id))
             candidate = (candidate + g) % n
@@ -195,8 +202,9 @@ class ResumableLoader:
     """Infinite iterator of collated batches for one data-parallel rank; ``batch["sample_id"]`` is int64 [B].
 
     ``collate`` turns a list of sample dicts into a batch dict (default: ``torch.utils.data.default_collate``);
-    ``transform`` maps a sample dict to a sample dict in the worker. Transforms that draw random numbers
-    should seed them from ``sample["sample_id"]`` to stay independent of the worker count.
+    ``transform(sample, generator)`` maps a sample dict to a sample dict in the worker and draws its randomness
+    (crops, flips) from ``generator``, seeded from ``(seed, epoch, sample_id)`` (e.g. :class:`AlignedAugment`),
+    so augmented batches do not depend on the number of workers or ranks either.
     """
 
     def __init__(
@@ -208,7 +216,7 @@ class ResumableLoader:
         dp_world: int = 1,
         num_workers: int = 0,
         collate: Callable[[list[Sample]], Batch] = default_collate,
-        transform: Callable[[Sample], Sample] | None = None,
+        transform: SampleTransform | None = None,
         error_budget: int = 100,
         prefetch_factor: int = 2,
         shuffle: bool = True,
