@@ -335,4 +335,7 @@ class Trainer:
             mfu=mfu(flops, elapsed, peak, num_devices=world) if flops else 0.0,
             skipped_steps=float(self.progress.skipped_steps),
         )
+        if hasattr(self.data, "skip_counts"):  # unreadable samples the loader replaced, summed over ranks
+            skipped = torch.tensor(float(sum(self.data.skip_counts().values())), device=self.env.device)
+            summary["skipped_samples"] = all_reduce_mean(skipped).item() * self.dp_world  # TP/CP peers read alike
         return summary
