@@ -1,7 +1,9 @@
 """Multimodal data: 4M-layout shards (one tar per modality per shard), their decoding, aligned augmentation,
 an exactly resumable loader and dataset mixing."""
 
+from polymodal.data.multimodal.data_module import MultimodalData
 from polymodal.data.multimodal.decode import DecodeError, decode_member
+from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.loader import GlobalOrder, ResumableLoader
 from polymodal.data.multimodal.mixing import MixedDataset, collate_with_absent
 from polymodal.data.multimodal.shard_index import MemberLocation, ShardIndex
@@ -14,7 +16,9 @@ __all__ = [
     "AlignedAugment",
     "DecodeError",
     "GlobalOrder",
+    "ImageFolderDataset",
     "MixedDataset",
+    "MultimodalData",
     "ResumableLoader",
     "collate_with_absent",
     "MemberLocation",

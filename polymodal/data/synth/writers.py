@@ -184,12 +184,16 @@ def write_shards(
 def write_imagefolder(
     root: str | Path, num_samples: int, val_fraction: float = 0.1, seed: int = 0, size: int = 64, workers: int = 1
 ) -> None:
-    """``root/{train,val}/<class name>/<key>.png``; the last ``val_fraction`` of the indices form ``val``."""
+    """``root/{train,val}/<class name>/<key>.png``; the last ``val_fraction`` of the indices form ``val``.
+
+    ``root/classes.json`` lists the class names in label order (folder names sort differently).
+    """
     _check_counts(num_samples, workers)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     job = partial(_write_imagefolder_chunk, Path(root), seed, size, num_samples, val_fraction)
     _run_chunks(job, _chunks(num_samples, _CHUNK), workers, "writing image folders")
+    _write_bytes(Path(root) / "classes.json", json.dumps(list(CLASS_NAMES)).encode())
 
 
 def write_conversations(root: str | Path, num_samples: int, seed: int = 0, size: int = 64, workers: int = 1) -> Path:

@@ -1,0 +1,113 @@
+"""Map-style classification dataset over an ImageFolder tree ``root/<split>/<class name>/<file>.(png|jpg|jpeg)``.
+
+Class ids. Label ``i`` is the ``i``-th entry of the class list, taken from (first that applies):
+
+1. the ``classes`` argument;
+2. ``root/classes.json``, a JSON list of class names in label-id order (for the synthetic scenes:
+   ``polymodal.data.synth.scene.CLASS_NAMES``, "one object", "two objects", ...);
+3. the sorted folder names of the split, torchvision's convention. Alphabetical order rarely matches the
+   ids a data set was labelled with ("five objects" would come first), hence 1. and 2.
+
+Samples are ordered by class id, then file name, so sample ids are stable across runs and machines. Files
+with other extensions are ignored. A listed class may lack a folder in a split (a small val split may miss
+a class), but an existing class folder without images, or a split without any image, is a ``ValueError``.
+A file that cannot be decoded raises :class:`SampleError` (``"corrupt_image"``) for the loader to count
+and skip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from polymodal.data.multimodal.skips import SampleError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CLASSES_FILE = "classes.json"
+DEFAULT_CAPTION_TEMPLATES = ("a photo of {}.", "a rendering of {}.", "a picture with {}.")
+
+
+def read_class_names(root: Path, split_dir: Path) -> list[str]:
+    """The class list of ``root`` when none is given: ``root/classes.json`` if present, else sorted folders."""
+    classes_file = root / CLASSES_FILE
+    if classes_file.is_file():
+        names = json.loads(classes_file.read_text())
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{classes_file} must hold a JSON list of class-name strings, got {names!r}")
+        return names
+    return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+
+
+def decode_rgb_file(path: Path, sample_id: int) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` pixels of an image file (grey and palette images are converted to RGB)."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports damage through all three
+        raise SampleError("corrupt_image", sample_id, f"{path}: {error}") from error
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageFolderDataset(Dataset):
+    """``{"rgb": uint8 [3,H,W], "label": int64 scalar, "caption": [template.format(class name), ...]}``.
+
+    Args:
+        root: the tree's root, holding one folder per split (and optionally ``classes.json``).
+        split: the split folder to read (``"train"``, ``"val"``, ...).
+        classes: class names in label-id order; overrides ``classes.json`` and the folder names.
+        caption_templates: each is formatted with the class name to give one caption phrasing.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        classes: Sequence[str] | None = None,
+        caption_templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES,
+    ) -> None:
+        self.root = Path(root)
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise ValueError(f"ImageFolder split {split!r} not found: {split_dir} is not a directory")
+        if not caption_templates or not all("{}" in t for t in caption_templates):
+            raise ValueError(f"caption_templates must be non-empty and each contain '{{}}', got {caption_templates!r}")
+        self.classes = list(classes) if classes is not None else read_class_names(self.root, split_dir)
+        if not self.classes or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"class list of {split_dir} must be non-empty and without duplicates: {self.classes}")
+        unlisted = sorted({e.name for e in split_dir.iterdir() if e.is_dir()} - set(self.classes))
+        if unlisted:
+            raise ValueError(f"{split_dir} has class folders {unlisted} that are not in the class list {self.classes}")
+        self.captions = [[t.format(name) for t in caption_templates] for name in self.classes]
+        self.samples: list[tuple[Path, int]] = []
+        for label, name in enumerate(self.classes):
+            class_dir = split_dir / name
+            if not class_dir.is_dir():
+                continue  # a listed class the split lacks (a small val split may miss one)
+            files = _image_files(class_dir)
+            if not files:
+                raise ValueError(f"class folder {class_dir} (label {label}) has no .png/.jpg/.jpeg images")
+            self.samples.extend((path, label) for path in files)
+        if not self.samples:
+            raise ValueError(f"{split_dir} has no images in any class folder of {self.classes}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, sample_id: int) -> dict[str, Any]:
+        path, label = self.samples[sample_id]
+        return {
+            "rgb": decode_rgb_file(path, sample_id),
+            "label": torch.tensor(label, dtype=torch.int64),
+            "caption": list(self.captions[label]),
+        }
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    return sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,184 @@
+"""MultimodalData: batches, exact resume, mixtures with absent modalities, val batches, config instantiation."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.config import instantiate
+from polymodal.data.multimodal.data_module import MultimodalData
+from polymodal.data.multimodal.shards import MultimodalShards
+from polymodal.data.synth.writers import write_shards
+
+FULL = ("rgb", "depth", "semseg", "caption", "label")
+NO_DEPTH = ("rgb", "semseg", "caption", "label")
+SPEC = ["rgb@32", "depth@16", "semseg", "caption", "label"]
+
+
+def pattern(root, modalities, shards):
+    return f"{root}/[{','.join(modalities)}]/shard-{{00000..{shards - 1:05d}}}.tar"
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    full = tmp_path_factory.mktemp("full")
+    no_depth = tmp_path_factory.mktemp("no_depth")
+    write_shards(full, num_samples=20, samples_per_shard=10, seed=1, size=64, modalities=FULL)
+    write_shards(no_depth, num_samples=12, samples_per_shard=6, seed=2, size=64, modalities=NO_DEPTH)
+    return {"full": pattern(full, FULL, 2), "no_depth": pattern(no_depth, NO_DEPTH, 2), "full_root": full}
+
+
+def make(trees, cache, **overrides):
+    args = dict(
+        train=trees["full"],
+        val=trees["full"],
+        modalities=SPEC,
+        image_size=32,
+        batch_size=4,
+        cache_dir=str(cache),
+        seed=5,
+    )
+    return MultimodalData(**{**args, **overrides})
+
+
+def test_train_batches_have_the_configured_keys_shapes_and_values(trees, tmp_path):
+    data = make(trees, tmp_path)
+    batch = next(data.train)
+    assert batch["rgb"].shape == (4, 3, 32, 32) and batch["rgb"].dtype == torch.float32
+    assert 0.0 <= batch["rgb"].min() and batch["rgb"].max() <= 1.0
+    assert batch["depth"].shape == (4, 1, 16, 16) and batch["depth"].dtype == torch.float32
+    assert batch["semseg"].shape == (4, 32, 32) and batch["semseg"].dtype == torch.int64
+    assert batch["label"].shape == (4,) and batch["label"].dtype == torch.int64
+    assert len(batch["caption"]) == 4 and all(isinstance(c, list) and c for c in batch["caption"])
+    for name in ("rgb", "depth", "semseg", "caption", "label"):
+        assert batch[f"{name}_present"].tolist() == [True] * 4
+    raw = MultimodalShards(trees["full"], cache_dir=tmp_path / "shard_index")
+    for row, sample_id in enumerate(batch["sample_id"].tolist()):
+        assert int(batch["label"][row]) == int(raw[sample_id]["label"])
+        assert batch["caption"][row] == raw[sample_id]["caption"]
+    assert data.tokens_per_sample == 1
+    assert data.info() == {"format": "shards", "modalities": list(FULL), "train_samples": 20, "val_samples": 20}
+    assert data.skip_counts() == {}
+
+
+def test_state_dict_round_trip_resumes_at_the_next_batch(trees, tmp_path):
+    uninterrupted = make(trees, tmp_path)
+    expected = [next(uninterrupted.train) for _ in range(5)]  # crosses the epoch end (5 batches per epoch)
+    first = make(trees, tmp_path)
+    for _ in range(2):
+        next(first.train)
+    state = first.train.state_dict()
+    resumed = make(trees, tmp_path)
+    resumed.train.load_state_dict(state)
+    for want in expected[2:]:
+        got = next(resumed.train)
+        assert torch.equal(got["sample_id"], want["sample_id"])
+        assert torch.equal(got["rgb"], want["rgb"]) and torch.equal(got["depth"], want["depth"])
+
+
+def test_mixture_marks_depth_absent_for_the_source_without_it(trees, tmp_path):
+    data = make(
+        trees,
+        tmp_path,
+        train={"full": trees["full"], "no_depth": trees["no_depth"]},
+        weights={"full": 1.0, "no_depth": 1.0},
+    )
+    seen = set()
+    for _ in range(5):
+        batch = next(data.train)
+        for row, source in enumerate(batch["source"]):
+            seen.add(source)
+            assert bool(batch["depth_present"][row]) == (source == "full")
+            assert batch["rgb_present"][row] and batch["label_present"][row]
+            if source == "no_depth":
+                assert torch.equal(batch["depth"][row], torch.zeros(1, 16, 16))
+            else:
+                assert batch["depth"][row].min() > 0
+    assert seen == {"full", "no_depth"}
+    info = data.info()
+    assert info["train_samples"] == 32 and info["train_samples/full"] == 20 and info["train_samples/no_depth"] == 12
+
+
+def test_val_batches_are_centre_crops_in_id_order_and_the_same_every_call(trees, tmp_path):
+    data = make(trees, tmp_path, modalities=["rgb", "depth"], image_size=64)
+    first, second = list(data.val_batches(3)), list(data.val_batches(None))
+    assert len(first) == 3 and len(second) == 5
+    raw = MultimodalShards(trees["full"], cache_dir=tmp_path / "shard_index")
+    for k, (a, b) in enumerate(zip(first, second[:3], strict=True)):
+        assert a["sample_id"].tolist() == list(range(4 * k, 4 * k + 4))
+        assert torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["depth"], b["depth"])
+        # The centre square crop of a 64x64 image resized to 64 is the image itself.
+        for row, sample_id in enumerate(a["sample_id"].tolist()):
+            assert torch.equal(a["rgb"][row], raw[sample_id]["rgb"].float() / 255.0)
+            assert torch.equal(a["depth"][row], raw[sample_id]["depth"])
+
+
+def test_instantiable_from_a_config_dict_with_trainer_kwargs(trees, tmp_path):
+    config = {
+        "_target_": "polymodal.data.multimodal.data_module.MultimodalData",
+        "train": trees["full"],
+        "val": None,
+        "modalities": ["rgb@16", "label"],
+        "image_size": 16,
+        "batch_size": 2,
+        "scale": [0.5, 1.0],
+        "cache_dir": str(tmp_path),
+    }
+    ranks = [instantiate(config, seed=3, dp_rank=r, dp_world=2) for r in range(2)]
+    assert all(isinstance(data, MultimodalData) for data in ranks)
+    single = instantiate(config, seed=3, dp_rank=0, dp_world=1, batch_size=4)
+    rows = torch.cat([next(data.train)["sample_id"] for data in ranks])
+    assert torch.equal(rows, next(single.train)["sample_id"])
+    with pytest.raises(ValueError, match="no validation set"):
+        ranks[0].val_batches(1)
+
+
+def test_imagefolder_format_reads_train_and_val_splits(tmp_path):
+    classes = ["one object", "two objects"]
+    for split, count in (("train", 4), ("val", 2)):
+        for label, name in enumerate(classes):
+            folder = tmp_path / "tree" / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((20, 24, 3), 40 * label + i, dtype=np.uint8)).save(folder / f"{i}.png")
+    (tmp_path / "tree" / "classes.json").write_text('["one object", "two objects"]')
+    root = str(tmp_path / "tree")
+    data = MultimodalData(root, root, ["rgb", "label"], image_size=8, batch_size=2, format="imagefolder")
+    batch = next(data.train)
+    assert set(batch) == {"rgb", "rgb_present", "label", "label_present", "sample_id"}
+    assert batch["rgb"].shape == (2, 3, 8, 8)
+    val = list(data.val_batches(None))
+    assert [b["label"].tolist() for b in val] == [[0, 0], [1, 1]]
+    assert torch.allclose(val[1]["rgb"][1], torch.full((3, 8, 8), 41 / 255))
+    assert data.info()["val_samples"] == 4
+
+
+def test_truncated_tars_are_counted_once_on_rank_zero(trees, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trees["full_root"], copy)
+    tar = copy / "depth" / "shard-00001.tar"
+    tar.write_bytes(tar.read_bytes()[:3000])
+    broken = pattern(copy, FULL, 2)
+    rank0 = make(trees, tmp_path, train=broken, val=None, dp_rank=0, dp_world=2, batch_size=2)
+    rank1 = make(trees, tmp_path, train=broken, val=None, dp_rank=1, dp_world=2, batch_size=2)
+    for _ in range(5):
+        for rank in (rank0, rank1):
+            assert next(rank.train)["depth_present"].all()  # samples cut off the tar were replaced
+    assert rank0.skip_counts()["truncated_tar"] == 1
+    assert "truncated_tar" not in rank1.skip_counts()
+    assert rank0.skip_counts()["missing_member"] > 0 and rank1.skip_counts()["missing_member"] > 0
+
+
+def test_bad_configuration_is_a_clear_error(trees, tmp_path):
+    with pytest.raises(ValueError, match="unknown data format 'webdataset'"):
+        make(trees, tmp_path, format="webdataset")
+    with pytest.raises(ValueError, match=r"modalities \['depth'\] are in none of the train sources"):
+        make(trees, tmp_path, train=trees["no_depth"])
+    with pytest.raises(ValueError, match="weights are only meaningful for a mixture"):
+        make(trees, tmp_path, weights={"full": 1.0})
+    with pytest.raises(ValueError, match="unknown modality 'sound'"):
+        make(trees, tmp_path, modalities=["rgb", "sound"])
+    with pytest.raises(ValueError, match="weights name"):
+        make(trees, tmp_path, train={"full": trees["full"]}, weights={"other": 1.0})

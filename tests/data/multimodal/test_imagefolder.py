@@ -1,0 +1,144 @@
+"""ImageFolderDataset: class ids from the argument / classes.json / sorted folders, captions, corrupt images."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.data.multimodal.imagefolder import ImageFolderDataset
+from polymodal.data.multimodal.loader import ResumableLoader
+from polymodal.data.multimodal.skips import SampleError
+from polymodal.data.synth.render import render_scene
+from polymodal.data.synth.scene import CLASS_NAMES
+from polymodal.data.synth.writers import write_imagefolder
+
+# Alphabetical order ("five objects" < "one object" < "two objects") differs from the label-id order.
+CLASSES = ["one object", "two objects", "five objects"]
+
+
+def pixels(seed: int, size: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def make_tree(root, split="train", per_class=2, classes=CLASSES):
+    """Writes ``per_class`` PNGs per class; returns {(class name, file stem): pixels [H,W,3]}."""
+    written = {}
+    for c, name in enumerate(classes):
+        folder = root / split / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            array = pixels(10 * c + i)
+            Image.fromarray(array).save(folder / f"{i:03d}.png")
+            written[(name, f"{i:03d}")] = array
+    return written
+
+
+def check_samples(dataset, written, classes):
+    assert len(dataset) == len(written)
+    for sample_id, (path, _) in enumerate(dataset.samples):
+        sample = dataset[sample_id]
+        name = path.parent.name
+        assert sample["label"].dtype == torch.int64 and sample["label"].ndim == 0
+        assert int(sample["label"]) == classes.index(name)
+        assert sample["rgb"].dtype == torch.uint8
+        assert torch.equal(sample["rgb"], torch.from_numpy(written[(name, path.stem)]).permute(2, 0, 1))
+
+
+def test_explicit_classes_set_the_label_ids(tmp_path):
+    written = make_tree(tmp_path)
+    dataset = ImageFolderDataset(tmp_path, classes=CLASSES)
+    assert dataset.classes == CLASSES
+    check_samples(dataset, written, CLASSES)
+    assert [int(dataset[i]["label"]) for i in range(len(dataset))] == [0, 0, 1, 1, 2, 2]
+
+
+def test_classes_json_sets_the_label_ids(tmp_path):
+    written = make_tree(tmp_path)
+    (tmp_path / "classes.json").write_text(json.dumps(CLASSES))
+    dataset = ImageFolderDataset(tmp_path)
+    assert dataset.classes == CLASSES
+    check_samples(dataset, written, CLASSES)
+
+
+def test_without_a_class_list_folders_are_sorted(tmp_path):
+    written = make_tree(tmp_path)
+    dataset = ImageFolderDataset(tmp_path)
+    assert dataset.classes == ["five objects", "one object", "two objects"]
+    check_samples(dataset, written, dataset.classes)
+
+
+def test_captions_format_every_template_with_the_class_name(tmp_path):
+    make_tree(tmp_path)
+    default = ImageFolderDataset(tmp_path, classes=CLASSES)
+    assert default[2]["caption"] == [
+        "a photo of two objects.",
+        "a rendering of two objects.",
+        "a picture with two objects.",
+    ]
+    custom = ImageFolderDataset(tmp_path, classes=CLASSES, caption_templates=["{} here"])
+    assert custom[5]["caption"] == ["five objects here"]
+
+
+def test_a_class_without_a_folder_in_the_split_keeps_its_label_id(tmp_path):
+    written = make_tree(tmp_path, classes=["one object", "five objects"])
+    dataset = ImageFolderDataset(tmp_path, classes=CLASSES)
+    check_samples(dataset, written, CLASSES)
+    assert [int(dataset[i]["label"]) for i in range(len(dataset))] == [0, 0, 2, 2]
+
+
+def test_synthetic_imagefolder_labels_match_the_rendered_scenes(tmp_path):
+    write_imagefolder(tmp_path, num_samples=8, val_fraction=0.25, seed=4, size=16)
+    dataset = ImageFolderDataset(tmp_path, classes=CLASS_NAMES)
+    assert len(dataset) == 6
+    for sample_id, (path, _) in enumerate(dataset.samples):
+        scene = render_scene(4, int(path.stem), 16)
+        assert int(dataset[sample_id]["label"]) == int(scene["label"])
+        assert torch.equal(dataset[sample_id]["rgb"], scene["rgb"])
+
+
+def test_grey_images_become_three_channels_and_other_files_are_ignored(tmp_path):
+    folder = tmp_path / "val" / "one object"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((4, 5), 7, dtype=np.uint8)).save(folder / "a.PNG")
+    (folder / "notes.txt").write_text("not an image")
+    dataset = ImageFolderDataset(tmp_path, split="val")
+    assert len(dataset) == 1
+    assert torch.equal(dataset[0]["rgb"], torch.full((3, 4, 5), 7, dtype=torch.uint8))
+
+
+def test_corrupt_image_raises_a_sample_error_the_loader_skips(tmp_path):
+    make_tree(tmp_path, per_class=4)
+    dataset = ImageFolderDataset(tmp_path, classes=CLASSES)
+    broken_id = 5
+    dataset.samples[broken_id][0].write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(SampleError) as caught:
+        dataset[broken_id]
+    assert caught.value.reason == "corrupt_image" and caught.value.sample_id == broken_id
+    loader = ResumableLoader(dataset, batch_size=4, seed=0, shuffle=False)
+    seen = torch.cat([next(loader)["sample_id"] for _ in range(3)])
+    assert broken_id not in seen.tolist() and len(seen) == 12
+    assert loader.skip_counts() == {"corrupt_image": 1}
+
+
+def test_bad_trees_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="split 'train' not found"):
+        ImageFolderDataset(tmp_path)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match="no images in any class folder"):
+        ImageFolderDataset(tmp_path, classes=CLASSES)
+    (tmp_path / "train").rmdir()
+    make_tree(tmp_path)
+    (tmp_path / "train" / "four objects").mkdir()
+    with pytest.raises(ValueError, match="four objects \\(label 3\\) has no .png"):
+        ImageFolderDataset(tmp_path, classes=[*CLASSES, "four objects"])
+    with pytest.raises(ValueError, match=r"class folders \['four objects'\] that are not in the class list"):
+        ImageFolderDataset(tmp_path, classes=CLASSES)
+    (tmp_path / "classes.json").write_text(json.dumps({"one": 1}))
+    with pytest.raises(ValueError, match="classes.json must hold a JSON list"):
+        ImageFolderDataset(tmp_path)
+    with pytest.raises(ValueError, match="duplicates"):
+        ImageFolderDataset(tmp_path, classes=["one object", "one object"])
+    with pytest.raises(ValueError, match="caption_templates"):
+        ImageFolderDataset(tmp_path, classes=[*CLASSES, "four objects"], caption_templates=["no slot"])
