@@ -86,9 +86,11 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _train_text_tokenizer(args: argparse.Namespace) -> int:
-    from polymodal.tokenizers.bpe import train_text_tokenizer
-
-    train_text_tokenizer(args.inputs or None, Path(args.output), args.vocab_size, args.min_frequency)
+    if args.kind == "wordpiece":
+        from polymodal.tokenizers.wordpiece import train_wordpiece_text_tokenizer as train
+    else:
+        from polymodal.tokenizers.bpe import train_text_tokenizer as train
+    train(args.inputs or None, Path(args.output), args.vocab_size, args.min_frequency)
     return 0
 
 
@@ -120,9 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(synth)
     synth.set_defaults(run=synth_main)
 
-    tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="kind", required=True)
-    text = tokenizer.add_parser("train-text", help="byte-level BPE on text files (default: stdlib docstrings)")
+    tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="tokenizer", required=True)
+    text = tokenizer.add_parser(
+        "train-text",
+        help="byte-level BPE (LLM/AR; default corpus: stdlib docstrings) or 4M's WordPiece "
+        "(default corpus: synthetic captions, det strings and docstrings)",
+    )
     text.add_argument("inputs", nargs="*", help=".txt/.jsonl files, directories or globs")
+    text.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe")
     text.add_argument("--output", required=True, help="tokenizer.json to write")
     text.add_argument("--vocab-size", type=int, default=8192)
     text.add_argument("--min-frequency", type=int, default=2)

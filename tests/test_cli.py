@@ -117,3 +117,16 @@ def test_plan_reports_fit_and_exit_code():
     assert too_small.returncode == 1 and "does NOT fit" in too_small.stdout
     bad_mesh = run_cli("plan", "--config", "configs/llm/7b.yaml", "--gpus", "6", "experiment.distributed.tp=4")
     assert bad_mesh.returncode == 2 and "does not divide the world size 6" in bad_mesh.stderr
+
+
+def test_tokenizer_train_text_wordpiece_has_4m_layout(tmp_path, text_corpus):
+    output = tmp_path / "wp" / "tokenizer.json"
+    result = run_cli(
+        "tokenizer", "train-text", str(text_corpus), "--kind", "wordpiece", "--output", str(output),
+        "--vocab-size", "4400",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    from polymodal.tokenizers.wordpiece import coord_id, load_wordpiece
+
+    tokenizer = load_wordpiece(output)
+    assert tokenizer.encode("v0=12 cube", add_special_tokens=False).ids[0] == coord_id(0, 12)
