@@ -1,4 +1,4 @@
-"""``polymodal <verb>``: train, export, plan, synth, tokenizer training.
+"""``polymodal <verb>``: train, export, plan, synth, pretokenize-4m, tokenizer training.
 
 Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
 """
@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from polymodal.config import ConfigError, load_config
 from polymodal.data.synth.cli import add_synth_arguments, synth_main
+from polymodal.pretokenize.fourm import add_pretokenize_arguments
 
 EXIT_CONFIG_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
@@ -85,6 +86,12 @@ def _plan(args: argparse.Namespace) -> int:
     return plan_main(args.config, args.overrides, args.gpus, args.gpu_memory)
 
 
+def _pretokenize_4m(args: argparse.Namespace) -> int:
+    from polymodal.pretokenize.fourm import pretokenize_main
+
+    return pretokenize_main(args)
+
+
 def _train_text_tokenizer(args: argparse.Namespace) -> int:
     if args.kind == "wordpiece":
         from polymodal.tokenizers.wordpiece import train_wordpiece_text_tokenizer as train
@@ -121,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth = verbs.add_parser("synth", help="generate the built-in synthetic multimodal scene data set")
     add_synth_arguments(synth)
     synth.set_defaults(run=synth_main)
+
+    pretokenize = verbs.add_parser(
+        "pretokenize-4m", help="encode a 4M shard tree's image modalities into tok_<modality> shards + crop settings"
+    )
+    add_pretokenize_arguments(pretokenize)
+    pretokenize.set_defaults(run=_pretokenize_4m)
 
     tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="tokenizer", required=True)
     text = tokenizer.add_parser(

@@ -200,7 +200,7 @@ class AlignedAugment:
         out = dict(sample)
         for name in IMAGE_MODALITIES:
             if name in sample:
-                out[name] = self._augment_image(name, sample[name], crop, flip)
+                out[name] = self.augment_image(name, sample[name], crop, flip)
         if "det" in sample:
             out["det"] = self._augment_boxes(sample["det"], (height, width), crop, flip)
         return out
@@ -219,7 +219,7 @@ class AlignedAugment:
             raise ValueError(f"image modalities disagree on their size (H, W): {sizes}")
         return next(iter(sizes.values()))
 
-    def _augment_image(self, name: str, image: torch.Tensor, crop: CropBox, flip: bool) -> torch.Tensor:
+    def augment_image(self, name: str, image: torch.Tensor, crop: CropBox, flip: bool) -> torch.Tensor:
         resolution = self.resolutions[name]
         wrapped = tv_tensors.Mask(image) if name in MASK_MODALITIES else tv_tensors.Image(image)
         result = F.resized_crop(

@@ -1,0 +1,19 @@
+"""Offline pre-tokenization: raw shards -> token shards (4M: image codes per crop, with their crop settings)."""
+
+from polymodal.pretokenize.fourm import (
+    CropOptions,
+    PretokenizeReport,
+    SkippedSample,
+    crop_settings,
+    load_image_tokenizer,
+    pretokenize_4m,
+)
+
+__all__ = [
+    "CropOptions",
+    "PretokenizeReport",
+    "SkippedSample",
+    "crop_settings",
+    "load_image_tokenizer",
+    "pretokenize_4m",
+]
