@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from polymodal.config import ConfigError, load_config
 from polymodal.data.synth.cli import add_synth_arguments, synth_main
 from polymodal.pretokenize.fourm import add_pretokenize_arguments
+from polymodal.tokenizers.evaluate import add_tokenizer_eval_arguments, tokenizer_eval_main
 
 EXIT_CONFIG_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
@@ -60,23 +61,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from polymodal.config import instantiate
-    from polymodal.train.checkpoint import TRAINER_STATE, Checkpointer, load_model_weights
-    from polymodal.train.distributed import DistEnv, resolve_device
-    from polymodal.train.weights import export_weights
+    from polymodal.train.weights import export_weights, load_trained_model
 
-    checkpoint = Path(args.checkpoint)
-    if not (checkpoint / TRAINER_STATE).is_file():  # a run directory: take its newest complete checkpoint
-        env = DistEnv(rank=0, local_rank=0, world_size=1, device=resolve_device("cpu"))
-        newest = Checkpointer(checkpoint / "checkpoints", keep_last=1, env=env).latest()
-        if newest is None:
-            raise ConfigError(f"{checkpoint} is neither a checkpoint nor a run directory with checkpoints")
-        checkpoint = newest
-    config_yaml = (checkpoint / "config.yaml").read_text()
-    model = instantiate(OmegaConf.create(config_yaml).model)
-    load_model_weights(checkpoint, model)
+    model, config_yaml = load_trained_model(args.checkpoint)
     weights = export_weights(model, Path(args.out), config_yaml)
-    print(f"exported {checkpoint} -> {weights}")
+    print(f"exported {args.checkpoint} -> {weights}")
     return 0
 
 
@@ -147,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--vocab-size", type=int, default=8192)
     text.add_argument("--min-frequency", type=int, default=2)
     text.set_defaults(run=_train_text_tokenizer)
+    evaluate = tokenizer.add_parser(
+        "eval", help="an image tokenizer vs down-then-up sampling on held-out scenes; writes reconstructions.png"
+    )
+    add_tokenizer_eval_arguments(evaluate)
+    evaluate.set_defaults(run=tokenizer_eval_main)
     return parser
 
 

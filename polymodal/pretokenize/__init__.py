@@ -5,7 +5,6 @@ from polymodal.pretokenize.fourm import (
     PretokenizeReport,
     SkippedSample,
     crop_settings,
-    load_image_tokenizer,
     pretokenize_4m,
 )
 
@@ -14,6 +13,5 @@ __all__ = [
     "PretokenizeReport",
     "SkippedSample",
     "crop_settings",
-    "load_image_tokenizer",
     "pretokenize_4m",
 ]

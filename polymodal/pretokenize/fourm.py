@@ -42,14 +42,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from rich.progress import Progress
 
-from polymodal.config import ConfigError, instantiate
+from polymodal.config import ConfigError
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.multimodal.transforms import AlignedAugment, centre_square_crop, sample_resized_crop
 from polymodal.data.text.atomic_files import atomic_output
+from polymodal.tokenizers.evaluate import load_tokenizer
 from polymodal.tokenizers.image_tokenizer import ImageTokenizer
 
 CROP_SETTINGS = "crop_settings"
@@ -120,26 +120,6 @@ def crop_settings(key: str, height: int, width: int, options: CropOptions) -> np
 
 def code_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.int16 if codebook_size - 1 <= INT16_MAX_CODE else np.int32)
-
-
-def load_image_tokenizer(directory: str | Path) -> ImageTokenizer:
-    """An image tokenizer in eval mode from an export dir (``config.yaml`` + ``model.safetensors``) or a checkpoint
-    dir (``config.yaml`` + distributed checkpoint)."""
-    from polymodal.train.checkpoint import load_model_weights
-    from polymodal.train.weights import WEIGHTS_FILE, load_pretrained
-
-    directory = Path(directory)
-    config_file = directory / "config.yaml"
-    if not config_file.is_file():
-        raise ValueError(f"tokenizer directory {directory} has no config.yaml (give an export or checkpoint dir)")
-    model = instantiate(OmegaConf.create(config_file.read_text()).model)
-    if not isinstance(model, ImageTokenizer):
-        raise ValueError(f"{config_file} builds a {type(model).__name__}, not an ImageTokenizer")
-    if (directory / WEIGHTS_FILE).is_file():
-        load_pretrained(model, directory, strict=True)
-    else:
-        load_model_weights(directory, model)
-    return model.eval()
 
 
 def output_paths(out_root: Path, modalities: list[str], shard_name: str) -> list[Path]:
@@ -382,7 +362,7 @@ def pretokenize_main(args: argparse.Namespace) -> int:
         folders = [m for m, _ in args.tokenizer]
         if len(set(folders)) != len(folders):
             raise ValueError(f"--tokenizer names a modality twice: {folders}")
-        tokenizers = {m: load_image_tokenizer(d).to(torch.device(args.device)) for m, d in args.tokenizer}
+        tokenizers = {m: load_tokenizer(d).to(torch.device(args.device)) for m, d in args.tokenizer}
         options = CropOptions(
             args.n_crops, args.image_size, tuple(args.scale), tuple(args.ratio), args.hflip, args.seed
         )

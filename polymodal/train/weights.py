@@ -17,6 +17,32 @@ log = logging.getLogger("polymodal")
 WEIGHTS_FILE = "model.safetensors"
 
 
+def load_trained_model(path: str | Path) -> tuple[nn.Module, str]:
+    """``(model, config_yaml)`` from an export dir (``model.safetensors``), a checkpoint dir, or a run dir (its
+    newest complete checkpoint). The model is rebuilt from the saved config's ``model`` section."""
+    from omegaconf import OmegaConf
+
+    from polymodal.config import instantiate
+    from polymodal.train.checkpoint import TRAINER_STATE, Checkpointer, load_model_weights
+    from polymodal.train.distributed import DistEnv
+
+    path = Path(path)
+    exported = (path / WEIGHTS_FILE).is_file()
+    if not exported and not (path / TRAINER_STATE).is_file():
+        env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+        newest = Checkpointer(path / "checkpoints", keep_last=1, env=env).latest()
+        if newest is None:
+            raise FileNotFoundError(f"{path} is neither an export, a checkpoint nor a run directory with checkpoints")
+        path = newest
+    config_yaml = (path / "config.yaml").read_text()
+    model = instantiate(OmegaConf.create(config_yaml).model)
+    if exported:
+        load_pretrained(model, path, strict=True)
+    else:
+        load_model_weights(path, model)
+    return model, config_yaml
+
+
 def export_weights(model: nn.Module, out_dir: Path, config_yaml: str) -> Path:
     """Write ``model.safetensors`` (tied weights stored once) and the run's ``config.yaml`` into ``out_dir``."""
     out_dir = Path(out_dir)

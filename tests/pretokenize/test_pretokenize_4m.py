@@ -20,10 +20,10 @@ from polymodal.pretokenize.fourm import (
     add_pretokenize_arguments,
     code_dtype,
     crop_settings,
-    load_image_tokenizer,
     pretokenize_4m,
     pretokenize_main,
 )
+from polymodal.tokenizers.evaluate import load_tokenizer
 from polymodal.train.weights import export_weights
 
 SIZE = 32
@@ -74,7 +74,7 @@ def outputs(root: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("tokenizers")
-    return {m: load_image_tokenizer(export_tokenizer(base / m, m)) for m in MODALITIES}
+    return {m: load_tokenizer(export_tokenizer(base / m, m)) for m in MODALITIES}
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +89,12 @@ def test_exported_tokenizer_reloads_with_identical_weights(tmp_path):
     directory = export_tokenizer(tmp_path / "rgb", "rgb")
     torch.manual_seed(hash("rgb") % 1000)
     original = instantiate(OmegaConf.create(tokenizer_config("rgb")).model)
-    loaded = load_image_tokenizer(directory)
+    loaded = load_tokenizer(directory)
     assert not loaded.training
     for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    with pytest.raises(ValueError, match="config.yaml"):
-        load_image_tokenizer(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="neither an export"):
+        load_tokenizer(tmp_path / "nowhere")
 
 
 def test_outputs_are_key_aligned_with_the_source(pretokenized):
