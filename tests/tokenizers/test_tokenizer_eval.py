@@ -143,7 +143,7 @@ def test_bad_input_gets_clear_errors(tmp_path):
         write_reconstructions_png(
             tmp_path / "x.png", torch.rand(2, 3, 8, 8), torch.rand(1, 3, 8, 8), torch.rand(2, 3, 8, 8)
         )
-    with pytest.raises(ValueError, match="neither a checkpoint, an export nor a run directory"):
+    with pytest.raises(FileNotFoundError, match="neither an export, a checkpoint nor a run directory"):
         run_cli(tmp_path, tmp_path / "empty", num_images=1)
 
 
