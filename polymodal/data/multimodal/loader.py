@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from polymodal.data.multimodal.skips import SampleError, SkipCounter
+from polymodal.data.order import GlobalOrder
 
 Sample = dict[str, Any]
 Batch = dict[str, Any]
@@ -46,39 +47,6 @@ class MapDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, sample_id: int) -> Sample: ...
-
-
-class GlobalOrder:
-    """The sample order of every epoch, shared by all ranks (see module docstring)."""
-
-    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.num_samples = num_samples
-        self.seed = seed
-        self.shuffle = shuffle
-        self._cached_epoch = -1
-        self._cached_order = np.empty(0, dtype=np.int64)
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """Sample ids of ``epoch`` in visiting order (the last one is cached)."""
-        if epoch != self._cached_epoch:
-            if self.shuffle:
-                self._cached_order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-            else:
-                self._cached_order = np.arange(self.num_samples, dtype=np.int64)
-            self._cached_epoch = epoch
-        return self._cached_order
-
-    def batches_per_epoch(self, global_batch: int) -> int:
-        return self.num_samples // global_batch
-
-    def rank_ids(self, epoch: int, batch_in_epoch: int, batch_size: int, dp_rank: int, dp_world: int) -> np.ndarray:
-        """Sample ids that rank ``dp_rank`` gets in global batch ``batch_in_epoch`` of ``epoch``."""
-        start = batch_in_epoch * batch_size * dp_world + dp_rank * batch_size
-        return self.epoch_order(epoch)[start : start + batch_size]
 
 
 @dataclass(frozen=True)

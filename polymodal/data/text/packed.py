@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from polymodal.data.order import GlobalOrder
 from polymodal.data.text.tokens import TokenCorpus
 
 Batch = dict[str, torch.Tensor]
@@ -88,8 +89,6 @@ class PackedSequenceLoader:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if dp_world < 1 or not 0 <= dp_rank < dp_world:
             raise ValueError(f"need 0 <= dp_rank < dp_world, got dp_rank={dp_rank}, dp_world={dp_world}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
         self.corpus = corpus
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -107,8 +106,7 @@ class PackedSequenceLoader:
         self.batches_per_epoch = self._num_windows // self.global_batch
         self.epoch = 0
         self.batch_in_epoch = 0
-        self._order_epoch = -1
-        self._order = np.empty(0, dtype=np.int64)
+        self.order = GlobalOrder(self._num_windows, seed, shuffle)
 
     @property
     def num_windows(self) -> int:
@@ -119,15 +117,6 @@ class PackedSequenceLoader:
         """Input tokens per batch on this rank."""
         return self.batch_size * self.seq_len
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        if epoch != self._order_epoch:
-            if self.shuffle:
-                self._order = np.random.default_rng([self.seed, epoch]).permutation(self._num_windows)
-            else:
-                self._order = np.arange(self._num_windows)
-            self._order_epoch = epoch
-        return self._order
-
     def __iter__(self) -> PackedSequenceLoader:
         return self
 
@@ -135,8 +124,7 @@ class PackedSequenceLoader:
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch += 1
             self.batch_in_epoch = 0
-        start = self.batch_in_epoch * self.global_batch + self.dp_rank * self.batch_size
-        window_ids = self._epoch_order(self.epoch)[start : start + self.batch_size]
+        window_ids = self.order.rank_ids(self.epoch, self.batch_in_epoch, self.batch_size, self.dp_rank, self.dp_world)
         self.batch_in_epoch += 1
         return make_batch(self.corpus, window_ids, self.seq_len)
 
