@@ -8,6 +8,9 @@ just ``(epoch, batch)``, and a resume may change ``dp_world`` as long as ``G`` i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 
@@ -42,3 +45,38 @@ class GlobalOrder:
         """Sample ids that rank ``dp_rank`` gets in global batch ``batch_in_epoch`` of ``epoch``."""
         start = batch_in_epoch * batch_size * dp_world + dp_rank * batch_size
         return self.epoch_order(epoch)[start : start + batch_size]
+
+
+def checked_resume_position(
+    state: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    last_batch_in_epoch: int,
+    unit: str,
+    batch_size: int,
+    dp_world: int,
+) -> tuple[int, int]:
+    """Check a saved loader ``state`` against this loader's ``expected`` settings (which must include
+    ``global_batch``); return the ``(epoch, batch_in_epoch)`` to continue from."""
+    required = ["epoch", "batch_in_epoch", *expected]
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise ValueError(f"loader state is missing keys {missing}; expected {required}")
+    for name, value in expected.items():
+        if name == "global_batch" and state[name] != value:
+            raise ValueError(
+                f"cannot resume: the saved global batch is {state[name]} {unit} but this loader's is {value} "
+                f"(global_batch = batch_size {batch_size} x dp_world {dp_world}). The order is only preserved when "
+                "batch_size * dp_world is unchanged; adjust batch_size to match"
+            )
+        if state[name] != value:
+            raise ValueError(
+                f"cannot resume: loader state has {name}={state[name]!r} but this loader has {name}={value!r}; "
+                "the order would differ"
+            )
+    epoch, batch = state["epoch"], state["batch_in_epoch"]
+    if epoch < 0 or not 0 <= batch <= last_batch_in_epoch:
+        raise ValueError(
+            f"invalid loader position epoch={epoch}, batch_in_epoch={batch} "
+            f"(valid batch positions are 0..{last_batch_in_epoch})"
+        )
+    return int(epoch), int(batch)

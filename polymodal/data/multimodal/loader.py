@@ -32,12 +32,11 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from polymodal.data.multimodal.skips import SampleError, SkipCounter
-from polymodal.data.order import GlobalOrder
+from polymodal.data.order import GlobalOrder, checked_resume_position
 
 Sample = dict[str, Any]
 Batch = dict[str, Any]
 SampleTransform = Callable[[Sample, torch.Generator], Sample]
-STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "global_batch", "num_samples")
 MAX_IDS_IN_ERROR = 5
 
 
@@ -263,23 +262,10 @@ class ResumableLoader:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue exactly after the last batch taken by the loader (of any dp_world) that saved ``state``."""
-        missing = [key for key in STATE_KEYS if key not in state]
-        if missing:
-            raise ValueError(f"loader state is missing keys {missing}; expected {list(STATE_KEYS)}")
-        for name in ("seed", "num_samples", "global_batch"):
-            if state[name] != getattr(self, name):
-                raise ValueError(
-                    f"cannot resume: loader state has {name}={state[name]!r} but this loader has "
-                    f"{name}={getattr(self, name)!r} (batch_size={self.batch_size} x dp_world={self.dp_world}); "
-                    "the sample order would differ"
-                )
-        if state["epoch"] < 0 or not 0 <= state["batch_in_epoch"] < self.batches_per_epoch:
-            raise ValueError(
-                f"invalid loader position epoch={state['epoch']}, batch_in_epoch={state['batch_in_epoch']} "
-                f"(an epoch has {self.batches_per_epoch} batches)"
-            )
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        expected = {"seed": self.seed, "num_samples": self.num_samples, "global_batch": self.global_batch}
+        self.epoch, self.batch_in_epoch = checked_resume_position(
+            state, expected, self.batches_per_epoch - 1, "samples", self.batch_size, self.dp_world
+        )
         self._iterator = None  # dropping the iterator shuts its workers down; the next batch rebuilds it
 
     def val_batches(self, max_batches: int | None = None) -> Iterator[Batch]:

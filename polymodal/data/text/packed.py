@@ -28,12 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal.data.order import GlobalOrder
+from polymodal.data.order import GlobalOrder, checked_resume_position
 from polymodal.data.text.tokens import TokenCorpus
 
 Batch = dict[str, torch.Tensor]
-
-STATE_KEYS = ("epoch", "batch_in_epoch", "seed", "seq_len", "global_batch", "num_windows", "shuffle")
 
 
 def count_windows(corpus: TokenCorpus, seq_len: int) -> int:
@@ -142,28 +140,12 @@ class PackedSequenceLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the last batch taken by the loader that produced ``state``."""
-        missing = [k for k in STATE_KEYS if k not in state]
-        if missing:
-            raise ValueError(f"loader state is missing keys {missing}; expected {list(STATE_KEYS)}")
-        for name in ("seq_len", "seed", "num_windows", "shuffle"):
-            if state[name] != getattr(self, name):
-                raise ValueError(
-                    f"cannot resume: loader state has {name}={state[name]!r} but this loader has "
-                    f"{name}={getattr(self, name)!r}; the window order would differ"
-                )
-        if state["global_batch"] != self.global_batch:
-            raise ValueError(
-                f"cannot resume: the saved global batch is {state['global_batch']} windows but this loader's is "
-                f"{self.global_batch} (batch_size={self.batch_size} x dp_world={self.dp_world}). The window order "
-                "is only preserved when batch_size * dp_world is unchanged; adjust batch_size to match"
-            )
-        if state["epoch"] < 0 or not 0 <= state["batch_in_epoch"] <= self.batches_per_epoch:
-            raise ValueError(
-                f"invalid loader position epoch={state['epoch']}, batch_in_epoch={state['batch_in_epoch']} "
-                f"(an epoch has {self.batches_per_epoch} batches)"
-            )
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        expected = {
+            name: self.state_dict()[name] for name in ("seed", "seq_len", "global_batch", "num_windows", "shuffle")
+        }
+        self.epoch, self.batch_in_epoch = checked_resume_position(
+            state, expected, self.batches_per_epoch, "windows", self.batch_size, self.dp_world
+        )
 
 
 def eval_batches(corpus: TokenCorpus, seq_len: int, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:
