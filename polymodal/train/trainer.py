@@ -55,7 +55,15 @@ class Progress:
 
 
 def move_to_device(batch: DataDict, device: torch.device) -> DataDict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch with every tensor on ``device``, also inside nested dicts (4M's ``{modality: {...}}``)."""
+    return {
+        k: v.to(device, non_blocking=True)
+        if isinstance(v, torch.Tensor)
+        else move_to_device(v, device)
+        if isinstance(v, dict)
+        else v
+        for k, v in batch.items()
+    }
 
 
 def _batch_size(batch: DataDict) -> int:

@@ -10,7 +10,7 @@ import torch
 from polymodal.config import load_config
 from polymodal.models.meta import Objective
 from polymodal.train import checkpoint as checkpoint_module
-from polymodal.train.trainer import Trainer, TrainingStopped
+from polymodal.train.trainer import Trainer, TrainingStopped, move_to_device
 
 
 def make_trainer(config, *overrides: str) -> Trainer:
@@ -239,3 +239,10 @@ def test_metrics_blocks_run_at_evaluation_and_are_logged(tiny_config, tmp_path):
     val = [r for r in records if r["split"] == "val"]
     assert val and all(0.0 <= r["copy_rate"] <= 1.0 for r in val)
     assert all("copy_rate" not in r for r in records if r["split"] == "train")
+
+
+def test_move_to_device_reaches_nested_modality_dicts():
+    batch = {"ids": torch.zeros(2, dtype=torch.int64), "tok_rgb": {"tensor": torch.ones(2, 3)}, "name": "x"}
+    moved = move_to_device(batch, torch.device("meta"))
+    assert moved["ids"].device.type == "meta" and moved["tok_rgb"]["tensor"].device.type == "meta"
+    assert moved["name"] == "x"

@@ -15,6 +15,8 @@ json           the JSON value; names ending in ``det``: ``{"boxes": float32 [N,4
 txt            the stripped string; names ending in ``label``: an int64 scalar tensor.
 =============  ==========================================================================================
 
+Arrays in pre-tokenized folders (``tok_<modality>``) are codes: ``tok_depth`` arrays stay as stored.
+
 Undecodable bytes raise :class:`DecodeError` with a reason tag; an unknown extension is a ``ValueError``
 (a configuration problem, not a bad sample).
 """
@@ -28,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+TOKEN_FOLDER_PREFIX = "tok_"
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
 
@@ -66,7 +70,7 @@ def decode_array(modality: str, data: bytes) -> torch.Tensor:
     except (OSError, ValueError, EOFError) as error:
         raise DecodeError("corrupt_array", f"{modality}: {error}") from error
     tensor = torch.from_numpy(np.ascontiguousarray(array))
-    if modality.endswith("depth") and tensor.ndim == 2:
+    if modality.endswith("depth") and not modality.startswith(TOKEN_FOLDER_PREFIX) and tensor.ndim == 2:
         return tensor.float().unsqueeze(0)
     return tensor
 

@@ -15,6 +15,10 @@ replacement unless the search wraps around the epoch end. A replacement is a sam
 is seen twice in that epoch. Every failed read is counted per reason; more than ``error_budget`` in total
 raises a ``RuntimeError``.
 
+Batch randomness. An optional ``batch_transform(batch, generator)`` runs in the worker right after collation
+(e.g. 4M's input/target masking) with a generator seeded from ``(seed, epoch, position of the batch's first
+row)``: like the per-sample streams it does not depend on the worker count, and a resumed run redraws it exactly.
+
 Resuming. :meth:`ResumableLoader.state_dict` is the position of the next global batch (JSON). Loading it only
 rebuilds the ``DataLoader`` iterator from that position; no earlier sample is read.
 """
@@ -37,6 +41,7 @@ from polymodal.data.order import GlobalOrder, checked_resume_position
 Sample = dict[str, Any]
 Batch = dict[str, Any]
 SampleTransform = Callable[[Sample, torch.Generator], Sample]
+BatchTransform = Callable[[Batch, torch.Generator], Batch]
 MAX_IDS_IN_ERROR = 5
 
 
@@ -58,6 +63,7 @@ class SkipRecord:
 class _LoadedSample:
     sample: Sample
     skips: tuple[SkipRecord, ...]
+    key: tuple[int, int]  # (epoch, position) of the row this sample fills
 
 
 class _BudgetedSkips:
@@ -81,6 +87,13 @@ class _BudgetedSkips:
 def sample_generator(seed: int, epoch: int, sample_id: int) -> torch.Generator:
     """The random stream of one sample's augmentation in one epoch: the same for any worker or rank count."""
     state = np.random.SeedSequence([seed, epoch, sample_id]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def batch_generator(seed: int, epoch: int, first_position: int) -> torch.Generator:
+    """The random stream of one batch's ``batch_transform``, keyed by the global position of its first row (a
+    fourth seed word keeps it apart from the per-sample streams)."""
+    state = np.random.SeedSequence([seed, epoch, first_position, 1]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
@@ -113,7 +126,7 @@ class _PositionView:
             if candidate == position or not batch_start <= candidate < batch_start + g:
                 sample_id = int(order[candidate])
                 try:
-                    return _LoadedSample(self._load(epoch, sample_id), tuple(skips))
+                    return _LoadedSample(self._load(epoch, sample_id), tuple(skips), key)
                 except SampleError as error:
                     skips.append(SkipRecord(error.reason, sample_id))
             candidate = (candidate + g) % n
@@ -148,15 +161,22 @@ class _RankBatchSampler:
 
 
 class _CollateWithSkips:
-    """Collates the samples with the user's function; the skip records travel next to the batch."""
+    """Collates the samples with the user's function, then applies the batch transform; the skip records travel
+    next to the batch."""
 
-    def __init__(self, collate: Callable[[list[Sample]], Batch]) -> None:
+    def __init__(
+        self, collate: Callable[[list[Sample]], Batch], batch_transform: BatchTransform | None, seed: int
+    ) -> None:
         self.collate = collate
+        self.batch_transform = batch_transform
+        self.seed = seed
 
     def __call__(self, loaded: list[_LoadedSample]) -> tuple[Batch, tuple[SkipRecord, ...]]:
         samples = [item.sample for item in loaded]
         batch = self.collate(samples)
         batch["sample_id"] = torch.tensor([s["sample_id"] for s in samples], dtype=torch.int64)
+        if self.batch_transform is not None:
+            batch = self.batch_transform(batch, batch_generator(self.seed, *loaded[0].key))
         return batch, tuple(skip for item in loaded for skip in item.skips)
 
 
@@ -171,7 +191,9 @@ class ResumableLoader:
     ``collate`` turns a list of sample dicts into a batch dict (default: ``torch.utils.data.default_collate``);
     ``transform(sample, generator)`` maps a sample dict to a sample dict in the worker and draws its randomness
     (crops, flips) from ``generator``, seeded from ``(seed, epoch, sample_id)`` (e.g. :class:`AlignedAugment`),
-    so augmented batches do not depend on the number of workers or ranks either.
+    so augmented batches do not depend on the number of workers or ranks either. ``batch_transform(batch,
+    generator)`` maps each collated batch in the worker (see the module docstring for its seeding).
+    ``multiprocessing_context`` is the workers' start method (``"spawn"``, ...; default: torch's).
     """
 
     def __init__(
@@ -187,6 +209,8 @@ class ResumableLoader:
         error_budget: int = 100,
         prefetch_factor: int = 2,
         shuffle: bool = True,
+        batch_transform: BatchTransform | None = None,
+        multiprocessing_context: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -203,6 +227,7 @@ class ResumableLoader:
         self.dp_world = dp_world
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
+        self.multiprocessing_context = multiprocessing_context
         self.global_batch = batch_size * dp_world
         self.num_samples = len(dataset)
         self.order = GlobalOrder(self.num_samples, seed, shuffle)
@@ -213,7 +238,7 @@ class ResumableLoader:
             )
         self.batches_per_epoch = self.order.batches_per_epoch(self.global_batch)
         self._view = _PositionView(dataset, self.order, self.global_batch, transform)
-        self._collate = _CollateWithSkips(collate)
+        self._collate = _CollateWithSkips(collate, batch_transform, seed)
         self._skips = _BudgetedSkips(error_budget)
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -228,6 +253,7 @@ class ResumableLoader:
             collate_fn=self._collate,
             worker_init_fn=_init_worker if workers else None,
             prefetch_factor=self.prefetch_factor if workers else None,
+            multiprocessing_context=self.multiprocessing_context if workers else None,
         )
 
     def __iter__(self) -> ResumableLoader:

@@ -357,6 +357,8 @@ def test_decode_rules_by_name_and_extension():
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert decode_member("edges", "png", png_bytes(grey)).shape == (1, 3, 4)
     assert decode_member("tok_semseg", "png", png_bytes(grey)).dtype == torch.int64
+    codes = decode_member("tok_depth", "npy", npy_bytes(grey.astype(np.int16)))
+    assert codes.dtype == torch.int16 and codes.shape == grey.shape
     assert torch.equal(
         decode_member("tok_rgb", "npy", npy_bytes(grey.astype(np.int16))), torch.from_numpy(grey.astype(np.int16))
     )
