@@ -34,8 +34,7 @@ loader's ``batch_transform``), so masks are the same for any worker count and af
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -47,9 +46,10 @@ from polymodal.data.fourm.masking import FourMMasking
 from polymodal.data.fourm.modalities import ModalityRegistry
 from polymodal.data.fourm.samples import FourMSample
 from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader
-from polymodal.data.multimodal.mixing import MixedDataset, TensorSpec, collate_with_absent
+from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
+from polymodal.data.multimodal.sources import SourcedData
 from polymodal.pretokenize.fourm import CROP_SETTINGS
 from polymodal.tokenizers.wordpiece import load_wordpiece
 
@@ -138,7 +138,7 @@ class MaskBatch:
         return {**self.masking(raw, generator), "sample_id": batch["sample_id"]}
 
 
-class FourMData:
+class FourMData(SourcedData):
     """Train loader (``train``), validation batches, ``info()`` and skip counts for 4M pre-training.
 
     Args:
@@ -181,6 +181,7 @@ class FourMData:
     ) -> None:
         if weights is not None and not isinstance(train, Mapping):
             raise ValueError("weights are only meaningful for a mixture: give `train` as {name: pattern}")
+        super().__init__(dp_rank)
         self.in_domains = list(in_domains)
         self.out_domains = list(out_domains)
         self.modalities = fourm_registry(self.in_domains, self.out_domains, modalities)
@@ -193,8 +194,6 @@ class FourMData:
         self._cache_dir = Path(cache_dir) / "shard_index"
         self._storage_options = dict(storage_options or {})
         self._error_budget = error_budget
-        self._dp_rank = dp_rank
-        self._shards: list[MultimodalShards] = []
         names = list(self.modalities)
         loader = partial(
             ResumableLoader,
@@ -224,27 +223,9 @@ class FourMData:
                     f"{tokenizer_vocab} ids; set modalities.{spec.name}.vocab_size >= {tokenizer_vocab}"
                 )
 
-    def _open(
-        self, locations: str | Mapping[str, str], split: str, weights: Mapping[str, float] | None, seed: int
-    ) -> tuple[dict[str, MultimodalShards], MapDataset]:
-        """The sources of one split and the dataset the loader reads (the single source, or their mixture)."""
-        if isinstance(locations, Mapping):
-            if not locations:
-                raise ValueError(f"the {split} mixture names no sources")
-            sources = {name: self._open_source(name, pattern, split) for name, pattern in locations.items()}
-        else:
-            sources = {split: self._open_source(split, locations, split)}
+    def _missing_modalities(self, sources: Mapping[str, MapDataset]) -> list[str]:
         provided = {folder for source in sources.values() for folder in source.modalities}
-        missing = [spec.name for spec in self.modalities.values() if spec.folder not in provided]
-        if missing:
-            raise ValueError(f"modalities {missing} are in none of the {split} sources {list(sources)}")
-        if not isinstance(locations, Mapping):
-            return sources, sources[split]
-        if weights is None:
-            mixture_weights = {name: float(len(source)) for name, source in sources.items()}
-        else:
-            mixture_weights = {name: float(w) for name, w in weights.items()}
-        return sources, MixedDataset(sources, mixture_weights, seed)
+        return [spec.name for spec in self.modalities.values() if spec.folder not in provided]
 
     def _open_source(self, name: str, pattern: str, split: str) -> MultimodalShards:
         available = expand_shard_pattern(pattern)
@@ -269,21 +250,6 @@ class FourMData:
         self._shards.append(shards)
         return shards
 
-    def val_batches(self, max_batches: int | None) -> Iterator[Batch]:
-        """Deterministic validation batches: ids in order, crop row 0, first caption, masks seeded by position."""
-        if self._val is None:
-            raise ValueError("no validation set configured: set data.val to a shard pattern to evaluate")
-        return self._val.val_batches(max_batches)
-
-    def skip_counts(self) -> dict[str, int]:
-        """Skipped samples per reason on this rank, plus truncated shard tars (counted on rank 0 only, so the
-        trainer's sum over ranks counts each tar once)."""
-        counts = Counter(self.train.skip_counts())
-        if self._dp_rank == 0:
-            for shards in self._shards:
-                counts.update(shards.skips.counts)
-        return dict(counts)
-
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "format": "4m",
@@ -293,12 +259,8 @@ class FourMData:
             "input_tokens": self.input_tokens,
             "target_tokens": self.target_tokens,
             "alpha_components": self.alphas.num_components,
-            "train_samples": len(self.train_dataset),
+            **self._sample_counts(self.train_sources, self.train_dataset),
         }
-        if isinstance(self.train_dataset, MixedDataset):
-            info.update({f"train_samples/{name}": len(source) for name, source in self.train_sources.items()})
-        if self._val is not None:
-            info["val_samples"] = self._val.num_samples
         return info
 
 

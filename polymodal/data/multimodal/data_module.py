@@ -26,8 +26,7 @@ shape, one lacking ``caption``/``det`` gets ``None``. ``batch["sample_id"]`` is 
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,11 @@ from typing import Any
 import torch
 
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
-from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader, Sample
-from polymodal.data.multimodal.mixing import MixedDataset, TensorSpec, collate_with_absent
+from polymodal.data.multimodal.loader import MapDataset, ResumableLoader, Sample
+from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
+from polymodal.data.multimodal.sources import SourcedData
 from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, AlignedAugment
 
 FORMATS = ("shards", "imagefolder")
@@ -77,7 +77,7 @@ class PrepareSample:
         return self.augment({k: v for k, v in sample.items() if k in self.keep}, generator)
 
 
-class MultimodalData:
+class MultimodalData(SourcedData):
     """Train loader (``train``), validation batches, ``info()`` and skip counts for multimodal pre-training.
 
     Args:
@@ -117,14 +117,13 @@ class MultimodalData:
             raise ValueError(f"unknown data format {format!r}; expected one of {FORMATS}")
         if weights is not None and not isinstance(train, Mapping):
             raise ValueError("weights are only meaningful for a mixture: give `train` as {name: location}")
+        super().__init__(dp_rank)
         self.format = format
         self.modalities = list(modalities)
         self.tokens_per_sample = 1
         self._cache_dir = Path(cache_dir) / "shard_index"
         self._storage_options = storage_options
         self._error_budget = error_budget
-        self._dp_rank = dp_rank
-        self._shards: list[MultimodalShards] = []
         train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), train=True)
         self.modality_names = list(train_augment.resolutions)
         eval_augment = AlignedAugment(image_size, self.modalities, train=False)
@@ -148,27 +147,9 @@ class MultimodalData:
             _, val_dataset = self._open(val, "val", weights, seed)
             self._val = loader(val_dataset, transform=PrepareSample(eval_augment, self.modality_names), shuffle=False)
 
-    def _open(
-        self, locations: str | Mapping[str, str], split: str, weights: Mapping[str, float] | None, seed: int
-    ) -> tuple[dict[str, MapDataset], MapDataset]:
-        """The sources of one split and the dataset the loader reads (the single source, or their mixture)."""
-        if isinstance(locations, Mapping):
-            if not locations:
-                raise ValueError(f"the {split} mixture names no sources")
-            sources = {name: self._open_source(name, location, split) for name, location in locations.items()}
-        else:
-            sources = {split: self._open_source(split, locations, split)}
+    def _missing_modalities(self, sources: Mapping[str, MapDataset]) -> list[str]:
         provided = {name for source in sources.values() for name in self._provided(source)}
-        missing = [m for m in self.modality_names if m not in provided]
-        if missing:
-            raise ValueError(f"modalities {missing} are in none of the {split} sources {list(sources)} ({self.format})")
-        if not isinstance(locations, Mapping):
-            return sources, sources[split]
-        if weights is None:
-            mixture_weights = {name: float(len(source)) for name, source in sources.items()}
-        else:
-            mixture_weights = {name: float(w) for name, w in weights.items()}
-        return sources, MixedDataset(sources, mixture_weights, seed)
+        return [m for m in self.modality_names if m not in provided]
 
     @staticmethod
     def _provided(source: MapDataset) -> list[str]:
@@ -195,29 +176,10 @@ class MultimodalData:
         self._shards.append(shards)
         return shards
 
-    def val_batches(self, max_batches: int | None) -> Iterator[Batch]:
-        """Deterministic validation batches: ids in order, centre-cropped, the same on every call."""
-        if self._val is None:
-            raise ValueError("no validation set configured: set data.val to a location to evaluate")
-        return self._val.val_batches(max_batches)
-
-    def skip_counts(self) -> dict[str, int]:
-        """Skipped samples per reason on this rank, plus truncated shard tars (counted on rank 0 only, so the
-        trainer's sum over ranks counts each tar once)."""
-        counts = Counter(self.train.skip_counts())
-        if self._dp_rank == 0:
-            for shards in self._shards:
-                counts.update(shards.skips.counts)
-        return dict(counts)
-
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "format": self.format,
             "modalities": self.modality_names,
-            "train_samples": len(self.train_dataset),
+            **self._sample_counts(self.train_sources, self.train_dataset),
         }
-        if isinstance(self.train_dataset, MixedDataset):
-            info.update({f"train_samples/{name}": len(source) for name, source in self.train_sources.items()})
-        if self._val is not None:
-            info["val_samples"] = self._val.num_samples
         return info
