@@ -101,7 +101,8 @@ class Attention(nn.Module):
         num_kv_heads: key/value heads (grouped-query attention); defaults to ``num_heads``.
         head_dim: per-head width; defaults to ``dim // num_heads``.
         qkv_bias / out_bias: biases of the input / output projections.
-        qk_norm: RMS-normalise queries and keys over ``head_dim`` (``q_norm``, ``k_norm``) before RoPE.
+        qk_norm: normalise queries and keys over ``head_dim`` (``q_norm``, ``k_norm``) before RoPE: ``True`` for
+            RMSNorm, or a factory ``norm(head_dim) -> nn.Module`` (4M uses a bias-free LayerNorm).
         rope: a module called as ``rope(q, k, position_ids) -> (q, k)`` on ``[B, H, T, head_dim]``.
         dropout: attention-probability dropout, applied in training mode only.
     """
@@ -114,7 +115,7 @@ class Attention(nn.Module):
         head_dim: int | None = None,
         qkv_bias: bool = False,
         out_bias: bool = False,
-        qk_norm: bool = False,
+        qk_norm: bool | Callable[[int], nn.Module] = False,
         rope: nn.Module | None = None,
         dropout: float = 0.0,
     ) -> None:
@@ -141,8 +142,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
-        self.q_norm = RMSNorm(head_dim) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim) if qk_norm else None
+        qk_norm_factory = RMSNorm if qk_norm is True else qk_norm or None
+        self.q_norm = qk_norm_factory(head_dim) if qk_norm_factory else None
+        self.k_norm = qk_norm_factory(head_dim) if qk_norm_factory else None
         self.rope = rope
         self.kernel: AttentionKernel | None = None  # None: masked_attention; a parallelize plan may install another
 

@@ -33,6 +33,7 @@ from torch.distributed.tensor.parallel import (
 
 from polymodal.models.layers.attention import Attention, masked_attention
 from polymodal.models.layers.block import TransformerBlock
+from polymodal.models.layers.cross_attention import CrossAttentionBlock
 from polymodal.models.llm import CausalLM
 from polymodal.models.meta import DataDict
 from polymodal.train.parallel.collectives import all_gather_with_grad
@@ -151,5 +152,6 @@ def plan_for(model: nn.Module) -> ParallelPlan:
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """FSDP2 shards each transformer block as its own unit (gathered just before use), then the rest at the root."""
-    return [module for module in model.modules() if isinstance(module, TransformerBlock)]
+    """FSDP2 shards each transformer block (self-attention blocks and encoder-decoder cross-attention blocks) as its
+    own unit (gathered just before use), then the rest at the root; activation checkpointing wraps the same units."""
+    return [module for module in model.modules() if isinstance(module, (TransformerBlock, CrossAttentionBlock))]

@@ -1,0 +1,12 @@
+"""4M: the any-to-any masked multimodal encoder-decoder.
+
+Batch contract: ``batch[m] = {"tensor", "is_input", "is_target"}`` for each modality ``m``, with ``tensor`` image
+tokens ``[B, N]`` int64, pixels ``[B, C, H, W]`` float, a sequence ``[B, L]`` int64 (PAD = 0) or vectors
+``[B, L, E]`` float; ``is_input`` / ``is_target`` ``[B, N|L]`` bool mark the positions given to the encoder and
+those the decoder predicts. Modalities in the batch but not in the model are ignored.
+"""
+
+from polymodal.models.fourm.model import DecoderQueries, EncoderTokens, FourM
+from polymodal.models.fourm.sizes import SIZES, VARIANTS, build_fourm
+
+__all__ = ["SIZES", "VARIANTS", "DecoderQueries", "EncoderTokens", "FourM", "build_fourm"]
