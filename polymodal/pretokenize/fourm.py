@@ -55,6 +55,7 @@ from polymodal.tokenizers.image_tokenizer import ImageTokenizer
 CROP_SETTINGS = "crop_settings"
 CROP_COLUMNS = ("top", "left", "height", "width", "flip")
 INT16_MAX_CODE = int(np.iinfo(np.int16).max)
+DEFAULT_BATCH_SIZE = 64  # crops per tokenizer forward pass
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,14 @@ def crop_settings(key: str, height: int, width: int, options: CropOptions) -> np
 
 def code_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.int16 if codebook_size - 1 <= INT16_MAX_CODE else np.int32)
+
+
+def encode_crops(tokenizer: ImageTokenizer, crops: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Codes ``(n_crops, h·w)`` of ``crops`` (natural units), ``batch_size`` crops per forward pass on the
+    tokenizer's device, in the dtype the shards store."""
+    device = next(tokenizer.parameters()).device
+    codes = [tokenizer.encode(part.to(device)).flatten(1).cpu() for part in crops.split(batch_size)]
+    return torch.cat(codes).numpy().astype(code_dtype(tokenizer.codebook_size))
 
 
 def output_paths(out_root: Path, modalities: list[str], shard_name: str) -> list[Path]:
@@ -210,16 +219,11 @@ class _ShardPretokenizer:
             except ValueError as error:
                 skipped.append(SkippedSample(pattern, key, "bad_image", str(error)))
 
-    def _encode(self, modality: str, crops: torch.Tensor) -> np.ndarray:
-        tokenizer = self.tokenizers[modality]
-        device = next(tokenizer.parameters()).device
-        codes = [tokenizer.encode(part.to(device)).flatten(1).cpu() for part in crops.split(self.batch_size)]
-        return torch.cat(codes).numpy().astype(code_dtype(tokenizer.codebook_size))
-
     def _write_group(self, group: list[_CroppedSample], tars: dict[str, tarfile.TarFile]) -> None:
         n_crops = self.options.n_crops
         for modality in self.tokenizers:
-            codes = self._encode(modality, torch.cat([s.crops[modality] for s in group]))
+            crops = torch.cat([s.crops[modality] for s in group])
+            codes = encode_crops(self.tokenizers[modality], crops, self.batch_size)
             for index, sample in enumerate(group):
                 rows = codes[index * n_crops : (index + 1) * n_crops]
                 _add_member(tars[f"tok_{modality}"], f"{sample.key}.tok_{modality}.npy", _npy_bytes(rows))
@@ -286,7 +290,7 @@ def pretokenize_4m(
     tokenizers: Mapping[str, ImageTokenizer],
     out_root: str | Path | None = None,
     options: CropOptions | None = None,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 1,
     cache_dir: str | Path | None = None,
 ) -> PretokenizeReport:
@@ -349,7 +353,7 @@ def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="random crop aspect range")
     parser.add_argument("--hflip", type=float, default=0.5, help="flip probability of the random crops")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64, help="crops per tokenizer forward pass")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="crops per tokenizer forward pass")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one shard at a time each)")
     parser.add_argument("--device", default="cpu", help="device the tokenizers run on, e.g. cpu or cuda:0")
     parser.add_argument("--cache-dir", help="shard index cache directory (default: the user cache)")

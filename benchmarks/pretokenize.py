@@ -1,0 +1,261 @@
+"""Pre-tokenization: encoding crops in batches, as ``polymodal pretokenize-4m`` does, against one image at a time.
+
+Model: the rgb tokenizer of ``configs/tokenizers/rgb_tiny.yaml`` (64 px -> 8x8 codes, 256-entry codebook),
+built in-process and randomly initialised from a fixed seed. Encoding costs the same whatever the weights, so no
+trained checkpoint is needed.
+
+* (A) batched: :func:`polymodal.pretokenize.fourm.encode_crops` with ``--batch-size`` crops per forward pass,
+  the function the pretokenizer calls (its default batch size unless told otherwise).
+* (B) one at a time: ``tokenizer.encode(crop[None])`` for each crop, then concatenated.
+
+Both run on CPU under ``torch.inference_mode()`` over the same ``--images`` crops: synthetic scenes rendered in
+memory at the tokenizer's 64 px. After one untimed warm-up batch each, A and B alternate (A/B, B/A, ...) for
+``--rounds`` rounds; the median and best images/s are reported, and their ratio batched / one-at-a-time.
+
+Codes: both sides must give the same codes, and the script prints ``codes identical``. Batch 1 and batch N run
+different convolution kernels whose latents differ by ~1e-6, so a latent whose two nearest codes are that close
+can flip. For every differing code the script prints the cosine-similarity gap between the two codes; gaps
+below ``TIE_TOLERANCE`` are such float near-ties, a larger gap means the two sides really disagree.
+
+End to end: :func:`pretokenize_4m` once over a synthetic rgb shard tree (``--samples`` scenes, 5 crops each) in
+a temporary directory, in this process, including the shard index build: an absolute samples/s.
+
+    python benchmarks/pretokenize.py                 # ~1 minute on 2 CPU cores
+    python benchmarks/pretokenize.py --threads 1     # on a busy box
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from polymodal.config import instantiate, load_config
+from polymodal.data.synth.render import render_scene
+from polymodal.data.synth.writers import write_shards
+from polymodal.pretokenize.fourm import DEFAULT_BATCH_SIZE, CropOptions, encode_crops, pretokenize_4m
+from polymodal.tokenizers.image_tokenizer import ImageTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tokenizers" / "rgb_tiny.yaml"
+SEED = 0
+TIE_TOLERANCE = 1e-4  # cosine-similarity gap below which a differing code is a float near-tie
+
+
+def build_tokenizer() -> tuple[ImageTokenizer, int]:
+    """The rgb_tiny tokenizer (random weights from ``SEED``, eval mode) and its image size."""
+    config = load_config(CONFIG)
+    torch.manual_seed(SEED)
+    tokenizer = instantiate(config.model).eval()
+    return tokenizer, int(config.constants.image_size)
+
+
+def render_crops(count: int, size: int) -> torch.Tensor:
+    """``count`` synthetic rgb scenes at ``size`` px, float [count, 3, size, size] in [0, 1]."""
+    return torch.stack([render_scene(SEED, index, size)["rgb"] for index in range(count)]).float() / 255.0
+
+
+def encode_one_at_a_time(tokenizer: ImageTokenizer, crops: torch.Tensor) -> np.ndarray:
+    """The baseline: the model called on each crop alone."""
+    return torch.cat([tokenizer.encode(crop[None]).flatten(1) for crop in crops]).numpy()
+
+
+def similarity_gaps(tokenizer: ImageTokenizer, crops: torch.Tensor, codes: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``|cos(z, code) - cos(z, other code)|`` at every position where the code maps ``(n, h·w)`` differ, with
+    ``z`` the crop's normalised latent: ~1e-6 is a float near-tie, not a disagreement."""
+    quantizer = tokenizer.quantizer
+    if not quantizer.l2_normalize:
+        raise ValueError(f"similarity_gaps compares cosine similarities; {CONFIG.name} must set l2_normalize: true")
+    rows, positions = np.nonzero(codes != other)
+    if rows.size == 0:
+        return np.zeros(0)
+    with torch.inference_mode():
+        latents = tokenizer.encoder(tokenizer.normalization.normalize(crops[torch.from_numpy(rows)]))
+        flat = F.normalize(latents.flatten(2)[torch.arange(rows.size), :, torch.from_numpy(positions)], dim=-1)
+        codebook = quantizer.codebook
+        first = codebook[torch.from_numpy(codes[rows, positions].astype(np.int64))]
+        second = codebook[torch.from_numpy(other[rows, positions].astype(np.int64))]
+        return (flat * (first - second)).sum(dim=1).abs().numpy()
+
+
+@dataclass
+class EncodingResult:
+    """Seconds per round of both sides (paired by round), how their codes compare, and the end-to-end rate."""
+
+    images: int
+    batch_size: int
+    batched_s: list[float]
+    one_at_a_time_s: list[float]
+    total_codes: int
+    differing_codes: int
+    largest_gap: float  # largest similarity gap among differing codes, 0 when the codes are identical
+    end_to_end_samples_per_s: float
+
+    @property
+    def codes_identical(self) -> bool:
+        return self.differing_codes == 0
+
+    @property
+    def near_ties_only(self) -> bool:
+        """Every differing code (if any) is a float near-tie."""
+        return self.largest_gap < TIE_TOLERANCE
+
+    def images_per_s(self, seconds: list[float]) -> list[float]:
+        return [self.images / s for s in seconds]
+
+    @property
+    def median_ratio(self) -> float:
+        batched, single = self.images_per_s(self.batched_s), self.images_per_s(self.one_at_a_time_s)
+        return statistics.median(batched) / statistics.median(single)
+
+    @property
+    def best_ratio(self) -> float:
+        return max(self.images_per_s(self.batched_s)) / max(self.images_per_s(self.one_at_a_time_s))
+
+
+def timed(encode: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
+    with torch.inference_mode():
+        started = time.perf_counter()
+        codes = encode()
+        return time.perf_counter() - started, codes
+
+
+def measure_encoding(
+    tokenizer: ImageTokenizer, crops: torch.Tensor, batch_size: int, rounds: int
+) -> tuple[list[float], list[float], np.ndarray, np.ndarray]:
+    """Alternate both sides ``rounds`` times (batched first in even rounds); their seconds and last codes."""
+
+    def batched() -> np.ndarray:
+        return encode_crops(tokenizer, crops, batch_size)
+
+    def one_at_a_time() -> np.ndarray:
+        return encode_one_at_a_time(tokenizer, crops)
+
+    timed(lambda: encode_crops(tokenizer, crops[:batch_size], batch_size))
+    timed(lambda: encode_one_at_a_time(tokenizer, crops[:batch_size]))
+    batched_s, single_s = [], []
+    for round_index in range(rounds):
+        if round_index % 2 == 0:
+            (batched_time, batched_codes), (single_time, single_codes) = timed(batched), timed(one_at_a_time)
+        else:
+            (single_time, single_codes), (batched_time, batched_codes) = timed(one_at_a_time), timed(batched)
+        batched_s.append(batched_time)
+        single_s.append(single_time)
+    return batched_s, single_s, batched_codes, single_codes
+
+
+def end_to_end_samples_per_s(
+    tokenizer: ImageTokenizer, scratch: Path, samples: int, samples_per_shard: int, options: CropOptions, batch: int
+) -> float:
+    """Samples/s of one :func:`pretokenize_4m` run (in this process) over a fresh synthetic rgb shard tree."""
+    source = scratch / "scenes"
+    write_shards(source, samples, samples_per_shard, seed=SEED, size=options.image_size, modalities=("rgb",))
+    started = time.perf_counter()
+    report = pretokenize_4m(
+        source, {"rgb": tokenizer}, scratch / "tokens", options, batch_size=batch, cache_dir=scratch / "cache"
+    )
+    seconds = time.perf_counter() - started
+    if report.skipped_samples:
+        raise RuntimeError(f"pretokenize_4m skipped {len(report.skipped_samples)} synthetic samples")
+    return samples / seconds
+
+
+def encoding_report(result: EncodingResult, image_size: int, grid: tuple[int, int]) -> str:
+    batched = result.images_per_s(result.batched_s)
+    single = result.images_per_s(result.one_at_a_time_s)
+    if result.codes_identical:
+        codes_line = "codes identical: True"
+    else:
+        verdict = "float near-ties only" if result.near_ties_only else "the two sides DISAGREE"
+        codes_line = (
+            f"codes identical: False ({result.differing_codes} of {result.total_codes} differ; largest similarity "
+            f"gap {result.largest_gap:.1e}, tolerance {TIE_TOLERANCE:.0e}: {verdict})"
+        )
+    return "\n".join(
+        [
+            f"encode: {result.images} crops of {image_size}x{image_size} -> {grid[0]}x{grid[1]} codes, "
+            f"{len(batched)} rounds, batched {result.batch_size} per pass vs one at a time",
+            f"  {'':30}{'median images/s':>17}{'best images/s':>15}",
+            f"  {'batched (A)':30}{statistics.median(batched):17.0f}{max(batched):15.0f}",
+            f"  {'one at a time (B)':30}{statistics.median(single):17.0f}{max(single):15.0f}",
+            f"  {'ratio batched/one-at-a-time':30}{result.median_ratio:17.2f}{result.best_ratio:15.2f}",
+            codes_line,
+        ]
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=512, help="crops encoded per side and round")
+    parser.add_argument(
+        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="crops per forward pass of the batched side"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="A/B rounds")
+    parser.add_argument("--samples", type=int, default=400, help="scenes in the end-to-end shard tree")
+    parser.add_argument("--samples-per-shard", type=int, default=100)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads before measuring (default: torch's own choice); 1 on a busy box",
+    )
+    args = parser.parse_args(argv)
+    for name in ("images", "batch_size", "rounds", "samples", "samples_per_shard"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> EncodingResult:
+    """Measure both sides and the end-to-end run, print the report and return the measurements."""
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+        f"{os.cpu_count()} CPUs, {platform.platform()}",
+        flush=True,
+    )
+    tokenizer, image_size = build_tokenizer()
+    crops = render_crops(args.images, image_size)
+    batched_s, single_s, batched_codes, single_codes = measure_encoding(tokenizer, crops, args.batch_size, args.rounds)
+    gaps = similarity_gaps(tokenizer, crops, batched_codes, single_codes)
+    options = CropOptions(image_size=image_size, seed=SEED)
+    with tempfile.TemporaryDirectory(prefix="pretokenize-") as scratch:
+        samples_per_s = end_to_end_samples_per_s(
+            tokenizer, Path(scratch), args.samples, args.samples_per_shard, options, args.batch_size
+        )
+    result = EncodingResult(
+        images=args.images,
+        batch_size=args.batch_size,
+        batched_s=batched_s,
+        one_at_a_time_s=single_s,
+        total_codes=batched_codes.size,
+        differing_codes=int(gaps.size),
+        largest_gap=float(gaps.max(initial=0.0)),
+        end_to_end_samples_per_s=samples_per_s,
+    )
+    print(encoding_report(result, image_size, tokenizer.latent_grid(image_size)), flush=True)
+    print(
+        f"end to end: pretokenize_4m over {args.samples} samples x {options.n_crops} crops "
+        f"({-(-args.samples // args.samples_per_shard)} shards, 1 process, batch {args.batch_size}): "
+        f"{samples_per_s:.0f} samples/s ({samples_per_s * options.n_crops:.0f} crops/s)",
+        flush=True,
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()

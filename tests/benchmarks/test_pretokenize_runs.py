@@ -1,0 +1,69 @@
+"""Smoke test of benchmarks/pretokenize.py: it runs, prints both sides and their ratio, both sides give the same
+codes, and its code comparison does catch codes that really disagree."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pretokenize.py"
+TINY = ["--images", "12", "--batch-size", "5", "--rounds", "2", "--samples", "4", "--samples-per-shard", "2"]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("pretokenize_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+    return load_benchmark()
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_run_prints_both_rates_a_positive_ratio_and_identical_codes(benchmark, restore_threads, capsys):
+    result = benchmark.main([*TINY, "--threads", "1"])
+    output = capsys.readouterr().out
+    assert re.search(r"batched \(A\)\s+\d+\s+\d+", output) and re.search(r"one at a time \(B\)\s+\d+\s+\d+", output)
+    assert re.search(r"ratio batched/one-at-a-time\s+\d+\.\d+\s+\d+\.\d+", output)
+    assert re.search(r"end to end: pretokenize_4m over 4 samples x 5 crops .*: \d+ samples/s", output)
+    assert len(result.batched_s) == len(result.one_at_a_time_s) == 2
+    assert result.median_ratio > 0 and result.best_ratio > 0 and result.end_to_end_samples_per_s > 0
+    assert result.total_codes == 12 * 8 * 8
+    # Exactly equal, or differing only where two codes are float near-ties (batch 1 and 5 run other conv kernels).
+    assert result.near_ties_only
+    assert f"codes identical: {result.codes_identical}" in output
+
+
+def test_similarity_gaps_are_empty_for_equal_codes_and_large_for_codes_of_other_crops(benchmark):
+    tokenizer, size = benchmark.build_tokenizer()
+    crops = benchmark.render_crops(4, size)
+    with torch.inference_mode():
+        codes = benchmark.encode_crops(tokenizer, crops, 4)
+        single = benchmark.encode_one_at_a_time(tokenizer, crops)
+    assert np.array_equal(codes, single) or benchmark.similarity_gaps(tokenizer, crops, codes, single).max() < 1e-4
+    assert benchmark.similarity_gaps(tokenizer, crops, codes, codes).size == 0
+    shifted = np.roll(codes, 1, axis=0)  # each crop gets its neighbour's codes: a batching bug
+    gaps = benchmark.similarity_gaps(tokenizer, crops, codes, shifted)
+    assert gaps.size == np.count_nonzero(codes != shifted) > 0
+    assert gaps.max() > benchmark.TIE_TOLERANCE
+
+
+@pytest.mark.parametrize("argv", [["--images", "0"], ["--rounds", "0"], ["--batch-size", "0"], ["--threads", "0"]])
+def test_bad_arguments_are_rejected(benchmark, argv, capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(argv)
+    assert "error" in capsys.readouterr().err
