@@ -15,9 +15,11 @@ cropped, flipped and resized with the interpolation training uses for it.
 
 Keys and their order follow the source shards. A sample that cannot be read (corrupt image, missing member)
 or whose modalities disagree on their size is left out of *every* output tar of its shard, so the outputs stay
-key-aligned with each other (training on ``[tok_rgb,crop_settings]`` stays valid; a loader that also reads the
-raw modalities sees those keys as missing members and skips them). Such samples are counted and listed in the
-returned :class:`PretokenizeReport`.
+key-aligned with each other (training on ``[tok_rgb,crop_settings]`` stays valid). Such samples are counted and
+listed in the returned :class:`PretokenizeReport`. Training that also reads the raw modalities
+(``[rgb,tok_rgb,crop_settings]``) still works: :class:`MultimodalShards` aligns modalities by key, so a left-out
+sample is a ``missing_member`` the loader counts and replaces, unless more than half of a shard's samples were
+left out, which :mod:`~polymodal.data.multimodal.shard_index` rejects as modalities that do not belong together.
 
 Resuming: each output tar is written to a temporary name and renamed into place, so an existing output is
 complete. A shard whose outputs all exist is skipped; any other shard is redone in full (deterministic seeding

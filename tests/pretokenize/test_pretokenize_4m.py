@@ -1,5 +1,6 @@
 """pretokenize-4m: key-aligned token and crop-settings shards whose codes equal the tokenizer applied by hand to
-the stored crops, resumable runs, and corrupt samples left out of every output of their shard."""
+the stored crops, resumable runs, and corrupt samples left out of every output of their shard (and skipped when
+training reads raw and pre-tokenized modalities together)."""
 
 import io
 import tarfile
@@ -13,6 +14,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from polymodal.config import ConfigError, instantiate
+from polymodal.data.multimodal import MultimodalShards, ResumableLoader, SampleError
 from polymodal.data.multimodal.decode import decode_member
 from polymodal.data.synth.writers import write_shards
 from polymodal.pretokenize.fourm import (
@@ -65,6 +67,19 @@ def read_raw(path: Path) -> dict[str, bytes]:
 
 def source_keys(root: Path, shard: str) -> list[str]:
     return list(read_raw(root / "rgb" / shard))
+
+
+def corrupt_rgb(shard: Path, position: int) -> str:
+    """Replace the PNG at ``position`` of an rgb tar with undecodable bytes; return its key."""
+    members = read_raw(shard)
+    bad_key = list(members)[position]
+    members[bad_key] = b"\x89PNG not really"
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, data in members.items():
+            info = tarfile.TarInfo(f"{key}.rgb.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return bad_key
 
 
 def outputs(root: Path) -> list[Path]:
@@ -167,22 +182,44 @@ def test_rerun_skips_complete_shards_and_redoes_a_deleted_output(pretokenized, t
 def test_a_corrupt_image_is_reported_and_left_out_of_every_output(tmp_path, tokenizers):
     root = tmp_path / "scenes"
     write_shards(root, num_samples=12, samples_per_shard=6, size=SIZE, modalities=MODALITIES)
-    shard = root / "rgb" / "shard-00001.tar"
-    members = read_raw(shard)
-    bad_key = list(members)[2]
-    members[bad_key] = b"\x89PNG not really"
-    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, data in members.items():
-            info = tarfile.TarInfo(f"{key}.rgb.png")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    keys = source_keys(root, "shard-00001.tar")
+    bad_key = corrupt_rgb(root / "rgb" / "shard-00001.tar", position=2)
     report = pretokenize_4m(root, tokenizers, options=OPTIONS, cache_dir=tmp_path / "cache")
     assert [(s.key, s.reason) for s in report.skipped_samples] == [(bad_key, "corrupt_image")]
     assert "shard-00001.tar" in report.skipped_samples[0].shard and "rgb.png" in report.skipped_samples[0].detail
-    expected = [k for k in members if k != bad_key]
+    expected = [k for k in keys if k != bad_key]
     for folder in ("tok_rgb", "tok_depth", "crop_settings"):
         assert [name.split(".")[0] for name in read_tar(root / folder / "shard-00001.tar")] == expected
         assert len(read_tar(root / folder / "shard-00000.tar")) == 6
+
+
+def test_training_on_raw_and_pretokenized_modalities_skips_the_left_out_sample(tmp_path, tokenizers):
+    root = tmp_path / "scenes"
+    write_shards(root, num_samples=12, samples_per_shard=6, size=SIZE, modalities=("rgb",))
+    bad_key = corrupt_rgb(root / "rgb" / "shard-00001.tar", position=2)
+    report = pretokenize_4m(root, {"rgb": tokenizers["rgb"]}, options=OPTIONS, cache_dir=tmp_path / "cache")
+    assert [s.key for s in report.skipped_samples] == [bad_key]
+
+    pattern = f"{root}/[rgb,tok_rgb,crop_settings]/shard-{{00000..00001}}.tar"
+    dataset = MultimodalShards(pattern, cache_dir=tmp_path / "cache")
+    assert len(dataset) == 12 and dataset.skips.total == 0
+    bad_id = 6 + 2
+    assert dataset.index.locate(bad_id) == (1, bad_key)
+    with pytest.raises(SampleError) as caught:
+        dataset[bad_id]
+    assert caught.value.reason == "missing_member" and "tok_rgb" in caught.value.detail
+
+    loader = ResumableLoader(dataset, batch_size=4, seed=0)
+    batches = [next(loader) for _ in range(loader.batches_per_epoch)]
+    ids = torch.cat([batch["sample_id"] for batch in batches]).tolist()
+    assert len(ids) == 12 and set(ids) == set(range(12)) - {bad_id}  # one sample seen twice in its place
+    assert loader.skip_counts() == {"missing_member": 1}
+    for batch in batches:
+        assert batch["rgb"].shape == (4, 3, SIZE, SIZE)
+        assert batch["tok_rgb"].shape == (4, N_CROPS, (SIZE // 8) ** 2)
+        for row, sample_id in enumerate(batch["sample_id"].tolist()):  # each row holds its own key's crops
+            key = dataset.index.locate(sample_id)[1]
+            assert np.array_equal(batch["crop_settings"][row].numpy(), crop_settings(key, SIZE, SIZE, OPTIONS))
 
 
 def test_cli_runs_and_bad_arguments_are_clear_errors(tmp_path, capsys):

@@ -6,12 +6,27 @@ a sample is then read with one range request per modality.
 
 A tar cut short (a partly written or partly copied shard) keeps its complete members: members whose data
 runs past the end of the file, and everything after a damaged header, are dropped, and the tar is listed in
-:attr:`ShardIndex.truncated`. Its keys must then be a prefix of the other modalities' keys; the samples it
-lacks surface later as missing members. Apart from that, keys must be identical and identically ordered in
-every modality of a shard.
+:attr:`ShardIndex.truncated`.
 
-The index is cached as JSON under a name derived from the URLs and their sizes and versions (mtime locally,
-ETag on S3), so rebuilding for unchanged shards is a single file read.
+Modalities are aligned by key, not by position (upstream 4M zips the tar streams and so raises on any
+divergence). The samples of a shard are the union of its modalities' keys, in this order: the first
+modality's keys in its tar order; a key only later modalities have follows the key that precedes it in the
+first modality that has it (or leads the shard if it comes first there). When one modality holds a subset of
+another's keys in the same order -- samples dropped by ``pretokenize-4m``, a truncated tar -- the order is
+therefore the full tar order whichever modality is listed first. A key some tar lacks is still a sample; its
+member there is ``None`` and reading it is a counted, skipped ``missing_member``.
+
+Two cases are configuration errors rather than bad samples:
+
+* a modality whose tar has keys but shares none with the other modalities of its shard (wrong folder, wrong
+  shard numbering);
+* more than :data:`MAX_MISMATCHED_KEY_FRACTION` of a shard's keys missing from some complete (not truncated)
+  tar: that is modalities written from different sample sets, not a few dropped samples. Keys a truncated tar
+  lost are not counted, since truncation is already reported per tar.
+
+The index is cached as JSON under a name derived from the index format, the URLs and their sizes and versions
+(mtime locally, ETag on S3), so rebuilding for unchanged shards is a single file read and a cache written in
+another format is never read.
 """
 
 from __future__ import annotations
@@ -32,10 +47,14 @@ from polymodal.data.text.atomic_files import atomic_output, exclusive_lock
 
 logger = logging.getLogger(__name__)
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: members aligned with the shard's keys, None where a tar lacks a key
 END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE  # two zero blocks close every well-formed tar
 # Read-ahead while scanning headers: covers several small members per request without buffering big shards.
 SCAN_BLOCK_SIZE = 1 << 20
+MAX_MISMATCHED_KEY_FRACTION = 0.5
+EXAMPLE_KEYS = 3  # keys quoted per modality in error messages
+
+Member = tuple[str, int, int]  # (extension, offset, size)
 
 
 @dataclass(frozen=True)
@@ -53,7 +72,7 @@ class TarScan:
     """The regular-file members of one tar in archive order, and why the scan stopped early (if it did)."""
 
     keys: list[str] = field(default_factory=list)
-    members: list[tuple[str, int, int]] = field(default_factory=list)  # (extension, offset, size) per key
+    members: list[Member] = field(default_factory=list)  # one per key
     truncated: str | None = None
 
 
@@ -107,33 +126,84 @@ def scan_tar(fs: AbstractFileSystem, url: str, file_size: int) -> TarScan:
     return scan
 
 
-def check_keys_agree(shard_name: str, scans: dict[str, TarScan]) -> list[str]:
-    """The shard's sample keys; raise naming the shard and the first diverging key if the modalities disagree."""
-    reference_modality = max(scans, key=lambda m: len(scans[m].keys))
-    reference = scans[reference_modality].keys
-    for modality, scan in scans.items():
-        for position, (key, expected) in enumerate(zip(scan.keys, reference, strict=False)):
-            if key != expected:
-                raise ValueError(
-                    f"{shard_name}: keys diverge at sample {position}: modality {modality!r} has {key!r} "
-                    f"but {reference_modality!r} has {expected!r}"
-                )
-        if len(scan.keys) < len(reference) and scan.truncated is None:
+def merge_key_orders(orders: list[list[str]]) -> list[str]:
+    """Every key of ``orders`` once: ``orders[0]`` in order, each key new in a later order placed right after the
+    key preceding it there (see the module docstring)."""
+    known = set(orders[0])
+    followers: dict[str | None, list[str]] = {}  # key -> keys inserted right after it; None: at the start
+    for keys in orders[1:]:
+        previous = None
+        for key in keys:
+            if key not in known:
+                known.add(key)
+                followers.setdefault(previous, []).append(key)
+            previous = key
+    merged: list[str] = []
+    pending = list(reversed(followers.get(None, []) + orders[0]))
+    while pending:
+        key = pending.pop()
+        merged.append(key)
+        pending.extend(reversed(followers.get(key, [])))
+    return merged
+
+
+def _first_keys(scans: dict[str, TarScan]) -> str:
+    return "; ".join(f"{m}: {scan.keys[:EXAMPLE_KEYS]}" for m, scan in scans.items())
+
+
+def check_modalities_share_keys(shard_name: str, scans: dict[str, TarScan]) -> None:
+    """Raise if a modality's tar has keys but none in common with the other modalities of the shard."""
+    key_sets = {m: set(scan.keys) for m, scan in scans.items()}
+    for modality, keys in key_sets.items():
+        others = [m for m in key_sets if m != modality]
+        other_keys = set().union(*(key_sets[m] for m in others))
+        if keys and other_keys and keys.isdisjoint(other_keys):
             raise ValueError(
-                f"{shard_name}: keys diverge at sample {len(scan.keys)}: modality {modality!r} has no key "
-                f"{reference[len(scan.keys)]!r} (it ends after {len(scan.keys)} samples, {reference_modality!r} "
-                f"has {len(reference)})"
+                f"{shard_name}: modality {modality!r} shares no key with {others} (first keys {_first_keys(scans)}); "
+                "is a folder or the shard numbering wrong?"
             )
-    return reference
+
+
+def align_members(shard_name: str, scans: dict[str, TarScan]) -> tuple[list[str], dict[str, list[Member | None]]]:
+    """The shard's sample keys and, per modality, the member of each key (None where its tar lacks the key).
+
+    Raises for the configuration errors listed in the module docstring; logs the keys some tar lacks.
+    """
+    check_modalities_share_keys(shard_name, scans)
+    keys = merge_key_orders([scan.keys for scan in scans.values()])
+    members = {}
+    for modality, scan in scans.items():
+        by_key = dict(zip(scan.keys, scan.members, strict=True))
+        members[modality] = [by_key.get(key) for key in keys]
+    lacking = {m: sum(member is None for member in members[m]) for m in scans if scans[m].truncated is None}
+    mismatched = [key for i, key in enumerate(keys) if any(members[m][i] is None for m in lacking)]
+    if not mismatched:
+        return keys, members
+    counts = ", ".join(f"{m} lacks {n}" for m, n in lacking.items() if n)
+    if len(mismatched) > MAX_MISMATCHED_KEY_FRACTION * len(keys):
+        raise ValueError(
+            f"{shard_name}: {len(mismatched)} of {len(keys)} keys are missing from a complete tar ({counts}; "
+            f"first keys {_first_keys(scans)}); more than {MAX_MISMATCHED_KEY_FRACTION:.0%} means the modalities "
+            "were written from different samples"
+        )
+    logger.warning(
+        "%s: %d of %d keys are missing from a complete tar (%s, e.g. %s); their samples are skipped as missing members",
+        shard_name,
+        len(mismatched),
+        len(keys),
+        counts,
+        mismatched[:EXAMPLE_KEYS],
+    )
+    return keys, members
 
 
 @dataclass
 class IndexedShard:
-    """One shard: its URL per modality, its sample keys, and per modality the members of a prefix of them."""
+    """One shard: its URL per modality, its sample keys, and per modality the member of each key (or None)."""
 
     urls: dict[str, str]
     keys: list[str]
-    members: dict[str, list[tuple[str, int, int]]]
+    members: dict[str, list[Member | None]]
 
     def __post_init__(self) -> None:
         self.positions = {key: position for position, key in enumerate(self.keys)}
@@ -155,7 +225,7 @@ class ShardIndex:
         return self._ends[-1] if self._ends else 0
 
     def locate(self, sample_id: int) -> tuple[int, str]:
-        """The shard number and key of a global sample id (shards in pattern order, keys in tar order)."""
+        """The shard number and key of a global sample id (shards in pattern order, keys in shard order)."""
         if not 0 <= sample_id < len(self):
             raise IndexError(f"sample id {sample_id} out of range for {len(self)} samples")
         shard = bisect.bisect_right(self._ends, sample_id)
@@ -163,15 +233,14 @@ class ShardIndex:
         return shard, self.shards[shard].keys[sample_id - start]
 
     def member(self, shard: int, modality: str, key: str) -> MemberLocation | None:
-        """Where ``key``'s member of ``modality`` is, or None if that tar lacks it (it was truncated)."""
+        """Where ``key``'s member of ``modality`` is, or None if that tar lacks it (truncated or left out)."""
         entry = self.shards[shard]
         if modality not in entry.urls:
             raise ValueError(f"modality {modality!r} is not indexed; indexed: {list(entry.urls)}")
-        position = entry.positions[key]
-        members = entry.members[modality]
-        if position >= len(members):
+        member = entry.members[modality][entry.positions[key]]
+        if member is None:
             return None
-        extension, offset, size = members[position]
+        extension, offset, size = member
         return MemberLocation(entry.urls[modality], extension, offset, size)
 
     def to_json(self) -> dict[str, Any]:
@@ -185,14 +254,12 @@ class ShardIndex:
     def from_json(cls, payload: dict[str, Any]) -> ShardIndex:
         if payload.get("format") != INDEX_FORMAT:
             raise ValueError(f"shard index format {payload.get('format')!r}, expected {INDEX_FORMAT}")
-        shards = [
-            IndexedShard(
-                urls=s["urls"],
-                keys=s["keys"],
-                members={m: [tuple(entry) for entry in entries] for m, entries in s["members"].items()},
-            )
-            for s in payload["shards"]
-        ]
+        shards = []
+        for s in payload["shards"]:
+            members = {m: [None if e is None else tuple(e) for e in entries] for m, entries in s["members"].items()}
+            if set(members) != set(s["urls"]) or any(len(entries) != len(s["keys"]) for entries in members.values()):
+                raise ValueError(f"shard index entry for {s['urls']} does not give one member slot per key")
+            shards.append(IndexedShard(urls=s["urls"], keys=s["keys"], members=members))
         return cls(shards, payload["truncated"])
 
     @classmethod
@@ -210,8 +277,7 @@ class ShardIndex:
                         "truncated shard %s: %s; indexed its %d complete members", url, scan.truncated, len(scan.keys)
                     )
             shard_name = f"shard {shard_number} ({', '.join(urls_of_shard.values())})"
-            keys = check_keys_agree(shard_name, scans)
-            shards.append(IndexedShard(urls_of_shard, keys, {m: s.members for m, s in scans.items()}))
+            shards.append(IndexedShard(urls_of_shard, *align_members(shard_name, scans)))
         return cls(shards, truncated)
 
     @classmethod

@@ -1,10 +1,12 @@
 """Map-style dataset over 4M-layout multimodal shards, local or on S3 (any fsspec URL).
 
 ``MultimodalShards("root/[rgb,depth,caption]/shard-{00000..00099}.tar")[i]`` is a dict
-``{modality: value}`` for global sample ``i`` (shards in pattern order, samples in tar order). Only that
-sample's members are read, one range request per modality; values are decoded as described in
+``{modality: value}`` for global sample ``i`` (shards in pattern order, samples in the key order of
+:mod:`polymodal.data.multimodal.shard_index`: tar order when the modalities agree). Only that sample's members
+are read, one range request per modality; values are decoded as described in
 :mod:`polymodal.data.multimodal.decode`. A sample that cannot be produced raises :class:`SampleError`
-for the loader to count and skip.
+for the loader to count and skip; one whose key some modality's tar lacks raises ``missing_member`` before
+any of its bytes are read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import fsspec
 from torch.utils.data import Dataset
 
 from polymodal.data.multimodal.decode import DecodeError, decode_member
-from polymodal.data.multimodal.shard_index import ShardIndex
+from polymodal.data.multimodal.shard_index import MemberLocation, ShardIndex
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.skips import SampleError, SkipCounter
 
@@ -68,11 +70,20 @@ class MultimodalShards(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def read_member(self, sample_id: int, shard: int, modality: str, key: str) -> Any:
-        location = self.index.member(shard, modality, key)
-        if location is None:
-            url = self.index.shards[shard].urls[modality]
-            raise SampleError("missing_member", sample_id, f"{url} has no {modality} member for key {key!r}")
+    def locate_members(self, sample_id: int) -> tuple[str, dict[str, MemberLocation]]:
+        """The key of a sample and where each loaded modality's member of it is; ``missing_member`` if a tar
+        lacks it."""
+        shard, key = self.index.locate(sample_id)
+        locations = {}
+        for modality in self.modalities:
+            location = self.index.member(shard, modality, key)
+            if location is None:
+                url = self.index.shards[shard].urls[modality]
+                raise SampleError("missing_member", sample_id, f"{url} has no {modality} member for key {key!r}")
+            locations[modality] = location
+        return key, locations
+
+    def read_member(self, sample_id: int, modality: str, key: str, location: MemberLocation) -> Any:
         where = f"{location.url} member {key}.{location.extension}"
         try:
             data = self.fs.cat_file(location.url, start=location.offset, end=location.offset + location.size)
@@ -86,5 +97,5 @@ class MultimodalShards(Dataset):
             raise SampleError(error.reason, sample_id, f"{where}: {error}") from error
 
     def __getitem__(self, sample_id: int) -> dict[str, Any]:
-        shard, key = self.index.locate(sample_id)
-        return {self.rename.get(m, m): self.read_member(sample_id, shard, m, key) for m in self.modalities}
+        key, locations = self.locate_members(sample_id)
+        return {self.rename.get(m, m): self.read_member(sample_id, m, key, loc) for m, loc in locations.items()}

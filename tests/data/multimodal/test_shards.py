@@ -285,19 +285,115 @@ def test_missing_shard_file_is_named(tree, tmp_path):
 # ---------------------------------------------------------------- bad data
 
 
-def test_key_divergence_names_shard_and_key(tree, tmp_path):
-    root, _ = tree
+def assert_missing_member(dataset: MultimodalShards, sample_id: int, modality: str, key: str) -> None:
+    with pytest.raises(SampleError) as caught:
+        dataset[sample_id]
+    assert caught.value.reason == "missing_member" and caught.value.sample_id == sample_id
+    assert f"{modality}/shard-" in caught.value.detail and repr(key) in caught.value.detail
+
+
+def test_modalities_are_aligned_by_key_not_position(tree, tmp_path):
+    root, expected = tree
     members = read_tar(root / "depth" / "shard-00001.tar")
     rewrite_tar(root, "depth", 1, [members[0], members[2], members[1]])
-    with pytest.raises(ValueError, match=r"shard 1 .*depth/shard-00001.tar.*'00000005'"):
-        MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=tmp_path / "cache")
+    dataset = MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=tmp_path / "cache")
+    assert [dataset.index.locate(i)[1] for i in range(9)] == [f"{i:08d}" for i in range(9)]  # rgb's order
+    for sample_id in range(9):
+        sample = dataset[sample_id]
+        assert torch.equal(sample["rgb"], expected[sample_id]["rgb"])
+        assert torch.equal(sample["depth"], expected[sample_id]["depth"])
 
 
-def test_complete_tar_with_fewer_keys_is_divergence(tree, tmp_path):
+@pytest.mark.parametrize("dropped", [1, 2])  # a key inside the tar, or its last key (the tar is complete)
+def test_key_missing_from_one_tar_is_a_missing_member_sample(tree, tmp_path, dropped):
+    root, expected = tree
+    members = read_tar(root / "label" / "shard-00001.tar")
+    rewrite_tar(root, "label", 1, members[:dropped] + members[dropped + 1 :])
+    dataset = MultimodalShards(pattern_of(root, ["rgb", "label"]), cache_dir=tmp_path / "cache")
+    keys = [dataset.index.locate(i)[1] for i in range(len(dataset))]
+    assert keys == [f"{i:08d}" for i in range(9)]
+    assert_missing_member(dataset, 3 + dropped, "label", f"{3 + dropped:08d}")
+    for sample_id in set(range(9)) - {3 + dropped}:
+        assert dataset[sample_id]["label"] == expected[sample_id]["label"]
+    assert dataset.skips.total == 0  # counted when read, by the loader
+    # The sample order does not depend on which modality is listed first.
+    swapped = MultimodalShards(pattern_of(root, ["label", "rgb"]), cache_dir=tmp_path / "cache")
+    assert [swapped.index.locate(i)[1] for i in range(len(swapped))] == keys
+
+
+def test_key_only_some_modalities_have_is_a_sample_the_others_lack(tree, tmp_path):
     root, _ = tree
-    rewrite_tar(root, "label", 2, read_tar(root / "label" / "shard-00002.tar")[:2])
-    with pytest.raises(ValueError, match=r"shard 2 .*no key '00000008'"):
+    members = read_tar(root / "rgb" / "shard-00000.tar")
+    rewrite_tar(root, "rgb", 0, [members[0], members[2]])
+    extra = ("00000099.caption.json", b'["only a caption"]')
+    captions = read_tar(root / "caption" / "shard-00000.tar")
+    rewrite_tar(root, "caption", 0, [*captions, extra])
+    dataset = MultimodalShards(pattern_of(root, ["rgb", "depth", "caption"]), cache_dir=tmp_path / "cache")
+    assert [dataset.index.locate(i) for i in range(5)] == [
+        (0, "00000000"),
+        (0, "00000001"),  # after its predecessor in depth, not at the end
+        (0, "00000002"),
+        (0, "00000099"),
+        (1, "00000003"),
+    ]
+    assert len(dataset) == 10
+    assert_missing_member(dataset, 1, "rgb", "00000001")
+    assert_missing_member(dataset, 3, "rgb", "00000099")
+
+
+@pytest.mark.parametrize(
+    "orders, merged",
+    [
+        ([["a", "b", "c"], ["a", "b", "c"]], ["a", "b", "c"]),
+        ([["a", "c", "e"], ["a", "b", "c", "d", "e", "f"]], ["a", "b", "c", "d", "e", "f"]),
+        ([["c", "a"], ["x", "y", "a", "z"], ["w", "c", "v"]], ["x", "y", "w", "c", "v", "a", "z"]),
+        ([[], ["b", "a"]], ["b", "a"]),
+    ],
+)
+def test_merge_key_orders(orders, merged):
+    assert shard_index_module.merge_key_orders(orders) == merged
+
+
+def test_modality_sharing_no_key_is_an_error_naming_shard_and_keys(tree, tmp_path):
+    root, _ = tree
+    rewrite_tar(root, "depth", 1, read_tar(root / "depth" / "shard-00002.tar"))  # wrong shard numbering
+    with pytest.raises(ValueError) as caught:
+        MultimodalShards(pattern_of(root, ["rgb", "caption", "depth"]), cache_dir=tmp_path / "cache")
+    message = str(caught.value)
+    assert "shard 1 (" in message and "depth/shard-00001.tar" in message
+    assert "modality 'depth' shares no key with ['rgb', 'caption']" in message
+    assert "rgb: ['00000003', '00000004', '00000005']" in message
+    assert "depth: ['00000006', '00000007', '00000008']" in message
+
+
+def test_mostly_mismatched_shard_is_an_error(tree, tmp_path):
+    root, _ = tree
+    rewrite_tar(root, "label", 2, read_tar(root / "label" / "shard-00002.tar")[:1])
+    with pytest.raises(ValueError, match=r"shard 2 .*2 of 3 keys are missing from a complete tar \(label lacks 2"):
         MultimodalShards(pattern_of(root, ["rgb", "label"]), cache_dir=tmp_path / "cache")
+
+
+def test_index_cached_in_an_older_format_is_rebuilt_not_misread(tree, tmp_path, monkeypatch):
+    root, expected = tree
+    cache = tmp_path / "cache"
+    members = read_tar(root / "depth" / "shard-00001.tar")
+    rewrite_tar(root, "depth", 1, [members[0], members[2]])
+    MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=cache)
+    (cache_file,) = cache.glob("shard-index-*.json")
+    payload = json.loads(cache_file.read_text())
+    for shard in payload["shards"]:  # format 1 listed each tar's members without gaps: misaligned here
+        shard["members"] = {m: [e for e in entries if e is not None] for m, entries in shard["members"].items()}
+    for stale_format in (1, None):
+        payload["format"] = stale_format
+        cache_file.write_text(json.dumps(payload))
+        dataset = MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=cache)
+        assert_missing_member(dataset, 4, "depth", "00000004")
+        assert torch.equal(dataset[5]["depth"], expected[5]["depth"])
+        assert json.loads(cache_file.read_text())["format"] == shard_index_module.INDEX_FORMAT
+    # The format is part of the cache name too, so an index of another format is not even opened.
+    monkeypatch.setattr(shard_index_module, "INDEX_FORMAT", shard_index_module.INDEX_FORMAT + 1)
+    MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=cache)
+    assert len(list(cache.glob("shard-index-*.json"))) == 2
 
 
 def test_corrupt_png_raises_sample_error(tree, tmp_path):
