@@ -74,6 +74,15 @@ def select_and_rename(
     return selected
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of consolidated weights: a ``.safetensors`` file or an export directory (never unpickles)."""
+    path = Path(path)
+    file = path / WEIGHTS_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no weights at {file} (export a checkpoint with `polymodal export`)")
+    return load_file(str(file))
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | Path,
@@ -86,13 +95,9 @@ def load_pretrained(
 
     Returns the model keys left untouched and the checkpoint keys that found no home. Shape mismatches are errors.
     """
-    path = Path(path)
-    file = path / WEIGHTS_FILE if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"no weights at {file} (export a checkpoint with `polymodal export`)")
-    state = select_and_rename(load_file(str(file)), include, exclude, rename)
+    state = select_and_rename(read_weights(path), include, exclude, rename)
     if not state:
-        raise ValueError(f"the include/exclude filters keep no weights from {file}")
+        raise ValueError(f"the include/exclude filters keep no weights from {path}")
     own = model.state_dict()
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
@@ -105,7 +110,7 @@ def load_pretrained(
     log.info(
         "initialised %d tensors from %s (%d model keys untouched, %d checkpoint keys unused)",
         len(state) - len(result.unexpected_keys),
-        file,
+        path,
         len(result.missing_keys),
         len(result.unexpected_keys),
     )

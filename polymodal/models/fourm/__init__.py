@@ -8,5 +8,26 @@ those the decoder predicts. Modalities in the batch but not in the model are ign
 
 from polymodal.models.fourm.model import DecoderQueries, EncoderTokens, FourM
 from polymodal.models.fourm.sizes import SIZES, VARIANTS, build_fourm
+from polymodal.models.fourm.vit import (
+    ClassificationHead,
+    FourMViT,
+    FourMViTClassifier,
+    build_fourm_vit,
+    from_fourm,
+    load_fourm_weights,
+)
 
-__all__ = ["SIZES", "VARIANTS", "DecoderQueries", "EncoderTokens", "FourM", "build_fourm"]
+__all__ = [
+    "SIZES",
+    "VARIANTS",
+    "ClassificationHead",
+    "DecoderQueries",
+    "EncoderTokens",
+    "FourM",
+    "FourMViT",
+    "FourMViTClassifier",
+    "build_fourm",
+    "build_fourm_vit",
+    "from_fourm",
+    "load_fourm_weights",
+]
