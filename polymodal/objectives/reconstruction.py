@@ -42,6 +42,11 @@ def mean_iou(predicted_ids: Tensor, target_ids: Tensor, num_classes: int) -> Ten
     return (intersection[occurring] / union[occurring]).mean()
 
 
+def chroma(images: Tensor) -> Tensor:
+    """The colour of ``[B, 3, H, W]`` images without their brightness: each channel minus the pixel's mean."""
+    return images - images.mean(dim=1, keepdim=True)
+
+
 def codebook_usage(usage: Tensor) -> Tensor:
     """The fraction of the codebook used at least once (``usage`` holds the per-code counts)."""
     return (usage > 0).float().mean()
@@ -56,9 +61,19 @@ class ReconstructionLoss(Objective):
         pixel_loss: ``l1`` or ``mse`` for the continuous modalities (semseg always uses cross-entropy).
         vq_weight: weight of the quantizer's loss.
         psnr_range: the PSNR peak value; default 1 for rgb, 2 for normals, each target's range for depth.
+        chroma_weight: rgb only: extra weight on the chroma error (each pixel minus its grey level). A small
+            codebook learns luminance first and averages hues to grey for a long time; this term makes a wrong
+            hue cost as much as a wrong brightness.
     """
 
-    def __init__(self, modality: str, pixel_loss: str = "l1", vq_weight: float = 1.0, psnr_range: float | None = None):
+    def __init__(
+        self,
+        modality: str,
+        pixel_loss: str = "l1",
+        vq_weight: float = 1.0,
+        psnr_range: float | None = None,
+        chroma_weight: float = 0.0,
+    ):
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r} for ReconstructionLoss; expected one of {MODALITIES}")
         if pixel_loss not in PIXEL_LOSSES:
@@ -68,13 +83,18 @@ class ReconstructionLoss(Objective):
         self.pixel_loss = pixel_loss
         self.vq_weight = vq_weight
         self.psnr_range = psnr_range if psnr_range is not None else DEFAULT_PSNR_RANGE.get(modality)
+        if chroma_weight < 0 or (chroma_weight and modality != "rgb"):
+            raise ValueError(f"chroma_weight must be >= 0 and only applies to rgb, got {chroma_weight} for {modality}")
+        self.chroma_weight = chroma_weight
 
     def _pixel_loss(self, recon: Tensor, target: Tensor) -> Tensor:
         if self.modality == "depth":
             recon, target = recon.clamp_min(DEFAULT_MIN_DEPTH).log(), target.clamp_min(DEFAULT_MIN_DEPTH).log()
-        if self.pixel_loss == "l1":
-            return F.l1_loss(recon, target)
-        return F.mse_loss(recon, target)
+        distance = F.l1_loss if self.pixel_loss == "l1" else F.mse_loss
+        loss = distance(recon, target)
+        if self.chroma_weight:
+            loss = loss + self.chroma_weight * distance(chroma(recon), chroma(target))
+        return loss
 
     def forward(self, data: DataDict) -> tuple[Tensor, dict[str, Tensor]]:
         target_key, recon_key, vq_loss_key, usage_key = self.read_keys

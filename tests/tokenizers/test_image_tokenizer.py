@@ -196,6 +196,18 @@ def test_reconstruction_loss_pixels_against_naive(modality, peak):
     assert metrics["perplexity"].item() == pytest.approx(math.exp(-(probabilities * probabilities.log()).sum()))
 
 
+def test_chroma_weight_adds_the_hue_error_against_naive():
+    target = sample_images("rgb", batch=2)
+    recon = target.mean(dim=1, keepdim=True).expand_as(target) + 0.01  # right brightness, no colour
+    data = {"rgb": target, "rgb_recon": recon, "rgb_vq_loss": torch.tensor(0.0), "rgb_vq_usage": torch.ones(4)}
+    plain, _ = ReconstructionLoss("rgb")(data)
+    weighted, _ = ReconstructionLoss("rgb", chroma_weight=2.0)(data)
+    grey_free = target - target.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(weighted - plain, 2.0 * grey_free.abs().mean())
+    with pytest.raises(ValueError, match="only applies to rgb"):
+        ReconstructionLoss("depth", chroma_weight=1.0)
+
+
 def test_reconstruction_loss_semseg_against_naive():
     target = sample_images("semseg", batch=2)
     logits = torch.randn(2, NUM_CLASSES, SIZE, SIZE) + 3 * F.one_hot(target, NUM_CLASSES).permute(0, 3, 1, 2)
