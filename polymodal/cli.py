@@ -1,4 +1,4 @@
-"""``polymodal <verb>``: train, export, plan, synth, pretokenize-4m, tokenizer training.
+"""``polymodal <verb>``: train, export, plan, synth, pretokenize-4m, tokenizer training, generate.
 
 Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
 """
@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from polymodal.config import ConfigError, load_config
 from polymodal.data.synth.cli import add_synth_arguments, synth_main
+from polymodal.generate.cli import add_generate_arguments, generate_main
 from polymodal.pretokenize.fourm import add_pretokenize_arguments
 from polymodal.tokenizers.evaluate import add_tokenizer_eval_arguments, tokenizer_eval_main
 
@@ -141,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_tokenizer_eval_arguments(evaluate)
     evaluate.set_defaults(run=tokenizer_eval_main)
+
+    generate = verbs.add_parser("generate", help="chained any-to-any 4M generation -> generations.png + .json")
+    add_generate_arguments(generate)
+    generate.set_defaults(run=generate_main)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -106,12 +107,28 @@ def load_pretrained(
     ]
     if mismatched:
         raise ValueError("shape mismatch when loading pretrained weights:\n  " + "\n  ".join(mismatched))
-    result = model.load_state_dict(state, strict=strict)
+    result = model.load_state_dict(state, strict=False)
+    loaded = set(state) - set(result.unexpected_keys)
+    aliases = tensor_aliases(model)
+    missing = [key for key in result.missing_keys if not aliases[key] & loaded]  # tied keys are stored once
+    if strict and (missing or result.unexpected_keys):
+        raise RuntimeError(
+            f"weights {path} do not match the model: missing {missing}, unexpected {list(result.unexpected_keys)}"
+        )
     log.info(
         "initialised %d tensors from %s (%d model keys untouched, %d checkpoint keys unused)",
-        len(state) - len(result.unexpected_keys),
+        len(loaded),
         path,
-        len(result.missing_keys),
+        len(missing),
         len(result.unexpected_keys),
     )
-    return list(result.missing_keys), list(result.unexpected_keys)
+    return missing, list(result.unexpected_keys)
+
+
+def tensor_aliases(model: nn.Module) -> dict[str, set[str]]:
+    """Every state-dict key -> the keys naming the same tensor (tied heads, embeddings shared by two modules)."""
+    keys_by_tensor: dict[int, set[str]] = defaultdict(set)
+    state = model.state_dict(keep_vars=True)
+    for key, tensor in state.items():
+        keys_by_tensor[id(tensor)].add(key)
+    return {key: keys_by_tensor[id(tensor)] for key, tensor in state.items()}
