@@ -7,7 +7,10 @@ Weight-decay rule. A trainable parameter is decayed unless one of these holds:
 2. it is a bias: ``ndim < 2`` or its name ends with ``"bias"``;
 3. it is an embedding table (weight of ``nn.Embedding`` / ``nn.EmbeddingBag``);
 4. it is registered directly on a module that is not a Linear/Conv layer and its name matches one of the
-   ``no_decay`` fnmatch patterns (learned tokens, position embeddings, registers).
+   ``no_decay`` fnmatch patterns (learned tokens, position and modality embeddings, registers: the defaults
+   cover ViT's ``pos_embed``/``cls_token``, 4M's ``pos_emb``/``mod_emb``/``mask_token``/``register_tokens``);
+5. the model declares it: a ``model.no_weight_decay()`` method (timm's convention) returns fnmatch patterns of
+   full parameter names that are never decayed, whatever module holds them.
 
 So the ≥2-D weights of Linear/Conv layers are decayed, and so are other ≥2-D weights that match no pattern
 (e.g. ``nn.MultiheadAttention.in_proj_weight`` or grouped MoE expert weights). A parameter reachable under
@@ -32,7 +35,8 @@ from torch import nn
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 DEFAULT_NO_DECAY_PATTERNS: tuple[str, ...] = (
-    "*pos_embed*",
+    "*pos_emb*",
+    "*mod_emb*",
     "*cls_token*",
     "*mask_token*",
     "*register*",
@@ -58,9 +62,16 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def _name_is_decayed(
-    module: nn.Module, local_name: str, full_name: str, param: nn.Parameter, no_decay: Sequence[str]
+    module: nn.Module,
+    local_name: str,
+    full_name: str,
+    param: nn.Parameter,
+    no_decay: Sequence[str],
+    declared: Sequence[str],
 ) -> bool:
     if _is_norm(module) or isinstance(module, _EMBEDDING_TYPES):
+        return False
+    if any(fnmatchcase(full_name, pattern) for pattern in declared):
         return False
     if param.ndim < 2 or local_name.endswith("bias"):
         return False
@@ -69,7 +80,20 @@ def _name_is_decayed(
     return not any(fnmatchcase(full_name, pattern) for pattern in no_decay)
 
 
-def _collect_params(model: nn.Module, no_decay: Sequence[str]) -> list[_ParamInfo]:
+def _declared_no_decay(model: nn.Module) -> list[str]:
+    """The patterns of ``model.no_weight_decay()`` (rule 5), or none."""
+    declare = getattr(model, "no_weight_decay", None)
+    if declare is None:
+        return []
+    patterns = declare()
+    if isinstance(patterns, str) or not all(isinstance(pattern, str) for pattern in patterns):
+        raise ValueError(
+            f"{type(model).__name__}.no_weight_decay() must return a collection of name patterns, got {patterns!r}"
+        )
+    return sorted(patterns)
+
+
+def _collect_params(model: nn.Module, no_decay: Sequence[str], declared: Sequence[str]) -> list[_ParamInfo]:
     """Every distinct parameter of ``model`` in registration order, with all its names."""
     by_id: dict[int, _ParamInfo] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
@@ -79,7 +103,7 @@ def _collect_params(model: nn.Module, no_decay: Sequence[str]) -> list[_ParamInf
             if full_name in info.names:
                 continue
             info.names.append(full_name)
-            info.decay = info.decay and _name_is_decayed(module, local_name, full_name, param, no_decay)
+            info.decay = info.decay and _name_is_decayed(module, local_name, full_name, param, no_decay, declared)
     return list(by_id.values())
 
 
@@ -145,9 +169,11 @@ def build_optimizer(
         if scale <= 0:
             raise ValueError(f"lr_scales[{pattern!r}] must be > 0, got {scale}")
 
-    all_params = _collect_params(model, list(no_decay))
+    declared = _declared_no_decay(model)
+    all_params = _collect_params(model, list(no_decay), declared)
     if not all_params:
         raise ValueError(f"model {type(model).__name__} has no parameters to optimise")
+    _check_patterns_match(f"{type(model).__name__}.no_weight_decay()", declared, all_params)
     _check_patterns_match("freeze", list(freeze), all_params)
     _check_patterns_match("lr_scales", list(lr_scales), all_params)
 

@@ -67,7 +67,15 @@ def move_to_device(batch: DataDict, device: torch.device) -> DataDict:
 
 
 def _batch_size(batch: DataDict) -> int:
-    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+    """Samples in a batch: the leading size of a top-level tensor, else of the first nested dict's (4M's
+    ``{modality: {"tensor", ...}}`` without a ``sample_id``)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    for value in batch.values():
+        if isinstance(value, dict):
+            return _batch_size(value)
+    raise ValueError(f"the batch holds no tensor to count samples from (keys: {sorted(batch)})")
 
 
 def _plain(value: torch.Tensor) -> torch.Tensor:

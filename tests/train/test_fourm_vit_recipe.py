@@ -52,7 +52,7 @@ def recipe(tmp_path: Path, scenes: Path, name: str, *overrides: str):
             "constants.image_size=32",
             "constants.batch_size=4",
             "constants.warmup_steps=1",
-            *(f"+model.vit.{key}={value}" for key, value in SMALL.items()),
+            *(f"constants.{key}={value}" for key, value in SMALL.items()),
             f"experiment.output_dir={tmp_path / name}",
             "experiment.total_steps=3",
             "experiment.log_every=1",

@@ -3,6 +3,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from polymodal.data.fourm.modalities import ModalityRegistry
+from polymodal.models.fourm import FourM
 from polymodal.train.optim import build_optimizer, param_groups_summary
 
 
@@ -172,3 +174,51 @@ def test_summary_lists_every_group():
     assert len(lines) == len(optimizer.param_groups) == 2
     decayed_line = next(line for line in lines if "weight_decay=0.1 " in line)
     assert "proj.weight" in decayed_line and "pos_embed" not in decayed_line
+
+
+def test_fourm_embeddings_and_tokens_are_not_decayed():
+    """Upstream 4M decays mod_emb, mask_token and learned pos embs (its bug 11); here only matmul weights decay."""
+    registry = ModalityRegistry.from_config(
+        ["rgb@32", "tok_rgb@32", "tok_dinov2_global", "caption"],
+        {
+            "rgb@32": {"patch_size": 8},
+            "tok_rgb@32": {"vocab_size": 16, "patch_size": 8},
+            "tok_dinov2_global": {"vocab_size": 16},  # learned position embeddings
+            "caption": {"vocab_size": 20, "max_tokens": 4},
+        },
+    )
+    model = FourM(registry, dim=16, encoder_depth=1, decoder_depth=1, num_heads=2, num_register_tokens=2)
+    decayed, not_decayed = names_by_decay(build_optimizer(model, lr=1e-3, weight_decay=0.05))
+    assert sum(name.endswith("mod_emb") for name in not_decayed) == 4  # one per modality, shared enc/dec
+    assert sum(name.endswith("pos_emb") for name in not_decayed) == 2  # tok_dinov2_global's learned tables
+    assert {"mask_token", "register_tokens"} <= not_decayed
+    linears = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    tied = {"decoder_embeddings.caption.to_logits.weight"}  # the caption head is its token table
+    assert decayed == linears - tied
+    assert decayed | not_decayed == {name for name, _ in model.named_parameters()}
+
+
+class DeclaresNoDecay(TinyModel):
+    def no_weight_decay(self) -> set[str]:
+        return {"proj.weight", "expert_*"}
+
+
+def test_model_declared_no_decay_names_are_exempt_whatever_holds_them():
+    decayed, not_decayed = names_by_decay(build_optimizer(DeclaresNoDecay(), lr=1e-3))
+    assert decayed == DECAYED - {"proj.weight", "expert_weights"}
+    assert {"proj.weight", "expert_weights"} <= not_decayed
+
+
+def test_model_declared_pattern_that_matches_nothing_raises():
+    class Typo(TinyModel):
+        def no_weight_decay(self) -> set[str]:
+            return {"projj.weight"}
+
+    with pytest.raises(ValueError, match=r"Typo.no_weight_decay\(\) pattern 'projj.weight'"):
+        build_optimizer(Typo(), lr=1e-3)
+    TinyModel.no_weight_decay = lambda self: "proj.weight"
+    try:
+        with pytest.raises(ValueError, match="collection of name patterns"):
+            build_optimizer(TinyModel(), lr=1e-3)
+    finally:
+        del TinyModel.no_weight_decay

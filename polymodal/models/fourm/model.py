@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import torch
 from torch import Tensor, nn
 
 from polymodal.data.fourm.modalities import ModalityRegistry
 from polymodal.models.fourm.embeddings import INIT_STD, decoder_embedding, encoder_embedding
+from polymodal.models.fourm.flops import FourMMatmuls, fourm_train_flops
 from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import Transformer, TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttention, CrossAttentionBlock, CrossAttentionTransformer
@@ -316,6 +317,39 @@ class FourM(ReadWriteBlock):
             targets[name] = queries.target_ids[selected]
         return logits, targets
 
+    @cached_property
+    def matmuls(self) -> FourMMatmuls:
+        """The weights multiplied per token in each part of the model (for :meth:`train_flops`)."""
+        return FourMMatmuls.of(self)
+
+    def train_flops(self, batch: DataDict) -> float:
+        """Forward + backward FLOPs of a training step on ``batch`` (see :mod:`polymodal.models.fourm.flops`).
+
+        ``batch`` is the data_dict after :meth:`forward` (the trainer calls this after the step's forward): the
+        row counts of the target ids it wrote are the heads' row counts, known without a device sync. The
+        sequence lengths follow from the masks' shapes and the budgets, as in the forward pass.
+        """
+        targets_key = self.write_keys[1]
+        if targets_key not in batch:
+            raise ValueError(f"train_flops needs the batch after the forward pass (its {targets_key!r} entry)")
+        encoded = self._present(batch, self.encoder_embeddings)
+        decoded = self._present(batch, self.decoder_embeddings)
+        encoder_positions = sum(batch[name]["is_input"].shape[1] for name in encoded)
+        decoder_positions = sum(  # a sequence's queries are its row shifted by one
+            batch[name]["is_target"].shape[1] - (1 if self.modalities[name].is_sequence else 0) for name in decoded
+        )
+        registers = 0 if self.register_tokens is None else self.register_tokens.shape[1]
+        return fourm_train_flops(
+            self.matmuls,
+            batch_size=batch[encoded[0]]["is_input"].shape[0],
+            encoder_tokens=_cut(encoder_positions, self.num_encoder_tokens) + registers,
+            decoder_tokens=_cut(decoder_positions, self.num_decoder_tokens),
+            head_rows={name: rows.shape[0] for name, rows in batch[targets_key].items()},
+            projected_positions={
+                name: batch[name]["is_input"].shape[1] for name in encoded if name in self.matmuls.input_projections
+            },
+        )
+
     def forward(self, data: DataDict) -> DataDict:
         inputs = self.embed_inputs(data)
         context = self.decoder_context(self.encode(inputs), inputs)
@@ -329,6 +363,11 @@ class FourM(ReadWriteBlock):
 def _linear_rates(last: float, depth: int) -> list[float]:
     """Stochastic depth per block, from 0 to ``last`` (plain floats: also under a meta-device build)."""
     return [last * index / (depth - 1) if depth > 1 else 0.0 for index in range(depth)]
+
+
+def _cut(positions: int, budget: int | None) -> int:
+    """The sequence length selection leaves: every position, cut at the budget."""
+    return positions if budget is None else min(positions, budget)
 
 
 def _check_selection(name: str, key: str, selection: Tensor, shape: tuple[int, ...]) -> Tensor:
