@@ -1,4 +1,4 @@
-"""``polymodal <verb>``: train, export, plan, synth, pretokenize-4m, tokenizer training, generate.
+"""``polymodal <verb>``: train, export, plan, synth, pretokenize-4m, tokenizer training, generate, eval-4m.
 
 Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
 """
@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from polymodal.config import ConfigError, load_config
 from polymodal.data.synth.cli import add_synth_arguments, synth_main
 from polymodal.generate.cli import add_generate_arguments, generate_main
+from polymodal.generate.evaluate import add_eval_4m_arguments, eval_4m_main
 from polymodal.pretokenize.fourm import add_pretokenize_arguments
 from polymodal.tokenizers.evaluate import add_tokenizer_eval_arguments, tokenizer_eval_main
 
@@ -146,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = verbs.add_parser("generate", help="chained any-to-any 4M generation -> generations.png + .json")
     add_generate_arguments(generate)
     generate.set_defaults(run=generate_main)
+
+    eval_4m = verbs.add_parser(
+        "eval-4m", help="a 4M on held-out scenes vs trivial baselines (depth, semseg, caption, caption->rgb)"
+    )
+    add_eval_4m_arguments(eval_4m)
+    eval_4m.set_defaults(run=eval_4m_main)
     return parser
 
 
