@@ -5,7 +5,7 @@ VENV := .venv
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo test venv tokenizers
+.PHONY: demo llm-demo test venv tokenizers
 
 venv: $(STAMP)
 
@@ -15,9 +15,6 @@ $(STAMP): pyproject.toml requirements-ci.txt
 	$(VENV_PY) -m pip install --quiet -r requirements-ci.txt
 	$(VENV_PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
-
-demo: $(STAMP)
-	$(VENV)/bin/polymodal train --config configs/llm/tiny.yaml
 
 # The synthetic-world pipeline. Every step writes a `.done` file when it has finished, so an interrupted
 # `make` redoes only what is missing (training itself resumes from its last checkpoint).
@@ -35,7 +32,50 @@ runs/tokenizer-%-tiny/.done: $(SCENES)/.done
 	touch $@
 
 # The four tiny image tokenizers with their held-out evaluation (runs/tokenizer-<m>-tiny/eval/).
-tokenizers: $(foreach m,$(TOKENIZER_MODALITIES),runs/tokenizer-$(m)-tiny/.done)
+TOKENIZERS_DONE := $(foreach m,$(TOKENIZER_MODALITIES),runs/tokenizer-$(m)-tiny/.done)
+tokenizers: $(TOKENIZERS_DONE)
+
+WORDPIECE := .cache/polymodal/tokenizers/4m-wordpiece.json
+FOURM := runs/fourm-tiny
+SCENE_SHARDS := $(SCENES)/[rgb,tok_rgb,tok_depth,tok_normal,tok_semseg,caption,det,crop_settings]/shard-{00003..00003}.tar
+IMAGE_TOKENIZERS := $(foreach m,$(TOKENIZER_MODALITIES),--tokenizer tok_$(m)@64=runs/tokenizer-$(m)-tiny)
+
+$(WORDPIECE): | $(STAMP)
+	$(BIN)/polymodal tokenizer train-text --kind wordpiece --output $@ --vocab-size 8192
+
+$(SCENES)/.pretokenized: $(TOKENIZERS_DONE)
+	$(BIN)/polymodal pretokenize-4m --source $(SCENES) --n-crops 4 --workers 2 \
+		$(foreach m,$(TOKENIZER_MODALITIES),--tokenizer $(m)=runs/tokenizer-$(m)-tiny)
+	touch $@
+
+$(FOURM)/.done: $(SCENES)/.pretokenized $(WORDPIECE)
+	$(BIN)/polymodal train --config configs/fourm/tiny.yaml
+	touch $@
+
+$(FOURM)/.generated: $(FOURM)/.done
+	$(BIN)/polymodal generate --model $(FOURM) $(IMAGE_TOKENIZERS) --text-tokenizer $(WORDPIECE) \
+		--schedule configs/fourm/generation/rgb2all_tiny.yaml --data '$(SCENE_SHARDS)' --num-samples 8 \
+		--out $(FOURM)/generations/rgb2all
+	$(BIN)/polymodal generate --model $(FOURM) $(IMAGE_TOKENIZERS) --text-tokenizer $(WORDPIECE) \
+		--schedule configs/fourm/generation/caption2rgb_tiny.yaml --data '$(SCENE_SHARDS)' --num-samples 8 \
+		--out $(FOURM)/generations/caption2rgb
+	touch $@
+
+$(FOURM)/.evaluated: $(FOURM)/.done
+	$(BIN)/polymodal eval-4m --model $(FOURM) $(IMAGE_TOKENIZERS) --text-tokenizer $(WORDPIECE) \
+		--num-scenes 64 --out $(FOURM)/eval
+	touch $@
+
+# The whole 4M pipeline on the synthetic world: scenes -> tokenizers -> pre-tokenized shards -> 4M -> any-to-any
+# generation and the held-out evaluation.
+demo: $(FOURM)/.generated $(FOURM)/.evaluated
+	@echo "pictures: $(FOURM)/generations/rgb2all/generations.png $(FOURM)/generations/caption2rgb/generations.png"
+	@echo "          $(FOURM)/eval/samples.png $(FOURM)/loss.png runs/tokenizer-*-tiny/eval/reconstructions.png"
+	@echo "numbers:  $(FOURM)/eval/eval.json runs/tokenizer-*-tiny/eval/eval.json"
+
+# The tiny LLM on built-in data (this Python's standard-library docstrings).
+llm-demo: $(STAMP)
+	$(VENV)/bin/polymodal train --config configs/llm/tiny.yaml
 
 test: $(STAMP)
 	$(VENV_PY) -m pytest -q
