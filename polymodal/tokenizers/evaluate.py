@@ -7,7 +7,9 @@ beating it with a few bits per code position is meaningful.
 
 Quality is PSNR in natural units (peak: 1 for rgb in [0, 1], 2 for unit normals in [-1, 1], the renderer's far
 plane of 20 m for depth) or mean IoU for semseg. Codebook usage is the fraction of codes used at least once over
-the whole evaluation set; perplexity is ``exp`` of the entropy of the code histogram.
+the whole evaluation set; perplexity is ``exp`` of the entropy of the code histogram. For rgb the colour error is
+reported too, as PSNR barely notices a hue turned grey: the mean absolute error of the chroma (each pixel minus its
+grey level).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor
 
 from polymodal.data.synth.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
 from polymodal.data.synth.render import FAR, render_scene
-from polymodal.objectives.reconstruction import codebook_usage, mean_iou, psnr
+from polymodal.objectives.reconstruction import chroma, codebook_usage, mean_iou, psnr
 from polymodal.tokenizers.image_tokenizer import MODALITIES, ImageTokenizer
 from polymodal.tokenizers.quantizers import codebook_perplexity
 
@@ -103,6 +105,12 @@ def evaluate_tokenizer(
     tokenizer_quality = _quality(modality, recons, images, num_classes)
     baseline_quality = _quality(modality, baseline, images, num_classes)
     counts = torch.bincount(codes.flatten(), minlength=tokenizer.codebook_size)
+    colour = {}
+    if modality == "rgb":
+        colour = {
+            "tokenizer_chroma_error": chroma_error(recons, images),
+            "baseline_chroma_error": chroma_error(baseline, images),
+        }
     return {
         "modality": modality,
         "num_images": len(images),
@@ -116,7 +124,13 @@ def evaluate_tokenizer(
         "codebook_size": tokenizer.codebook_size,
         "codebook_usage": codebook_usage(counts).item(),
         "perplexity": codebook_perplexity(counts).item(),
+        **colour,
     }
+
+
+def chroma_error(prediction: Tensor, target: Tensor) -> float:
+    """Mean absolute difference of the chroma of ``[B, 3, H, W]`` rgb images (0: every hue right)."""
+    return (chroma(prediction.float()) - chroma(target.float())).abs().mean().item()
 
 
 def to_viewable_rgb(image: Tensor, modality: str) -> np.ndarray:
@@ -189,9 +203,15 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     if results["data_range"] is not None:
         rows.insert(2, ("psnr data range", f"{results['data_range']:g}"))
+    if "tokenizer_chroma_error" in results:
+        rows.insert(3, ("chroma error (tokenizer / baseline)", _pair(results, "chroma_error")))
     width = max(len(name) for name, _ in rows)
     header = f"{results['modality']} tokenizer on {results['num_images']} held-out scenes"
     return "\n".join([header, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+def _pair(results: dict[str, Any], name: str) -> str:
+    return f"{results[f'tokenizer_{name}']:.4f} / {results[f'baseline_{name}']:.4f}"
 
 
 def add_tokenizer_eval_arguments(parser: argparse.ArgumentParser) -> None:

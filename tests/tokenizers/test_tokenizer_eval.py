@@ -81,6 +81,17 @@ def test_baseline_of_a_constant_image_is_exact_and_its_psnr_huge():
     torch.testing.assert_close(down_up_baseline(constant, "rgb", 4), constant)
     results = evaluate_tokenizer(tiny_tokenizer("rgb"), "rgb", constant, 4)
     assert results["baseline_psnr"] > 100  # mse clamped at 1e-12: 120 dB for a peak of 1
+    assert results["baseline_chroma_error"] < 1e-6
+
+
+def test_rgb_chroma_error_against_naive():
+    images = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    tokenizer = tiny_tokenizer("rgb")
+    results = evaluate_tokenizer(tokenizer, "rgb", images, 4)
+    recons, _ = reconstruct(tokenizer, images)
+    pairs = zip(recons, images, strict=True)
+    naive = [abs((p[c] - p.mean(0)) - (t[c] - t.mean(0))).mean().item() for p, t in pairs for c in range(3)]
+    assert results["tokenizer_chroma_error"] == pytest.approx(sum(naive) / len(naive), rel=1e-5)
 
 
 def test_evaluate_tokenizer_numbers_equal_plain_computations():

@@ -20,18 +20,10 @@ from polymodal.train.trainer import Trainer, _batch_size
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "fourm" / "tiny.yaml"
-CODEBOOKS = {"rgb": 256, "depth": 256, "normal": 256, "semseg": 128}  # configs/fourm/data/synth_tiny.yaml vocabs
+CODEBOOKS = {"rgb": 1024, "depth": 256, "normal": 256, "semseg": 128}  # configs/fourm/data/synth_tiny.yaml vocabs
 TARGETS = ["tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64", "caption", "det"]
 BATCH = 4
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing a shared CPU (as tests/models/fourm/conftest.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (tests/conftest.py)
 
 
 def random_image_tokenizer(modality: str, codebook_size: int):
