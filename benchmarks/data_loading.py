@@ -25,20 +25,18 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
-import platform
 import pstats
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 import webdataset as wds
+from timing import Comparison, compare, platform_line, rate_table
 from webdataset.tariterators import tarfile_samples
 
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, collate_with_absent
@@ -186,31 +184,10 @@ def seconds_to_batch(start: Callable[[], Iterator[Batch]], discard: int) -> floa
 
 
 @dataclass
-class Comparison:
-    """Seconds per round of ours (A) and the webdataset baseline (B); paired by round."""
-
-    ours_s: list[float] = field(default_factory=list)
-    baseline_s: list[float] = field(default_factory=list)
-
-
-@dataclass
 class WorkerResult:
     workers: int
     throughput: Comparison  # seconds for ``batches`` batches
     resume: Comparison  # seconds to the first batch at ``resume_batch``
-
-
-def alternate(ours: Callable[[], float], baseline: Callable[[], float], rounds: int) -> Comparison:
-    """Run both ``rounds`` times, ours first in even rounds and the baseline first in odd ones."""
-    result = Comparison()
-    for round_index in range(rounds):
-        if round_index % 2 == 0:
-            result.ours_s.append(ours())
-            result.baseline_s.append(baseline())
-        else:
-            result.baseline_s.append(baseline())
-            result.ours_s.append(ours())
-    return result
 
 
 def measure_workers(dataset: MultimodalShards, tree: ShardTree, args: argparse.Namespace, workers: int) -> WorkerResult:
@@ -234,8 +211,8 @@ def measure_workers(dataset: MultimodalShards, tree: ShardTree, args: argparse.N
     def baseline_resume() -> float:
         return seconds_to_batch(lambda: iter(baseline_loader(tree, args.batch_size, workers)), args.resume_batch)
 
-    throughput = alternate(ours_throughput, baseline_throughput, args.rounds)
-    resume = alternate(ours_resume, baseline_resume, args.rounds)
+    throughput = compare(ours_throughput, baseline_throughput, args.rounds)
+    resume = compare(ours_resume, baseline_resume, args.rounds)
     return WorkerResult(workers, throughput, resume)
 
 
@@ -243,16 +220,12 @@ def throughput_report(result: WorkerResult, batch_size: int, batches: int, warmu
     samples = batch_size * batches
     ours = [samples / s for s in result.throughput.ours_s]
     baseline = [samples / s for s in result.throughput.baseline_s]
-    ours_median, baseline_median = statistics.median(ours), statistics.median(baseline)
-    rounds = len(ours)
+    labels = ("ours (A)", "webdataset (B)", "ratio ours/baseline")
     return "\n".join(
         [
-            f"workers={result.workers}: throughput, {rounds} rounds of {batches} batches x {batch_size} "
+            f"workers={result.workers}: throughput, {len(ours)} rounds of {batches} batches x {batch_size} "
             f"after {warmup} warm-up",
-            f"  {'':28}{'median samples/s':>18}{'best samples/s':>16}",
-            f"  {'ours (A)':28}{ours_median:18.0f}{max(ours):16.0f}",
-            f"  {'webdataset (B)':28}{baseline_median:18.0f}{max(baseline):16.0f}",
-            f"  {'ratio ours/baseline':28}{ours_median / baseline_median:18.2f}{max(ours) / max(baseline):16.2f}",
+            *rate_table("samples", labels, ours, baseline),
         ]
     )
 
@@ -342,11 +315,7 @@ def run(root: Path, cache_dir: Path, args: argparse.Namespace) -> list[WorkerRes
 def main(argv: Sequence[str] | None = None) -> list[WorkerResult]:
     """Prepare the shards, run every worker count, print the reports and return the measurements."""
     args = parse_args(argv)
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, webdataset {wds.__version__}, "
-        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {platform.platform()}",
-        flush=True,
-    )
+    print(platform_line(f"webdataset {wds.__version__}"), flush=True)
     with tempfile.TemporaryDirectory(prefix="data-loading-") as scratch:
         root = Path(scratch) / "shards" if args.data is None else args.data
         return run(root, Path(scratch) / "index-cache", args)

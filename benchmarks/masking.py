@@ -22,15 +22,12 @@ through OpenMP contention).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
-import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
+from timing import Comparison, compare, platform_line, rate_table
 
 from polymodal.data.fourm.alphas import DirichletMixture
 from polymodal.data.fourm.budgets import TokenBudgets
@@ -197,14 +194,6 @@ def ours_with_budgets(masking: FourMMasking, raw: dict[str, torch.Tensor], budge
 # ---------------------------------------------------------------- measuring
 
 
-@dataclass
-class Comparison:
-    """Seconds per round of ours (A) and the baseline (B); paired by round."""
-
-    ours_s: list[float] = field(default_factory=list)
-    baseline_s: list[float] = field(default_factory=list)
-
-
 def seconds(run: Callable[[int], object], batches: int) -> float:
     started = time.perf_counter()
     for index in range(batches):
@@ -212,31 +201,15 @@ def seconds(run: Callable[[int], object], batches: int) -> float:
     return time.perf_counter() - started
 
 
-def alternate(ours: Callable[[], float], baseline: Callable[[], float], rounds: int) -> Comparison:
-    """Run both ``rounds`` times, ours first in even rounds and the baseline first in odd ones."""
-    result = Comparison()
-    for round_index in range(rounds):
-        if round_index % 2 == 0:
-            result.ours_s.append(ours())
-            result.baseline_s.append(baseline())
-        else:
-            result.baseline_s.append(baseline())
-            result.ours_s.append(ours())
-    return result
-
-
 def report(result: Comparison, batch_size: int, batches: int) -> str:
     samples = batch_size * batches
     ours = [samples / s for s in result.ours_s]
     baseline = [samples / s for s in result.baseline_s]
-    ours_median, baseline_median = statistics.median(ours), statistics.median(baseline)
+    labels = ("ours, batched (A)", "per-sample loop (B)", "ratio ours/baseline")
     return "\n".join(
         [
             f"masking: {len(ours)} rounds of {batches} batches x {batch_size}",
-            f"  {'':28}{'median samples/s':>18}{'best samples/s':>16}",
-            f"  {'ours, batched (A)':28}{ours_median:18.0f}{max(ours):16.0f}",
-            f"  {'per-sample loop (B)':28}{baseline_median:18.0f}{max(baseline):16.0f}",
-            f"  {'ratio ours/baseline':28}{ours_median / baseline_median:18.2f}{max(ours) / max(baseline):16.2f}",
+            *rate_table("samples", labels, ours, baseline),
         ]
     )
 
@@ -268,11 +241,7 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
 
 
 def run(args: argparse.Namespace) -> Comparison:
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-        f"{os.cpu_count()} CPUs, {platform.platform()}",
-        flush=True,
-    )
+    print(platform_line(), flush=True)
     registry = build_registry(args.seq_tokens)
     masking = build_masking(registry, args.tokens)
     raw = synthetic_batch(registry, args.batch_size, SEED)
@@ -286,7 +255,7 @@ def run(args: argparse.Namespace) -> Comparison:
         return seconds(lambda index: baseline_masking(registry, args.tokens, raw, rng), args.batches)
 
     masking(raw, torch.Generator().manual_seed(0))  # warm-up
-    result = alternate(ours, baseline, args.rounds)
+    result = compare(ours, baseline, args.rounds)
     print(
         f"registry: {len(IMAGE_MODALITIES)} x 14x14 token grids + {'/'.join(SEQUENCE_MODALITIES)} of "
         f"{args.seq_tokens} tokens; budgets {args.tokens}/{args.tokens}, alpha 0.5",

@@ -27,8 +27,6 @@ a temporary directory, in this process, including the shard index build: an abso
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -39,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import alternate, platform_line, rate_table
 
 from polymodal.config import instantiate, load_config
 from polymodal.data.synth.render import render_scene
@@ -143,14 +142,10 @@ def measure_encoding(
 
     timed(lambda: encode_crops(tokenizer, crops[:batch_size], batch_size))
     timed(lambda: encode_one_at_a_time(tokenizer, crops[:batch_size]))
-    batched_s, single_s = [], []
-    for round_index in range(rounds):
-        if round_index % 2 == 0:
-            (batched_time, batched_codes), (single_time, single_codes) = timed(batched), timed(one_at_a_time)
-        else:
-            (single_time, single_codes), (batched_time, batched_codes) = timed(one_at_a_time), timed(batched)
-        batched_s.append(batched_time)
-        single_s.append(single_time)
+    rounds_run = alternate(lambda: timed(batched), lambda: timed(one_at_a_time), rounds)
+    (_, batched_codes), (_, single_codes) = rounds_run[-1]
+    batched_s = [batched_time for (batched_time, _), _ in rounds_run]
+    single_s = [single_time for _, (single_time, _) in rounds_run]
     return batched_s, single_s, batched_codes, single_codes
 
 
@@ -185,10 +180,9 @@ def encoding_report(result: EncodingResult, image_size: int, grid: tuple[int, in
         [
             f"encode: {result.images} crops of {image_size}x{image_size} -> {grid[0]}x{grid[1]} codes, "
             f"{len(batched)} rounds, batched {result.batch_size} per pass vs one at a time",
-            f"  {'':30}{'median images/s':>17}{'best images/s':>15}",
-            f"  {'batched (A)':30}{statistics.median(batched):17.0f}{max(batched):15.0f}",
-            f"  {'one at a time (B)':30}{statistics.median(single):17.0f}{max(single):15.0f}",
-            f"  {'ratio batched/one-at-a-time':30}{result.median_ratio:17.2f}{result.best_ratio:15.2f}",
+            *rate_table(
+                "images", ("batched (A)", "one at a time (B)", "ratio batched/one-at-a-time"), batched, single, 30
+            ),
             codes_line,
         ]
     )
@@ -223,11 +217,7 @@ def main(argv: Sequence[str] | None = None) -> EncodingResult:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(
-        f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-        f"{os.cpu_count()} CPUs, {platform.platform()}",
-        flush=True,
-    )
+    print(platform_line(), flush=True)
     tokenizer, image_size = build_tokenizer()
     crops = render_crops(args.images, image_size)
     batched_s, single_s, batched_codes, single_codes = measure_encoding(tokenizer, crops, args.batch_size, args.rounds)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from typing import TypeVar
 
 import torch
 from omegaconf import DictConfig
+from timing import alternate, platform_line
 from torch import nn
 
 from polymodal.config import instantiate, load_config
@@ -170,17 +170,10 @@ def measure(trainer: Trainer, reference: ReferenceLoop, warmup: int, steps: int)
     """Alternate trainer and reference steps, swapping which goes first every pair; time the last ``steps`` pairs."""
     device = trainer.env.device
     result = Measurement([], [], 0.0, 0.0)
-    for pair in range(warmup + steps):
-        if pair % 2 == 0:
-            (trainer_time, stats), (reference_time, reference_loss) = (
-                timed(trainer.train_step, device),
-                timed(reference.train_step, device),
-            )
-        else:
-            (reference_time, reference_loss), (trainer_time, stats) = (
-                timed(reference.train_step, device),
-                timed(trainer.train_step, device),
-            )
+    pairs = alternate(
+        lambda: timed(trainer.train_step, device), lambda: timed(reference.train_step, device), warmup + steps
+    )
+    for pair, ((trainer_time, stats), (reference_time, reference_loss)) in enumerate(pairs):
         loss_difference = float((stats["loss"] - reference_loss).abs())
         result.max_loss_difference = max(result.max_loss_difference, loss_difference)
         if pair >= warmup:
@@ -229,15 +222,6 @@ def run_regime(name: str, steps: int | None, warmup: int, cache_dir: Path, devic
     return result
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--regime", choices=[*REGIMES, "both"], default="both", help="which model size to run")
@@ -273,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Measurement]:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU: {cpu_model()}", flush=True)
+    print(platform_line(), flush=True)
     names = list(REGIMES) if args.regime == "both" else [args.regime]
     return {name: run_regime(name, args.steps, args.warmup, args.cache_dir.resolve(), args.device) for name in names}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -92,6 +93,19 @@ def _train_text_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    add_arguments: Callable[[argparse.ArgumentParser], object],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """A subcommand whose arguments come from its module's ``add_*_arguments`` and that runs ``run(args)``."""
+    command = commands.add_parser(name, help=help)
+    add_arguments(command)
+    command.set_defaults(run=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polymodal", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -116,15 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("overrides", nargs="*", help="key.sub=value, e.g. experiment.distributed.tp=2")
     plan.set_defaults(run=_plan)
 
-    synth = verbs.add_parser("synth", help="generate the built-in synthetic multimodal scene data set")
-    add_synth_arguments(synth)
-    synth.set_defaults(run=synth_main)
-
-    pretokenize = verbs.add_parser(
-        "pretokenize-4m", help="encode a 4M shard tree's image modalities into tok_<modality> shards + crop settings"
+    _add_command(
+        verbs, "synth", "generate the built-in synthetic multimodal scene data set", add_synth_arguments, synth_main
     )
-    add_pretokenize_arguments(pretokenize)
-    pretokenize.set_defaults(run=_pretokenize_4m)
+
+    _add_command(
+        verbs,
+        "pretokenize-4m",
+        "encode a 4M shard tree's image modalities into tok_<modality> shards + crop settings",
+        add_pretokenize_arguments,
+        _pretokenize_4m,
+    )
 
     tokenizer = verbs.add_parser("tokenizer", help="train tokenizers").add_subparsers(dest="tokenizer", required=True)
     text = tokenizer.add_parser(
@@ -138,21 +154,28 @@ def build_parser() -> argparse.ArgumentParser:
     text.add_argument("--vocab-size", type=int, default=8192)
     text.add_argument("--min-frequency", type=int, default=2)
     text.set_defaults(run=_train_text_tokenizer)
-    evaluate = tokenizer.add_parser(
-        "eval", help="an image tokenizer vs down-then-up sampling on held-out scenes; writes reconstructions.png"
+    _add_command(
+        tokenizer,
+        "eval",
+        "an image tokenizer vs down-then-up sampling on held-out scenes; writes reconstructions.png",
+        add_tokenizer_eval_arguments,
+        tokenizer_eval_main,
     )
-    add_tokenizer_eval_arguments(evaluate)
-    evaluate.set_defaults(run=tokenizer_eval_main)
 
-    generate = verbs.add_parser("generate", help="chained any-to-any 4M generation -> generations.png + .json")
-    add_generate_arguments(generate)
-    generate.set_defaults(run=generate_main)
-
-    eval_4m = verbs.add_parser(
-        "eval-4m", help="a 4M on held-out scenes vs trivial baselines (depth, semseg, caption, caption->rgb)"
+    _add_command(
+        verbs,
+        "generate",
+        "chained any-to-any 4M generation -> generations.png + .json",
+        add_generate_arguments,
+        generate_main,
     )
-    add_eval_4m_arguments(eval_4m)
-    eval_4m.set_defaults(run=eval_4m_main)
+    _add_command(
+        verbs,
+        "eval-4m",
+        "a 4M on held-out scenes vs trivial baselines (depth, semseg, caption, caption->rgb)",
+        add_eval_4m_arguments,
+        eval_4m_main,
+    )
     return parser
 
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from polymodal.data.fourm.modalities import ModalitySpec
+from polymodal.data.fourm.modalities import ModalitySpec, check_task_modalities
 
 SCHEMES = ("maskgit", "roar", "autoregressive")
 TOKEN_SCHEDULES = ("cosine", "linear")
@@ -192,7 +192,7 @@ def build_schedule(
     cond_domains = list(cond_domains)
     if not targets:
         raise ValueError("a generation schedule needs at least one target modality")
-    _check_modalities(cond_domains, [t.modality for t in targets], modalities)
+    check_task_modalities(modalities, cond_domains, [t.modality for t in targets], input_role="conditioning")
     _check_filters(top_k, top_p)
     growing = list(cond_domains)
     steps: list[GenerationStep] = []
@@ -201,25 +201,6 @@ def build_schedule(
         if cfg_grow_conditioning:
             growing.append(target.modality)
     return GenerationSchedule(tuple(cond_domains), tuple(steps), top_k, float(top_p))
-
-
-def _check_modalities(cond: Sequence[str], targets: Sequence[str], modalities: Mapping[str, ModalitySpec]) -> None:
-    for role, names in (("conditioning", cond), ("target", targets)):
-        unknown = [name for name in names if name not in modalities]
-        if unknown:
-            raise ValueError(f"unknown {role} modalities {unknown}; the model has {list(modalities)}")
-        repeated = sorted({name for name in names if list(names).count(name) > 1})
-        if repeated:
-            raise ValueError(f"{role} modalities listed twice: {repeated}")
-    both = sorted(set(cond) & set(targets))
-    if both:
-        raise ValueError(f"modalities {both} are both conditioning and target")
-    for name in cond:
-        if not modalities[name].encoder:
-            raise ValueError(f"modality {name!r} cannot condition: the model does not take it as input")
-    for name in targets:
-        if not modalities[name].decoder:
-            raise ValueError(f"modality {name!r} cannot be a target: the model does not predict it")
 
 
 def _check_filters(top_k: int | float, top_p: float) -> None:

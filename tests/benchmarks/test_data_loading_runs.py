@@ -1,29 +1,13 @@
 """Smoke test of benchmarks/data_loading.py: it runs, prints both sides and their ratios, and its webdataset
 baseline decodes exactly what our loader decodes."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "data_loading.py"
+BENCHMARK = "data_loading"
 SMALL = ["--samples", "64", "--samples-per-shard", "32", "--size", "32"]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("data_loading", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    return load_benchmark()
 
 
 @pytest.fixture(scope="module")

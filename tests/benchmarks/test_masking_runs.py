@@ -1,30 +1,13 @@
 """Smoke test of benchmarks/masking.py: it runs and prints both sides, and both sides mask validly and alike when
 fed the same budgets."""
 
-import importlib.util
 import random
 import re
-import sys
-from pathlib import Path
 
-import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "masking.py"
+BENCHMARK = "masking"
 TINY = ["--batch-size", "8", "--tokens", "24", "--seq-tokens", "8"]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("masking_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    return load_benchmark()
 
 
 def test_tiny_run_prints_both_sides_and_the_ratio(benchmark, capsys):

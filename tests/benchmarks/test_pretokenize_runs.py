@@ -1,30 +1,14 @@
 """Smoke test of benchmarks/pretokenize.py: it runs, prints both sides and their ratio, both sides give the same
 codes, and its code comparison does catch codes that really disagree."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pretokenize.py"
+BENCHMARK = "pretokenize"
 TINY = ["--images", "12", "--batch-size", "5", "--rounds", "2", "--samples", "4", "--samples-per-shard", "2"]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("pretokenize_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def benchmark():
-    return load_benchmark()
 
 
 @pytest.fixture

@@ -1,24 +1,11 @@
 """Smoke test of benchmarks/trainer_overhead.py: it runs, prints a ratio, and its baseline does the trainer's work."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "trainer_overhead.py"
+BENCHMARK = "trainer_overhead"
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("trainer_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_tiny_regime_prints_a_ratio_and_matches_the_trainer_losses(tmp_path, capsys):
-    benchmark = load_benchmark()
+def test_tiny_regime_prints_a_ratio_and_matches_the_trainer_losses(benchmark, tmp_path, capsys):
     results = benchmark.main(
         ["--regime", "tiny", "--steps", "3", "--warmup", "1", "--cache-dir", str(tmp_path / "cache")]
     )
@@ -32,7 +19,7 @@ def test_tiny_regime_prints_a_ratio_and_matches_the_trainer_losses(tmp_path, cap
 
 
 @pytest.mark.parametrize("argv", [["--steps", "0"], ["--warmup", "-1"], ["--regime", "huge"], ["--threads", "0"]])
-def test_bad_arguments_are_rejected(argv, capsys):
+def test_bad_arguments_are_rejected(benchmark, argv, capsys):
     with pytest.raises(SystemExit):
-        load_benchmark().main(argv)
+        benchmark.main(argv)
     assert "error" in capsys.readouterr().err

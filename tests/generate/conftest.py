@@ -28,11 +28,8 @@ def tiny_fourm(seed: int = 0):
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread_per_test(single_thread):
+    """Applies ``single_thread`` (tests/conftest.py) to every test in this folder."""
 
 
 @pytest.fixture(scope="module")

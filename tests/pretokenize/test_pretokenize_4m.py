@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from tiny_image_tokenizers import export_tiny_tokenizer, tiny_tokenizer
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from polymodal.config import ConfigError, instantiate
+from polymodal.config import ConfigError
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, SampleError
 from polymodal.data.multimodal.decode import decode_member
 from polymodal.data.synth.writers import write_shards
@@ -26,33 +26,12 @@ from polymodal.pretokenize.fourm import (
     pretokenize_main,
 )
 from polymodal.tokenizers.evaluate import load_tokenizer
-from polymodal.train.weights import export_weights
 
 SIZE = 32
 N_CROPS = 4
 OPTIONS = CropOptions(n_crops=N_CROPS, image_size=SIZE, seed=3)
 MODALITIES = ("rgb", "depth")
 INTERPOLATION = {"rgb": InterpolationMode.BILINEAR, "depth": InterpolationMode.NEAREST}
-
-
-def tokenizer_config(modality: str) -> dict:
-    quantizer = {"_target_": "polymodal.tokenizers.quantizers.VectorQuantizer", "dim": 8, "codebook_size": 64}
-    model = {
-        "_target_": "polymodal.tokenizers.image_tokenizer.build_image_tokenizer",
-        "modality": modality,
-        "downsample": 8,
-        "channels": [8, 8, 8, 8],
-        "quantizer": quantizer,
-    }
-    return {"model": model}
-
-
-def export_tokenizer(directory: Path, modality: str) -> Path:
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create(tokenizer_config(modality)))
-    torch.manual_seed(hash(modality) % 1000)
-    model = instantiate(OmegaConf.create(config_yaml).model)
-    export_weights(model, directory, config_yaml)
-    return directory
 
 
 def read_tar(path: Path) -> dict[str, np.ndarray]:
@@ -89,7 +68,7 @@ def outputs(root: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("tokenizers")
-    return {m: load_tokenizer(export_tokenizer(base / m, m)) for m in MODALITIES}
+    return {m: load_tokenizer(export_tiny_tokenizer(base / m, m)) for m in MODALITIES}
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +80,8 @@ def pretokenized(tmp_path_factory, tokenizers) -> tuple[Path, object]:
 
 
 def test_exported_tokenizer_reloads_with_identical_weights(tmp_path):
-    directory = export_tokenizer(tmp_path / "rgb", "rgb")
-    torch.manual_seed(hash("rgb") % 1000)
-    original = instantiate(OmegaConf.create(tokenizer_config("rgb")).model)
+    directory = export_tiny_tokenizer(tmp_path / "rgb", "rgb")
+    original = tiny_tokenizer("rgb")
     loaded = load_tokenizer(directory)
     assert not loaded.training
     for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(), strict=True):
@@ -227,7 +205,7 @@ def test_cli_runs_and_bad_arguments_are_clear_errors(tmp_path, capsys):
 
     root = tmp_path / "scenes"
     write_shards(root, num_samples=3, samples_per_shard=3, size=SIZE, modalities=("rgb",))
-    directory = export_tokenizer(tmp_path / "tok", "rgb")
+    directory = export_tiny_tokenizer(tmp_path / "tok", "rgb")
     parser = add_pretokenize_arguments(argparse.ArgumentParser())
     base = ["--source", str(root), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
     args = parser.parse_args([*base, "--tokenizer", f"rgb={directory}", "--n-crops", "2", "--image-size", "16"])

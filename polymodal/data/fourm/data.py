@@ -45,7 +45,7 @@ from polymodal.data.fourm.alphas import DirichletMixture
 from polymodal.data.fourm.masking import FourMMasking
 from polymodal.data.fourm.modalities import ModalityRegistry
 from polymodal.data.fourm.samples import FourMSample
-from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader
+from polymodal.data.multimodal.loader import Batch, MapDataset
 from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
@@ -181,7 +181,7 @@ class FourMData(SourcedData):
     ) -> None:
         if weights is not None and not isinstance(train, Mapping):
             raise ValueError("weights are only meaningful for a mixture: give `train` as {name: pattern}")
-        super().__init__(dp_rank)
+        super().__init__(batch_size, num_workers, error_budget, cache_dir, storage_options, seed, dp_rank, dp_world)
         self.in_domains = list(in_domains)
         self.out_domains = list(out_domains)
         self.modalities = fourm_registry(self.in_domains, self.out_domains, modalities)
@@ -191,29 +191,18 @@ class FourMData(SourcedData):
         self.tokens_per_sample = _upper(input_tokens) + _upper(target_tokens)
         tokenizer = load_wordpiece(tokenizer_path)
         self._check_text_vocab(tokenizer.get_vocab_size())
-        self._cache_dir = Path(cache_dir) / "shard_index"
-        self._storage_options = dict(storage_options or {})
-        self._error_budget = error_budget
-        names = list(self.modalities)
-        loader = partial(
-            ResumableLoader,
-            batch_size=batch_size,
-            seed=seed,
-            dp_rank=dp_rank,
-            dp_world=dp_world,
-            num_workers=num_workers,
-            multiprocessing_context=multiprocessing_context,
-            collate=partial(collate_with_absent, modalities=names, specs=raw_batch_specs(self.modalities)),
+        self._open_splits(
+            train,
+            val,
+            weights,
+            collate=partial(
+                collate_with_absent, modalities=list(self.modalities), specs=raw_batch_specs(self.modalities)
+            ),
+            train_transform=FourMSample(self.modalities, tokenizer, train=True),
+            eval_transform=FourMSample(self.modalities, tokenizer, train=False),
             batch_transform=MaskBatch(self.masking),
-            error_budget=error_budget,
+            multiprocessing_context=multiprocessing_context,
         )
-        self.train_sources, self.train_dataset = self._open(train, "train", weights, seed)
-        self.train = loader(self.train_dataset, transform=FourMSample(self.modalities, tokenizer, train=True))
-        self._val: ResumableLoader | None = None
-        if val is not None:
-            _, val_dataset = self._open(val, "val", weights, seed)
-            eval_sample = FourMSample(self.modalities, tokenizer, train=False)
-            self._val = loader(val_dataset, transform=eval_sample, shuffle=False)
 
     def _check_text_vocab(self, tokenizer_vocab: int) -> None:
         for spec in self.modalities.values():
@@ -240,15 +229,7 @@ class FourMData(SourcedData):
                 "[...] list (polymodal pretokenize-4m writes it next to the tok_ folders)"
             )
         folders = list(dict.fromkeys(s.folder for s in wanted)) + ([CROP_SETTINGS] if spatial else [])
-        shards = MultimodalShards(
-            pattern,
-            modalities=folders,
-            cache_dir=self._cache_dir,
-            error_budget=self._error_budget,
-            storage_options=self._storage_options,
-        )
-        self._shards.append(shards)
-        return shards
+        return self._open_shards(pattern, folders)
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {

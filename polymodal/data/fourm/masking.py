@@ -47,7 +47,7 @@ import torch
 
 from polymodal.data.fourm.alphas import KEEP_SCHEMES, DirichletMixture
 from polymodal.data.fourm.budgets import TokenBudgets, draw_uniform, sample_token_budgets
-from polymodal.data.fourm.modalities import ModalitySpec
+from polymodal.data.fourm.modalities import ModalitySpec, check_task_modalities
 from polymodal.data.fourm.span_masking import (
     SpanCorruption,
     input_lengths,
@@ -435,19 +435,7 @@ class TransferMasking:
         targets: Sequence[str],
         layout: WordPieceLayout = DEFAULT_LAYOUT,
     ) -> None:
-        for role, names in (("input", inputs), ("target", targets)):
-            unknown = sorted(set(names) - set(modalities))
-            if unknown:
-                raise ValueError(f"{role} modalities {unknown} are not in the registry {list(modalities)}")
-        both = sorted(set(inputs) & set(targets))
-        if both:
-            raise ValueError(f"modalities {both} are both inputs and targets")
-        for name in inputs:
-            if not modalities[name].encoder:
-                raise ValueError(f"modality {name!r} cannot be an input (encoder: false)")
-        for name in targets:
-            if not modalities[name].decoder:
-                raise ValueError(f"modality {name!r} cannot be a target (decoder: false)")
+        check_task_modalities(modalities, inputs, targets)
         _check_sentinels(modalities, layout)
         self.modalities = modalities
         self.inputs, self.targets = frozenset(inputs), frozenset(targets)

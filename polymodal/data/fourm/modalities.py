@@ -17,7 +17,7 @@ WordPiece tokenizer, span-masked), ``seq_token`` (already tokenized id sequences
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -228,3 +228,29 @@ class ModalityRegistry(Mapping[str, ModalitySpec]):
 
     def __repr__(self) -> str:
         return f"ModalityRegistry({list(self._specs)})"
+
+
+def check_task_modalities(
+    modalities: Mapping[str, ModalitySpec], inputs: Sequence[str], targets: Sequence[str], input_role: str = "input"
+) -> None:
+    """Raises a ValueError unless each of a task's modalities is in ``modalities``, listed once, in one role, and
+    able to play it: an input (named ``input_role`` in errors, e.g. ``"conditioning"``) must be an encoder
+    modality, a target a decoder one."""
+    for role, names in ((input_role, inputs), ("target", targets)):
+        unknown = [name for name in names if name not in modalities]
+        if unknown:
+            raise ValueError(f"unknown {role} modalities {unknown}: not in the registry {list(modalities)}")
+        repeated = sorted({name for name in names if list(names).count(name) > 1})
+        if repeated:
+            raise ValueError(f"{role} modalities listed twice: {repeated}")
+    both = sorted(set(inputs) & set(targets))
+    if both:
+        raise ValueError(f"modalities {both} are both {input_role} and target")
+    for name in inputs:
+        if not modalities[name].encoder:
+            raise ValueError(
+                f"modality {name!r} cannot condition: the model does not take it as input (encoder: false)"
+            )
+    for name in targets:
+        if not modalities[name].decoder:
+            raise ValueError(f"modality {name!r} cannot be a target: the model does not predict it (decoder: false)")

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
-from polymodal.data.multimodal.loader import MapDataset, ResumableLoader, Sample
+from polymodal.data.multimodal.loader import MapDataset, Sample
 from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
@@ -117,35 +116,23 @@ class MultimodalData(SourcedData):
             raise ValueError(f"unknown data format {format!r}; expected one of {FORMATS}")
         if weights is not None and not isinstance(train, Mapping):
             raise ValueError("weights are only meaningful for a mixture: give `train` as {name: location}")
-        super().__init__(dp_rank)
+        super().__init__(batch_size, num_workers, error_budget, cache_dir, storage_options, seed, dp_rank, dp_world)
         self.format = format
         self.modalities = list(modalities)
         self.tokens_per_sample = 1
-        self._cache_dir = Path(cache_dir) / "shard_index"
-        self._storage_options = storage_options
-        self._error_budget = error_budget
         train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), train=True)
         self.modality_names = list(train_augment.resolutions)
         eval_augment = AlignedAugment(image_size, self.modalities, train=False)
-        collate = partial(
-            collate_with_absent, modalities=self.modality_names, specs=batch_specs(train_augment.resolutions)
+        self._open_splits(
+            train,
+            val,
+            weights,
+            collate=partial(
+                collate_with_absent, modalities=self.modality_names, specs=batch_specs(train_augment.resolutions)
+            ),
+            train_transform=PrepareSample(train_augment, self.modality_names),
+            eval_transform=PrepareSample(eval_augment, self.modality_names),
         )
-        loader = partial(
-            ResumableLoader,
-            batch_size=batch_size,
-            seed=seed,
-            dp_rank=dp_rank,
-            dp_world=dp_world,
-            num_workers=num_workers,
-            collate=collate,
-            error_budget=error_budget,
-        )
-        self.train_sources, self.train_dataset = self._open(train, "train", weights, seed)
-        self.train = loader(self.train_dataset, transform=PrepareSample(train_augment, self.modality_names))
-        self._val: ResumableLoader | None = None
-        if val is not None:
-            _, val_dataset = self._open(val, "val", weights, seed)
-            self._val = loader(val_dataset, transform=PrepareSample(eval_augment, self.modality_names), shuffle=False)
 
     def _missing_modalities(self, sources: Mapping[str, MapDataset]) -> list[str]:
         provided = {name for source in sources.values() for name in self._provided(source)}
@@ -166,15 +153,7 @@ class MultimodalData(SourcedData):
             raise ValueError(
                 f"{split} source {name!r} ({location}) has modalities {list(available)}, none of {self.modality_names}"
             )
-        shards = MultimodalShards(
-            location,
-            modalities=wanted,
-            cache_dir=self._cache_dir,
-            error_budget=self._error_budget,
-            storage_options=self._storage_options,
-        )
-        self._shards.append(shards)
-        return shards
+        return self._open_shards(location, wanted)
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -9,24 +9,43 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
-from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader
+from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader, Sample, SampleTransform
 from polymodal.data.multimodal.mixing import MixedDataset
 from polymodal.data.multimodal.shards import MultimodalShards
 
 
 class SourcedData(ABC):
     """Base of :class:`~polymodal.data.multimodal.data_module.MultimodalData` and
-    :class:`~polymodal.data.fourm.data.FourMData`. Subclasses set ``train`` and ``_val`` (loaders) and keep every
-    opened :class:`MultimodalShards` in ``_shards`` (their truncated tars are counted as skips)."""
+    :class:`~polymodal.data.fourm.data.FourMData`: holds the loader and shard settings both take, opens the splits
+    into ``train`` and ``_val`` loaders and keeps every opened :class:`MultimodalShards` in ``_shards`` (their
+    truncated tars are counted as skips)."""
 
     train: ResumableLoader
     _val: ResumableLoader | None
 
-    def __init__(self, dp_rank: int) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        error_budget: int,
+        cache_dir: str,
+        storage_options: Mapping[str, Any] | None,
+        seed: int,
+        dp_rank: int,
+        dp_world: int,
+    ) -> None:
+        self._batch_size = batch_size
+        self._num_workers = num_workers
+        self._error_budget = error_budget
+        self._cache_dir = Path(cache_dir) / "shard_index"
+        self._storage_options = dict(storage_options or {})
+        self._seed = seed
         self._dp_rank = dp_rank
+        self._dp_world = dp_world
         self._shards: list[MultimodalShards] = []
 
     @abstractmethod
@@ -38,7 +57,7 @@ class SourcedData(ABC):
         """The wanted modalities none of ``sources`` provides."""
 
     def _open(
-        self, locations: str | Mapping[str, str], split: str, weights: Mapping[str, float] | None, seed: int
+        self, locations: str | Mapping[str, str], split: str, weights: Mapping[str, float] | None
     ) -> tuple[dict[str, MapDataset], MapDataset]:
         """The sources of one split and the dataset the loader reads (the single source, or their mixture)."""
         if isinstance(locations, Mapping):
@@ -56,7 +75,60 @@ class SourcedData(ABC):
             mixture_weights = {name: float(len(source)) for name, source in sources.items()}
         else:
             mixture_weights = {name: float(w) for name, w in weights.items()}
-        return sources, MixedDataset(sources, mixture_weights, seed)
+        return sources, MixedDataset(sources, mixture_weights, self._seed)
+
+    def _open_shards(self, pattern: str, folders: list[str]) -> MultimodalShards:
+        """The ``folders`` of a shard pattern, kept so that their truncated tars are counted as skips."""
+        shards = MultimodalShards(
+            pattern,
+            modalities=folders,
+            cache_dir=self._cache_dir,
+            error_budget=self._error_budget,
+            storage_options=self._storage_options,
+        )
+        self._shards.append(shards)
+        return shards
+
+    def _open_splits(
+        self,
+        train: str | Mapping[str, str],
+        val: str | Mapping[str, str] | None,
+        weights: Mapping[str, float] | None,
+        collate: Callable[[list[Sample]], Batch],
+        train_transform: SampleTransform,
+        eval_transform: SampleTransform,
+        **loader_options: Any,
+    ) -> None:
+        """Sets ``train_sources``, ``train_dataset``, the ``train`` loader and the unshuffled ``_val`` loader (None
+        without ``val``); ``loader_options`` go to both loaders."""
+        self.train_sources, self.train_dataset = self._open(train, "train", weights)
+        self.train = self._loader(self.train_dataset, collate, train_transform, shuffle=True, **loader_options)
+        self._val = None
+        if val is not None:
+            _, val_dataset = self._open(val, "val", weights)
+            self._val = self._loader(val_dataset, collate, eval_transform, shuffle=False, **loader_options)
+
+    def _loader(
+        self,
+        dataset: MapDataset,
+        collate: Callable[[list[Sample]], Batch],
+        transform: SampleTransform,
+        shuffle: bool,
+        **loader_options: Any,
+    ) -> ResumableLoader:
+        return ResumableLoader(
+            dataset,
+            batch_size=self._batch_size,
+            seed=self._seed,
+            dp_rank=self._dp_rank,
+            dp_world=self._dp_world,
+            num_workers=self._num_workers,
+            collate=collate,
+            transform=transform,
+            error_budget=self._error_budget,
+            shuffle=shuffle,
+            **loader_options,
+        )
 
     def val_batches(self, max_batches: int | None) -> Iterator[Batch]:
         """Deterministic validation batches: ids in order, evaluation transform, the same on every call."""

@@ -11,9 +11,10 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
+from tiny_image_tokenizers import CODEBOOK_SIZE, export_tiny_tokenizer
 from torchvision.transforms.v2 import functional as F
 
-from polymodal.config import instantiate
+from polymodal.config import instantiate, load_config
 from polymodal.data.fourm.data import FourMData, fourm_alphas, fourm_registry
 from polymodal.data.fourm.samples import IMAGENET_MEAN, IMAGENET_STD, FourMSample, crop_boxes, text_ids
 from polymodal.data.multimodal.loader import sample_generator
@@ -25,37 +26,20 @@ from polymodal.pretokenize.fourm import CropOptions, pretokenize_4m
 from polymodal.tokenizers.bpe import save_tokenizer
 from polymodal.tokenizers.evaluate import load_tokenizer
 from polymodal.tokenizers.wordpiece import EOS_ID, PAD_ID, synthetic_scene_texts, train_wordpiece
-from polymodal.train.weights import export_weights
 
 SIZE = 32
 N_CROPS = 4
-CODEBOOK = 64
 TEXT_VOCAB = 4 + 200 + 4 * 1000 + len(SHAPES) + 300
 FOLDERS = "[rgb,tok_rgb,tok_depth,caption,det,crop_settings]"
 IN_DOMAINS = ["rgb@32", "tok_rgb@32", "tok_depth@32", "caption", "det"]
 OUT_DOMAINS = ["tok_rgb@32", "tok_depth@32", "caption", "det"]
 OVERRIDES = {
     "rgb@32": {"patch_size": 8},
-    "tok_rgb@32": {"vocab_size": CODEBOOK, "patch_size": 8},
-    "tok_depth@32": {"vocab_size": CODEBOOK, "patch_size": 8},
+    "tok_rgb@32": {"vocab_size": CODEBOOK_SIZE, "patch_size": 8},
+    "tok_depth@32": {"vocab_size": CODEBOOK_SIZE, "patch_size": 8},
     "caption": {"vocab_size": TEXT_VOCAB, "max_tokens": 24},
     "det": {"vocab_size": TEXT_VOCAB, "max_tokens": 32},
 }
-
-
-def export_image_tokenizer(directory: Path, modality: str) -> Path:
-    quantizer = {"_target_": "polymodal.tokenizers.quantizers.VectorQuantizer", "dim": 8, "codebook_size": CODEBOOK}
-    model = {
-        "_target_": "polymodal.tokenizers.image_tokenizer.build_image_tokenizer",
-        "modality": modality,
-        "downsample": 8,
-        "channels": [8, 8, 8, 8],
-        "quantizer": quantizer,
-    }
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create({"model": model}))
-    torch.manual_seed(len(modality))
-    export_weights(instantiate(OmegaConf.create(config_yaml).model), directory, config_yaml)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +48,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("fourm")
     root = base / "scenes"
     write_shards(root, num_samples=12, samples_per_shard=6, size=SIZE, modalities=("rgb", "depth", "caption", "det"))
-    tokenizers = {m: load_tokenizer(export_image_tokenizer(base / f"tok-{m}", m)) for m in ("rgb", "depth")}
+    tokenizers = {m: load_tokenizer(export_tiny_tokenizer(base / f"tok-{m}", m)) for m in ("rgb", "depth")}
     pretokenize_4m(root, tokenizers, options=CropOptions(n_crops=N_CROPS, image_size=SIZE, seed=5), cache_dir=base)
     text_tokenizer = train_wordpiece(synthetic_scene_texts(40), TEXT_VOCAB)
     tokenizer_path = save_tokenizer(text_tokenizer, base / "wordpiece.json")
@@ -191,7 +175,7 @@ ROW0 = torch.tensor([[0, 0, SIZE, SIZE, 0]])
     [
         ({"tok_rgb": torch.zeros(N_CROPS, 16, dtype=torch.int16)}, "missing_crop_settings"),
         ({"tok_rgb": torch.zeros(N_CROPS, 9, dtype=torch.int16), "crop_settings": ROW0}, "bad_tokens"),
-        ({"tok_rgb": torch.full((N_CROPS, 16), CODEBOOK, dtype=torch.int16), "crop_settings": ROW0}, "bad_tokens"),
+        ({"tok_rgb": torch.full((N_CROPS, 16), CODEBOOK_SIZE, dtype=torch.int16), "crop_settings": ROW0}, "bad_tokens"),
         ({"rgb": torch.zeros(3, 16, 16, dtype=torch.uint8), "crop_settings": ROW0}, "bad_crop_settings"),
         (
             {"det": {"boxes": torch.tensor([[1.0, 1, 5, 5]]), "labels": torch.tensor([99])}, "crop_settings": ROW0},
@@ -368,10 +352,9 @@ def test_synthetic_world_configs_agree_with_each_other(alphas):
     assert [spec.grid for spec in modalities.values() if spec.is_image] == [(8, 8)] * 5
     assert modalities["caption"].vocab_size == modalities["det"].vocab_size == 8192
     assert not modalities["rgb@64"].decoder
-    tokenizers = {name: OmegaConf.load(configs / f"tokenizers/{name}_tiny.yaml") for name in ("rgb", "semseg")}
-    rgb_codebook = tokenizers["rgb"].constants.codebook_size
-    assert modalities["tok_rgb@64"].vocab_size == modalities["tok_depth@64"].vocab_size == rgb_codebook
-    assert modalities["tok_semseg@64"].vocab_size == tokenizers["semseg"].constants.codebook_size
+    for name in ("rgb", "depth", "normal", "semseg"):
+        tokenizer = load_config(configs / f"tokenizers/{name}_tiny.yaml")
+        assert modalities[f"tok_{name}@64"].vocab_size == tokenizer.constants.codebook_size, name
 
 
 def test_the_trainer_builds_it_from_a_config_node(world):

@@ -258,7 +258,7 @@ def test_transfer_masking(registry):
 @pytest.mark.parametrize(
     ("inputs", "targets", "message"),
     [
-        (["rgb@32"], ["rgb@32"], "both inputs and targets"),
+        (["rgb@32"], ["rgb@32"], "both input and target"),
         (["nope"], [], "not in the registry"),
         ([], ["rgb@32"], "cannot be a target"),
         ([], ["t5_caption"], "cannot be a target"),

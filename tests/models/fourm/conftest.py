@@ -1,12 +1,8 @@
-"""The 4M tests run tiny models: one intra-op thread avoids oversubscribing the shared CPU (10-100x faster)."""
+"""The 4M tests run tiny models: every test here gets one intra-op thread (tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread_per_test(single_thread):
+    """Applies ``single_thread`` to every test in this folder."""

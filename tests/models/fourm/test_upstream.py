@@ -92,23 +92,22 @@ def upstream_state_dict(config: dict, seed: int = 0) -> dict[str, torch.Tensor]:
         if config["gated_mlp"]:
             linear(f"{name}.fc3", hidden, DIM, config["mlp_bias"])
 
+    def block(name: str, decoder: bool) -> None:
+        norm(f"{name}.norm1")
+        attention(f"{name}.self_attn" if decoder else f"{name}.attn", [("qkv", 3 * DIM)])
+        if decoder:
+            norm(f"{name}.query_norm")
+            norm(f"{name}.context_norm")
+            attention(f"{name}.cross_attn", [("q", DIM), ("kv", 2 * DIM)])
+        norm(f"{name}.norm2")
+        mlp(f"{name}.mlp")
+
     for index in range(DEPTH):
-        block = f"encoder.{index}"
-        norm(f"{block}.norm1")
-        attention(f"{block}.attn", [("qkv", 3 * DIM)])
-        norm(f"{block}.norm2")
-        mlp(f"{block}.mlp")
+        block(f"encoder.{index}", decoder=False)
     norm("encoder_norm")
     linear("decoder_proj_context", DIM, DIM, True)
     for index in range(DEPTH):
-        block = f"decoder.{index}"
-        norm(f"{block}.norm1")
-        attention(f"{block}.self_attn", [("qkv", 3 * DIM)])
-        norm(f"{block}.query_norm")
-        norm(f"{block}.context_norm")
-        attention(f"{block}.cross_attn", [("q", DIM), ("kv", 2 * DIM)])
-        norm(f"{block}.norm2")
-        mlp(f"{block}.mlp")
+        block(f"decoder.{index}", decoder=True)
     norm("decoder_norm")
     state["mask_token"] = rand(1, 1, DIM)
     image_pos, caption_pos = sincos_2d_upstream(4, DIM), sincos_1d_upstream(512, DIM)  # upstream's 512-row quirk

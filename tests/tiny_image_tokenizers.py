@@ -1,0 +1,43 @@
+"""Untrained tiny image tokenizers (8x8 px per code, 64-entry codebook) exported like trained ones, for tests that
+load them with ``load_tokenizer``: pre-tokenization only needs valid codes. Importable from any test (pytest puts
+this folder on ``sys.path`` with tests/conftest.py)."""
+
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from polymodal.config import instantiate
+from polymodal.train.weights import export_weights
+
+CODEBOOK_SIZE = 64
+
+
+def tiny_tokenizer_config(modality: str) -> dict:
+    """The ``{"model": ...}`` config of the tiny tokenizer of ``modality``."""
+    quantizer = {
+        "_target_": "polymodal.tokenizers.quantizers.VectorQuantizer",
+        "dim": 8,
+        "codebook_size": CODEBOOK_SIZE,
+    }
+    model = {
+        "_target_": "polymodal.tokenizers.image_tokenizer.build_image_tokenizer",
+        "modality": modality,
+        "downsample": 8,
+        "channels": [8, 8, 8, 8],
+        "quantizer": quantizer,
+    }
+    return {"model": model}
+
+
+def tiny_tokenizer(modality: str) -> torch.nn.Module:
+    """The tiny tokenizer of ``modality`` with random weights seeded by the modality: the same on every call."""
+    torch.manual_seed(len(modality))
+    return instantiate(OmegaConf.create(tiny_tokenizer_config(modality)).model)
+
+
+def export_tiny_tokenizer(directory: Path, modality: str) -> Path:
+    """:func:`tiny_tokenizer` exported with its config into ``directory`` (returned)."""
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create(tiny_tokenizer_config(modality)))
+    export_weights(tiny_tokenizer(modality), directory, config_yaml)
+    return directory
