@@ -20,7 +20,7 @@ from polymodal.train.trainer import Trainer, _batch_size
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "fourm" / "tiny.yaml"
-CODEBOOKS = {"rgb": 1024, "depth": 256, "normal": 256, "semseg": 128}  # configs/fourm/data/synth_tiny.yaml vocabs
+CODEBOOKS = {"rgb": 1000, "depth": 256, "normal": 256, "semseg": 128}  # configs/fourm/data/synth_tiny.yaml vocabs
 TARGETS = ["tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64", "caption", "det"]
 BATCH = 4
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny models (tests/conftest.py)

@@ -353,8 +353,8 @@ def test_synthetic_world_configs_agree_with_each_other(alphas):
     assert modalities["caption"].vocab_size == modalities["det"].vocab_size == 8192
     assert not modalities["rgb@64"].decoder
     for name in ("rgb", "depth", "normal", "semseg"):
-        tokenizer = load_config(configs / f"tokenizers/{name}_tiny.yaml")
-        assert modalities[f"tok_{name}@64"].vocab_size == tokenizer.constants.codebook_size, name
+        quantizer = instantiate(load_config(configs / f"tokenizers/{name}_tiny.yaml").model.quantizer)
+        assert modalities[f"tok_{name}@64"].vocab_size == quantizer.codebook_size, name
 
 
 def test_the_trainer_builds_it_from_a_config_node(world):
