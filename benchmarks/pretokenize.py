@@ -14,8 +14,9 @@ memory at the tokenizer's 64 px. After one untimed warm-up batch each, A and B a
 
 Codes: both sides must give the same codes, and the script prints ``codes identical``. Batch 1 and batch N run
 different convolution kernels whose latents differ by ~1e-6, so a latent whose two nearest codes are that close
-can flip. For every differing code the script prints the cosine-similarity gap between the two codes; gaps
-below ``TIE_TOLERANCE`` are such float near-ties, a larger gap means the two sides really disagree.
+can flip. For every differing code the script prints the assignment gap between the two codes (how much nearer
+the latent is to one than to the other, in squared distance in the quantizer's assignment space); gaps below
+``TIE_TOLERANCE`` are such float near-ties, a larger gap means the two sides really disagree.
 
 End to end: :func:`pretokenize_4m` once over a synthetic rgb shard tree (``--samples`` scenes, 5 crops each) in
 a temporary directory, in this process, including the shard index build: an absolute samples/s.
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from timing import alternate, platform_line, rate_table
 
 from polymodal.config import instantiate, load_config
@@ -48,7 +48,7 @@ from polymodal.tokenizers.image_tokenizer import ImageTokenizer
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tokenizers" / "rgb_tiny.yaml"
 SEED = 0
-TIE_TOLERANCE = 1e-4  # cosine-similarity gap below which a differing code is a float near-tie
+TIE_TOLERANCE = 1e-4  # assignment gap below which a differing code is a float near-tie
 
 
 def build_tokenizer() -> tuple[ImageTokenizer, int]:
@@ -69,22 +69,25 @@ def encode_one_at_a_time(tokenizer: ImageTokenizer, crops: torch.Tensor) -> np.n
     return torch.cat([tokenizer.encode(crop[None]).flatten(1) for crop in crops]).numpy()
 
 
-def similarity_gaps(tokenizer: ImageTokenizer, crops: torch.Tensor, codes: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``|cos(z, code) - cos(z, other code)|`` at every position where the code maps ``(n, h·w)`` differ, with
-    ``z`` the crop's normalised latent: ~1e-6 is a float near-tie, not a disagreement."""
+def assignment_gaps(tokenizer: ImageTokenizer, crops: torch.Tensor, codes: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``| |p - q(code)|^2 - |p - q(other code)|^2 |`` at every position where the code maps ``(n, h·w)`` differ,
+    with ``p`` the crop's latent in the quantizer's assignment space and ``q`` a code's latent: ~1e-6 is a float
+    near-tie between two codes, not a disagreement."""
     quantizer = tokenizer.quantizer
-    if not quantizer.l2_normalize:
-        raise ValueError(f"similarity_gaps compares cosine similarities; {CONFIG.name} must set l2_normalize: true")
     rows, positions = np.nonzero(codes != other)
     if rows.size == 0:
         return np.zeros(0)
     with torch.inference_mode():
         latents = tokenizer.encoder(tokenizer.normalization.normalize(crops[torch.from_numpy(rows)]))
-        flat = F.normalize(latents.flatten(2)[torch.arange(rows.size), :, torch.from_numpy(positions)], dim=-1)
-        codebook = quantizer.codebook
-        first = codebook[torch.from_numpy(codes[rows, positions].astype(np.int64))]
-        second = codebook[torch.from_numpy(other[rows, positions].astype(np.int64))]
-        return (flat * (first - second)).sum(dim=1).abs().numpy()
+        space = quantizer.assignment_space(latents).flatten(2)[torch.arange(rows.size), :, torch.from_numpy(positions)]
+
+        def code_latents(chosen: np.ndarray) -> torch.Tensor:
+            ids = torch.from_numpy(chosen[rows, positions].astype(np.int64)).view(-1, 1, 1)
+            return quantizer.codes_to_latent(ids).flatten(1)
+
+        first, second = code_latents(codes), code_latents(other)
+        gaps = (space - first).square().sum(dim=1) - (space - second).square().sum(dim=1)
+        return gaps.abs().numpy()
 
 
 @dataclass
@@ -97,7 +100,7 @@ class EncodingResult:
     one_at_a_time_s: list[float]
     total_codes: int
     differing_codes: int
-    largest_gap: float  # largest similarity gap among differing codes, 0 when the codes are identical
+    largest_gap: float  # largest assignment gap among differing codes, 0 when the codes are identical
     end_to_end_samples_per_s: float
 
     @property
@@ -173,7 +176,7 @@ def encoding_report(result: EncodingResult, image_size: int, grid: tuple[int, in
     else:
         verdict = "float near-ties only" if result.near_ties_only else "the two sides DISAGREE"
         codes_line = (
-            f"codes identical: False ({result.differing_codes} of {result.total_codes} differ; largest similarity "
+            f"codes identical: False ({result.differing_codes} of {result.total_codes} differ; largest assignment "
             f"gap {result.largest_gap:.1e}, tolerance {TIE_TOLERANCE:.0e}: {verdict})"
         )
     return "\n".join(
@@ -221,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> EncodingResult:
     tokenizer, image_size = build_tokenizer()
     crops = render_crops(args.images, image_size)
     batched_s, single_s, batched_codes, single_codes = measure_encoding(tokenizer, crops, args.batch_size, args.rounds)
-    gaps = similarity_gaps(tokenizer, crops, batched_codes, single_codes)
+    gaps = assignment_gaps(tokenizer, crops, batched_codes, single_codes)
     options = CropOptions(image_size=image_size, seed=SEED)
     with tempfile.TemporaryDirectory(prefix="pretokenize-") as scratch:
         samples_per_s = end_to_end_samples_per_s(

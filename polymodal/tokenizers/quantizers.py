@@ -78,6 +78,11 @@ class Quantizer(nn.Module, abc.ABC):
     def codes_to_latent(self, codes: Tensor) -> Tensor:
         """The quantized latent ``[B, dim, h, w]`` of integer ``codes`` ``[B, h, w]``."""
 
+    @abc.abstractmethod
+    def assignment_space(self, z: Tensor) -> Tensor:
+        """``z`` ``[B, dim, h, w]`` where each position's code is the one whose :meth:`codes_to_latent` is nearest
+        (Euclidean): how far a position is from a tie between two codes is measured here."""
+
     def _check_latent(self, z: Tensor) -> None:
         name = type(self).__name__
         if z.ndim != 4 or z.shape[1] != self.dim:
@@ -209,6 +214,10 @@ class VectorQuantizer(Quantizer):
         self._check_codes(codes)
         return self.codebook[codes.long()].permute(0, 3, 1, 2)
 
+    def assignment_space(self, z: Tensor) -> Tensor:
+        self._check_latent(z)
+        return self._normalize(z.float().movedim(1, -1)).movedim(-1, 1)
+
     @torch.no_grad()
     def _update_codebook(self, flat: Tensor, flat_codes: Tensor) -> None:
         counts = torch.bincount(flat_codes, minlength=self.codebook_size).float()
@@ -296,3 +305,7 @@ class FSQ(Quantizer):
         self._check_codes(codes)
         digits = (codes.long().unsqueeze(-1) // self.radix) % self.level_counts
         return ((digits.float() - self.half_width) / self.half_width).movedim(-1, 1)
+
+    def assignment_space(self, z: Tensor) -> Tensor:
+        self._check_latent(z)
+        return (self.bound(z.float().movedim(1, -1)) / self.half_width).movedim(-1, 1)

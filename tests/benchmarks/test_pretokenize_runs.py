@@ -32,16 +32,16 @@ def test_tiny_run_prints_both_rates_a_positive_ratio_and_identical_codes(benchma
     assert f"codes identical: {result.codes_identical}" in output
 
 
-def test_similarity_gaps_are_empty_for_equal_codes_and_large_for_codes_of_other_crops(benchmark):
+def test_assignment_gaps_are_empty_for_equal_codes_and_large_for_codes_of_other_crops(benchmark):
     tokenizer, size = benchmark.build_tokenizer()
     crops = benchmark.render_crops(4, size)
     with torch.inference_mode():
         codes = benchmark.encode_crops(tokenizer, crops, 4)
         single = benchmark.encode_one_at_a_time(tokenizer, crops)
-    assert np.array_equal(codes, single) or benchmark.similarity_gaps(tokenizer, crops, codes, single).max() < 1e-4
-    assert benchmark.similarity_gaps(tokenizer, crops, codes, codes).size == 0
+    assert np.array_equal(codes, single) or benchmark.assignment_gaps(tokenizer, crops, codes, single).max() < 1e-4
+    assert benchmark.assignment_gaps(tokenizer, crops, codes, codes).size == 0
     shifted = np.roll(codes, 1, axis=0)  # each crop gets its neighbour's codes: a batching bug
-    gaps = benchmark.similarity_gaps(tokenizer, crops, codes, shifted)
+    gaps = benchmark.assignment_gaps(tokenizer, crops, codes, shifted)
     assert gaps.size == np.count_nonzero(codes != shifted) > 0
     assert gaps.max() > benchmark.TIE_TOLERANCE
 

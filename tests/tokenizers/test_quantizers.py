@@ -358,3 +358,15 @@ def test_perplexity_rejects_bad_usage():
         codebook_perplexity(torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="1-D"):
         codebook_perplexity(torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("make", [lambda: VectorQuantizer(dim=4, codebook_size=16), lambda: FSQ([5, 4, 3])])
+def test_assignment_space_puts_every_position_nearest_its_own_code(make):
+    quantizer = make().eval()
+    z = torch.randn(2, quantizer.dim, 3, 3, generator=torch.Generator().manual_seed(0))
+    codes = quantizer(z).codes
+    space = quantizer.assignment_space(z).movedim(1, -1).reshape(-1, 1, quantizer.dim)
+    every_code = torch.arange(quantizer.codebook_size).view(-1, 1, 1)
+    all_latents = quantizer.codes_to_latent(every_code).flatten(1)  # [codebook_size, dim]
+    nearest = (space - all_latents[None]).square().sum(-1).argmin(dim=1)
+    assert torch.equal(nearest, codes.flatten())
