@@ -26,7 +26,8 @@ $(SCENES)/.done: | $(STAMP)
 	$(BIN)/polymodal synth --out $(SCENES) --format shards --num-samples 4000 --samples-per-shard 1000
 	touch $@
 
-# TOKENIZER_THREADS=1 with `make -j2` trains two tokenizers at once, ~1.4x the throughput of one at a time on 2 cores.
+# TOKENIZER_THREADS=1 with `make -j2` trains two tokenizers at once, one thread each (small convolutions use 2 cores
+# better as two processes than as one two-threaded one).
 runs/tokenizer-%-tiny/.done: $(SCENES)/.done
 	env $(if $(TOKENIZER_THREADS),OMP_NUM_THREADS=$(TOKENIZER_THREADS)) \
 		$(BIN)/polymodal train --config configs/tokenizers/$*_tiny.yaml
