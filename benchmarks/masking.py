@@ -29,11 +29,11 @@ from collections.abc import Callable, Sequence
 import torch
 from timing import Comparison, compare, platform_line, rate_table
 
-from polymodal.data.fourm.alphas import DirichletMixture
-from polymodal.data.fourm.budgets import TokenBudgets
-from polymodal.data.fourm.masking import FourMMasking, MaskedBatch, parse_raw_batch
-from polymodal.data.fourm.modalities import ModalityRegistry
-from polymodal.tokenizers.wordpiece import EOS_ID, sentinel_id
+from polymodal.families.fourm.masking.alphas import DirichletMixture
+from polymodal.families.fourm.masking.budgets import TokenBudgets
+from polymodal.families.fourm.masking.masker import FourMMasking, MaskedBatch, parse_raw_batch
+from polymodal.families.fourm.modalities import ModalityRegistry
+from polymodal.tokenizers.text.wordpiece import EOS_ID, sentinel_id
 
 IMAGE_MODALITIES = ("tok_rgb@224", "tok_depth@224", "tok_semseg@224", "tok_normal@224", "tok_clip@224",
                     "tok_sam_edge@224")  # fmt: skip

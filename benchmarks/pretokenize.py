@@ -4,7 +4,7 @@ Model: the rgb tokenizer of ``configs/tokenizers/rgb_tiny.yaml`` (64 px -> 8x8 c
 built in-process and randomly initialised from a fixed seed. Encoding costs the same whatever the weights, so no
 trained checkpoint is needed.
 
-* (A) batched: :func:`polymodal.pretokenize.fourm.encode_crops` with ``--batch-size`` crops per forward pass,
+* (A) batched: :func:`polymodal.families.fourm.pretokenize.encode_crops` with ``--batch-size`` crops per forward pass,
   the function the pretokenizer calls (its default batch size unless told otherwise).
 * (B) one at a time: ``tokenizer.encode(crop[None])`` for each crop, then concatenated.
 
@@ -42,8 +42,8 @@ from timing import alternate, platform_line, rate_table
 from polymodal.config import instantiate, load_config
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.writers import write_shards
-from polymodal.pretokenize.fourm import DEFAULT_BATCH_SIZE, CropOptions, encode_crops, pretokenize_4m
-from polymodal.tokenizers.image_tokenizer import ImageTokenizer
+from polymodal.families.fourm.pretokenize import DEFAULT_BATCH_SIZE, CropOptions, encode_crops, pretokenize_4m
+from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tokenizers" / "rgb_tiny.yaml"

@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from polymodal.config import ConfigError, load_config
 from polymodal.data.synth.cli import add_synth_arguments, synth_main
-from polymodal.generate.cli import add_generate_arguments, generate_main
-from polymodal.generate.evaluate import add_eval_4m_arguments, eval_4m_main
-from polymodal.pretokenize.fourm import add_pretokenize_arguments
-from polymodal.tokenizers.evaluate import add_tokenizer_eval_arguments, tokenizer_eval_main
+from polymodal.families.fourm.generate.run import add_generate_arguments, generate_main
+from polymodal.families.fourm.evaluate.tasks import add_eval_4m_arguments, eval_4m_main
+from polymodal.families.fourm.pretokenize import add_pretokenize_arguments
+from polymodal.tokenizers.image.evaluate import add_tokenizer_eval_arguments, tokenizer_eval_main
 
 EXIT_CONFIG_ERROR = 2
 EXIT_TRAINING_STOPPED = 3
@@ -43,7 +43,7 @@ def apply_debug_settings(cfg: DictConfig) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from polymodal.train.distributed import teardown_distributed
+    from polymodal.distributed.env import teardown_distributed
     from polymodal.train.trainer import Trainer, TrainingStopped
 
     cfg = load_config(args.config, args.overrides)
@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from polymodal.train.weights import export_weights, load_trained_model
+    from polymodal.checkpoint.weights import export_weights, load_trained_model
 
     model, config_yaml = load_trained_model(args.checkpoint)
     weights = export_weights(model, Path(args.out), config_yaml)
@@ -79,16 +79,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _pretokenize_4m(args: argparse.Namespace) -> int:
-    from polymodal.pretokenize.fourm import pretokenize_main
+    from polymodal.families.fourm.pretokenize import pretokenize_main
 
     return pretokenize_main(args)
 
 
 def _train_text_tokenizer(args: argparse.Namespace) -> int:
     if args.kind == "wordpiece":
-        from polymodal.tokenizers.wordpiece import train_wordpiece_text_tokenizer as train
+        from polymodal.tokenizers.text.wordpiece import train_wordpiece_text_tokenizer as train
     else:
-        from polymodal.tokenizers.bpe import train_text_tokenizer as train
+        from polymodal.tokenizers.text.bpe import train_text_tokenizer as train
     train(args.inputs or None, Path(args.output), args.vocab_size, args.min_frequency)
     return 0
 

@@ -89,7 +89,7 @@ def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_pat
 
 
 def test_rename_rules_map_checkpoint_keys(tiny_config, tmp_path):
-    from polymodal.train.weights import select_and_rename
+    from polymodal.checkpoint.weights import select_and_rename
 
     state = {"trunk.transformer.blocks.0.attn.q_proj.weight": torch.ones(1), "head.proj.weight": torch.zeros(1)}
     renamed = select_and_rename(state, include=["trunk.*"], rename={r"^trunk\.transformer\.": "encoder."})
@@ -102,7 +102,7 @@ def test_tokenizer_train_text_command(tmp_path, text_corpus):
     output = tmp_path / "tok" / "tokenizer.json"
     result = run_cli("tokenizer", "train-text", str(text_corpus), "--output", str(output), "--vocab-size", "400")
     assert result.returncode == 0, result.stderr
-    from polymodal.tokenizers.bpe import load_tokenizer
+    from polymodal.tokenizers.text.bpe import load_tokenizer
 
     tokenizer = load_tokenizer(output)
     text = "the red cube is left of the blue sphere."
@@ -126,7 +126,7 @@ def test_tokenizer_train_text_wordpiece_has_4m_layout(tmp_path, text_corpus):
         "--vocab-size", "4400",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    from polymodal.tokenizers.wordpiece import coord_id, load_wordpiece
+    from polymodal.tokenizers.text.wordpiece import coord_id, load_wordpiece
 
     tokenizer = load_wordpiece(output)
     assert tokenizer.encode("v0=12 cube", add_special_tokens=False).ids[0] == coord_id(0, 12)

@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from polymodal.config import instantiate
-from polymodal.train.weights import export_weights
+from polymodal.checkpoint.weights import export_weights
 
 CODEBOOK_SIZE = 64
 
@@ -16,12 +16,12 @@ CODEBOOK_SIZE = 64
 def tiny_tokenizer_config(modality: str) -> dict:
     """The ``{"model": ...}`` config of the tiny tokenizer of ``modality``."""
     quantizer = {
-        "_target_": "polymodal.tokenizers.quantizers.VectorQuantizer",
+        "_target_": "polymodal.tokenizers.image.quantizers.VectorQuantizer",
         "dim": 8,
         "codebook_size": CODEBOOK_SIZE,
     }
     model = {
-        "_target_": "polymodal.tokenizers.image_tokenizer.build_image_tokenizer",
+        "_target_": "polymodal.tokenizers.image.tokenizer.build_image_tokenizer",
         "modality": modality,
         "downsample": 8,
         "channels": [8, 8, 8, 8],

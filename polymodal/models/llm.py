@@ -13,7 +13,7 @@ from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
 from polymodal.models.parts import DocumentCausalMask, LinearHead, TransformerTrunk
-from polymodal.train.flops import matmul_params, transformer_train_flops_per_token
+from polymodal.train.mfu import matmul_params, transformer_train_flops_per_token
 
 
 class TokenEmbedding(ReadWriteBlock):

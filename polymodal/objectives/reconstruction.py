@@ -1,6 +1,6 @@
 """The image tokenizer's training objective: reconstruction + quantizer loss, with PSNR / mIoU and codebook metrics.
 
-Reads what :class:`~polymodal.tokenizers.image_tokenizer.ImageTokenizer` writes for one modality. The
+Reads what :class:`~polymodal.tokenizers.image.tokenizer.ImageTokenizer` writes for one modality. The
 reconstruction term compares ``<modality>_recon`` with ``<modality>`` in natural units, except depth, which is
 compared in log-depth (metres span orders of magnitude; an error of 10 cm matters at 1 m, not at 20 m), and
 semseg, whose logits get cross-entropy against the class ids.
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.models.meta import DataDict, Objective
-from polymodal.tokenizers.image_tokenizer import DEFAULT_MIN_DEPTH, MODALITIES
-from polymodal.tokenizers.quantizers import codebook_perplexity
+from polymodal.tokenizers.image.tokenizer import DEFAULT_MIN_DEPTH, MODALITIES
+from polymodal.tokenizers.image.quantizers import codebook_perplexity
 
 PIXEL_LOSSES = ("l1", "mse")
 DEFAULT_PSNR_RANGE = {"rgb": 1.0, "normal": 2.0}  # depth: each target's own max - min unless given

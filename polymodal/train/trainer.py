@@ -28,16 +28,16 @@ from torch.distributed.tensor.parallel import loss_parallel
 
 from polymodal.config import ConfigError, experiment_config, instantiate, save_config
 from polymodal.models.meta import DataDict, call_block, checking_keys
-from polymodal.train.checkpoint import Checkpointer
-from polymodal.train.distributed import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
-from polymodal.train.flops import device_peak_flops, mfu
+from polymodal.checkpoint.dcp import Checkpointer
+from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
+from polymodal.train.mfu import device_peak_flops, mfu
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import plan_for, split_sequence
 from polymodal.train.plots import plot_loss_curves
-from polymodal.train.rng import seed_everything
-from polymodal.train.weights import load_pretrained
+from polymodal.checkpoint.rng import seed_everything
+from polymodal.checkpoint.weights import load_pretrained
 
 log = logging.getLogger("polymodal")
 

@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from polymodal.train import flops
-from polymodal.train.flops import (
+from polymodal.train.mfu import (
     PEAK_FLOPS,
     device_peak_flops,
     matmul_params,
@@ -150,7 +150,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(tmp_path, monkeypatch, caplog, c
     cache_file = tmp_path / "peak_flops.json"
     cache_file.write_bytes(content.encode("latin-1"))
     monkeypatch.setattr(flops, "measure_matmul_flops", lambda device, dtype, size=1024, repeats=5: 3e11)
-    with caplog.at_level(logging.WARNING, logger="polymodal.train.flops"):
+    with caplog.at_level(logging.WARNING, logger="polymodal.train.mfu"):
         assert device_peak_flops(torch.device("cpu"), torch.float32, cache_dir=tmp_path) == 3e11
     assert "Ignoring" in caplog.text
     assert list(json.loads(cache_file.read_text()).values()) == [3e11]

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from polymodal.train.distributed import gradient_sync
+from polymodal.distributed.env import gradient_sync
 
 MICRO_STEPS = 3
 

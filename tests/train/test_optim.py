@@ -3,8 +3,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from polymodal.data.fourm.modalities import ModalityRegistry
-from polymodal.models.fourm import FourM
+from polymodal.families.fourm.modalities import ModalityRegistry
+from polymodal.families.fourm.model import FourM
 from polymodal.train.optim import build_optimizer, param_groups_summary
 
 

@@ -15,8 +15,8 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from polymodal.config.schema import DistributedConfig, ExperimentConfig
 from polymodal.models.llm import build_llm
-from polymodal.train.distributed import gradient_sync
-from polymodal.train.parallel.collectives import all_gather_with_grad
+from polymodal.distributed.env import gradient_sync
+from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import ContextParallelAttention, plan_for, split_sequence

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
 from polymodal.config import ConfigError, experiment_config, instantiate, load_config
-from polymodal.train.distributed import gradient_sync
+from polymodal.distributed.env import gradient_sync
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.planner import (

@@ -43,7 +43,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from polymodal.data.text.atomic_files import atomic_output, exclusive_lock
+from polymodal.files import atomic_output, exclusive_lock
 
 logger = logging.getLogger(__name__)
 

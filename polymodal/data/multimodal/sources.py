@@ -20,7 +20,7 @@ from polymodal.data.multimodal.shards import MultimodalShards
 
 class SourcedData(ABC):
     """Base of :class:`~polymodal.data.multimodal.data_module.MultimodalData` and
-    :class:`~polymodal.data.fourm.data.FourMData`: holds the loader and shard settings both take, opens the splits
+    :class:`~polymodal.families.fourm.data.FourMData`: holds the loader and shard settings both take, opens the splits
     into ``train`` and ``_val`` loaders and keeps every opened :class:`MultimodalShards` in ``_shards`` (their
     truncated tars are counted as skips)."""
 

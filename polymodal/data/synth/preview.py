@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from polymodal.data.synth.colourmaps import SEMSEG_COLOURS, depth_to_rgb, normal_to_rgb, semseg_to_rgb
+from polymodal.colourmaps import SEMSEG_COLOURS, depth_to_rgb, normal_to_rgb, semseg_to_rgb
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import SHAPES
 

@@ -18,10 +18,10 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from polymodal.data.synth.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
+from polymodal.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import CLASS_NAMES, SHAPES
-from polymodal.data.text.atomic_files import atomic_output
+from polymodal.files import atomic_output
 
 MODALITY_EXTENSIONS = {
     "rgb": "rgb.png",

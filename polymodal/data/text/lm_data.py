@@ -18,7 +18,7 @@ from typing import Literal
 from polymodal.data.text.corpus import expand_document_paths, in_val_split, read_documents, stdlib_docstrings
 from polymodal.data.text.packed import Batch, PackedSequenceLoader, count_windows, eval_batches
 from polymodal.data.text.tokens import TokenCorpus, load_or_build_corpus, tokenize_documents, unigram_entropy
-from polymodal.tokenizers.bpe import EOS_ID, load_or_train_bpe, tokenizer_fingerprint
+from polymodal.tokenizers.text.bpe import EOS_ID, load_or_train_bpe, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 

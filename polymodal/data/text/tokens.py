@@ -12,7 +12,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 from tokenizers import Tokenizer
 
-from polymodal.data.text.atomic_files import atomic_output, exclusive_lock
+from polymodal.files import atomic_output, exclusive_lock
 
 log = logging.getLogger(__name__)
 

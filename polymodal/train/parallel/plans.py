@@ -36,7 +36,7 @@ from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttentionBlock
 from polymodal.models.llm import CausalLM
 from polymodal.models.meta import DataDict
-from polymodal.train.parallel.collectives import all_gather_with_grad
+from polymodal.distributed.collectives import all_gather_with_grad
 
 
 def transformer_block_plan() -> dict[str, object]:

@@ -10,7 +10,7 @@ import polymodal.data.text.lm_data as lm_data_module
 from polymodal.data.text.corpus import in_val_split
 from polymodal.data.text.lm_data import LMData
 from polymodal.data.text.tokens import unigram_entropy
-from polymodal.tokenizers.bpe import EOS_ID, SPECIAL_TOKENS, tokenizer_fingerprint
+from polymodal.tokenizers.text.bpe import EOS_ID, SPECIAL_TOKENS, tokenizer_fingerprint
 
 VOCAB = 512
 

@@ -11,7 +11,7 @@ from polymodal.data.text.tokens import (
     tokenize_documents,
     unigram_entropy,
 )
-from polymodal.tokenizers.bpe import EOS_ID, train_bpe
+from polymodal.tokenizers.text.bpe import EOS_ID, train_bpe
 
 DOCS = ["hello world", "", "naïve 🤗 code:\n    return x", "hello again world"] * 5
 

@@ -1,0 +1,180 @@
+"""Complete, atomic, resharding checkpoints on ``torch.distributed.checkpoint`` (DCP).
+
+Layout of ``<output_dir>/checkpoints/step_00000100/``::
+
+    .metadata, __*_*.distcp   model and optimizer tensors (DCP: sharded per rank, resharded on load)
+    trainer_state.json        step, skip counter, data-loader position, world size, library version
+    rng/rank<R>.json          every RNG of rank R
+    config.yaml               the resolved config of the run
+
+Only tensors go through DCP. Everything else is JSON, because DCP stores non-tensor values as pickles and loads
+them with ``weights_only=False``; a checkpoint must be safe to open even when it came from someone else.
+
+Every rank writes into ``.tmp-step_*``; after a barrier rank 0 renames it to ``step_*``. The rename is the commit:
+a crash at any earlier point leaves the previous checkpoint as the newest complete one, and the stale temp
+directory is removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from polymodal import __version__
+from polymodal.distributed.env import DistEnv, barrier
+from polymodal.checkpoint.rng import capture_rng_state, restore_rng_state
+
+log = logging.getLogger("polymodal")
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+
+
+def _partition(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a nested dict into (tensor leaves, everything else), keeping the nesting."""
+    tensors: dict[str, Any] = {}
+    others: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            sub_tensors, sub_others = _partition(value)
+            if sub_tensors:
+                tensors[key] = sub_tensors
+            if sub_others:
+                others[key] = sub_others
+        elif isinstance(value, torch.Tensor):
+            tensors[key] = value
+        else:
+            others[key] = value
+    return tensors, others
+
+
+def _merge(tensors: dict[str, Any], others: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(tensors)
+    for key, value in others.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def step_of(checkpoint: Path) -> int:
+    match = _STEP_DIR.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"{checkpoint} is not a checkpoint directory (expected a name like step_00000100)")
+    return int(match.group(1))
+
+
+class Checkpointer:
+    """Saves and restores the whole training state under ``directory``, keeping the newest ``keep_last``."""
+
+    def __init__(self, directory: Path, keep_last: int, env: DistEnv):
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+        self.env = env
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Committed checkpoints, oldest first (a ``step_*`` directory without its trainer state is ignored)."""
+        if not self.directory.is_dir():
+            return []
+        found = [p for p in self.directory.iterdir() if _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
+        return sorted(found, key=step_of)
+
+    def latest(self) -> Path | None:
+        complete = self.complete_checkpoints()
+        return complete[-1] if complete else None
+
+    def save(
+        self,
+        step: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        trainer_state: dict[str, Any],
+        config_yaml: str,
+    ) -> Path:
+        final = self.directory / f"step_{step:08d}"
+        staging = self.directory / f".tmp-{final.name}"
+        if self.env.is_main:
+            for stale in self.directory.glob(".tmp-step_*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            staging.mkdir(parents=True)
+        barrier()
+
+        model_state, optim_state = get_state_dict(model, optimizer)
+        tensors, others = _partition({"model": model_state, "optim": optim_state})
+        dcp.save(tensors, checkpoint_id=staging)
+        _write_json(staging / "rng" / f"rank{self.env.rank}.json", capture_rng_state())
+        if self.env.is_main:
+            state = dict(trainer_state, step=step, world_size=self.env.world_size, version=__version__)
+            _write_json(staging / "non_tensor_state.json", others)
+            _write_json(staging / TRAINER_STATE, state)
+            (staging / "config.yaml").write_text(config_yaml)
+        barrier()
+        if self.env.is_main:
+            if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
+                shutil.rmtree(final)
+            staging.rename(final)
+            self._prune()
+        barrier()
+        log.info("saved checkpoint %s", final)
+        return final
+
+    def _prune(self) -> None:
+        for old in self.complete_checkpoints()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Restore model, optimizer and this rank's RNGs in place; return the trainer state."""
+        checkpoint = Path(checkpoint)
+        state_file = checkpoint / TRAINER_STATE
+        if not state_file.is_file() or not (checkpoint / ".metadata").is_file():
+            raise FileNotFoundError(f"{checkpoint} is not a complete polymodal checkpoint (no {TRAINER_STATE})")
+        trainer_state = json.loads(state_file.read_text())
+
+        model_state, optim_state = get_state_dict(model, optimizer)
+        tensors, _ = _partition({"model": model_state, "optim": optim_state})
+        dcp.load(tensors, checkpoint_id=checkpoint)
+        others = json.loads((checkpoint / "non_tensor_state.json").read_text())
+        restored = _merge(tensors, others)
+        set_state_dict(model, optimizer, model_state_dict=restored["model"], optim_state_dict=restored.get("optim", {}))
+
+        rng_file = checkpoint / "rng" / f"rank{self.env.rank}.json"
+        if trainer_state["world_size"] == self.env.world_size and rng_file.is_file():
+            restore_rng_state(json.loads(rng_file.read_text()))
+        else:
+            log.warning(
+                "checkpoint was written by %d ranks, resuming on %d: RNG streams are re-seeded, not restored",
+                trainer_state["world_size"],
+                self.env.world_size,
+            )
+        return trainer_state
+
+
+def load_model_weights(checkpoint: Path, model: nn.Module) -> None:
+    """Load only the model part of a checkpoint (for export and evaluation)."""
+    tensors, _ = _partition({"model": get_model_state_dict(model)})
+    dcp.load(tensors, checkpoint_id=checkpoint)
+    others = json.loads((Path(checkpoint) / "non_tensor_state.json").read_text())
+    restored = _merge(tensors, {"model": others.get("model", {})})
+    set_model_state_dict(model, restored["model"])

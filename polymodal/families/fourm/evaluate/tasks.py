@@ -1,0 +1,583 @@
+"""``polymodal eval-4m``: a trained 4M on held-out synthetic scenes, each task beside a trivial baseline.
+
+Scenes are rendered in memory from a held-out seed (:data:`~polymodal.tokenizers.image.evaluate.HELD_OUT_SEED`, never
+trained on); the baselines are fitted on scenes of the training seed (:data:`TRAINING_SEED`, ``polymodal synth``'s
+default), so they know the data distribution but not the evaluated scene. The ground-truth caption of a scene is
+its first one (as :class:`~polymodal.families.fourm.samples.FourMSample` evaluates), which names every visible object.
+
+Tasks (skipped, with the reason, when the model lacks a modality or a tokenizer is not given):
+
+* ``rgb->depth``: ``tok_depth`` from the rgb pixels alone in one MaskGIT step at temperature 0 (4M's RGB→X
+  default), decoded by the depth tokenizer. Mean absolute relative error ``mean(|d̂ − d| / d)`` and RMSE of log
+  depth ``sqrt(mean((log d̂ − log d)²))``, both over every pixel of every scene (lower is better). Baseline: the
+  per-pixel mean depth map of the training-seed scenes.
+* ``rgb->semseg``: ``tok_semseg`` the same way; mean IoU over all scenes' pixels (:func:`mean_iou`). Baseline:
+  the training-seed scenes' most frequent class everywhere.
+* ``rgb->caption``: the caption from the rgb pixels, autoregressive at temperature 0. Its colour words
+  (:data:`PALETTE`) and shape words (:data:`SHAPES`, plural or not) are compared with the scene's:
+  precision = Σ |mentioned ∩ present| / Σ |mentioned| and recall = Σ |mentioned ∩ present| / Σ |present|,
+  sums over scenes of distinct words, for colours and shapes separately. Baseline: the constant caption
+  ``"a <colour> <shape>"`` naming the colour and the shape present in most training-seed scenes.
+* ``caption->rgb``: ``tok_rgb`` from the scene's caption (ROAR by default), decoded to pixels by the rgb
+  tokenizer and fed back as the rgb input to predict semseg as in ``rgb->semseg``. Agreement
+  (``captioned_shapes_drawn``) = Σ |captioned shapes ∩ shapes present in the predicted semseg| / Σ |captioned
+  shapes|, a shape being present when its class covers at least ``presence_fraction`` of the image; its converse
+  ``drawn_shapes_captioned`` divides by Σ |present shapes| instead (a map showing every class scores 1 on the
+  first, not on this). Baseline: the same predictions scored against another scene's caption (captions rolled
+  by one); reference: the scores of the semseg predicted from the real rgb (``real_rgb_reference``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from polymodal.config import ConfigError
+from polymodal.families.fourm.modalities import ModalitySpec
+from polymodal.families.fourm.samples import normalise_rgb
+from polymodal.data.synth.render import render_scene
+from polymodal.data.synth.scene import PALETTE, SHAPES
+from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, parse_tokenizer_flags
+from polymodal.families.fourm.generate.inputs import Entry, full_input, generation_batch, text_input
+from polymodal.families.fourm.generate.outputs import DecodedModality, check_decoders, decode_generations, write_generation_png
+from polymodal.families.fourm.generate.sampler import GenerationSampler
+from polymodal.families.fourm.generate.schedules import TargetSettings, build_schedule
+from polymodal.families.fourm.model.fourm import FourM
+from polymodal.objectives.reconstruction import mean_iou
+from polymodal.tokenizers.image.evaluate import HELD_OUT_SEED
+from polymodal.tokenizers.image.tokenizer import DEFAULT_MIN_DEPTH, ImageTokenizer
+
+log = logging.getLogger("polymodal")
+
+TRAINING_SEED = 0  # ``polymodal synth --seed`` default: the scenes the model was trained on
+CAPTION = "caption"
+TASKS = ("rgb->depth", "rgb->semseg", "rgb->caption", "caption->rgb")
+COLOURS = tuple(PALETTE)
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How the tasks are run and the baselines fitted (module docstring)."""
+
+    batch_size: int = 16
+    baseline_scenes: int = 64
+    baseline_seed: int = TRAINING_SEED
+    rgb_scheme: str = "roar"  # caption->rgb
+    rgb_steps: int = 8
+    rgb_temperature: float = 1.0
+    rgb_cfg_scale: float = 1.0
+    presence_fraction: float = 0.005
+    sample_seed: int = 0
+
+    def check(self) -> None:
+        if self.batch_size < 1 or self.baseline_scenes < 1 or self.rgb_steps < 1:
+            raise ValueError(f"batch_size, baseline_scenes and rgb_steps must be >= 1, got {self}")
+        if not 0.0 < self.presence_fraction <= 1.0:
+            raise ValueError(f"presence_fraction must lie in (0, 1], got {self.presence_fraction}")
+
+
+@dataclass
+class Scenes:
+    """Rendered scenes: rgb float [N, 3, H, W] in [0, 1], depth [N, 1, H, W] metres, semseg int64 [N, H, W] and
+    each scene's first caption."""
+
+    rgb: Tensor
+    depth: Tensor
+    semseg: Tensor
+    captions: list[str]
+
+
+def render_scenes(seed: int, num_scenes: int, size: int) -> Scenes:
+    """Scenes ``0 .. num_scenes - 1`` of ``seed`` at ``size`` pixels."""
+    if num_scenes < 1:
+        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+    samples = [render_scene(seed, index, size) for index in range(num_scenes)]
+    return Scenes(
+        rgb=torch.stack([s["rgb"] for s in samples]).float() / 255.0,
+        depth=torch.stack([s["depth"] for s in samples]).float(),
+        semseg=torch.stack([s["semseg"] for s in samples]).long(),
+        captions=[s["caption"][0] for s in samples],
+    )
+
+
+# --- metrics ---------------------------------------------------------------------------------------------------
+
+
+def abs_rel_error(predicted: Tensor, target: Tensor) -> float:
+    """``mean(|predicted − target| / target)`` over every pixel (depths in metres, ``target > 0``)."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"depth shapes differ: predicted {tuple(predicted.shape)}, target {tuple(target.shape)}")
+    if bool((target <= 0).any()):
+        raise ValueError("ground-truth depth must be > 0 everywhere")
+    return ((predicted.float() - target.float()).abs() / target.float()).mean().item()
+
+
+def log_rmse(predicted: Tensor, target: Tensor, min_depth: float = DEFAULT_MIN_DEPTH) -> float:
+    """``sqrt(mean((log predicted − log target)²))`` over every pixel, depths clamped to ``min_depth`` first."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"depth shapes differ: predicted {tuple(predicted.shape)}, target {tuple(target.shape)}")
+    difference = predicted.float().clamp_min(min_depth).log() - target.float().clamp_min(min_depth).log()
+    return difference.square().mean().sqrt().item()
+
+
+def semseg_miou(predicted: Tensor, target: Tensor) -> float:
+    """:func:`mean_iou` over all pixels of the batch, classes counted up to the largest id seen."""
+    num_classes = int(max(predicted.max(), target.max())) + 1
+    return mean_iou(predicted.long(), target.long(), num_classes).item()
+
+
+def mentioned_attributes(text: str) -> tuple[set[str], set[str]]:
+    """The distinct colour words and shape words (singular; ``"cubes"`` counts as ``cube``) of a caption."""
+    colours, shapes = set(), set()
+    for word in _WORD.findall(text.lower()):
+        if word in PALETTE:
+            colours.add(word)
+        elif word in SHAPES:
+            shapes.add(word)
+        elif word.endswith("s") and word[:-1] in SHAPES:
+            shapes.add(word[:-1])
+    return colours, shapes
+
+
+def attribute_scores(mentioned: Sequence[set[str]], present: Sequence[set[str]]) -> dict[str, float | None]:
+    """Pooled precision and recall of per-scene word sets (module docstring); None where nothing is counted."""
+    if len(mentioned) != len(present):
+        raise ValueError(f"{len(mentioned)} mentioned sets for {len(present)} scenes")
+    hits = sum(len(m & p) for m, p in zip(mentioned, present, strict=True))
+    said, there = sum(len(m) for m in mentioned), sum(len(p) for p in present)
+    return {"precision": hits / said if said else None, "recall": hits / there if there else None}
+
+
+def shapes_present(semseg: Tensor, min_fraction: float) -> list[set[str]]:
+    """Per map of ``semseg`` [B, H, W]: the shapes whose class (id = index in :data:`SHAPES` + 1) covers at least
+    ``min_fraction`` of the pixels."""
+    if semseg.ndim != 3:
+        raise ValueError(f"semseg maps must be [B, H, W], got shape {tuple(semseg.shape)}")
+    counts = torch.stack([torch.bincount(m.flatten().long(), minlength=len(SHAPES) + 1) for m in semseg])
+    present = counts[:, 1 : len(SHAPES) + 1] >= min_fraction * semseg[0].numel()
+    return [{shape for shape, there in zip(SHAPES, row.tolist(), strict=True) if there} for row in present]
+
+
+def most_frequent(sets: Sequence[set[str]], vocabulary: Sequence[str]) -> str:
+    """The word of ``vocabulary`` that occurs in most of ``sets`` (ties: vocabulary order)."""
+    counts = Counter(word for words in sets for word in words)
+    return max(vocabulary, key=lambda word: (counts[word], -vocabulary.index(word)))
+
+
+def _metric(model: float | None, baseline: float | None, lower_is_better: bool, **extra: Any) -> dict[str, Any]:
+    wins = None
+    if model is not None and baseline is not None:
+        wins = model < baseline if lower_is_better else model > baseline
+    better = "lower" if lower_is_better else "higher"
+    return {"model": model, "baseline": baseline, "better": better, "model_wins": wins, **extra}
+
+
+# --- generation --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskModalities:
+    """The model's modality names the tasks use at one image size (None: the model lacks it in that role)."""
+
+    rgb: str | None
+    depth: str | None
+    semseg: str | None
+    tok_rgb: str | None
+    caption_input: str | None
+    caption_target: str | None
+
+    @classmethod
+    def of(cls, modalities: Mapping[str, ModalitySpec], size: int) -> TaskModalities:
+        def named(name: str, role: str) -> str | None:
+            spec = modalities.get(name)
+            return name if spec is not None and getattr(spec, role) else None
+
+        rgb = named(f"rgb@{size}", "encoder")
+        return cls(
+            rgb=rgb if rgb is not None and modalities[rgb].is_pixels else None,
+            depth=named(f"tok_depth@{size}", "decoder"),
+            semseg=named(f"tok_semseg@{size}", "decoder"),
+            tok_rgb=named(f"tok_rgb@{size}", "decoder"),
+            caption_input=named(CAPTION, "encoder"),
+            caption_target=named(CAPTION, "decoder"),
+        )
+
+
+def pixel_size(modalities: Mapping[str, ModalitySpec]) -> int:
+    """The resolution of the model's only rgb pixel input (else a ValueError asking for ``image_size``)."""
+    sizes = sorted({spec.resolution for spec in modalities.values() if spec.stem == "rgb" and spec.is_pixels})
+    if len(sizes) != 1:
+        raise ValueError(f"the model has rgb pixel inputs at {sizes or 'no'} resolutions; give image_size")
+    return sizes[0]
+
+
+def skipped_tasks(
+    names: TaskModalities, image_tokenizers: Mapping[str, ImageTokenizer], text_tokenizer: Tokenizer | None
+) -> dict[str, str]:
+    """``{task: why it cannot run}`` for the tasks this model and these tokenizers cannot evaluate."""
+    rgb = [] if names.rgb else ["an rgb pixel input"]
+    text = [] if text_tokenizer is not None else ["the text tokenizer"]
+
+    def decodable(name: str | None, stem: str) -> list[str]:
+        if name is None:
+            return [f"a {stem} target"]
+        return [] if name in image_tokenizers else [f"a {name} tokenizer"]
+
+    missing = {
+        "rgb->depth": rgb + decodable(names.depth, "tok_depth"),
+        "rgb->semseg": rgb + decodable(names.semseg, "tok_semseg"),
+        "rgb->caption": rgb + ([] if names.caption_target else ["a caption target"]) + text,
+        "caption->rgb": ([] if names.caption_input else ["a caption input"])
+        + text
+        + decodable(names.tok_rgb, "tok_rgb")
+        + rgb
+        + decodable(names.semseg, "tok_semseg"),
+    }
+    return {task: "needs " + ", ".join(needs) for task, needs in missing.items() if needs}
+
+
+class TaskRunner:
+    """One-target generations with a model and its decoders: rgb→X at temperature 0, caption→rgb by the settings.
+    Every draw comes from one generator seeded with ``settings.sample_seed``."""
+
+    def __init__(
+        self,
+        model: FourM,
+        image_tokenizers: Mapping[str, ImageTokenizer],
+        text_tokenizer: Tokenizer | None,
+        settings: EvalSettings,
+    ) -> None:
+        self.model, self.image_tokenizers, self.text_tokenizer = model, image_tokenizers, text_tokenizer
+        self.sampler = GenerationSampler(model)
+        self.device = next(model.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(settings.sample_seed)
+        self.settings = settings
+
+    def _run(self, inputs: dict[str, Entry], target: TargetSettings) -> DecodedModality:
+        modalities = self.model.modalities
+        schedule = build_schedule(list(inputs), [target], modalities)
+        size = next(iter(inputs.values()))["tensor"].shape[0]
+        batch = generation_batch(modalities, inputs, schedule.targets, size, self.device, schedule.cond_domains)
+        generated = self.sampler.generate(batch, schedule, self.generator)
+        tokenizers = self.image_tokenizers
+        decoded = decode_generations(generated, modalities, schedule.targets, tokenizers, self.text_tokenizer)
+        return next(item for item in decoded if item.name == target.modality)
+
+    def rgb_input(self, name: str, rgb: Tensor) -> dict[str, Entry]:
+        """rgb in [0, 1] as the model's normalised pixel input."""
+        return {name: full_input(self.model.modalities[name], normalise_rgb(rgb).to(self.device))}
+
+    def image_from(self, inputs: dict[str, Entry], target: str) -> Tensor:
+        """A token-grid target in one MaskGIT step at temperature 0, decoded (natural units, on the CPU)."""
+        return self._run(inputs, TargetSettings(target, "maskgit", steps=1, temperature=0.0)).images
+
+    def caption_from(self, inputs: dict[str, Entry], target: str) -> list[str]:
+        """A text target, autoregressive at temperature 0, decoded."""
+        return self._run(inputs, TargetSettings(target, temperature=0.0)).texts
+
+    def rgb_from_captions(self, caption: str, tok_rgb: str, captions: Sequence[str]) -> Tensor:
+        """``tok_rgb`` generated from ``captions`` and decoded to rgb in [0, 1]."""
+        s = self.settings
+        inputs = {caption: text_input(self.model.modalities[caption], self.text_tokenizer, captions)}
+        target = TargetSettings(
+            tok_rgb, s.rgb_scheme, steps=s.rgb_steps, temperature=s.rgb_temperature, cfg_scale=s.rgb_cfg_scale
+        )
+        return self._run(inputs, target).images.float()
+
+
+@dataclass
+class Predictions:
+    """Every task's outputs over all scenes (None: the task did not run)."""
+
+    depth: Tensor | None = None
+    semseg: Tensor | None = None
+    captions: list[str] | None = None
+    generated_rgb: Tensor | None = None
+    generated_semseg: Tensor | None = None
+
+
+@dataclass
+class FourMEvaluation:
+    """The report (JSON-ready) and the sample columns of ``samples.png`` (one row per scene)."""
+
+    report: dict[str, Any]
+    columns: list[DecodedModality]
+
+
+def predict(
+    runner: TaskRunner, names: TaskModalities, skipped: Mapping[str, str], scenes: Scenes, batch_size: int
+) -> Predictions:
+    """Run every task that is not ``skipped`` on ``scenes``, ``batch_size`` scenes at a time."""
+    runs = {
+        "depth": "rgb->depth" not in skipped,
+        "semseg": "rgb->semseg" not in skipped or "caption->rgb" not in skipped,
+        "captions": "rgb->caption" not in skipped,
+        "generated_rgb": "caption->rgb" not in skipped,
+        "generated_semseg": "caption->rgb" not in skipped,
+    }
+    parts: dict[str, list] = {key: [] for key, runs_it in runs.items() if runs_it}
+    for start in range(0, len(scenes.captions), batch_size):
+        inputs = runner.rgb_input(names.rgb, scenes.rgb[start : start + batch_size]) if names.rgb else {}
+        if "depth" in parts:
+            parts["depth"].append(runner.image_from(inputs, names.depth).float())
+        if "semseg" in parts:
+            parts["semseg"].append(runner.image_from(inputs, names.semseg))
+        if "captions" in parts:
+            parts["captions"].extend(runner.caption_from(inputs, names.caption_target))
+        if "generated_rgb" in parts:
+            captions = scenes.captions[start : start + batch_size]
+            generated = runner.rgb_from_captions(names.caption_input, names.tok_rgb, captions)
+            parts["generated_rgb"].append(generated)
+            parts["generated_semseg"].append(runner.image_from(runner.rgb_input(names.rgb, generated), names.semseg))
+    return Predictions(**{key: value if key == "captions" else torch.cat(value) for key, value in parts.items()})
+
+
+def _depth_task(predicted: Tensor, scenes: Scenes, training: Scenes, baseline_name: str) -> dict[str, Any]:
+    mean_map = training.depth.mean(dim=0, keepdim=True).expand_as(scenes.depth)
+    return {
+        "baseline": f"per-pixel mean depth map of {baseline_name}",
+        "abs_rel": _metric(abs_rel_error(predicted, scenes.depth), abs_rel_error(mean_map, scenes.depth), True),
+        "log_rmse": _metric(log_rmse(predicted, scenes.depth), log_rmse(mean_map, scenes.depth), True),
+    }
+
+
+def _semseg_task(predicted: Tensor, scenes: Scenes, training: Scenes, baseline_name: str) -> dict[str, Any]:
+    majority = int(torch.bincount(training.semseg.flatten()).argmax())
+    constant = torch.full_like(scenes.semseg, majority)
+    return {
+        "baseline": f"class {majority} (the majority class of {baseline_name}) everywhere",
+        "miou": _metric(semseg_miou(predicted, scenes.semseg), semseg_miou(constant, scenes.semseg), False),
+    }
+
+
+def _caption_task(generated: Sequence[str], scenes: Scenes, training: Scenes, baseline_name: str) -> dict[str, Any]:
+    present = [mentioned_attributes(text) for text in scenes.captions]
+    said = [mentioned_attributes(text) for text in generated]
+    trained = [mentioned_attributes(text) for text in training.captions]
+    constant = f"a {most_frequent([c for c, _ in trained], COLOURS)} {most_frequent([s for _, s in trained], SHAPES)}"
+    baseline = mentioned_attributes(constant)
+    task: dict[str, Any] = {"baseline": f"the constant caption {constant!r} (most frequent in {baseline_name})"}
+    for index, kind in enumerate(("colour", "shape")):
+        model_scores = attribute_scores([s[index] for s in said], [p[index] for p in present])
+        baseline_scores = attribute_scores([baseline[index]] * len(present), [p[index] for p in present])
+        for score in ("precision", "recall"):
+            task[f"{kind}_{score}"] = _metric(model_scores[score], baseline_scores[score], False)
+    return task
+
+
+def _agreement(semseg: Tensor, captions: Sequence[str], min_fraction: float) -> dict[str, float | None]:
+    """``captioned_shapes_drawn`` (the agreement) and ``drawn_shapes_captioned`` (its converse, which a semseg map
+    covering every class fails) of predicted ``semseg`` maps with ``captions``."""
+    captioned = [mentioned_attributes(text)[1] for text in captions]
+    scores = attribute_scores(captioned, shapes_present(semseg, min_fraction))
+    return {"captioned_shapes_drawn": scores["precision"], "drawn_shapes_captioned": scores["recall"]}
+
+
+def _caption_to_rgb_task(
+    generated_semseg: Tensor, real_semseg: Tensor, scenes: Scenes, fraction: float
+) -> dict[str, Any]:
+    model = _agreement(generated_semseg, scenes.captions, fraction)
+    baseline = _agreement(generated_semseg, scenes.captions[1:] + scenes.captions[:1], fraction)
+    reference = _agreement(real_semseg, scenes.captions, fraction)
+    task: dict[str, Any] = {
+        "baseline": "the same predictions scored against another scene's caption (captions rolled by one)",
+        "presence_fraction": fraction,
+    }
+    for metric in model:
+        task[metric] = _metric(model[metric], baseline[metric], False, real_rgb_reference=reference[metric])
+    return task
+
+
+def _columns(names: TaskModalities, scenes: Scenes, predictions: Predictions) -> list[DecodedModality]:
+    """The ``samples.png`` columns: inputs and ground truth beside what the model made of them."""
+    columns = [DecodedModality("rgb (input)", False, [], scenes.rgb, "rgb")]
+    if predictions.depth is not None:
+        columns.append(DecodedModality("depth (GT)", False, [], scenes.depth, "depth"))
+        columns.append(DecodedModality(f"{names.depth} <- rgb", True, [], predictions.depth, "depth"))
+    if predictions.semseg is not None:
+        columns.append(DecodedModality("semseg (GT)", False, [], scenes.semseg, "semseg"))
+        columns.append(DecodedModality(f"{names.semseg} <- rgb", True, [], predictions.semseg, "semseg"))
+    if predictions.captions is not None:
+        rows = [[] for _ in scenes.captions]
+        columns.append(DecodedModality("caption (GT)", False, rows, texts=scenes.captions))
+        columns.append(DecodedModality("caption <- rgb", True, rows, texts=predictions.captions))
+    if predictions.generated_rgb is not None:
+        generated = predictions.generated_rgb
+        columns.append(DecodedModality(f"{names.tok_rgb} <- caption", True, [], generated, "rgb"))
+    return columns
+
+
+@torch.no_grad()
+def evaluate_fourm(
+    model: FourM,
+    image_tokenizers: Mapping[str, ImageTokenizer],
+    text_tokenizer: Tokenizer | None,
+    num_scenes: int = 64,
+    seed: int = HELD_OUT_SEED,
+    image_size: int | None = None,
+    settings: EvalSettings = EvalSettings(),
+) -> FourMEvaluation:
+    """Every task the model and the tokenizers allow (module docstring) on ``num_scenes`` scenes of ``seed``
+    rendered at ``image_size`` (default: the model's rgb pixel resolution)."""
+    if not isinstance(model, FourM):
+        raise ValueError(f"evaluate_fourm needs a FourM model, got {type(model).__name__}")
+    if num_scenes < 2:
+        raise ValueError(f"num_scenes must be >= 2 (the caption->rgb baseline pairs scenes), got {num_scenes}")
+    if seed == settings.baseline_seed:
+        raise ValueError(f"the evaluation seed {seed} is the training seed: pick a held-out seed")
+    settings.check()
+    size = image_size or pixel_size(model.modalities)
+    check_decoders([], model.modalities, image_tokenizers, text_tokenizer)
+    names = TaskModalities.of(model.modalities, size)
+    skipped = skipped_tasks(names, image_tokenizers, text_tokenizer)
+    for task, reason in skipped.items():
+        log.warning("skipping %s at %d px: it %s", task, size, reason)
+    if len(skipped) == len(TASKS):
+        raise ValueError(f"no task can run at {size} px: {skipped}")
+    scenes = render_scenes(seed, num_scenes, size)
+    training = render_scenes(settings.baseline_seed, settings.baseline_scenes, size)
+    baseline_name = f"{settings.baseline_scenes} training-seed scenes (seed {settings.baseline_seed})"
+    runner = TaskRunner(model.eval(), image_tokenizers, text_tokenizer, settings)
+    predictions = predict(runner, names, skipped, scenes, settings.batch_size)
+    tasks: dict[str, Any] = {}
+    if "rgb->depth" not in skipped:
+        depth = _depth_task(predictions.depth, scenes, training, baseline_name)
+        tasks["rgb->depth"] = {"target": names.depth, **depth}
+    if "rgb->semseg" not in skipped:
+        semseg = _semseg_task(predictions.semseg, scenes, training, baseline_name)
+        tasks["rgb->semseg"] = {"target": names.semseg, **semseg}
+    if "rgb->caption" not in skipped:
+        caption = _caption_task(predictions.captions, scenes, training, baseline_name)
+        tasks["rgb->caption"] = {"target": names.caption_target, **caption}
+    if "caption->rgb" not in skipped:
+        fraction = settings.presence_fraction
+        agreement = _caption_to_rgb_task(predictions.generated_semseg, predictions.semseg, scenes, fraction)
+        tasks["caption->rgb"] = {"target": names.tok_rgb, **agreement}
+    report = {
+        "num_scenes": num_scenes,
+        "seed": seed,
+        "image_size": size,
+        "settings": asdict(settings),
+        "tasks": tasks,
+        "skipped": skipped,
+    }
+    return FourMEvaluation(report, _columns(names, scenes, predictions))
+
+
+# --- outputs and CLI -----------------------------------------------------------------------------------------------
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A table: one line per task metric, model vs baseline and which is better; then the skipped tasks."""
+    lines = [f"4M on {report['num_scenes']} held-out scenes (seed {report['seed']}, {report['image_size']} px)"]
+    lines.append(f"  {'task':<13} {'metric (which is better)':<32} {'model':>8} {'baseline':>9}  winner")
+    for task, result in report["tasks"].items():
+        for metric, entry in result.items():
+            if not isinstance(entry, dict):
+                continue
+            verdict = {True: "model", False: "baseline", None: "n/a"}[entry["model_wins"]]
+            if entry["model"] is not None and entry["model"] == entry["baseline"]:
+                verdict = "tie"
+            name = f"{metric} ({entry['better']})"
+            line = f"  {task:<13} {name:<32} {_number(entry['model']):>8} {_number(entry['baseline']):>9}  {verdict}"
+            if "real_rgb_reference" in entry:
+                line += f"  (real rgb: {_number(entry['real_rgb_reference'])})"
+            lines.append(line)
+        lines.append(f"  {'':<13} baseline: {result['baseline']}")
+    lines += [f"  skipped {task}: {reason}" for task, reason in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def write_evaluation(out: str | Path, evaluation: FourMEvaluation, rows: int = 8) -> tuple[Path, Path]:
+    """``eval.json`` and ``samples.png`` (the first ``rows`` scenes) in ``out``."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "eval.json"
+    report_path.write_text(json.dumps(evaluation.report, indent=2) + "\n")
+    shown = [
+        DecodedModality(
+            c.name,
+            c.generated,
+            c.ids[:rows],
+            None if c.images is None else c.images[:rows],
+            c.view,
+            None if c.texts is None else c.texts[:rows],
+        )
+        for c in evaluation.columns
+    ]
+    return report_path, write_generation_png(out / "samples.png", shown)
+
+
+def add_eval_4m_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = EvalSettings()
+    parser.add_argument("--model", required=True, help="a trained 4M: run dir (newest checkpoint), checkpoint, export")
+    parser.add_argument(
+        "--tokenizer", action="append", default=[], metavar="MODALITY=DIR", help="image tokenizer of a modality"
+    )
+    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (needed for the caption tasks)")
+    parser.add_argument("--num-scenes", type=int, default=64, help="held-out synthetic scenes to evaluate on")
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="scene seed (keep it unlike training's)")
+    parser.add_argument("--image-size", type=int, help="scene size (default: the model's rgb pixel resolution)")
+    parser.add_argument("--baseline-scenes", type=int, default=defaults.baseline_scenes)
+    parser.add_argument("--baseline-seed", type=int, default=defaults.baseline_seed, help="the training seed")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--rgb-scheme", choices=("roar", "maskgit"), default=defaults.rgb_scheme)
+    parser.add_argument("--rgb-steps", type=int, default=defaults.rgb_steps, help="caption->rgb decoding steps")
+    parser.add_argument("--rgb-temperature", type=float, default=defaults.rgb_temperature)
+    parser.add_argument("--rgb-cfg-scale", type=float, default=defaults.rgb_cfg_scale)
+    parser.add_argument("--presence-fraction", type=float, default=defaults.presence_fraction)
+    parser.add_argument("--sample-seed", type=int, default=defaults.sample_seed, help="seed of the sampling draws")
+    parser.add_argument("--rows", type=int, default=8, help="scenes shown in samples.png")
+    parser.add_argument("--device", default="cpu", help="torch device for the model and tokenizers")
+    parser.add_argument("--out", required=True, help="directory for eval.json and samples.png")
+
+
+def eval_4m_main(args: argparse.Namespace) -> int:
+    """``polymodal eval-4m``: print the table, write ``eval.json`` and ``samples.png``."""
+    from polymodal.tokenizers.text.wordpiece import load_wordpiece
+
+    try:
+        device = torch.device(args.device)
+        tokenizer_paths = parse_tokenizer_flags(args.tokenizer)
+        model = load_model(args.model, device)
+        text_tokenizer = load_wordpiece(args.text_tokenizer) if args.text_tokenizer else None
+        settings = EvalSettings(
+            batch_size=args.batch_size,
+            baseline_scenes=args.baseline_scenes,
+            baseline_seed=args.baseline_seed,
+            rgb_scheme=args.rgb_scheme,
+            rgb_steps=args.rgb_steps,
+            rgb_temperature=args.rgb_temperature,
+            rgb_cfg_scale=args.rgb_cfg_scale,
+            presence_fraction=args.presence_fraction,
+            sample_seed=args.sample_seed,
+        )
+        image_tokenizers = load_image_tokenizers(tokenizer_paths, device)
+        evaluation = evaluate_fourm(
+            model, image_tokenizers, text_tokenizer, args.num_scenes, args.seed, args.image_size, settings
+        )
+        evaluation.report["model"] = str(args.model)
+        report_path, png = write_evaluation(args.out, evaluation, args.rows)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from error
+    print(format_report(evaluation.report))
+    print(f"wrote {report_path} and {png}")
+    return 0

@@ -1,0 +1,238 @@
+"""``polymodal generate``: chained any-to-any generation with a trained 4M model, to a PNG grid and a JSON file.
+
+Inputs come from 4M shards (``--data``, the first ``--num-samples`` readable samples, prepared as for evaluation:
+crop row 0, first caption) and/or a ``--caption`` string: a conditioning caption, or, when ``caption`` is a target,
+a prompt ending in ``[S_1]`` to complete. The schedule comes from a YAML file in 4M's form (``--schedule``) or from
+inline flags whose comma-separated values give one value per target (one value: every target)::
+
+    polymodal generate --model runs/4m-tiny --tokenizer tok_depth@64=runs/tok-depth \\
+        --text-tokenizer wordpiece.json --data 'scenes/[rgb,caption,crop_settings]/shard-00000.tar' \\
+        --cond rgb@64 --targets tok_depth@64,caption --schemes roar,autoregressive --steps 4 --out gen/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from tokenizers import Tokenizer
+
+from polymodal.config import ConfigError
+from polymodal.families.fourm.modalities import ModalityRegistry, ModalitySpec
+from polymodal.families.fourm.samples import FourMSample
+from polymodal.data.multimodal.shards import MultimodalShards
+from polymodal.data.multimodal.skips import SampleError
+from polymodal.families.fourm.generate.inputs import Entry, full_input, generation_batch, text_input, text_prompt_target
+from polymodal.families.fourm.generate.outputs import (
+    check_decoders,
+    decode_generations,
+    generations_record,
+    write_generation_json,
+    write_generation_png,
+)
+from polymodal.families.fourm.generate.sampler import GenerationSampler
+from polymodal.families.fourm.generate.schedules import GenerationSchedule, schedule_from_dict
+from polymodal.families.fourm.model.fourm import FourM
+from polymodal.families.fourm.pretokenize import CROP_SETTINGS
+from polymodal.tokenizers.image.tokenizer import ImageTokenizer
+
+log = logging.getLogger("polymodal")
+
+CAPTION = "caption"
+INLINE_FLAGS = {  # flag attribute -> schedule key
+    "cond": "cond_domains",
+    "targets": "target_domains",
+    "schemes": "autoregression_schemes",
+    "steps": "decoding_steps",
+    "token_schedules": "token_decoding_schedules",
+    "temps": "temps",
+    "temp_schedules": "temp_schedules",
+    "cfg_scales": "cfg_scales",
+    "top_k": "top_k",
+    "top_p": "top_p",
+}
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a trained 4M: run dir (newest checkpoint), checkpoint, export")
+    parser.add_argument(
+        "--tokenizer", action="append", default=[], metavar="MODALITY=DIR", help="image tokenizer of a modality"
+    )
+    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (needed for text inputs and targets)")
+    parser.add_argument("--schedule", help="generation schedule YAML (4M's form); or give the inline flags below")
+    parser.add_argument("--cond", help="conditioning modalities, comma-separated")
+    parser.add_argument("--targets", help="target modalities in generation order, comma-separated")
+    parser.add_argument("--schemes", help="maskgit|roar|autoregressive per target (default: by kind)")
+    parser.add_argument("--steps", help="decoding steps per target (default 8)")
+    parser.add_argument("--token-schedules", help="cosine|linear per target (default cosine)")
+    parser.add_argument("--temps", help="temperature per target (default 1)")
+    parser.add_argument("--temp-schedules", help="constant|linear|onex:<min_t>:<power> per target")
+    parser.add_argument("--cfg-scales", help="classifier-free guidance scale per target (default 1: off)")
+    parser.add_argument("--cfg-grow", action="store_true", help="add each finished target to the guidance domains")
+    parser.add_argument("--top-k", help="top-k filter: a count, or a fraction of the vocabulary (default 0: off)")
+    parser.add_argument("--top-p", help="nucleus filter (default 0: off)")
+    parser.add_argument("--data", help="4M shard pattern to read the conditioning inputs from")
+    parser.add_argument("--caption", help="a caption input, or a prompt ending in [S_1] when caption is a target")
+    parser.add_argument("--num-samples", type=int, default=4, help="samples to generate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device for the model and tokenizers")
+    parser.add_argument("--cache-dir", help="shard index cache (default: $XDG_CACHE_HOME/polymodal/shard_index)")
+    parser.add_argument("--out", required=True, help="directory for generations.png and generations.json")
+
+
+def schedule_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The schedule's dict form, from ``--schedule`` or the inline flags (not both)."""
+    inline = {key: getattr(args, flag) for flag, key in INLINE_FLAGS.items() if getattr(args, flag) is not None}
+    if args.cfg_grow:
+        inline["cfg_grow_conditioning"] = True
+    if args.schedule:
+        if inline:
+            raise ValueError(f"give either --schedule or inline schedule flags, not both (got {sorted(inline)})")
+        config = yaml.safe_load(Path(args.schedule).read_text())
+        if not isinstance(config, Mapping):
+            raise ValueError(f"{args.schedule} must hold a mapping of schedule settings")
+        return dict(config)
+    if "target_domains" not in inline:
+        raise ValueError("give --schedule <yaml> or at least --targets")
+    for key in set(inline) - {"top_k", "top_p", "cfg_grow_conditioning"}:
+        inline[key] = [value.strip() for value in inline[key].split(",")]
+    return inline
+
+
+def parse_tokenizer_flags(flags: Sequence[str]) -> dict[str, str]:
+    """``["tok_rgb@64=dir", ...]`` -> ``{"tok_rgb@64": "dir"}``."""
+    paths = {}
+    for flag in flags:
+        name, sep, path = flag.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--tokenizer takes MODALITY=DIR, got {flag!r}")
+        if name in paths:
+            raise ValueError(f"--tokenizer given twice for {name!r}")
+        paths[name] = path
+    return paths
+
+
+def read_shard_inputs(
+    pattern: str,
+    specs: Sequence[ModalitySpec],
+    text_tokenizer: Tokenizer | None,
+    num_samples: int,
+    cache_dir: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """``{modality: [n, ...]}`` from the first ``num_samples`` readable samples of a 4M shard pattern, prepared as
+    for evaluation (:class:`FourMSample`); unreadable samples are skipped and counted in the log."""
+    if any(spec.is_sequence for spec in specs) and text_tokenizer is None:
+        raise ValueError("text inputs from --data need the WordPiece tokenizer (--text-tokenizer)")
+    folders = list(dict.fromkeys(spec.folder for spec in specs))
+    if any(spec.is_image or spec.stem == "det" for spec in specs):
+        folders.append(CROP_SETTINGS)
+    shards = MultimodalShards(pattern, modalities=folders, cache_dir=cache_dir)
+    prepare = FourMSample(ModalityRegistry(list(specs)), text_tokenizer, train=False)
+    samples, skipped = [], 0
+    for sample_id in range(len(shards)):
+        if len(samples) == num_samples:
+            break
+        try:
+            samples.append(prepare(shards[sample_id], torch.Generator()))
+        except SampleError as error:
+            skipped += 1
+            log.warning("skipped sample %d of %s: %s (%s)", sample_id, pattern, error.reason, error.detail)
+    if not samples:
+        raise ValueError(f"no readable sample in {pattern} ({skipped} skipped)")
+    if skipped:
+        log.warning("skipped %d unreadable samples of %s", skipped, pattern)
+    return {spec.name: torch.stack([sample[spec.name] for sample in samples]) for spec in specs}
+
+
+def conditioning_entries(
+    args: argparse.Namespace,
+    schedule: GenerationSchedule,
+    modalities: Mapping[str, ModalitySpec],
+    text_tokenizer: Tokenizer | None,
+) -> tuple[dict[str, Entry], int]:
+    """The inputs of the generation batch (conditioning, and a caption prompt target) and the batch size."""
+    entries: dict[str, Entry] = {}
+    from_data = [name for name in schedule.cond_domains if not (name == CAPTION and args.caption is not None)]
+    batch_size = args.num_samples
+    if args.num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if from_data:
+        if not args.data:
+            raise ValueError(f"the conditioning modalities {from_data} need inputs: give --data (or --caption)")
+        specs = [modalities[name] for name in from_data]
+        values = read_shard_inputs(args.data, specs, text_tokenizer, batch_size, args.cache_dir)
+        entries = {name: full_input(modalities[name], value) for name, value in values.items()}
+        batch_size = next(iter(values.values())).shape[0]
+    if args.caption is not None:
+        if text_tokenizer is None:
+            raise ValueError("--caption needs the WordPiece tokenizer (--text-tokenizer)")
+        texts = [args.caption] * batch_size
+        if CAPTION in schedule.cond_domains:
+            entries[CAPTION] = text_input(modalities[CAPTION], text_tokenizer, texts)
+        elif CAPTION in schedule.targets:
+            entries[CAPTION] = text_prompt_target(modalities[CAPTION], text_tokenizer, texts)
+        else:
+            raise ValueError("--caption is given but caption is neither a conditioning modality nor a target")
+    return entries, batch_size
+
+
+def load_model(path: str, device: torch.device) -> FourM:
+    from polymodal.checkpoint.weights import load_trained_model
+
+    model, _ = load_trained_model(path)
+    if not isinstance(model, FourM):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a 4M model")
+    return model.to(device).eval()
+
+
+def load_image_tokenizers(paths: Mapping[str, str], device: torch.device) -> dict[str, ImageTokenizer]:
+    from polymodal.tokenizers.image.evaluate import load_tokenizer
+
+    return {name: load_tokenizer(path).to(device) for name, path in paths.items()}
+
+
+def run_generation(args: argparse.Namespace) -> Path:
+    """Load everything, generate, decode, and write ``generations.png`` and ``generations.json`` into ``--out``."""
+    from polymodal.tokenizers.text.wordpiece import load_wordpiece
+
+    device = torch.device(args.device)
+    tokenizer_paths = parse_tokenizer_flags(args.tokenizer)
+    config = schedule_config(args)
+    model = load_model(args.model, device)
+    schedule = schedule_from_dict(config, model.modalities)
+    text_tokenizer = load_wordpiece(args.text_tokenizer) if args.text_tokenizer else None
+    unknown = sorted(set(tokenizer_paths) - set(model.modalities))
+    if unknown:
+        raise ValueError(f"--tokenizer given for {unknown}, which the model does not have ({list(model.modalities)})")
+    image_tokenizers = load_image_tokenizers(tokenizer_paths, device)
+    check_decoders(schedule.targets, model.modalities, image_tokenizers, text_tokenizer)
+    inputs, batch_size = conditioning_entries(args, schedule, model.modalities, text_tokenizer)
+    batch = generation_batch(model.modalities, inputs, schedule.targets, batch_size, device, schedule.cond_domains)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    generated = GenerationSampler(model).generate(batch, schedule, generator)
+    decoded = decode_generations(generated, model.modalities, schedule.targets, image_tokenizers, text_tokenizer)
+    out = Path(args.out)
+    png = write_generation_png(out / "generations.png", decoded)
+    record = {"model": str(args.model), "seed": args.seed, "schedule": [asdict(step) for step in schedule.steps]}
+    write_generation_json(out / "generations.json", generations_record(decoded, record))
+    for row in range(batch_size):
+        texts = [f"{item.name}: {item.texts[row]!r}" for item in decoded if item.generated and item.texts is not None]
+        if texts:
+            print(f"#{row} " + "; ".join(texts))
+    print(f"wrote {png} and {out / 'generations.json'}")
+    return png
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    """``polymodal generate``; bad input becomes one ``error:`` line (a :class:`ConfigError`)."""
+    try:
+        run_generation(args)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from error
+    return 0

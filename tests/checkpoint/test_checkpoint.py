@@ -1,0 +1,79 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from polymodal.checkpoint.dcp import Checkpointer, load_model_weights
+from polymodal.distributed.env import DistEnv
+
+ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def model_and_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for group in optimizer.param_groups:
+        group["base_lr"] = 1e-2
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_round_trip_restores_model_optimizer_rngs_and_state(tmp_path):
+    model, optimizer = model_and_optimizer(seed=0)
+    checkpointer = Checkpointer(tmp_path, keep_last=2, env=ENV)
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = checkpointer.save(7, model, optimizer, {"skipped_steps": 1, "data": {"epoch": 2}}, "a: 1\n")
+    expected_draws = (random.random(), np.random.rand(), torch.rand(1))
+
+    other_model, other_optimizer = model_and_optimizer(seed=1)
+    state = checkpointer.load(path, other_model, other_optimizer)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected_draws
+    assert state["step"] == 7 and state["data"] == {"epoch": 2} and state["skipped_steps"] == 1
+    assert state["version"] and state["world_size"] == 1
+    for a, b in zip(model.state_dict().values(), other_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    saved, restored = optimizer.state_dict(), other_optimizer.state_dict()
+    for key in saved["state"]:
+        for name, value in saved["state"][key].items():
+            assert torch.equal(value, restored["state"][key][name])
+    assert restored["param_groups"][0]["base_lr"] == 1e-2
+    assert (path / "config.yaml").read_text() == "a: 1\n"
+
+
+def test_dcp_payload_is_tensors_only_so_loading_never_unpickles(tmp_path):
+    model, optimizer = model_and_optimizer()
+    path = Checkpointer(tmp_path, keep_last=1, env=ENV).save(1, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+    metadata = FileSystemReader(path).read_metadata()
+    assert metadata.state_dict_metadata
+    assert all(isinstance(m, TensorStorageMetadata) for m in metadata.state_dict_metadata.values())
+    groups = json.loads((path / "non_tensor_state.json").read_text())["optim"]["param_groups"]
+    assert groups[0]["lr"] == pytest.approx(1e-2)
+
+
+def test_latest_ignores_staging_directories_and_load_rejects_incomplete(tmp_path):
+    model, optimizer = model_and_optimizer()
+    checkpointer = Checkpointer(tmp_path, keep_last=3, env=ENV)
+    checkpointer.save(2, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+    (tmp_path / ".tmp-step_00000009").mkdir()
+    (tmp_path / "step_00000011").mkdir()  # e.g. copied by hand, half-way
+    assert checkpointer.latest().name == "step_00000002"
+    with pytest.raises(FileNotFoundError, match="not a complete polymodal checkpoint"):
+        checkpointer.load(tmp_path / "step_00000011", model, optimizer)
+    with pytest.raises(ValueError, match="keep_last"):
+        Checkpointer(tmp_path, keep_last=0, env=ENV)
+
+
+def test_model_only_load(tmp_path):
+    model, optimizer = model_and_optimizer(seed=0)
+    path = Checkpointer(tmp_path, keep_last=1, env=ENV).save(3, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+    fresh, _ = model_and_optimizer(seed=5)
+    load_model_weights(path, fresh)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,52 @@
+"""FourMLoss against a plain per-modality cross-entropy."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polymodal.families.fourm.loss import FourMLoss
+
+
+def outputs(counts: dict[str, int], vocab: dict[str, int], seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = {name: torch.randn(n, vocab[name], generator=generator, requires_grad=True) for name, n in counts.items()}
+    targets = {name: torch.randint(0, vocab[name], (n,), generator=generator) for name, n in counts.items()}
+    return {"logits": logits, "targets": targets}
+
+
+VOCAB = {"caption": 50, "tok_rgb": 7, "tok_depth": 11}
+
+
+def test_modality_mode_averages_modalities_with_targets():
+    data = outputs({"caption": 5, "tok_rgb": 20, "tok_depth": 0}, VOCAB)
+    loss, metrics = FourMLoss()(data)
+    per_modality = [F.cross_entropy(data["logits"][m], data["targets"][m]) for m in ("caption", "tok_rgb")]
+    torch.testing.assert_close(loss, sum(per_modality) / 2)
+    assert metrics["tok_depth/tokens"] == 0 and metrics["tok_rgb/tokens"] == 20
+    torch.testing.assert_close(metrics["caption/loss"], per_modality[0])
+    upstream, _ = FourMLoss(count_empty_modalities=True)(data)  # upstream's denominator counted tok_depth
+    torch.testing.assert_close(upstream, sum(per_modality) / 3)
+
+
+def test_token_mode_weights_by_token_count_not_vocabulary():
+    data = outputs({"caption": 5, "tok_rgb": 20}, VOCAB)
+    loss, _ = FourMLoss(mode="token")(data)
+    everything = [F.cross_entropy(data["logits"][m], data["targets"][m], reduction="sum") for m in data["logits"]]
+    torch.testing.assert_close(loss, sum(everything) / 25)
+
+
+def test_heads_without_targets_still_get_a_zero_gradient():
+    data = outputs({"caption": 5, "tok_depth": 0}, VOCAB)
+    weight = torch.randn(11, 4, requires_grad=True)
+    data["logits"]["tok_depth"] = torch.zeros(0, 4) @ weight.T
+    FourMLoss()(data)[0].backward()
+    assert weight.grad is not None and (weight.grad == 0).all()
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        FourMLoss(mode="mod")
+    data = outputs({"caption": 5}, VOCAB)
+    data["targets"]["caption"] = data["targets"]["caption"][:3]
+    with pytest.raises(ValueError, match="modality 'caption': logits"):
+        FourMLoss()(data)
