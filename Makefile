@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-ci.txt
 # The synthetic-world pipeline. Every step writes a `.done` file when it has finished, so an interrupted
 # `make` redoes only what is missing (training itself resumes from its last checkpoint).
 BIN := $(VENV)/bin
-SCENES := .cache/polymodal/scenes
+SCENES := data/scenes
 TOKENIZER_MODALITIES := rgb depth normal semseg
 
 $(SCENES)/.done: | $(STAMP)
@@ -38,7 +38,7 @@ runs/tokenizer-%-tiny/.done: $(SCENES)/.done
 TOKENIZERS_DONE := $(foreach m,$(TOKENIZER_MODALITIES),runs/tokenizer-$(m)-tiny/.done)
 tokenizers: $(TOKENIZERS_DONE)
 
-WORDPIECE := .cache/polymodal/tokenizers/4m-wordpiece.json
+WORDPIECE := data/tokenizers/4m-wordpiece.json
 FOURM := runs/fourm-tiny
 SCENE_SHARDS := $(SCENES)/[rgb,tok_rgb,tok_depth,tok_normal,tok_semseg,caption,det,crop_settings]/shard-{00003..00003}.tar
 IMAGE_TOKENIZERS := $(foreach m,$(TOKENIZER_MODALITIES),--tokenizer tok_$(m)@64=runs/tokenizer-$(m)-tiny)
@@ -65,7 +65,7 @@ $(FOURM)/.generated: $(FOURM)/.done
 	touch $@
 
 $(FOURM)/.evaluated: $(FOURM)/.done
-	$(BIN)/polymodal eval-4m --model $(FOURM) $(IMAGE_TOKENIZERS) --text-tokenizer $(WORDPIECE) \
+	$(BIN)/polymodal eval --model $(FOURM) $(IMAGE_TOKENIZERS) --text-tokenizer $(WORDPIECE) \
 		--num-scenes 64 --out $(FOURM)/eval
 	touch $@
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from polymodal.config import instantiate, load_config
 from polymodal.data.text.packed import PackedSequenceLoader
+from polymodal.files import cache_root
 from polymodal.train.schedules import Schedule
 from polymodal.train.trainer import Trainer
 
@@ -231,8 +232,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=REPO / ".cache" / "polymodal",
-        help="where the stdlib tokenizer and token corpus are cached",
+        default=cache_root(),
+        help="where the stdlib tokenizer and token corpus are cached (default: the user cache)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument(

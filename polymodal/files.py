@@ -1,4 +1,9 @@
-"""Crash- and race-safe file creation for on-disk caches shared by several processes.
+"""Files the library writes: crash- and race-safe creation, and the one place caches live.
+
+**Caches** (tokenized corpora, shard indexes, the measured peak FLOP/s, tokenizers trained on demand) all live under
+:func:`cache_root`: ``$POLYMODAL_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/polymodal``, else
+``~/.cache/polymodal``. Anything that takes a ``cache_dir`` takes this root (``None`` = this root) and keeps its
+files in its own sub-folder of it (``shard_index/``, ``tokens/``, ...).
 
 Several ranks may build the same tokenizer or token cache at once. Two mechanisms keep that safe:
 
@@ -16,6 +21,21 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+CACHE_DIR_ENV = "POLYMODAL_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """The root of every polymodal cache (module docstring); not created here."""
+    explicit = os.environ.get(CACHE_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "polymodal"
+
+
+def cache_dir(subfolder: str, root: str | Path | None = None) -> Path:
+    """``<root or cache_root()>/<subfolder>``: where one kind of cached file lives."""
+    return Path(root if root is not None else cache_root()) / subfolder
 
 
 @contextmanager

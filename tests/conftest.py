@@ -2,11 +2,14 @@
 for tests of tiny models."""
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
+
+from polymodal.files import CACHE_DIR_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +29,19 @@ def write_corpus(path: Path, documents: int = 300, seed: int = 0) -> Path:
             ]
             out.write(json.dumps({"text": " ".join(sentences)}) + "\n")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Every cache of the library (``polymodal.files.cache_root``) in a folder of this test session, never the
+    user's: subprocesses inherit it through the environment."""
+    previous = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("polymodal-cache"))
+    yield
+    if previous is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = previous
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from safetensors.torch import load_file
 from polymodal.cli import main
 from polymodal.config import load_config
 from polymodal.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -130,3 +133,104 @@ def test_tokenizer_train_text_wordpiece_has_4m_layout(tmp_path, text_corpus):
 
     tokenizer = load_wordpiece(output)
     assert tokenizer.encode("v0=12 cube", add_special_tokens=False).ids[0] == coord_id(0, 12)
+
+
+# ---- the verb table: cheap --help, lazy verbs, dispatch to the run's family -----------------------------------
+
+MODULES_AFTER = """
+import sys
+from polymodal.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def modules_loaded_by(argv: list[str]) -> set[str]:
+    """The modules a fresh interpreter has imported after ``polymodal <argv>`` (``--help`` exits early)."""
+    code = MODULES_AFTER.format(argv=argv)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.strip().splitlines()[-1].split())
+
+
+def _heavy(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in ("torch", "torchvision")}
+
+
+def test_importing_the_cli_loads_no_torchvision_and_no_family():
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, polymodal.cli; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    modules = set(result.stdout.split())
+    assert "polymodal.cli" in modules
+    assert not {m for m in modules if m.startswith("torchvision") or m.startswith("polymodal.families")}
+    assert not _heavy(modules)  # not even torch
+
+
+@pytest.mark.parametrize("verb", ["", "train", "export", "plan", "synth", "tokenizer", "generate", "eval"])
+def test_engine_help_imports_neither_torch_nor_any_family(verb):
+    modules = modules_loaded_by([verb, "--help"] if verb else ["--help"])
+    assert not _heavy(modules)
+    assert not [m for m in modules if m.startswith("polymodal.families")]
+
+
+@pytest.mark.parametrize("verb", ["pretokenize-4m", "eval-4m"])
+def test_family_verb_help_imports_only_its_family_command_line(verb):
+    modules = modules_loaded_by([verb, "--help"])
+    assert not _heavy(modules)
+    family = {m for m in modules if m.startswith("polymodal.families")}
+    assert "polymodal.families.fourm.cli" in family
+    assert family <= {
+        "polymodal.families",
+        "polymodal.families.fourm",
+        "polymodal.families.fourm.cli",
+        "polymodal.families.fourm.evaluate",
+        "polymodal.families.fourm.evaluate.settings",
+    }
+
+
+def test_every_verb_of_the_table_resolves():
+    import importlib
+
+    from polymodal.cli import VERBS
+
+    for name, verb in VERBS.items():
+        module, function = verb.target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_unknown_verb_suggests_the_closest(capsys):
+    assert main(["trian"]) == 2
+    assert "did you mean 'train'" in capsys.readouterr().err
+
+
+def test_generate_and_eval_dispatch_on_the_family_of_the_run(tmp_path, capsys, monkeypatch):
+    """An export written before the families layout still names its family (through the alias table)."""
+    from polymodal.config import aliases
+
+    monkeypatch.setattr(aliases, "_warned", set())
+    export = REPO / "tests" / "fixtures" / "pre_families" / "fourm_export"
+    from polymodal.commands.family import family_of
+
+    with pytest.warns(FutureWarning):
+        assert family_of(export) == "fourm"
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(export), "--help"])
+    assert "--schedule" in capsys.readouterr().out  # the 4M generation options
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(export), "--help"])
+    assert "--num-scenes" in capsys.readouterr().out
+
+
+def test_dispatch_refuses_a_model_of_no_family(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("model:\n  _target_: polymodal.models.llm.build_llm\n")
+    assert main(["generate", "--model", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "belongs to no family" in capsys.readouterr().err
+    assert main(["eval", "--model", str(tmp_path / "missing")]) == 2
+    assert "no config.yaml there" in capsys.readouterr().err

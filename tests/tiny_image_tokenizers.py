@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from polymodal.config import instantiate
 from polymodal.checkpoint.weights import export_weights
+from polymodal.config import instantiate
 
 CODEBOOK_SIZE = 64
 

@@ -35,8 +35,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from polymodal import __version__
-from polymodal.distributed.env import DistEnv, barrier
 from polymodal.checkpoint.rng import capture_rng_state, restore_rng_state
+from polymodal.distributed.env import DistEnv, barrier
 
 log = logging.getLogger("polymodal")
 

@@ -23,8 +23,8 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, str]:
     newest complete checkpoint). The model is rebuilt from the saved config's ``model`` section."""
     from omegaconf import OmegaConf
 
-    from polymodal.config import instantiate
     from polymodal.checkpoint.dcp import TRAINER_STATE, Checkpointer, load_model_weights
+    from polymodal.config import instantiate
     from polymodal.distributed.env import DistEnv
 
     path = Path(path)

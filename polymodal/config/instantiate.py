@@ -8,6 +8,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
+from polymodal.config.aliases import update_targets
 from polymodal.config.errors import ConfigError
 
 _FULL_KEY = re.compile(r"^full_key: (.+)$", re.MULTILINE)
@@ -27,6 +28,7 @@ def instantiate(node: Any, /, **kwargs: Any) -> Any:
     config node kept by a module would hold a reference to the whole config.
     """
     kwargs.setdefault("_convert_", "all")
+    update_targets(node)  # configs written before the families layout name the old modules
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as error:

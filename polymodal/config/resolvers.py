@@ -1,4 +1,5 @@
-"""Arithmetic interpolation resolvers: ``${add:a,b}``, ``${mul:a,b}``, ``${div:a,b}``.
+"""Interpolation resolvers: arithmetic ``${add:a,b}``, ``${mul:a,b}``, ``${div:a,b}``, and ``${cache_root:}``, the
+root of every polymodal cache (:func:`polymodal.files.cache_root`).
 
 ``div`` is integer (floor) division when both operands are ints, true division otherwise, so
 ``${div:${constants.dim},${constants.heads}}`` stays an int that can size a layer.
@@ -9,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from omegaconf import OmegaConf
+
+from polymodal.files import cache_root
 
 Number = int | float
 
@@ -36,7 +39,11 @@ def _div(a: object, b: object) -> Number:
     return numerator / denominator
 
 
-_RESOLVERS: dict[str, Callable[..., Number]] = {"add": _add, "mul": _mul, "div": _div}
+def _cache_root() -> str:
+    return str(cache_root())
+
+
+_RESOLVERS: dict[str, Callable[..., Number | str]] = {"add": _add, "mul": _mul, "div": _div, "cache_root": _cache_root}
 
 
 def register_resolvers() -> None:

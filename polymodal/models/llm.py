@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
 from polymodal.models.parts import DocumentCausalMask, LinearHead, TransformerTrunk
-from polymodal.train.mfu import matmul_params, transformer_train_flops_per_token
+from polymodal.models.protocol import DecoderLayout, ParallelPlan
 
 
 class TokenEmbedding(ReadWriteBlock):
@@ -27,7 +28,8 @@ class TokenEmbedding(ReadWriteBlock):
 
 
 class CausalLM(MetaModel):
-    """The MetaModel plus what the trainer asks of a model family: its analytic training FLOPs."""
+    """The MetaModel plus what the trainer asks of a model (``models/protocol.py``): initialisation, analytic
+    training FLOPs and its parallel plan."""
 
     def __init__(
         self,
@@ -46,7 +48,7 @@ class CausalLM(MetaModel):
         init_weights(self, scheme="trunc_normal", std=self.init_std, depth=self.trunk.depth)
 
     def train_flops(self, batch: DataDict) -> float:
-        """Forward + backward FLOPs for ``batch`` (6·N_matmul + 12·L·d·T per token, see ``train.flops``)."""
+        """Forward + backward FLOPs for ``batch`` (6·N_matmul + 12·L·d·T per token, see ``models.flops``)."""
         tokens = batch[self.preprocessor.blocks[0].read_keys[0]]
         seq_len = tokens.shape[-1]
         if seq_len not in self._flops_per_token:
@@ -56,6 +58,15 @@ class CausalLM(MetaModel):
                 matmul_params(self), trunk.depth, dim, seq_len
             )
         return self._flops_per_token[seq_len] * tokens.numel()
+
+    def parallel_plan(self) -> ParallelPlan:
+        layout = DecoderLayout(
+            blocks="trunk.transformer.blocks",
+            embedding="preprocessor.blocks.0.embedding",
+            final_norm="trunk.transformer.final_norm",
+            head="head.proj",
+        )
+        return ParallelPlan(layout, sequence_keys=("input_ids", "target_ids", "position_ids"))
 
 
 def build_llm(

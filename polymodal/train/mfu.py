@@ -1,9 +1,6 @@
-"""FLOP accounting for MFU: analytic training FLOPs, device peak FLOP/s and the MFU ratio.
+"""Model FLOPs utilisation: the device's dense peak FLOP/s and the MFU ratio. The model's FLOPs come from the
+model itself (``train_flops``, with the formulas of :mod:`polymodal.models.flops`).
 
-Conventions (PaLM appendix B / nanoGPT / torchtitan):
-
-* FLOPs count 2 per multiply-accumulate; a training step (forward + backward) costs 3x the forward.
-* MFU counts the FLOPs the *algorithm* needs. Activation recompute is not counted (that would be HFU).
 * Peaks are *dense* numbers. Vendor headline figures that assume 2:4 structured sparsity are twice these
   and are never used here.
 * On CPU (or an unknown GPU) the "peak" is a measured large-matmul throughput in the same dtype on the same
@@ -14,13 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
+
+from polymodal.files import atomic_output, cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -45,59 +42,10 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "V100": {"fp16": 125e12, "fp32": 15.7e12},
 }
 
-CACHE_DIR_ENV = "POLYMODAL_CACHE_DIR"
 _PEAK_CACHE_FILE = "peak_flops.json"
 _warned_unknown_gpus: set[str] = set()
 # Big enough to be compute-bound, small enough to take well under a second: 1024^2 on CPU, larger on GPUs.
 _PROBE_MATMUL_SIZE = {"cpu": 1024}
-
-
-def transformer_train_flops_per_token(n_matmul_params: int, n_layers: int, dim: int, seq_len: int) -> float:
-    """Training FLOPs per token of a dense transformer: ``6 * N_matmul + 12 * L * d * T``.
-
-    ``6 * N_matmul`` is the weight matmuls (2 FLOPs per multiply-accumulate, times 3 for forward + backward).
-    ``N_matmul`` excludes embedding-table lookups (they multiply nothing) but includes the output projection /
-    LM head, tied or not, because that matmul runs for every token (see :func:`matmul_params`).
-    ``12 * L * d * T`` is the attention score (QK^T) and value (AV) matmuls with ``d = n_heads * head_dim``;
-    causal sparsity is *not* discounted (the PaLM / nanoGPT / torchtitan convention), so for packed
-    block-diagonal sequences this overstates attention. Activation recompute is not counted: this is
-    model FLOPs (MFU), not hardware FLOPs (HFU).
-    """
-    for name, value in (
-        ("n_matmul_params", n_matmul_params),
-        ("n_layers", n_layers),
-        ("dim", dim),
-        ("seq_len", seq_len),
-    ):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    return 6.0 * n_matmul_params + 12.0 * n_layers * dim * seq_len
-
-
-def matmul_params(model: nn.Module, exclude_types: tuple[type[nn.Module], ...] = ()) -> int:
-    """Number of parameters multiplied once per token: the weights of every ``nn.Linear`` (and subclass).
-
-    Biases, norms and embedding tables (lookups) are not matmuls and are not counted. A weight shared by
-    several Linears is counted once; an output head tied to the embedding table *is* counted, since the
-    head matmul runs per token. Raw ``nn.Parameter`` matmuls (e.g. ``nn.MultiheadAttention.in_proj_weight``)
-    and patchify convolutions are not seen. ``exclude_types`` drops whole sub-trees, e.g. a frozen tower
-    whose forward-only FLOPs (2 per parameter, not 6) you account for separately.
-    """
-    excluded = {
-        id(inner)
-        for module in model.modules()
-        if exclude_types and isinstance(module, exclude_types)
-        for inner in module.modules()
-    }
-    counted: set[int] = set()
-    total = 0
-    for module in model.modules():
-        if not isinstance(module, nn.Linear) or id(module) in excluded:
-            continue
-        if id(module.weight) not in counted:
-            counted.add(id(module.weight))
-            total += module.weight.numel()
-    return total
 
 
 def mfu(flops_per_step: float, step_time_s: float, peak_flops: float, num_devices: int = 1) -> float:
@@ -131,7 +79,7 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path 
 
     CUDA devices are looked up in :data:`PEAK_FLOPS`. A GPU or dtype not in the table (warned once per
     GPU), and every non-CUDA device, gets a measured matmul throughput instead. Measurements are cached in
-    ``<cache_dir>/peak_flops.json`` (default ``$POLYMODAL_CACHE_DIR`` or ``~/.cache/polymodal``), keyed by
+    ``<cache_dir>/peak_flops.json`` (default: :func:`polymodal.files.cache_root`), keyed by
     device kind, dtype, processor model and torch thread count. An unreadable cache is ignored and rewritten.
     """
     device = torch.device(device)
@@ -148,7 +96,7 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype, cache_dir: Path 
                 gpu_name,
                 dtype,
             )
-    return _cached_probe(device, dtype, _resolve_cache_dir(cache_dir) / _PEAK_CACHE_FILE)
+    return _cached_probe(device, dtype, Path(cache_dir or cache_root()) / _PEAK_CACHE_FILE)
 
 
 def _table_peak(gpu_name: str, dtype: torch.dtype) -> float | None:
@@ -165,13 +113,6 @@ def _peak_dtype_key(dtype: torch.dtype) -> str | None:
     if dtype == torch.float32:
         return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
-
-
-def _resolve_cache_dir(cache_dir: Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env_dir = os.environ.get(CACHE_DIR_ENV)
-    return Path(env_dir) if env_dir else Path.home() / ".cache" / "polymodal"
 
 
 def _probe_cache_key(device: torch.device, dtype: torch.dtype) -> str:
@@ -218,12 +159,10 @@ def _read_cache(cache_file: Path) -> dict[str, object]:
 
 
 def _write_cache(cache_file: Path, cache: dict[str, object]) -> None:
-    """Atomic write (temp file + rename), so concurrent ranks never read a half-written cache."""
-    tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.tmp")
+    """Atomic write, so concurrent ranks never read a half-written cache."""
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, cache_file)
+        with atomic_output(cache_file) as tmp:
+            tmp.write_text(json.dumps(cache, indent=1, sort_keys=True), encoding="utf-8")
     except OSError as err:
         logger.warning("Could not write peak-FLOP/s cache %s: %s", cache_file, err)
 

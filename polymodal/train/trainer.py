@@ -26,18 +26,18 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.experimental import implicit_replication
 from torch.distributed.tensor.parallel import loss_parallel
 
-from polymodal.config import ConfigError, experiment_config, instantiate, save_config
-from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.checkpoint.dcp import Checkpointer
+from polymodal.checkpoint.rng import seed_everything
+from polymodal.checkpoint.weights import load_pretrained
+from polymodal.config import ConfigError, experiment_config, instantiate, save_config
 from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
-from polymodal.train.mfu import device_peak_flops, mfu
+from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.train.logging import RunLogger, setup_console_logging
+from polymodal.train.mfu import device_peak_flops, mfu
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import plan_for, split_sequence
 from polymodal.train.plots import plot_loss_curves
-from polymodal.checkpoint.rng import seed_everything
-from polymodal.checkpoint.weights import load_pretrained
 
 log = logging.getLogger("polymodal")
 
@@ -135,7 +135,7 @@ class Trainer:
         if not meta_init:
             model.to(self.env.device)
         elif not hasattr(model, "initialize_weights"):
-            raise ConfigError(f"meta_init needs {type(model).__name__} to define initialize_weights()")
+            raise ConfigError(f"meta_init needs {type(model).__name__} to define initialize_weights() (models/protocol.py)")
         init = self.exp.init_from
         if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
             if meta_init:

@@ -14,9 +14,9 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from polymodal.config.schema import DistributedConfig, ExperimentConfig
-from polymodal.models.llm import build_llm
-from polymodal.distributed.env import gradient_sync
 from polymodal.distributed.collectives import all_gather_with_grad
+from polymodal.distributed.env import gradient_sync
+from polymodal.models.llm import build_llm
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import ContextParallelAttention, plan_for, split_sequence

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
+from polymodal.checkpoint import dcp as checkpoint_module
 from polymodal.config import load_config
 from polymodal.models.meta import Objective
-from polymodal.train import checkpoint as checkpoint_module
 from polymodal.train.trainer import Trainer, TrainingStopped, move_to_device
 
 

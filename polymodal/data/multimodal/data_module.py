@@ -88,7 +88,8 @@ class MultimodalData(SourcedData):
         format: ``"shards"`` (4M shard patterns) or ``"imagefolder"`` (ImageFolder roots).
         num_workers: decoding worker processes per rank.
         error_budget: unreadable samples tolerated before the loader stops with an error.
-        cache_dir: shard indexes are cached under ``<cache_dir>/shard_index``.
+        cache_dir: the cache root (default: the user cache, :func:`polymodal.files.cache_root`); shard
+            indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards (e.g. S3 endpoint and credentials source).
         scale: area-fraction range of the training random resized crop.
         seed, dp_rank, dp_world: injected by the trainer.
@@ -105,7 +106,7 @@ class MultimodalData(SourcedData):
         format: str = "shards",
         num_workers: int = 0,
         error_budget: int = 100,
-        cache_dir: str = ".cache/polymodal",
+        cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         scale: tuple[float, float] = (0.2, 1.0),
         seed: int = 0,

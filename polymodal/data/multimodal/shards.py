@@ -11,22 +11,17 @@ any of its bytes are read.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from torch.utils.data import Dataset
 
+from polymodal import files
 from polymodal.data.multimodal.decode import DecodeError, decode_member
 from polymodal.data.multimodal.shard_index import MemberLocation, ShardIndex
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.skips import SampleError, SkipCounter
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/polymodal/shard_index`` (``~/.cache/...`` when unset)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "polymodal" / "shard_index"
 
 
 def select_modalities(available: list[str], modalities: list[str] | None, rename: dict[str, str]) -> list[str]:
@@ -44,7 +39,10 @@ def select_modalities(available: list[str], modalities: list[str] | None, rename
 
 
 class MultimodalShards(Dataset):
-    """Random access to the samples of a 4M shard pattern; ``skips`` starts with the truncated tars found."""
+    """Random access to the samples of a 4M shard pattern; ``skips`` starts with the truncated tars found.
+
+    The tar index is cached in ``<cache_dir>/shard_index`` (``cache_dir``: the cache root, default
+    :func:`polymodal.files.cache_root`)."""
 
     def __init__(
         self,
@@ -61,8 +59,7 @@ class MultimodalShards(Dataset):
         urls_by_modality = {m: urls_by_modality[m] for m in self.modalities}
         first_url = next(iter(urls_by_modality.values()))[0]
         self.fs, _ = fsspec.core.url_to_fs(first_url, **(storage_options or {}))
-        cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-        self.index = ShardIndex.build(urls_by_modality, self.fs, cache_dir)
+        self.index = ShardIndex.build(urls_by_modality, self.fs, files.cache_dir("shard_index", cache_dir))
         self.skips = SkipCounter(error_budget)
         for url, detail in self.index.truncated.items():
             self.skips.add("truncated_tar", f"{url}: {detail}")

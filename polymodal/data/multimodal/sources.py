@@ -10,7 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader, Sample, SampleTransform
@@ -32,7 +31,7 @@ class SourcedData(ABC):
         batch_size: int,
         num_workers: int,
         error_budget: int,
-        cache_dir: str,
+        cache_dir: str | None,
         storage_options: Mapping[str, Any] | None,
         seed: int,
         dp_rank: int,
@@ -41,7 +40,7 @@ class SourcedData(ABC):
         self._batch_size = batch_size
         self._num_workers = num_workers
         self._error_budget = error_budget
-        self._cache_dir = Path(cache_dir) / "shard_index"
+        self._cache_dir = cache_dir
         self._storage_options = dict(storage_options or {})
         self._seed = seed
         self._dp_rank = dp_rank

@@ -18,13 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from polymodal.data.synth.scene import SHAPES
-
-NUM_COORD_AXES = 4  # v0=x0, v1=y0, v2=x1, v3=y1
-
-
-def coord_token(axis: int, value: int) -> str:
-    """The text of one coordinate bin token, e.g. ``coord_token(1, 40) == "v1=40"``."""
-    return f"v{axis}={value}"
+from polymodal.tokenizers.text.wordpiece import coord_token
 
 
 def _image_height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:

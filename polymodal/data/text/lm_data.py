@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from polymodal import files
 from polymodal.data.text.corpus import expand_document_paths, in_val_split, read_documents, stdlib_docstrings
 from polymodal.data.text.packed import Batch, PackedSequenceLoader, count_windows, eval_batches
 from polymodal.data.text.tokens import TokenCorpus, load_or_build_corpus, tokenize_documents, unigram_entropy
@@ -94,7 +95,7 @@ class LMData:
         paths: list[str] | None = None,
         val_paths: list[str] | None = None,
         val_fraction: float = 0.1,
-        cache_dir: str = ".cache/polymodal",
+        cache_dir: str | None = None,
         eval_batch_size: int | None = None,
         seed: int = 0,
         dp_rank: int = 0,
@@ -110,7 +111,7 @@ class LMData:
         self.tokenizer = load_or_train_bpe(tokenizer_path, vocab_size, corpus=lambda: self._docs.documents("train"))
         self._fingerprint = tokenizer_fingerprint(self.tokenizer)
         cache_name = hashlib.sha256(f"{Path(tokenizer_path).resolve()}|{self._docs.identity()}".encode()).hexdigest()
-        self._cache_stem = Path(cache_dir) / "tokens" / cache_name[:16]
+        self._cache_stem = files.cache_dir("tokens", cache_dir) / cache_name[:16]
         self.train_corpus = self._tokenized("train")
         self.val_corpus = self._tokenized("val")
         if count_windows(self.val_corpus, seq_len) == 0:

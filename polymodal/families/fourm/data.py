@@ -12,7 +12,7 @@ Config (4M's levels: the main config composes a data config, which names an alph
       alphas: configs/fourm/alphas/all2all_a0.5.yaml      # or one number for every modality: 0.5
       input_tokens: 128                                   # or [min, max]
       target_tokens: 128
-      tokenizer_path: .cache/polymodal/tokenizers/4m-wordpiece.json
+      tokenizer_path: data/tokenizers/4m-wordpiece.json
       batch_size: 32
 
 Modalities. The registry (:class:`ModalityRegistry`) holds ``in_domains`` + ``out_domains`` with the
@@ -41,16 +41,15 @@ from typing import Any
 
 import torch
 
-from polymodal.families.fourm.masking.alphas import DirichletMixture
-from polymodal.families.fourm.masking.masker import FourMMasking
-from polymodal.families.fourm.modalities import ModalityRegistry
-from polymodal.families.fourm.samples import FourMSample
 from polymodal.data.multimodal.loader import Batch, MapDataset
 from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
-from polymodal.families.fourm.pretokenize import CROP_SETTINGS
+from polymodal.families.fourm.masking.alphas import DirichletMixture
+from polymodal.families.fourm.masking.masker import FourMMasking
+from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry
+from polymodal.families.fourm.samples import FourMSample
 from polymodal.tokenizers.text.wordpiece import load_wordpiece
 
 TokenBudget = int | Sequence[int]
@@ -152,7 +151,8 @@ class FourMData(SourcedData):
         weights: mixture weights by source name (only with dict sources); default proportional to size.
         num_workers, multiprocessing_context: loader worker processes per rank and their start method.
         error_budget: unreadable samples tolerated before the loader stops with an error.
-        cache_dir: shard indexes are cached under ``<cache_dir>/shard_index``.
+        cache_dir: the cache root (default: the user cache, :func:`polymodal.files.cache_root`); shard
+            indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards.
         seed, dp_rank, dp_world: injected by the trainer.
     """
@@ -173,7 +173,7 @@ class FourMData(SourcedData):
         num_workers: int = 0,
         multiprocessing_context: str | None = None,
         error_budget: int = 100,
-        cache_dir: str = ".cache/polymodal",
+        cache_dir: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
         seed: int = 0,
         dp_rank: int = 0,

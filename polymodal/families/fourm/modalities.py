@@ -25,6 +25,10 @@ ModalityKind = Literal["img", "seq", "seq_token", "seq_emb"]
 KINDS: tuple[str, ...] = ("img", "seq", "seq_token", "seq_emb")
 SEQUENCE_KINDS: tuple[str, ...] = ("seq", "seq_token", "seq_emb")
 TEXT_VOCAB_SIZE = 30000
+# The folder of pre-tokenized crops: per sample an (n_crops, 5) array of the crop rows below, in source pixels,
+# shared by every tok_<modality> of the sample (written by ``polymodal pretokenize-4m``, read by the 4M data).
+CROP_SETTINGS = "crop_settings"
+CROP_COLUMNS = ("top", "left", "height", "width", "flip")
 
 
 @dataclass(frozen=True)

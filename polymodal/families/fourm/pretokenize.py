@@ -50,12 +50,11 @@ from polymodal.config import ConfigError
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.multimodal.transforms import AlignedAugment, centre_square_crop, sample_resized_crop
+from polymodal.families.fourm.modalities import CROP_SETTINGS
 from polymodal.files import atomic_output
-from polymodal.tokenizers.image.evaluate import load_tokenizer
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
+from polymodal.tokenizers.loading import load_image_tokenizer
 
-CROP_SETTINGS = "crop_settings"
-CROP_COLUMNS = ("top", "left", "height", "width", "flip")
 INT16_MAX_CODE = int(np.iinfo(np.int16).max)
 DEFAULT_BATCH_SIZE = 64  # crops per tokenizer forward pass
 
@@ -331,50 +330,18 @@ def pretokenize_4m(
     return report
 
 
-def _tokenizer_argument(text: str) -> tuple[str, str]:
-    modality, sep, directory = text.partition("=")
-    if not sep or not modality or not directory:
-        raise argparse.ArgumentTypeError(f"--tokenizer {text!r} is not MODALITY=DIRECTORY")
-    return modality, directory
-
-
-def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``pretokenize-4m`` options to ``parser`` (a sub-command parser or a fresh one)."""
-    parser.add_argument("--source", required=True, help="shard tree root holding <modality>/shard-NNNNN.tar")
-    parser.add_argument("--out", help="output root (default: --source)")
-    parser.add_argument(
-        "--tokenizer",
-        action="append",
-        type=_tokenizer_argument,
-        required=True,
-        help="MODALITY=DIR: a tokenizer export or checkpoint dir for a source modality folder (repeatable)",
-    )
-    parser.add_argument("--image-size", type=int, default=64, help="crop resolution fed to the tokenizers")
-    parser.add_argument("--n-crops", type=int, default=5, help="crops per sample; row 0 is the centre crop")
-    parser.add_argument("--scale", type=float, nargs=2, default=(0.2, 1.0), help="random crop area fraction")
-    parser.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="random crop aspect range")
-    parser.add_argument("--hflip", type=float, default=0.5, help="flip probability of the random crops")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="crops per tokenizer forward pass")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (one shard at a time each)")
-    parser.add_argument("--device", default="cpu", help="device the tokenizers run on, e.g. cpu or cuda:0")
-    parser.add_argument("--cache-dir", help="shard index cache directory (default: the user cache)")
-    return parser
-
-
 def pretokenize_main(args: argparse.Namespace) -> int:
     """Run what an ``add_pretokenize_arguments`` namespace describes; bad values raise ConfigError."""
     try:
         folders = [m for m, _ in args.tokenizer]
         if len(set(folders)) != len(folders):
             raise ValueError(f"--tokenizer names a modality twice: {folders}")
-        tokenizers = {m: load_tokenizer(d).to(torch.device(args.device)) for m, d in args.tokenizer}
+        tokenizers = {m: load_image_tokenizer(d).to(torch.device(args.device)) for m, d in args.tokenizer}
         options = CropOptions(
             args.n_crops, args.image_size, tuple(args.scale), tuple(args.ratio), args.hflip, args.seed
         )
-        report = pretokenize_4m(
-            args.source, tokenizers, args.out, options, args.batch_size, args.workers, args.cache_dir
-        )
+        batch_size = args.batch_size or DEFAULT_BATCH_SIZE
+        report = pretokenize_4m(args.source, tokenizers, args.out, options, batch_size, args.workers, args.cache_dir)
     except ValueError as error:
         raise ConfigError(str(error)) from error
     print(f"pre-tokenized {len(report.written)} shards ({len(report.complete)} already complete)")

@@ -27,12 +27,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from polymodal.families.fourm.modalities import ModalityRegistry, ModalitySpec
 from polymodal.data.multimodal.loader import Sample
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.multimodal.transforms import AlignedAugment
 from polymodal.data.synth.det_text import det_to_text
-from polymodal.families.fourm.pretokenize import CROP_COLUMNS, CROP_SETTINGS
+from polymodal.families.fourm.modalities import CROP_COLUMNS, CROP_SETTINGS, ModalityRegistry, ModalitySpec
 from polymodal.tokenizers.text.wordpiece import EOS_ID, PAD_ID
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

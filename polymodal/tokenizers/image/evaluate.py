@@ -5,17 +5,17 @@ A tokenizer that compresses an image ``f``-fold per side must at least beat the 
 frequent class down and nearest up for semseg. The baseline keeps full-precision floats per thumbnail pixel, so
 beating it with a few bits per code position is meaningful.
 
-Quality is PSNR in natural units (peak: 1 for rgb in [0, 1], 2 for unit normals in [-1, 1], the renderer's far
-plane of 20 m for depth) or mean IoU for semseg. Codebook usage is the fraction of codes used at least once over
-the whole evaluation set; perplexity is ``exp`` of the entropy of the code histogram. For rgb the colour error is
+Quality is PSNR in natural units (peak: 1 for rgb in [0, 1], 2 for unit normals in [-1, 1], the caller's
+``depth_range`` for depth — the synthetic renderer's far plane of 20 m for the built-in scenes) or mean IoU for
+semseg. The caller hands the images in (``polymodal tokenizer eval`` renders held-out synthetic scenes).
+Codebook usage is the fraction of codes used at least once over the whole evaluation set; perplexity is ``exp``
+of the entropy of the code histogram. For rgb the colour error is
 reported too, as PSNR barely notices a hue turned grey: the mean absolute error of the chroma (each pixel minus its
 grey level).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
-from polymodal.data.synth.render import FAR, render_scene
-from polymodal.objectives.reconstruction import chroma, codebook_usage, mean_iou, psnr
-from polymodal.tokenizers.image.tokenizer import MODALITIES, ImageTokenizer
+from polymodal.tokenizers.image.metrics import chroma, codebook_usage, mean_iou, psnr
 from polymodal.tokenizers.image.quantizers import codebook_perplexity
+from polymodal.tokenizers.image.tokenizer import MODALITIES, ImageTokenizer
 
-HELD_OUT_SEED = 10_000  # training shards are rendered from small seeds; these scenes are never trained on
-PSNR_DATA_RANGE = {"rgb": 1.0, "normal": 2.0, "depth": FAR}
+PSNR_DATA_RANGE = {"rgb": 1.0, "normal": 2.0}  # depth: the caller's depth_range
 PNG_COLUMNS = ("original", "tokenizer", "down-up baseline")
-
-
-def held_out_scenes(modality: str, num_images: int, size: int = 64, seed: int = HELD_OUT_SEED) -> Tensor:
-    """``num_images`` rendered scenes of ``modality`` in natural units (rgb as float in [0, 1])."""
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown image modality {modality!r}; expected one of {MODALITIES}")
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    images = torch.stack([render_scene(seed, index, size)[modality] for index in range(num_images)])
-    return images.float() / 255.0 if modality == "rgb" else images
 
 
 def down_up_baseline(images: Tensor, modality: str, downsample: int) -> Tensor:
@@ -78,16 +66,22 @@ def reconstruct(tokenizer: ImageTokenizer, images: Tensor, batch_size: int = 16)
     return torch.cat(recons), torch.cat(codes)
 
 
-def _quality(modality: str, prediction: Tensor, target: Tensor, num_classes: int | None) -> float:
-    if modality == "semseg":
+def _quality(prediction: Tensor, target: Tensor, num_classes: int | None, data_range: float | None) -> float:
+    if data_range is None:
         return mean_iou(prediction, target, num_classes).item()
-    return psnr(prediction, target, PSNR_DATA_RANGE[modality]).item()
+    return psnr(prediction, target, data_range).item()
 
 
 def evaluate_tokenizer(
-    tokenizer: ImageTokenizer, modality: str, images: Tensor, downsample: int, batch_size: int = 16
+    tokenizer: ImageTokenizer,
+    modality: str,
+    images: Tensor,
+    downsample: int,
+    batch_size: int = 16,
+    depth_range: float | None = None,
 ) -> dict[str, Any]:
-    """Tokenizer vs down-up baseline quality, codebook usage and perplexity on ``images`` (natural units).
+    """Tokenizer vs down-up baseline quality, codebook usage and perplexity on ``images`` (natural units);
+    depth needs ``depth_range``, the PSNR peak in metres (the far plane of the data).
 
     Returns ``metric`` ("psnr" or "miou"), ``tokenizer_<metric>``, ``baseline_<metric>``, ``beats_baseline``,
     ``codebook_usage``, ``perplexity`` and the settings they were measured with.
@@ -97,13 +91,16 @@ def evaluate_tokenizer(
             f"the tokenizer is a {tokenizer.modality} tokenizer with downsample {tokenizer.downsample}, "
             f"asked to evaluate {modality} with downsample {downsample}"
         )
+    if modality == "depth" and not depth_range:
+        raise ValueError("depth PSNR needs depth_range: the far plane of the data in metres")
+    data_range = depth_range if modality == "depth" else PSNR_DATA_RANGE.get(modality)
     tokenizer.eval()
     recons, codes = reconstruct(tokenizer, images, batch_size)
     baseline = down_up_baseline(images, modality, downsample)
     num_classes = getattr(tokenizer.normalization, "num_classes", None)
     metric = "miou" if modality == "semseg" else "psnr"
-    tokenizer_quality = _quality(modality, recons, images, num_classes)
-    baseline_quality = _quality(modality, baseline, images, num_classes)
+    tokenizer_quality = _quality(recons, images, num_classes, data_range)
+    baseline_quality = _quality(baseline, images, num_classes, data_range)
     counts = torch.bincount(codes.flatten(), minlength=tokenizer.codebook_size)
     colour = {}
     if modality == "rgb":
@@ -117,7 +114,7 @@ def evaluate_tokenizer(
         "image_size": list(images.shape[-2:]),
         "downsample": downsample,
         "metric": metric,
-        "data_range": PSNR_DATA_RANGE.get(modality),
+        "data_range": data_range,
         f"tokenizer_{metric}": tokenizer_quality,
         f"baseline_{metric}": baseline_quality,
         "beats_baseline": tokenizer_quality > baseline_quality,
@@ -180,17 +177,6 @@ def write_reconstructions_png(
     return path
 
 
-def load_tokenizer(checkpoint: str | Path) -> ImageTokenizer:
-    """An :class:`ImageTokenizer` in eval mode from a training checkpoint, a run directory (its newest checkpoint)
-    or an export directory (``config.yaml`` + ``model.safetensors``)."""
-    from polymodal.checkpoint.weights import load_trained_model
-
-    model, _ = load_trained_model(checkpoint)
-    if not isinstance(model, ImageTokenizer):
-        raise ValueError(f"{checkpoint} holds a {type(model).__name__}, not an ImageTokenizer")
-    return model.eval()
-
-
 def format_table(results: dict[str, Any]) -> str:
     metric = results["metric"]
     unit = " dB" if metric == "psnr" else ""
@@ -212,32 +198,3 @@ def format_table(results: dict[str, Any]) -> str:
 
 def _pair(results: dict[str, Any], name: str) -> str:
     return f"{results[f'tokenizer_{name}']:.4f} / {results[f'baseline_{name}']:.4f}"
-
-
-def add_tokenizer_eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint, a run dir (newest) or an export dir")
-    parser.add_argument("--num-images", type=int, default=64, help="held-out synthetic scenes to evaluate on")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="scene seed (keep it unlike training's)")
-    parser.add_argument("--rows", type=int, default=8, help="samples shown in reconstructions.png")
-    parser.add_argument("--out", required=True, help="directory for eval.json and reconstructions.png")
-
-
-def tokenizer_eval_main(args: argparse.Namespace) -> int:
-    """``polymodal tokenizer eval``: print the table, write ``eval.json`` and ``reconstructions.png``."""
-    if args.rows < 1:
-        raise ValueError(f"--rows must be >= 1, got {args.rows}")
-    tokenizer = load_tokenizer(args.checkpoint)
-    images = held_out_scenes(tokenizer.modality, args.num_images, args.image_size, args.seed)
-    results = evaluate_tokenizer(tokenizer, tokenizer.modality, images, tokenizer.downsample)
-    results["checkpoint"], results["seed"] = str(args.checkpoint), args.seed
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    shown = images[: args.rows]
-    recons, _ = reconstruct(tokenizer, shown)
-    baseline = down_up_baseline(shown, tokenizer.modality, tokenizer.downsample)
-    write_reconstructions_png(out / "reconstructions.png", shown, recons, baseline, tokenizer.modality)
-    print(format_table(results))
-    print(f"wrote {out / 'eval.json'} and {out / 'reconstructions.png'}")
-    return 0

@@ -13,14 +13,12 @@ input string is encoded as that special token.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from polymodal.files import atomic_output, exclusive_lock
-from polymodal.data.text.corpus import read_documents, stdlib_docstrings
 
 MAX_IMAGE_SIDE_TOKENS = 64
 NUM_BYTE_TOKENS = 256
@@ -142,18 +140,3 @@ def load_or_train_bpe(
         tokenizer = train_bpe(corpus(), vocab_size, min_frequency)
         save_tokenizer(tokenizer, target)
         return tokenizer
-
-
-def train_text_tokenizer(inputs: list[str] | None, output: Path, vocab_size: int, min_frequency: int) -> Path:
-    """Train a BPE tokenizer on ``inputs`` (files, dirs, globs) or, if None, the stdlib docstrings
-    train split; save it to ``output`` and print a one-line summary. Behind ``polymodal tokenizer train-text``.
-    """
-    start = time.perf_counter()
-    docs = read_documents(inputs) if inputs else stdlib_docstrings("train")
-    tokenizer = train_bpe(docs, vocab_size, min_frequency)
-    path = save_tokenizer(tokenizer, output)
-    print(
-        f"trained BPE tokenizer: vocab {tokenizer.get_vocab_size()} (requested {vocab_size}), "
-        f"{len(docs)} docs, {sum(map(len, docs)):,} chars, {time.perf_counter() - start:.1f}s -> {path}"
-    )
-    return path

@@ -28,23 +28,29 @@ punctuation (``"floor: a"`` decodes as ``"floor : a"``), as for any BERT tokeniz
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from polymodal.data.synth.det_text import NUM_COORD_AXES, coord_token, det_to_text
-from polymodal.data.synth.render import render_scene
-from polymodal.data.synth.scene import SHAPES
-from polymodal.data.text.corpus import read_documents, stdlib_docstrings
-from polymodal.tokenizers.text.bpe import load_tokenizer, save_tokenizer
+from polymodal.tokenizers.text.bpe import load_tokenizer
 
 BASE_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SOS]", "[EOS]")
 PAD_ID, UNK_ID, SOS_ID, EOS_ID = range(len(BASE_SPECIAL_TOKENS))
 FIRST_SENTINEL_ID = len(BASE_SPECIAL_TOKENS)
 CONTINUATION_PREFIX = "##"
+
+
+NUM_COORD_AXES = 4  # v0=x0, v1=y0, v2=x1, v3=y1
+# The object classes of the built-in synthetic world (``polymodal.data.synth.scene.SHAPES``; a test keeps the two
+# equal): the default layout's class tokens. Tokenizers take their corpus and classes from the caller.
+SYNTHETIC_CLASSES = ("sphere", "cube", "cylinder", "cone")
+
+
+def coord_token(axis: int, value: int) -> str:
+    """The text of one coordinate bin token, e.g. ``coord_token(1, 40) == "v1=40"``."""
+    return f"v{axis}={value}"
 
 
 def sentinel_token(k: int) -> str:
@@ -57,7 +63,7 @@ class WordPieceLayout:
 
     num_sentinels: int = 200
     coord_bins: int = 1000
-    class_names: tuple[str, ...] = SHAPES
+    class_names: tuple[str, ...] = SYNTHETIC_CLASSES
 
     def __post_init__(self) -> None:
         if self.num_sentinels < 0:
@@ -165,7 +171,7 @@ def train_wordpiece(
     vocab_size: int,
     num_sentinels: int = 200,
     coord_bins: int = 1000,
-    class_names: Sequence[str] = SHAPES,
+    class_names: Sequence[str] = SYNTHETIC_CLASSES,
     min_frequency: int = 2,
 ) -> Tokenizer:
     """Train 4M's WordPiece tokenizer: the fixed layout (module docstring) then learnt pieces.
@@ -213,39 +219,3 @@ def load_wordpiece(path: str | Path, layout: WordPieceLayout = DEFAULT_LAYOUT) -
     tokenizer = load_tokenizer(path)
     check_layout_ids(tokenizer, layout, source=f"tokenizer {path}")
     return tokenizer
-
-
-def synthetic_scene_texts(num_scenes: int, seed: int = 0, image_size: int = 64) -> list[str]:
-    """All caption phrasings and the det string of ``num_scenes`` rendered synthetic scenes.
-
-    Rendering at 64 px takes about 6 ms a scene on one CPU core; captions only use a handful of words,
-    so a couple of thousand scenes cover them.
-    """
-    texts: list[str] = []
-    for index in range(num_scenes):
-        sample = render_scene(seed, index, image_size)
-        texts.extend(sample["caption"])
-        texts.append(det_to_text(sample["det"]["boxes"], sample["det"]["labels"], image_size))
-    return texts
-
-
-def train_wordpiece_text_tokenizer(
-    inputs: list[str] | None,
-    output: Path,
-    vocab_size: int,
-    min_frequency: int = 2,
-    num_scenes: int = 2000,
-    seed: int = 0,
-) -> Path:
-    """Train the 4M WordPiece tokenizer on ``inputs`` (files, dirs, globs) or, if None, on synthetic scene
-    captions and det strings plus the stdlib docstrings train split; save to ``output``, print a summary.
-    """
-    start = time.perf_counter()
-    docs = read_documents(inputs) if inputs else synthetic_scene_texts(num_scenes, seed) + stdlib_docstrings("train")
-    tokenizer = train_wordpiece(docs, vocab_size, min_frequency=min_frequency)
-    path = save_tokenizer(tokenizer, output)
-    print(
-        f"trained WordPiece tokenizer: vocab {tokenizer.get_vocab_size()} (requested {vocab_size}), "
-        f"{len(docs)} docs, {sum(map(len, docs)):,} chars, {time.perf_counter() - start:.1f}s -> {path}"
-    )
-    return path

@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from polymodal.config.schema import ExperimentConfig
 from polymodal.train.parallel.mesh import Mesh
-from polymodal.train.parallel.plans import fsdp_units, install_context_parallel, plan_for
+from polymodal.train.parallel.plans import decoder_tensor_parallel, fsdp_units, install_context_parallel, plan_for
 
 
 def checkpoint_activations(model: nn.Module, units: list[nn.Module]) -> list[nn.Module]:
@@ -47,7 +47,7 @@ def parallelize(
     if dims is not None and dims.tp > 1:
         if plan.tensor_parallel is None:
             raise ValueError(f"no tensor-parallel plan for {type(model).__name__}; set experiment.distributed.tp=1")
-        plan.tensor_parallel(model, mesh["tp"], exp.distributed.loss_parallel)
+        decoder_tensor_parallel(model, plan.tensor_parallel, mesh["tp"], exp.distributed.loss_parallel)
     if dims is not None and dims.cp > 1:
         if not plan.sequence_keys:
             raise ValueError(f"no context-parallel plan for {type(model).__name__}; set experiment.distributed.cp=1")

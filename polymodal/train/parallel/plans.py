@@ -1,5 +1,6 @@
-"""Per-family parallel plans: which modules tensor parallelism splits, and which batch keys context parallelism
-splits along the sequence. The models themselves know nothing of this; a plan is looked up by model class.
+"""Parallel plans applied to a model: the model describes itself (``parallel_plan()``, ``fsdp_units()``, see
+:mod:`polymodal.models.protocol`); this module turns the description into torch's tensor-parallel styles, the
+context-parallel attention kernel and the FSDP units. Nothing here knows a model class.
 
 Tensor parallelism (Megatron-style, with sequence parallelism) inside every :class:`TransformerBlock`:
 ``q/k/v_proj`` and ``mlp.fc1/fc3`` are column-parallel, ``o_proj`` and ``mlp.fc2`` row-parallel with their
@@ -15,9 +16,6 @@ causal masks, not our block-diagonal document masks, and not on gloo/CPU where t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -31,12 +29,12 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.models.layers.attention import Attention, masked_attention
 from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttentionBlock
-from polymodal.models.llm import CausalLM
 from polymodal.models.meta import DataDict
-from polymodal.distributed.collectives import all_gather_with_grad
+from polymodal.models.protocol import DecoderLayout, ParallelPlan
 
 
 def transformer_block_plan() -> dict[str, object]:
@@ -67,31 +65,31 @@ def _check_tp_divides(model: nn.Module, tp: int) -> None:
                 raise ValueError(f"{name}: tp={tp} must divide num_kv_heads={module.num_kv_heads}")
 
 
-def llm_tensor_parallel(model: CausalLM, tp_mesh: DeviceMesh, loss_parallel: bool = False) -> None:
-    """Embedding row-parallel into a sequence shard, blocks as above, final norm sequence-parallel, LM head
+def decoder_tensor_parallel(model: nn.Module, layout: DecoderLayout, tp_mesh: DeviceMesh, loss_parallel: bool) -> None:
+    """Embedding row-parallel into a sequence shard, blocks as above, final norm sequence-parallel, head
     column-parallel: to full logits, or with ``loss_parallel`` to logits left sharded over the vocabulary (a
     ``DTensor`` the loss must consume under ``torch.distributed.tensor.parallel.loss_parallel``). Tied
     embedding/head weights are re-tied after sharding (both are sharded along the vocabulary)."""
     _check_tp_divides(model, tp_mesh.size())
-    embedding = model.preprocessor.blocks[0].embedding
-    tied = model.head.proj.weight is embedding.weight
+    embedding, head = model.get_submodule(layout.embedding), model.get_submodule(layout.head)
+    tied = head.weight is embedding.weight
     parallelize_module(
         model,
         tp_mesh,
         {
-            "preprocessor.blocks.0.embedding": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-            "trunk.transformer.final_norm": SequenceParallel(),
-            "head.proj": ColwiseParallel(
+            layout.embedding: RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            layout.final_norm: SequenceParallel(),
+            layout.head: ColwiseParallel(
                 input_layouts=Shard(1),
                 output_layouts=Shard(-1) if loss_parallel else Replicate(),
                 use_local_output=not loss_parallel,
             ),
         },
     )
-    for block in model.trunk.transformer.blocks:
+    for block in model.get_submodule(layout.blocks):
         parallelize_module(block, tp_mesh, transformer_block_plan())
     if tied:
-        model.head.proj.weight = embedding.weight
+        head.weight = embedding.weight
 
 
 class ContextParallelAttention:
@@ -133,25 +131,15 @@ def split_sequence(batch: DataDict, keys: tuple[str, ...], rank: int, world: int
     return split
 
 
-@dataclass(frozen=True)
-class ParallelPlan:
-    tensor_parallel: Callable[[nn.Module, DeviceMesh, bool], None] | None = None  # (model, tp mesh, loss_parallel)
-    sequence_keys: tuple[str, ...] = ()  # batch keys split along dim 1 under context parallelism
-
-
-PLANS: dict[type[nn.Module], ParallelPlan] = {
-    CausalLM: ParallelPlan(llm_tensor_parallel, sequence_keys=("input_ids", "target_ids", "position_ids")),
-}
-
-
 def plan_for(model: nn.Module) -> ParallelPlan:
-    for cls in type(model).__mro__:
-        if cls in PLANS:
-            return PLANS[cls]
-    return ParallelPlan()
+    """The model's own plan (``parallel_plan()``), or none."""
+    return model.parallel_plan() if hasattr(model, "parallel_plan") else ParallelPlan()
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """FSDP2 shards each transformer block (self-attention blocks and encoder-decoder cross-attention blocks) as its
-    own unit (gathered just before use), then the rest at the root; activation checkpointing wraps the same units."""
+    """The model's ``fsdp_units()``, else each transformer block (self-attention blocks and encoder-decoder
+    cross-attention blocks): FSDP2 shards each as its own unit (gathered just before use), then the rest at the root;
+    activation checkpointing wraps the same units."""
+    if hasattr(model, "fsdp_units"):
+        return list(model.fsdp_units())
     return [module for module in model.modules() if isinstance(module, (TransformerBlock, CrossAttentionBlock))]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from polymodal.data.synth.scene import SHAPES
-from polymodal.families.fourm.model import build_fourm
 from polymodal.families.fourm.modalities import ModalityRegistry
+from polymodal.families.fourm.model import build_fourm
 
 SMALL_MODALITIES = {
     "rgb@32": {"patch_size": 8},

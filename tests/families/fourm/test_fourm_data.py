@@ -15,17 +15,18 @@ from tiny_image_tokenizers import CODEBOOK_SIZE, export_tiny_tokenizer
 from torchvision.transforms.v2 import functional as F
 
 from polymodal.config import instantiate, load_config
-from polymodal.families.fourm.data import FourMData, fourm_alphas, fourm_registry
-from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD, FourMSample, crop_boxes, text_ids
 from polymodal.data.multimodal.loader import sample_generator
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.synth.scene import SHAPES
+from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.data.synth.writers import write_shards
+from polymodal.families.fourm.data import FourMData, fourm_alphas, fourm_registry
 from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
+from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD, FourMSample, crop_boxes, text_ids
+from polymodal.tokenizers.loading import load_image_tokenizer
 from polymodal.tokenizers.text.bpe import save_tokenizer
-from polymodal.tokenizers.image.evaluate import load_tokenizer
-from polymodal.tokenizers.text.wordpiece import EOS_ID, PAD_ID, synthetic_scene_texts, train_wordpiece
+from polymodal.tokenizers.text.wordpiece import EOS_ID, PAD_ID, train_wordpiece
 
 SIZE = 32
 N_CROPS = 4
@@ -48,7 +49,7 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("fourm")
     root = base / "scenes"
     write_shards(root, num_samples=12, samples_per_shard=6, size=SIZE, modalities=("rgb", "depth", "caption", "det"))
-    tokenizers = {m: load_tokenizer(export_tiny_tokenizer(base / f"tok-{m}", m)) for m in ("rgb", "depth")}
+    tokenizers = {m: load_image_tokenizer(export_tiny_tokenizer(base / f"tok-{m}", m)) for m in ("rgb", "depth")}
     pretokenize_4m(root, tokenizers, options=CropOptions(n_crops=N_CROPS, image_size=SIZE, seed=5), cache_dir=base)
     text_tokenizer = train_wordpiece(synthetic_scene_texts(40), TEXT_VOCAB)
     tokenizer_path = save_tokenizer(text_tokenizer, base / "wordpiece.json")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from polymodal.cli import main
-from polymodal.tokenizers.text.wordpiece import synthetic_scene_texts
+from polymodal.data.synth.texts import synthetic_scene_texts
 
 TOKENIZERS = ("rgb", "depth", "normal", "semseg")
 QUICK_RUN = [
@@ -79,7 +79,7 @@ def test_demo_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         )
         assert (tmp_path / schedule / "generations.png").stat().st_size > 5_000
     run(
-        "eval-4m",
+        "eval",
         f"--model={fourm}",
         *image_tokenizers,
         f"--text-tokenizer={wordpiece}",

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from polymodal.checkpoint.weights import export_weights
 from polymodal.config import load_config
 from polymodal.data.synth.writers import write_imagefolder
 from polymodal.families.fourm.model import build_fourm
 from polymodal.train.trainer import Trainer
-from polymodal.checkpoint.weights import export_weights
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPE = REPO / "configs/fourm/vit_classify_tiny.yaml"

@@ -17,15 +17,15 @@ from polymodal.config import ConfigError
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, SampleError
 from polymodal.data.multimodal.decode import decode_member
 from polymodal.data.synth.writers import write_shards
+from polymodal.families.fourm.cli import add_pretokenize_arguments
 from polymodal.families.fourm.pretokenize import (
     CropOptions,
-    add_pretokenize_arguments,
     code_dtype,
     crop_settings,
     pretokenize_4m,
     pretokenize_main,
 )
-from polymodal.tokenizers.image.evaluate import load_tokenizer
+from polymodal.tokenizers.loading import load_image_tokenizer
 
 SIZE = 32
 N_CROPS = 4
@@ -68,7 +68,7 @@ def outputs(root: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def tokenizers(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("tokenizers")
-    return {m: load_tokenizer(export_tiny_tokenizer(base / m, m)) for m in MODALITIES}
+    return {m: load_image_tokenizer(export_tiny_tokenizer(base / m, m)) for m in MODALITIES}
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,12 @@ def pretokenized(tmp_path_factory, tokenizers) -> tuple[Path, object]:
 def test_exported_tokenizer_reloads_with_identical_weights(tmp_path):
     directory = export_tiny_tokenizer(tmp_path / "rgb", "rgb")
     original = tiny_tokenizer("rgb")
-    loaded = load_tokenizer(directory)
+    loaded = load_image_tokenizer(directory)
     assert not loaded.training
     for (name, a), (_, b) in zip(original.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     with pytest.raises(FileNotFoundError, match="neither an export"):
-        load_tokenizer(tmp_path / "nowhere")
+        load_image_tokenizer(tmp_path / "nowhere")
 
 
 def test_outputs_are_key_aligned_with_the_source(pretokenized):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from polymodal.config import load_config
+from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.data.synth.writers import write_shards
 from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
-from polymodal.tokenizers.text.bpe import save_tokenizer
-from polymodal.tokenizers.image.tokenizer import build_image_tokenizer
 from polymodal.tokenizers.image.quantizers import VectorQuantizer
-from polymodal.tokenizers.text.wordpiece import synthetic_scene_texts, train_wordpiece
+from polymodal.tokenizers.image.tokenizer import build_image_tokenizer
+from polymodal.tokenizers.text.bpe import save_tokenizer
+from polymodal.tokenizers.text.wordpiece import train_wordpiece
 from polymodal.train.trainer import Trainer, _batch_size
 
 REPO = Path(__file__).resolve().parents[3]

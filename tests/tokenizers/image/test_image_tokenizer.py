@@ -10,10 +10,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from polymodal.checkpoint.weights import export_weights, load_pretrained
 from polymodal.config import instantiate, load_config
 from polymodal.data.synth.writers import write_shards
 from polymodal.models.meta import BlockList, checking_keys
 from polymodal.objectives.reconstruction import ReconstructionLoss, codebook_usage, mean_iou, psnr
+from polymodal.tokenizers.image.quantizers import FSQ, VectorQuantizer
 from polymodal.tokenizers.image.tokenizer import (
     DepthNormalization,
     NormalMapNormalization,
@@ -22,9 +24,7 @@ from polymodal.tokenizers.image.tokenizer import (
     build_image_tokenizer,
     fit_log_depth_statistics,
 )
-from polymodal.tokenizers.image.quantizers import FSQ, VectorQuantizer
 from polymodal.train.trainer import Trainer
-from polymodal.checkpoint.weights import export_weights, load_pretrained
 
 REPO = Path(__file__).resolve().parents[3]
 NUM_CLASSES = 5

@@ -14,7 +14,6 @@ from polymodal.tokenizers.text.bpe import (
     save_tokenizer,
     tokenizer_fingerprint,
     train_bpe,
-    train_text_tokenizer,
 )
 
 VOCAB = 512
@@ -156,15 +155,3 @@ def test_concurrent_load_or_train_trains_once(tmp_path):
         t.join()
     assert calls == [1]
     assert results[0] == results[1] is not None
-
-
-def test_train_text_tokenizer_from_files(tmp_path, capsys):
-    docs_dir = tmp_path / "docs"
-    docs_dir.mkdir()
-    for i, doc in enumerate(synthetic_docs(50)):
-        (docs_dir / f"{i:03d}.txt").write_text(doc, encoding="utf-8")
-    out = train_text_tokenizer([str(docs_dir)], tmp_path / "text_bpe.json", vocab_size=VOCAB, min_frequency=2)
-    summary = capsys.readouterr().out.strip()
-    assert summary.count("\n") == 0 and "50 docs" in summary and "requested 512" in summary
-    tok = load_tokenizer(out)
-    assert tok.token_to_id("<|eoi|>") == SPECIAL_TOKENS.index("<|eoi|>")

@@ -6,20 +6,20 @@ import torch
 
 from polymodal.data.synth.det_text import det_to_text
 from polymodal.data.synth.scene import SHAPES
+from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.tokenizers.text.bpe import save_tokenizer
 from polymodal.tokenizers.text.wordpiece import (
     DEFAULT_LAYOUT,
     EOS_ID,
     PAD_ID,
     SOS_ID,
+    SYNTHETIC_CLASSES,
     UNK_ID,
     WordPieceLayout,
     coord_id,
     load_wordpiece,
     sentinel_id,
-    synthetic_scene_texts,
     train_wordpiece,
-    train_wordpiece_text_tokenizer,
 )
 
 FIXED = 4 + 200 + 4 * 1000 + len(SHAPES)
@@ -170,14 +170,6 @@ def test_load_rejects_corrupt_and_foreign_files(tokenizer, tmp_path):
         load_wordpiece(broken)
 
 
-def test_train_text_tokenizer_on_files(tmp_path, scene_texts, capsys):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(scene_texts))
-    path = train_wordpiece_text_tokenizer([str(corpus)], tmp_path / "wp.json", VOCAB)
-    assert load_wordpiece(path).encode("v2=7 cylinder").ids == [coord_id(2, 7), 4206]
-    assert "trained WordPiece tokenizer" in capsys.readouterr().out
-
-
 # ---- det_to_text -------------------------------------------------------------------------------------
 
 
@@ -251,3 +243,7 @@ def test_det_to_text_rejects_bad_input(boxes, labels, size, match):
 def test_det_to_text_rejects_too_few_bins():
     with pytest.raises(ValueError, match="bins"):
         det_to_text([[0, 0, 1, 1]], ["cube"], 8, bins=1)
+
+
+def test_default_class_tokens_are_the_synthetic_world_classes():
+    assert SYNTHETIC_CLASSES == SHAPES

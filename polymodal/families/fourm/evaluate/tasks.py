@@ -1,6 +1,7 @@
-"""``polymodal eval-4m``: a trained 4M on held-out synthetic scenes, each task beside a trivial baseline.
+"""The tasks of ``polymodal eval`` for a 4M: a trained 4M on held-out synthetic scenes, each beside a trivial
+baseline.
 
-Scenes are rendered in memory from a held-out seed (:data:`~polymodal.tokenizers.image.evaluate.HELD_OUT_SEED`, never
+Scenes are rendered in memory from a held-out seed (:data:`~polymodal.data.synth.held_out.HELD_OUT_SEED`, never
 trained on); the baselines are fitted on scenes of the training seed (:data:`TRAINING_SEED`, ``polymodal synth``'s
 default), so they know the data distribution but not the evaluated scene. The ground-truth caption of a scene is
 its first one (as :class:`~polymodal.families.fourm.samples.FourMSample` evaluates), which names every visible object.
@@ -29,63 +30,43 @@ Tasks (skipped, with the reason, when the model lacks a modality or a tokenizer 
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from polymodal.config import ConfigError
-from polymodal.families.fourm.modalities import ModalitySpec
-from polymodal.families.fourm.samples import normalise_rgb
+from polymodal.data.synth.held_out import HELD_OUT_SEED
 from polymodal.data.synth.render import render_scene
-from polymodal.data.synth.scene import PALETTE, SHAPES
-from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, parse_tokenizer_flags
+from polymodal.data.synth.scene import SHAPES
+from polymodal.families.fourm.evaluate.metrics import (
+    COLOURS,
+    abs_rel_error,
+    attribute_scores,
+    log_rmse,
+    mentioned_attributes,
+    metric_entry,
+    most_frequent,
+    semseg_miou,
+    shapes_present,
+)
+from polymodal.families.fourm.evaluate.settings import EvalSettings
 from polymodal.families.fourm.generate.inputs import Entry, full_input, generation_batch, text_input
-from polymodal.families.fourm.generate.outputs import DecodedModality, check_decoders, decode_generations, write_generation_png
+from polymodal.families.fourm.generate.outputs import DecodedModality, check_decoders, decode_generations
 from polymodal.families.fourm.generate.sampler import GenerationSampler
 from polymodal.families.fourm.generate.schedules import TargetSettings, build_schedule
+from polymodal.families.fourm.modalities import ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
-from polymodal.objectives.reconstruction import mean_iou
-from polymodal.tokenizers.image.evaluate import HELD_OUT_SEED
-from polymodal.tokenizers.image.tokenizer import DEFAULT_MIN_DEPTH, ImageTokenizer
+from polymodal.families.fourm.samples import normalise_rgb
+from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 
 log = logging.getLogger("polymodal")
 
-TRAINING_SEED = 0  # ``polymodal synth --seed`` default: the scenes the model was trained on
 CAPTION = "caption"
 TASKS = ("rgb->depth", "rgb->semseg", "rgb->caption", "caption->rgb")
-COLOURS = tuple(PALETTE)
-_WORD = re.compile(r"[a-z]+")
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How the tasks are run and the baselines fitted (module docstring)."""
-
-    batch_size: int = 16
-    baseline_scenes: int = 64
-    baseline_seed: int = TRAINING_SEED
-    rgb_scheme: str = "roar"  # caption->rgb
-    rgb_steps: int = 8
-    rgb_temperature: float = 1.0
-    rgb_cfg_scale: float = 1.0
-    presence_fraction: float = 0.005
-    sample_seed: int = 0
-
-    def check(self) -> None:
-        if self.batch_size < 1 or self.baseline_scenes < 1 or self.rgb_steps < 1:
-            raise ValueError(f"batch_size, baseline_scenes and rgb_steps must be >= 1, got {self}")
-        if not 0.0 < self.presence_fraction <= 1.0:
-            raise ValueError(f"presence_fraction must lie in (0, 1], got {self.presence_fraction}")
 
 
 @dataclass
@@ -113,78 +94,6 @@ def render_scenes(seed: int, num_scenes: int, size: int) -> Scenes:
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------
-
-
-def abs_rel_error(predicted: Tensor, target: Tensor) -> float:
-    """``mean(|predicted − target| / target)`` over every pixel (depths in metres, ``target > 0``)."""
-    if predicted.shape != target.shape:
-        raise ValueError(f"depth shapes differ: predicted {tuple(predicted.shape)}, target {tuple(target.shape)}")
-    if bool((target <= 0).any()):
-        raise ValueError("ground-truth depth must be > 0 everywhere")
-    return ((predicted.float() - target.float()).abs() / target.float()).mean().item()
-
-
-def log_rmse(predicted: Tensor, target: Tensor, min_depth: float = DEFAULT_MIN_DEPTH) -> float:
-    """``sqrt(mean((log predicted − log target)²))`` over every pixel, depths clamped to ``min_depth`` first."""
-    if predicted.shape != target.shape:
-        raise ValueError(f"depth shapes differ: predicted {tuple(predicted.shape)}, target {tuple(target.shape)}")
-    difference = predicted.float().clamp_min(min_depth).log() - target.float().clamp_min(min_depth).log()
-    return difference.square().mean().sqrt().item()
-
-
-def semseg_miou(predicted: Tensor, target: Tensor) -> float:
-    """:func:`mean_iou` over all pixels of the batch, classes counted up to the largest id seen."""
-    num_classes = int(max(predicted.max(), target.max())) + 1
-    return mean_iou(predicted.long(), target.long(), num_classes).item()
-
-
-def mentioned_attributes(text: str) -> tuple[set[str], set[str]]:
-    """The distinct colour words and shape words (singular; ``"cubes"`` counts as ``cube``) of a caption."""
-    colours, shapes = set(), set()
-    for word in _WORD.findall(text.lower()):
-        if word in PALETTE:
-            colours.add(word)
-        elif word in SHAPES:
-            shapes.add(word)
-        elif word.endswith("s") and word[:-1] in SHAPES:
-            shapes.add(word[:-1])
-    return colours, shapes
-
-
-def attribute_scores(mentioned: Sequence[set[str]], present: Sequence[set[str]]) -> dict[str, float | None]:
-    """Pooled precision and recall of per-scene word sets (module docstring); None where nothing is counted."""
-    if len(mentioned) != len(present):
-        raise ValueError(f"{len(mentioned)} mentioned sets for {len(present)} scenes")
-    hits = sum(len(m & p) for m, p in zip(mentioned, present, strict=True))
-    said, there = sum(len(m) for m in mentioned), sum(len(p) for p in present)
-    return {"precision": hits / said if said else None, "recall": hits / there if there else None}
-
-
-def shapes_present(semseg: Tensor, min_fraction: float) -> list[set[str]]:
-    """Per map of ``semseg`` [B, H, W]: the shapes whose class (id = index in :data:`SHAPES` + 1) covers at least
-    ``min_fraction`` of the pixels."""
-    if semseg.ndim != 3:
-        raise ValueError(f"semseg maps must be [B, H, W], got shape {tuple(semseg.shape)}")
-    counts = torch.stack([torch.bincount(m.flatten().long(), minlength=len(SHAPES) + 1) for m in semseg])
-    present = counts[:, 1 : len(SHAPES) + 1] >= min_fraction * semseg[0].numel()
-    return [{shape for shape, there in zip(SHAPES, row.tolist(), strict=True) if there} for row in present]
-
-
-def most_frequent(sets: Sequence[set[str]], vocabulary: Sequence[str]) -> str:
-    """The word of ``vocabulary`` that occurs in most of ``sets`` (ties: vocabulary order)."""
-    counts = Counter(word for words in sets for word in words)
-    return max(vocabulary, key=lambda word: (counts[word], -vocabulary.index(word)))
-
-
-def _metric(model: float | None, baseline: float | None, lower_is_better: bool, **extra: Any) -> dict[str, Any]:
-    wins = None
-    if model is not None and baseline is not None:
-        wins = model < baseline if lower_is_better else model > baseline
-    better = "lower" if lower_is_better else "higher"
-    return {"model": model, "baseline": baseline, "better": better, "model_wins": wins, **extra}
-
-
-# --- generation --------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -348,8 +257,8 @@ def _depth_task(predicted: Tensor, scenes: Scenes, training: Scenes, baseline_na
     mean_map = training.depth.mean(dim=0, keepdim=True).expand_as(scenes.depth)
     return {
         "baseline": f"per-pixel mean depth map of {baseline_name}",
-        "abs_rel": _metric(abs_rel_error(predicted, scenes.depth), abs_rel_error(mean_map, scenes.depth), True),
-        "log_rmse": _metric(log_rmse(predicted, scenes.depth), log_rmse(mean_map, scenes.depth), True),
+        "abs_rel": metric_entry(abs_rel_error(predicted, scenes.depth), abs_rel_error(mean_map, scenes.depth), True),
+        "log_rmse": metric_entry(log_rmse(predicted, scenes.depth), log_rmse(mean_map, scenes.depth), True),
     }
 
 
@@ -358,7 +267,7 @@ def _semseg_task(predicted: Tensor, scenes: Scenes, training: Scenes, baseline_n
     constant = torch.full_like(scenes.semseg, majority)
     return {
         "baseline": f"class {majority} (the majority class of {baseline_name}) everywhere",
-        "miou": _metric(semseg_miou(predicted, scenes.semseg), semseg_miou(constant, scenes.semseg), False),
+        "miou": metric_entry(semseg_miou(predicted, scenes.semseg), semseg_miou(constant, scenes.semseg), False),
     }
 
 
@@ -373,7 +282,7 @@ def _caption_task(generated: Sequence[str], scenes: Scenes, training: Scenes, ba
         model_scores = attribute_scores([s[index] for s in said], [p[index] for p in present])
         baseline_scores = attribute_scores([baseline[index]] * len(present), [p[index] for p in present])
         for score in ("precision", "recall"):
-            task[f"{kind}_{score}"] = _metric(model_scores[score], baseline_scores[score], False)
+            task[f"{kind}_{score}"] = metric_entry(model_scores[score], baseline_scores[score], False)
     return task
 
 
@@ -396,7 +305,7 @@ def _caption_to_rgb_task(
         "presence_fraction": fraction,
     }
     for metric in model:
-        task[metric] = _metric(model[metric], baseline[metric], False, real_rgb_reference=reference[metric])
+        task[metric] = metric_entry(model[metric], baseline[metric], False, real_rgb_reference=reference[metric])
     return task
 
 
@@ -427,10 +336,11 @@ def evaluate_fourm(
     num_scenes: int = 64,
     seed: int = HELD_OUT_SEED,
     image_size: int | None = None,
-    settings: EvalSettings = EvalSettings(),
+    settings: EvalSettings | None = None,
 ) -> FourMEvaluation:
     """Every task the model and the tokenizers allow (module docstring) on ``num_scenes`` scenes of ``seed``
     rendered at ``image_size`` (default: the model's rgb pixel resolution)."""
+    settings = settings or EvalSettings()
     if not isinstance(model, FourM):
         raise ValueError(f"evaluate_fourm needs a FourM model, got {type(model).__name__}")
     if num_scenes < 2:
@@ -474,110 +384,3 @@ def evaluate_fourm(
         "skipped": skipped,
     }
     return FourMEvaluation(report, _columns(names, scenes, predictions))
-
-
-# --- outputs and CLI -----------------------------------------------------------------------------------------------
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def format_report(report: Mapping[str, Any]) -> str:
-    """A table: one line per task metric, model vs baseline and which is better; then the skipped tasks."""
-    lines = [f"4M on {report['num_scenes']} held-out scenes (seed {report['seed']}, {report['image_size']} px)"]
-    lines.append(f"  {'task':<13} {'metric (which is better)':<32} {'model':>8} {'baseline':>9}  winner")
-    for task, result in report["tasks"].items():
-        for metric, entry in result.items():
-            if not isinstance(entry, dict):
-                continue
-            verdict = {True: "model", False: "baseline", None: "n/a"}[entry["model_wins"]]
-            if entry["model"] is not None and entry["model"] == entry["baseline"]:
-                verdict = "tie"
-            name = f"{metric} ({entry['better']})"
-            line = f"  {task:<13} {name:<32} {_number(entry['model']):>8} {_number(entry['baseline']):>9}  {verdict}"
-            if "real_rgb_reference" in entry:
-                line += f"  (real rgb: {_number(entry['real_rgb_reference'])})"
-            lines.append(line)
-        lines.append(f"  {'':<13} baseline: {result['baseline']}")
-    lines += [f"  skipped {task}: {reason}" for task, reason in report["skipped"].items()]
-    return "\n".join(lines)
-
-
-def write_evaluation(out: str | Path, evaluation: FourMEvaluation, rows: int = 8) -> tuple[Path, Path]:
-    """``eval.json`` and ``samples.png`` (the first ``rows`` scenes) in ``out``."""
-    if rows < 1:
-        raise ValueError(f"rows must be >= 1, got {rows}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report_path = out / "eval.json"
-    report_path.write_text(json.dumps(evaluation.report, indent=2) + "\n")
-    shown = [
-        DecodedModality(
-            c.name,
-            c.generated,
-            c.ids[:rows],
-            None if c.images is None else c.images[:rows],
-            c.view,
-            None if c.texts is None else c.texts[:rows],
-        )
-        for c in evaluation.columns
-    ]
-    return report_path, write_generation_png(out / "samples.png", shown)
-
-
-def add_eval_4m_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = EvalSettings()
-    parser.add_argument("--model", required=True, help="a trained 4M: run dir (newest checkpoint), checkpoint, export")
-    parser.add_argument(
-        "--tokenizer", action="append", default=[], metavar="MODALITY=DIR", help="image tokenizer of a modality"
-    )
-    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (needed for the caption tasks)")
-    parser.add_argument("--num-scenes", type=int, default=64, help="held-out synthetic scenes to evaluate on")
-    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED, help="scene seed (keep it unlike training's)")
-    parser.add_argument("--image-size", type=int, help="scene size (default: the model's rgb pixel resolution)")
-    parser.add_argument("--baseline-scenes", type=int, default=defaults.baseline_scenes)
-    parser.add_argument("--baseline-seed", type=int, default=defaults.baseline_seed, help="the training seed")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--rgb-scheme", choices=("roar", "maskgit"), default=defaults.rgb_scheme)
-    parser.add_argument("--rgb-steps", type=int, default=defaults.rgb_steps, help="caption->rgb decoding steps")
-    parser.add_argument("--rgb-temperature", type=float, default=defaults.rgb_temperature)
-    parser.add_argument("--rgb-cfg-scale", type=float, default=defaults.rgb_cfg_scale)
-    parser.add_argument("--presence-fraction", type=float, default=defaults.presence_fraction)
-    parser.add_argument("--sample-seed", type=int, default=defaults.sample_seed, help="seed of the sampling draws")
-    parser.add_argument("--rows", type=int, default=8, help="scenes shown in samples.png")
-    parser.add_argument("--device", default="cpu", help="torch device for the model and tokenizers")
-    parser.add_argument("--out", required=True, help="directory for eval.json and samples.png")
-
-
-def eval_4m_main(args: argparse.Namespace) -> int:
-    """``polymodal eval-4m``: print the table, write ``eval.json`` and ``samples.png``."""
-    from polymodal.tokenizers.text.wordpiece import load_wordpiece
-
-    try:
-        device = torch.device(args.device)
-        tokenizer_paths = parse_tokenizer_flags(args.tokenizer)
-        model = load_model(args.model, device)
-        text_tokenizer = load_wordpiece(args.text_tokenizer) if args.text_tokenizer else None
-        settings = EvalSettings(
-            batch_size=args.batch_size,
-            baseline_scenes=args.baseline_scenes,
-            baseline_seed=args.baseline_seed,
-            rgb_scheme=args.rgb_scheme,
-            rgb_steps=args.rgb_steps,
-            rgb_temperature=args.rgb_temperature,
-            rgb_cfg_scale=args.rgb_cfg_scale,
-            presence_fraction=args.presence_fraction,
-            sample_seed=args.sample_seed,
-        )
-        image_tokenizers = load_image_tokenizers(tokenizer_paths, device)
-        evaluation = evaluate_fourm(
-            model, image_tokenizers, text_tokenizer, args.num_scenes, args.seed, args.image_size, settings
-        )
-        evaluation.report["model"] = str(args.model)
-        report_path, png = write_evaluation(args.out, evaluation, args.rows)
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError(str(error)) from error
-    print(format_report(evaluation.report))
-    print(f"wrote {report_path} and {png}")
-    return 0

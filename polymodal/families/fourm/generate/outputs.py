@@ -22,10 +22,10 @@ from PIL import Image, ImageDraw, ImageFont
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from polymodal.families.fourm.modalities import ModalitySpec
-from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD
 from polymodal.colourmaps import SEMSEG_COLOURS
 from polymodal.families.fourm.generate.inputs import Entry, row_inputs
+from polymodal.families.fourm.modalities import ModalitySpec
+from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD
 from polymodal.tokenizers.image.evaluate import to_viewable_rgb
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 from polymodal.tokenizers.text.wordpiece import DEFAULT_LAYOUT, WordPieceLayout

@@ -24,8 +24,6 @@ import yaml
 from tokenizers import Tokenizer
 
 from polymodal.config import ConfigError
-from polymodal.families.fourm.modalities import ModalityRegistry, ModalitySpec
-from polymodal.families.fourm.samples import FourMSample
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.families.fourm.generate.inputs import Entry, full_input, generation_batch, text_input, text_prompt_target
@@ -38,8 +36,9 @@ from polymodal.families.fourm.generate.outputs import (
 )
 from polymodal.families.fourm.generate.sampler import GenerationSampler
 from polymodal.families.fourm.generate.schedules import GenerationSchedule, schedule_from_dict
+from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry, ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
-from polymodal.families.fourm.pretokenize import CROP_SETTINGS
+from polymodal.families.fourm.samples import FourMSample
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 
 log = logging.getLogger("polymodal")
@@ -57,33 +56,6 @@ INLINE_FLAGS = {  # flag attribute -> schedule key
     "top_k": "top_k",
     "top_p": "top_p",
 }
-
-
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a trained 4M: run dir (newest checkpoint), checkpoint, export")
-    parser.add_argument(
-        "--tokenizer", action="append", default=[], metavar="MODALITY=DIR", help="image tokenizer of a modality"
-    )
-    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (needed for text inputs and targets)")
-    parser.add_argument("--schedule", help="generation schedule YAML (4M's form); or give the inline flags below")
-    parser.add_argument("--cond", help="conditioning modalities, comma-separated")
-    parser.add_argument("--targets", help="target modalities in generation order, comma-separated")
-    parser.add_argument("--schemes", help="maskgit|roar|autoregressive per target (default: by kind)")
-    parser.add_argument("--steps", help="decoding steps per target (default 8)")
-    parser.add_argument("--token-schedules", help="cosine|linear per target (default cosine)")
-    parser.add_argument("--temps", help="temperature per target (default 1)")
-    parser.add_argument("--temp-schedules", help="constant|linear|onex:<min_t>:<power> per target")
-    parser.add_argument("--cfg-scales", help="classifier-free guidance scale per target (default 1: off)")
-    parser.add_argument("--cfg-grow", action="store_true", help="add each finished target to the guidance domains")
-    parser.add_argument("--top-k", help="top-k filter: a count, or a fraction of the vocabulary (default 0: off)")
-    parser.add_argument("--top-p", help="nucleus filter (default 0: off)")
-    parser.add_argument("--data", help="4M shard pattern to read the conditioning inputs from")
-    parser.add_argument("--caption", help="a caption input, or a prompt ending in [S_1] when caption is a target")
-    parser.add_argument("--num-samples", type=int, default=4, help="samples to generate")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="torch device for the model and tokenizers")
-    parser.add_argument("--cache-dir", help="shard index cache (default: $XDG_CACHE_HOME/polymodal/shard_index)")
-    parser.add_argument("--out", required=True, help="directory for generations.png and generations.json")
 
 
 def schedule_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,9 +164,9 @@ def load_model(path: str, device: torch.device) -> FourM:
 
 
 def load_image_tokenizers(paths: Mapping[str, str], device: torch.device) -> dict[str, ImageTokenizer]:
-    from polymodal.tokenizers.image.evaluate import load_tokenizer
+    from polymodal.tokenizers.loading import load_image_tokenizer
 
-    return {name: load_tokenizer(path).to(device) for name, path in paths.items()}
+    return {name: load_image_tokenizer(path).to(device) for name, path in paths.items()}
 
 
 def run_generation(args: argparse.Namespace) -> Path:

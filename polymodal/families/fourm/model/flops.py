@@ -1,4 +1,5 @@
-"""Training FLOPs of a :class:`~polymodal.families.fourm.model.FourM` step for MFU, by :mod:`polymodal.train.mfu` conventions.
+"""Training FLOPs of a :class:`~polymodal.families.fourm.model.FourM` step for MFU, by the conventions of
+:mod:`polymodal.models.flops`.
 
 Per sample, with ``N`` encoder positions (selected inputs, cut at the budget, plus registers) and ``M`` decoder
 positions (selected targets, cut at the budget), training costs 6 FLOPs per weight per token it multiplies:
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
 from polymodal.models.layers.cross_attention import CrossAttention
-from polymodal.train.mfu import matmul_params, transformer_train_flops_per_token
 
 if TYPE_CHECKING:
     from polymodal.families.fourm.model.fourm import FourM

@@ -7,7 +7,8 @@ masked. Its parameter names are FourM's (``encoder_embeddings.rgb@<res>.*``, ``e
 so a FourM state dict (from training, an export, or :func:`~polymodal.families.fourm.upstream.load_upstream_checkpoint`)
 loads into it without renaming; :func:`load_fourm_weights` ignores the decoder side and fails on anything missing.
 
-Pixels are expected as 4M's data gives them: ImageNet-normalised (:func:`~polymodal.families.fourm.samples.normalise_rgb`).
+Pixels are expected as 4M's data gives them: ImageNet-normalised
+(:func:`~polymodal.families.fourm.samples.normalise_rgb`).
 :class:`FourMViTClassifier` reads ``[0, 1]`` rgb from the data_dict (e.g. :class:`MultimodalData` over an ImageFolder),
 normalises it with the same constants, and writes logits from the head 4M's maintainers suggest for classification
 (apple/ml-4m issue #2): mean over the patch tokens -> LayerNorm -> Linear.
@@ -30,16 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from polymodal.checkpoint.weights import read_weights
 from polymodal.families.fourm.modalities import ModalityRegistry
-from polymodal.families.fourm.samples import normalise_rgb
 from polymodal.families.fourm.model.embeddings import INIT_STD, ImagePatchEncoderEmbedding
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.families.fourm.model.sizes import build_fourm
+from polymodal.families.fourm.samples import normalise_rgb
 from polymodal.models.layers.block import Transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.layers.norm import LayerNorm
 from polymodal.models.meta import DataDict, ReadWriteBlock
-from polymodal.checkpoint.weights import read_weights
 
 PIXEL_STEM = "rgb"
 # FourM state-dict entries a FourMViT has no place for (besides other modalities' encoder embeddings).

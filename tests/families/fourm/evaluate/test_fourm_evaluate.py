@@ -10,31 +10,29 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from polymodal.checkpoint.dcp import Checkpointer
+from polymodal.checkpoint.weights import export_weights
 from polymodal.cli import main
 from polymodal.config import instantiate
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import SHAPES
-from polymodal.families.fourm.evaluate.tasks import (
-    TASKS,
-    EvalSettings,
+from polymodal.data.synth.texts import synthetic_scene_texts
+from polymodal.distributed.env import DistEnv
+from polymodal.families.fourm.evaluate.metrics import (
     abs_rel_error,
     attribute_scores,
-    evaluate_fourm,
-    format_report,
     log_rmse,
     mentioned_attributes,
     most_frequent,
-    render_scenes,
     semseg_miou,
     shapes_present,
-    write_evaluation,
 )
+from polymodal.families.fourm.evaluate.report import format_report, write_evaluation
+from polymodal.families.fourm.evaluate.settings import EvalSettings
+from polymodal.families.fourm.evaluate.tasks import TASKS, evaluate_fourm, render_scenes
 from polymodal.families.fourm.model import build_fourm
 from polymodal.tokenizers.text.bpe import save_tokenizer
-from polymodal.tokenizers.text.wordpiece import synthetic_scene_texts, train_wordpiece
-from polymodal.checkpoint.dcp import Checkpointer
-from polymodal.distributed.env import DistEnv
-from polymodal.checkpoint.weights import export_weights
+from polymodal.tokenizers.text.wordpiece import train_wordpiece
 
 SIZE = 32
 SETTINGS = EvalSettings(batch_size=2, baseline_scenes=3, rgb_steps=2)
@@ -206,7 +204,12 @@ def _config_yaml(model_config):
 
 def test_cli_on_a_run_dir(modalities, tmp_path, capsys):
     config_yaml = _config_yaml(
-        {"_target_": "polymodal.families.fourm.model.build_fourm", "size": "tiny", "modalities": modalities, **FOURM_SETTINGS}
+        {
+            "_target_": "polymodal.families.fourm.model.build_fourm",
+            "size": "tiny",
+            "modalities": modalities,
+            **FOURM_SETTINGS,
+        }
     )
     torch.manual_seed(0)
     model = instantiate(OmegaConf.create(config_yaml).model)

@@ -6,16 +6,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from polymodal.checkpoint.dcp import Checkpointer
+from polymodal.checkpoint.weights import export_weights
 from polymodal.cli import main
 from polymodal.config import instantiate
+from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.data.synth.writers import write_shards
-from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
-from polymodal.tokenizers.text.bpe import save_tokenizer
-from polymodal.tokenizers.image.evaluate import load_tokenizer
-from polymodal.tokenizers.text.wordpiece import synthetic_scene_texts, train_wordpiece
-from polymodal.checkpoint.dcp import Checkpointer
 from polymodal.distributed.env import DistEnv
-from polymodal.checkpoint.weights import export_weights
+from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
+from polymodal.tokenizers.loading import load_image_tokenizer
+from polymodal.tokenizers.text.bpe import save_tokenizer
+from polymodal.tokenizers.text.wordpiece import train_wordpiece
 
 
 def export(directory, model_config):
@@ -57,7 +58,7 @@ def world(tmp_path_factory, fourm_modalities, model):
         "cache": base / "cache",
     }
     write_shards(world["root"], num_samples=3, samples_per_shard=3, size=32, modalities=("rgb", "depth", "caption"))
-    depth = {"depth": load_tokenizer(world["depth"])}
+    depth = {"depth": load_image_tokenizer(world["depth"])}
     pretokenize_4m(world["root"], depth, options=CropOptions(n_crops=1, image_size=32), cache_dir=world["cache"])
     return world
 

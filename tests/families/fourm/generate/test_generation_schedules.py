@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from polymodal.families.fourm.modalities import ModalityRegistry
 from polymodal.families.fourm.generate.schedules import (
     GenerationStep,
     TargetSettings,
@@ -15,6 +14,7 @@ from polymodal.families.fourm.generate.schedules import (
     schedule_from_dict,
     temperature_schedule,
 )
+from polymodal.families.fourm.modalities import ModalityRegistry
 
 REGISTRY = ModalityRegistry.from_config(
     ["rgb@224", "tok_rgb@224", "tok_clip@224", "caption", "det"], {"det": {"encoder": False}}

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from polymodal.families.fourm.modalities import ModalityRegistry
 from polymodal.families.fourm.generate.inputs import (
     closing_sentinel,
     empty_conditioning,
@@ -15,6 +14,7 @@ from polymodal.families.fourm.generate.inputs import (
     sequence_target,
     strip_after_closing,
 )
+from polymodal.families.fourm.modalities import ModalityRegistry
 from polymodal.tokenizers.text.wordpiece import EOS_ID, PAD_ID, sentinel_id
 
 S1, S2, S3 = sentinel_id(1), sentinel_id(2), sentinel_id(3)

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from polymodal.data.synth.scene import SHAPES
+from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.families.fourm.generate.inputs import full_input, generation_batch
 from polymodal.families.fourm.generate.outputs import (
     check_decoders,
@@ -19,9 +20,9 @@ from polymodal.families.fourm.generate.outputs import (
 )
 from polymodal.families.fourm.generate.sampler import GenerationSampler
 from polymodal.families.fourm.generate.schedules import TargetSettings, build_schedule
-from polymodal.tokenizers.image.tokenizer import build_image_tokenizer
 from polymodal.tokenizers.image.quantizers import VectorQuantizer
-from polymodal.tokenizers.text.wordpiece import synthetic_scene_texts, train_wordpiece
+from polymodal.tokenizers.image.tokenizer import build_image_tokenizer
+from polymodal.tokenizers.text.wordpiece import train_wordpiece
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,12 @@ import torch
 from polymodal.families.fourm.generate import sampler as sampler_module
 from polymodal.families.fourm.generate.inputs import full_input, generation_batch, sequence_target
 from polymodal.families.fourm.generate.sampler import GenerationSampler
-from polymodal.families.fourm.generate.schedules import GenerationSchedule, GenerationStep, TargetSettings, build_schedule
+from polymodal.families.fourm.generate.schedules import (
+    GenerationSchedule,
+    GenerationStep,
+    TargetSettings,
+    build_schedule,
+)
 from polymodal.tokenizers.text.wordpiece import sentinel_id
 
 S1, S2 = sentinel_id(1), sentinel_id(2)

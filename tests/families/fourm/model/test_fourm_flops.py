@@ -5,8 +5,8 @@ from fourm_test_batches import random_batch, tiny_fourm, tiny_registry
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from polymodal.families.fourm.model.flops import FourMMatmuls, fourm_train_flops
 from polymodal.families.fourm.loss import FourMLoss
+from polymodal.families.fourm.model.flops import FourMMatmuls, fourm_train_flops
 
 BATCH = 4
 

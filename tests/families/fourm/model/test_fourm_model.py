@@ -4,9 +4,9 @@ import pytest
 import torch
 from fourm_test_batches import random_batch, tiny_fourm, tiny_registry
 
+from polymodal.families.fourm.loss import FourMLoss
 from polymodal.families.fourm.model import build_fourm
 from polymodal.families.fourm.model.fourm import DecoderQueries, decoder_self_attention_mask, valid_first_order
-from polymodal.families.fourm.loss import FourMLoss
 
 
 def test_decoder_mask_matches_upstream_test_vector():

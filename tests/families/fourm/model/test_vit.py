@@ -8,7 +8,7 @@ from fourm_test_batches import MODALITY_OVERRIDES
 from safetensors.torch import save_file
 from test_upstream import layer_norm, linear, mlp, self_attention, upstream_config, upstream_state_dict
 
-from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD
+from polymodal.checkpoint.weights import export_weights
 from polymodal.families.fourm.model import (
     VARIANTS,
     ClassificationHead,
@@ -19,8 +19,8 @@ from polymodal.families.fourm.model import (
     from_fourm,
     load_fourm_weights,
 )
+from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD
 from polymodal.families.fourm.upstream import load_upstream_checkpoint
-from polymodal.checkpoint.weights import export_weights
 
 SMALL = dict(dim=32, encoder_depth=2, num_heads=4)
 RGB, PATCH, RES = "rgb@32", 8, 32

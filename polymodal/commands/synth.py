@@ -6,9 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from polymodal.config import ConfigError
-from polymodal.data.synth.preview import write_preview
-from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_conversations, write_imagefolder, write_shards
+from polymodal.commands import run_command
 
 FORMATS = ("shards", "imagefolder", "conversations")
 
@@ -21,9 +19,7 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=64, help="image height = width in pixels")
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="shards format only")
-    parser.add_argument(
-        "--modalities", default=",".join(MODALITY_EXTENSIONS), help="comma-separated, shards format only"
-    )
+    parser.add_argument("--modalities", help="comma-separated (default: all of them), shards format only")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="imagefolder format only")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--preview", help="also write a PNG grid of a few scenes here")
@@ -31,8 +27,14 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
+def main(argv: list[str]) -> int:
+    return run_command("polymodal synth", __doc__, add_synth_arguments, argv, synth_main)
+
+
 def synth_main(args: argparse.Namespace) -> int:
     """Run the generation an ``add_synth_arguments`` namespace describes; bad values raise ConfigError."""
+    from polymodal.config import ConfigError
+
     try:
         return _generate(args)
     except ValueError as error:
@@ -40,12 +42,16 @@ def synth_main(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from polymodal.data.synth.preview import write_preview
+    from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_conversations, write_imagefolder, write_shards
+
     if args.out is None and args.preview is None:
         raise ValueError("nothing to do: give --out and/or --preview")
     if args.out is not None:
         out = Path(args.out)
         if args.format == "shards":
-            modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+            names = args.modalities.split(",") if args.modalities else MODALITY_EXTENSIONS
+            modalities = tuple(m.strip() for m in names if m.strip())
             write_shards(out, args.num_samples, args.samples_per_shard, args.seed, args.size, args.workers, modalities)
         elif args.format == "imagefolder":
             write_imagefolder(out, args.num_samples, args.val_fraction, args.seed, args.size, args.workers)

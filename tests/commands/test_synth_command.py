@@ -3,8 +3,8 @@ import argparse
 import pytest
 from PIL import Image
 
+from polymodal.commands.synth import add_synth_arguments, synth_main
 from polymodal.config import ConfigError
-from polymodal.data.synth.cli import add_synth_arguments, synth_main
 from polymodal.data.synth.preview import COLUMNS
 
 

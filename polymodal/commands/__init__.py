@@ -1,0 +1,33 @@
+"""The engine's verbs (``polymodal train``, ``export``, ``plan``, ``synth``, ``tokenizer ...``) and the verbs that
+dispatch to a family (``generate``, ``eval``).
+
+A verb is a function ``main(argv) -> int`` named in the table of :mod:`polymodal.cli`. Its module's top level
+imports only ``argparse`` and the standard library, so ``polymodal <verb> --help`` costs no torch import; the work
+is imported when the verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+Runner = Callable[[argparse.Namespace], int]
+
+
+def run_command(
+    prog: str,
+    description: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], object],
+    argv: Sequence[str],
+    run: Runner | None = None,
+) -> int:
+    """Parse ``argv`` with the arguments ``add_arguments`` declares, then call ``run(args)`` — or the ``run`` a
+    sub-verb set with ``set_defaults(run=...)``."""
+    summary = description.strip().splitlines()[0] if description else None
+    parser = argparse.ArgumentParser(prog=prog, description=summary)
+    add_arguments(parser)
+    args = parser.parse_args(list(argv))
+    runner = getattr(args, "run", None) or run
+    if runner is None:
+        raise TypeError(f"{prog}: no runner for these arguments")
+    return runner(args)

@@ -1,0 +1,81 @@
+"""``polymodal generate --model RUN ...`` and ``polymodal eval --model RUN ...``: one verb for every family.
+
+The family is the one the run's model belongs to: its ``_target_`` in the run's ``config.yaml`` names a module
+under ``polymodal.families.<family>`` (configs written before the families layout are mapped by
+:mod:`polymodal.config.aliases`). The verb runs ``polymodal.families.<family>.cli.<verb>`` with the same
+arguments; ``polymodal generate --model RUN --help`` shows that family's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+FAMILIES_PACKAGE = "polymodal.families"
+
+
+def generate(argv: list[str]) -> int:
+    """Generate with a trained model of any family that can (4M: chained any-to-any)."""
+    return _dispatch("generate", "generate", argv)
+
+
+def evaluate(argv: list[str]) -> int:
+    """Evaluate a trained model of any family that can, on held-out data beside baselines."""
+    return _dispatch("eval", "evaluate", argv)
+
+
+def family_of(model: str | Path) -> str:
+    """The family of the model saved at ``model`` (a run, checkpoint or export directory)."""
+    import yaml
+
+    from polymodal.config import ConfigError
+    from polymodal.config.aliases import current_target
+
+    config_file = _config_file(Path(model))
+    config = yaml.safe_load(config_file.read_text())
+    target = config.get("model", {}).get("_target_") if isinstance(config, dict) else None
+    if not isinstance(target, str):
+        raise ConfigError(f"{config_file} has no model._target_: not the config of a trained model")
+    target = current_target(target)
+    prefix = FAMILIES_PACKAGE + "."
+    if not target.startswith(prefix):
+        raise ConfigError(f"the model of {model} ({target}) belongs to no family in {FAMILIES_PACKAGE}")
+    return target[len(prefix) :].split(".", 1)[0]
+
+
+def _config_file(path: Path) -> Path:
+    """``config.yaml`` of an export or checkpoint directory, or of a run directory."""
+    from polymodal.config import ConfigError
+
+    if (path / "config.yaml").is_file():
+        return path / "config.yaml"
+    checkpoints = sorted((path / "checkpoints").glob("step_*/config.yaml"))
+    if checkpoints:
+        return checkpoints[-1]
+    raise ConfigError(f"--model {path}: no config.yaml there (expected a run, checkpoint or export directory)")
+
+
+def _dispatch(verb: str, function: str, argv: list[str]) -> int:
+    from polymodal.config import ConfigError
+
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model")
+    known, _ = model.parse_known_args(argv)
+    if known.model is None:
+        parser = argparse.ArgumentParser(
+            prog=f"polymodal {verb}",
+            description=f"{globals()[function].__doc__} The options after --model are the family's: "
+            f"see `polymodal {verb} --model RUN --help`.",
+        )
+        parser.add_argument("--model", required=True, help="a trained model: run dir, checkpoint or export")
+        parser.parse_args(argv)  # prints the help, or the error that --model is missing
+    family = family_of(known.model)
+    try:
+        verbs = importlib.import_module(f"{FAMILIES_PACKAGE}.{family}.cli")
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"the model of {known.model} is of the {family!r} family, which has no verbs") from error
+    run = getattr(verbs, function, None)
+    if run is None:
+        raise ConfigError(f"`polymodal {verb}` does not serve the {family!r} family (its model cannot {verb})")
+    return run(argv)

@@ -1,0 +1,65 @@
+"""``polymodal train --config FILE [overrides]``: train the experiment a config file describes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from polymodal.commands import run_command
+
+EXIT_TRAINING_STOPPED = 3
+DEBUG_SETTINGS = {
+    "experiment.debug": True,
+    "experiment.log_every": 1,
+    "experiment.eval_every": 10,
+    "experiment.eval_steps": 2,
+    "experiment.ckpt_every": 10,
+    "experiment.resume": "none",
+    "experiment.wandb.enabled": False,
+}
+DEBUG_MAX_STEPS = 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML file")
+    parser.add_argument("--debug", action="store_true", help="quick verbose run: 20 steps, key checks, no wandb")
+    parser.add_argument(
+        "overrides", nargs="*", help="key.sub=value to set, +key.sub=value to add a key, ~key.sub to delete one"
+    )
+
+
+def main(argv: list[str]) -> int:
+    return run_command("polymodal train", __doc__, add_arguments, argv, run)
+
+
+def apply_debug_settings(cfg: Any) -> None:
+    """A quick, verbose, local run: few steps, every log line, no remote logging, its own output dir."""
+    from omegaconf import OmegaConf
+
+    for key, value in DEBUG_SETTINGS.items():
+        OmegaConf.update(cfg, key, value)
+    cfg.experiment.total_steps = min(cfg.experiment.total_steps, DEBUG_MAX_STEPS)
+    cfg.experiment.output_dir = f"{cfg.experiment.output_dir}-debug"
+
+
+def run(args: argparse.Namespace) -> int:
+    from polymodal.config import load_config
+    from polymodal.distributed.env import teardown_distributed
+    from polymodal.train.trainer import Trainer, TrainingStopped
+
+    cfg = load_config(args.config, args.overrides)
+    if args.debug:
+        apply_debug_settings(cfg)
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+    except TrainingStopped as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return EXIT_TRAINING_STOPPED
+    finally:
+        teardown_distributed()
+    if trainer.env.is_main:
+        val = result["val"].get("loss")
+        print(f"finished at step {result['step']}" + (f", validation loss {val:.4f}" if val is not None else ""))
+    return 0

@@ -1,0 +1,100 @@
+"""The 4M evaluation's outputs: the printed table, ``eval.json``, ``samples.png``, and the run of ``polymodal eval``
+for a 4M (arguments in :mod:`polymodal.families.fourm.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polymodal.config import ConfigError
+from polymodal.data.synth.held_out import HELD_OUT_SEED
+from polymodal.families.fourm.evaluate.settings import EvalSettings
+from polymodal.families.fourm.evaluate.tasks import FourMEvaluation, evaluate_fourm
+from polymodal.families.fourm.generate.outputs import DecodedModality, write_generation_png
+from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, parse_tokenizer_flags
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A table: one line per task metric, model vs baseline and which is better; then the skipped tasks."""
+    lines = [f"4M on {report['num_scenes']} held-out scenes (seed {report['seed']}, {report['image_size']} px)"]
+    lines.append(f"  {'task':<13} {'metric (which is better)':<32} {'model':>8} {'baseline':>9}  winner")
+    for task, result in report["tasks"].items():
+        for metric, entry in result.items():
+            if not isinstance(entry, dict):
+                continue
+            verdict = {True: "model", False: "baseline", None: "n/a"}[entry["model_wins"]]
+            if entry["model"] is not None and entry["model"] == entry["baseline"]:
+                verdict = "tie"
+            name = f"{metric} ({entry['better']})"
+            line = f"  {task:<13} {name:<32} {_number(entry['model']):>8} {_number(entry['baseline']):>9}  {verdict}"
+            if "real_rgb_reference" in entry:
+                line += f"  (real rgb: {_number(entry['real_rgb_reference'])})"
+            lines.append(line)
+        lines.append(f"  {'':<13} baseline: {result['baseline']}")
+    lines += [f"  skipped {task}: {reason}" for task, reason in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def write_evaluation(out: str | Path, evaluation: FourMEvaluation, rows: int = 8) -> tuple[Path, Path]:
+    """``eval.json`` and ``samples.png`` (the first ``rows`` scenes) in ``out``."""
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "eval.json"
+    report_path.write_text(json.dumps(evaluation.report, indent=2) + "\n")
+    shown = [
+        DecodedModality(
+            c.name,
+            c.generated,
+            c.ids[:rows],
+            None if c.images is None else c.images[:rows],
+            c.view,
+            None if c.texts is None else c.texts[:rows],
+        )
+        for c in evaluation.columns
+    ]
+    return report_path, write_generation_png(out / "samples.png", shown)
+
+
+def eval_4m_main(args: argparse.Namespace) -> int:
+    """``polymodal eval`` of a 4M (``eval-4m``): print the table, write ``eval.json`` and ``samples.png``."""
+    from polymodal.tokenizers.text.wordpiece import load_wordpiece
+
+    seed = HELD_OUT_SEED if args.seed is None else args.seed
+    try:
+        device = torch.device(args.device)
+        tokenizer_paths = parse_tokenizer_flags(args.tokenizer)
+        model = load_model(args.model, device)
+        text_tokenizer = load_wordpiece(args.text_tokenizer) if args.text_tokenizer else None
+        settings = EvalSettings(
+            batch_size=args.batch_size,
+            baseline_scenes=args.baseline_scenes,
+            baseline_seed=args.baseline_seed,
+            rgb_scheme=args.rgb_scheme,
+            rgb_steps=args.rgb_steps,
+            rgb_temperature=args.rgb_temperature,
+            rgb_cfg_scale=args.rgb_cfg_scale,
+            presence_fraction=args.presence_fraction,
+            sample_seed=args.sample_seed,
+        )
+        image_tokenizers = load_image_tokenizers(tokenizer_paths, device)
+        evaluation = evaluate_fourm(
+            model, image_tokenizers, text_tokenizer, args.num_scenes, seed, args.image_size, settings
+        )
+        evaluation.report["model"] = str(args.model)
+        report_path, png = write_evaluation(args.out, evaluation, args.rows)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from error
+    print(format_report(evaluation.report))
+    print(f"wrote {report_path} and {png}")
+    return 0
