@@ -135,7 +135,8 @@ class Trainer:
         if not meta_init:
             model.to(self.env.device)
         elif not hasattr(model, "initialize_weights"):
-            raise ConfigError(f"meta_init needs {type(model).__name__} to define initialize_weights() (models/protocol.py)")
+            name = type(model).__name__
+            raise ConfigError(f"meta_init needs {name} to define initialize_weights() (see models/protocol.py)")
         init = self.exp.init_from
         if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
             if meta_init:

@@ -11,8 +11,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from polymodal.checkpoint.weights import load_trained_model
-from polymodal.config import instantiate
-from polymodal.config import aliases
+from polymodal.config import aliases, instantiate
 from polymodal.config.aliases import MOVED_MODULES, current_target, update_targets
 from polymodal.families.fourm.model import FourM
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer

@@ -45,7 +45,7 @@ def down_up_baseline(images: Tensor, modality: str, downsample: int) -> Tensor:
         one_hot = F.one_hot(images.long()).permute(0, 3, 1, 2).float()
         block_mode = F.avg_pool2d(one_hot, downsample).argmax(dim=1, keepdim=True).float()
         return F.interpolate(block_mode, scale_factor=downsample, mode="nearest").squeeze(1).long()
-    if modality not in PSNR_DATA_RANGE:
+    if modality not in MODALITIES:
         raise ValueError(f"unknown image modality {modality!r}; expected one of {MODALITIES}")
     if images.ndim != 4:
         raise ValueError(f"{modality} images must be [B, C, H, W], got shape {tuple(images.shape)}")

@@ -199,7 +199,7 @@ def test_index_locates_every_sample_and_second_build_hits_the_cache(tree, tmp_pa
         (1, "00000003"),
         (2, "00000008"),
     ]
-    assert len(list((tmp_path / "cache").glob("shard-index-*.json"))) == 1
+    assert len(list((tmp_path / "cache" / "shard_index").glob("shard-index-*.json"))) == 1
 
     def no_scan(*args, **kwargs):
         raise AssertionError("the cached index should have been used")
@@ -217,7 +217,7 @@ def test_index_rebuilds_when_a_shard_changes(tree, tmp_path):
     rewrite_tar(root, "caption", 1, members[:-1] + [(members[-1][0], b'["changed caption"]')])
     dataset = MultimodalShards(pattern_of(root), cache_dir=tmp_path / "cache")
     assert dataset[5]["caption"] == ["changed caption"]
-    assert len(list((tmp_path / "cache").glob("shard-index-*.json"))) == 2
+    assert len(list((tmp_path / "cache" / "shard_index").glob("shard-index-*.json"))) == 2
 
 
 def test_index_member_offsets_point_at_member_bytes(tree):
@@ -379,7 +379,7 @@ def test_index_cached_in_an_older_format_is_rebuilt_not_misread(tree, tmp_path, 
     members = read_tar(root / "depth" / "shard-00001.tar")
     rewrite_tar(root, "depth", 1, [members[0], members[2]])
     MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=cache)
-    (cache_file,) = cache.glob("shard-index-*.json")
+    (cache_file,) = (cache / "shard_index").glob("shard-index-*.json")
     payload = json.loads(cache_file.read_text())
     for shard in payload["shards"]:  # format 1 listed each tar's members without gaps: misaligned here
         shard["members"] = {m: [e for e in entries if e is not None] for m, entries in shard["members"].items()}
@@ -393,7 +393,7 @@ def test_index_cached_in_an_older_format_is_rebuilt_not_misread(tree, tmp_path, 
     # The format is part of the cache name too, so an index of another format is not even opened.
     monkeypatch.setattr(shard_index_module, "INDEX_FORMAT", shard_index_module.INDEX_FORMAT + 1)
     MultimodalShards(pattern_of(root, ["rgb", "depth"]), cache_dir=cache)
-    assert len(list(cache.glob("shard-index-*.json"))) == 2
+    assert len(list((cache / "shard_index").glob("shard-index-*.json"))) == 2
 
 
 def test_corrupt_png_raises_sample_error(tree, tmp_path):
