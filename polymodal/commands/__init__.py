@@ -9,6 +9,7 @@ is imported when the verb runs.
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable, Sequence
 
 Runner = Callable[[argparse.Namespace], int]
@@ -31,3 +32,13 @@ def run_command(
     if runner is None:
         raise TypeError(f"{prog}: no runner for these arguments")
     return runner(args)
+
+
+def lazy_runner(target: str) -> Runner:
+    """A runner that imports ``"module:function"`` only when it is called (the verb runs, not ``--help``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(args)
+
+    return run

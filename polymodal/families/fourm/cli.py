@@ -7,40 +7,25 @@ from __future__ import annotations
 
 import argparse
 
-from polymodal.commands import run_command
+from polymodal.commands import lazy_runner, run_command
 from polymodal.families.fourm.evaluate.settings import EvalSettings
 
 
 def pretokenize(argv: list[str]) -> int:
     """``polymodal pretokenize-4m``: a shard tree's image modalities -> tok_<modality> shards + crop settings."""
-
-    def run(args: argparse.Namespace) -> int:
-        from polymodal.families.fourm.pretokenize import pretokenize_main
-
-        return pretokenize_main(args)
-
+    run = lazy_runner("polymodal.families.fourm.pretokenize:pretokenize_main")
     return run_command("polymodal pretokenize-4m", pretokenize.__doc__, add_pretokenize_arguments, argv, run)
 
 
 def generate(argv: list[str]) -> int:
     """``polymodal generate`` of a 4M: chained any-to-any generation -> generations.png + .json."""
-
-    def run(args: argparse.Namespace) -> int:
-        from polymodal.families.fourm.generate.run import generate_main
-
-        return generate_main(args)
-
+    run = lazy_runner("polymodal.families.fourm.generate.run:generate_main")
     return run_command("polymodal generate", generate.__doc__, add_generate_arguments, argv, run)
 
 
 def evaluate(argv: list[str]) -> int:
     """``polymodal eval`` of a 4M: held-out scenes vs trivial baselines (depth, semseg, caption, caption->rgb)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from polymodal.families.fourm.evaluate.report import eval_4m_main
-
-        return eval_4m_main(args)
-
+    run = lazy_runner("polymodal.families.fourm.evaluate.report:eval_4m_main")
     return run_command("polymodal eval", evaluate.__doc__, add_eval_arguments, argv, run)
 
 
