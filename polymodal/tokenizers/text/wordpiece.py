@@ -132,14 +132,27 @@ def coord_id(axis: int, value: int) -> int:
 
 
 def _learn_wordpieces(texts: Iterable[str], max_learnt: int, min_frequency: int) -> list[str]:
-    """WordPieces of ``texts`` in the trainer's id order, at most ``max_learnt`` of them (plus the alphabet)."""
+    """WordPieces of ``texts`` in the trainer's id order, at most ``max_learnt`` of them (plus the alphabet).
+
+    The same texts always give the same pieces: the HF trainer numbers the continuation characters (``##c``) in
+    the iteration order of a hash map seeded per process, and breaks ties between equally frequent merges by
+    those numbers, so two runs learnt different vocabularies. Declaring every continuation character up front, in
+    sorted order, fixes their ids and with them every tie-break.
+    """
+    texts = list(texts)
     scratch = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX))
     scratch.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None)
     scratch.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    continuation_chars = {
+        char
+        for text in texts
+        for word, _ in scratch.pre_tokenizer.pre_tokenize_str(scratch.normalizer.normalize_str(text))
+        for char in word[1:]
+    }
     trainer = trainers.WordPieceTrainer(
         vocab_size=max_learnt + 1,  # the trainer's own "[UNK]" is dropped below
         min_frequency=min_frequency,
-        special_tokens=["[UNK]"],
+        special_tokens=["[UNK]", *(CONTINUATION_PREFIX + char for char in sorted(continuation_chars))],
         continuing_subword_prefix=CONTINUATION_PREFIX,
         show_progress=False,
     )

@@ -247,3 +247,19 @@ def test_det_to_text_rejects_too_few_bins():
 
 def test_default_class_tokens_are_the_synthetic_world_classes():
     assert SYNTHETIC_CLASSES == SHAPES
+
+
+def test_training_is_the_same_in_every_process(tmp_path):
+    """HF's trainer breaks merge ties by hash-map order (seeded per process); ours declares the continuation
+    characters first, so two processes learn the same vocabulary."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from polymodal.data.synth.texts import synthetic_scene_texts; "
+        "from polymodal.tokenizers.text.wordpiece import train_wordpiece; "
+        f"print(train_wordpiece(synthetic_scene_texts(60), {VOCAB}).to_str())"
+    )
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120) for _ in range(3)]
+    assert all(run.returncode == 0 for run in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout == runs[2].stdout
