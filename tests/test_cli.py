@@ -65,6 +65,14 @@ def test_debug_run_is_short_local_and_checks_keys(tiny_config, tmp_path, capsys,
     assert (tmp_path / "run-debug" / "metrics.jsonl").is_file()
 
 
+@pytest.mark.parametrize("flags", [["--debug", "constants.warmup_steps=50"], ["experiment.total_steps=1"]])
+def test_a_run_shorter_than_its_warmup_trains_with_a_note(tiny_config, tmp_path, flags, capsys):
+    """`--debug` (20 steps) with a 50-step warmup, and a 1-step try of a config with a 2-step warmup: both used to
+    stop with a traceback after the data and the model were built."""
+    assert main(["train", "--config", str(tiny_config), *flags]) == 0
+    assert "finished at step" in capsys.readouterr().out
+
+
 def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_path):
     assert main(["train", "--config", str(tiny_config)]) == 0
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0

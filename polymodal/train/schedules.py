@@ -20,11 +20,15 @@ Kinds:
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+log = logging.getLogger("polymodal")
 
 ScheduleKind = Literal["cosine", "linear", "constant", "wsd"]
 WsdDecay = Literal["linear", "sqrt"]
@@ -136,6 +140,22 @@ class Schedule:
             self.wsd_decay,
             self.warmup_init,
         )
+
+    def for_run(self, total_steps: int) -> Schedule:
+        """This schedule fitted to a run of ``total_steps``, checked before anything is built: a warmup longer than
+        the run (a quick try, ``--debug``) is cut to a tenth of the run with a logged note; a run the schedule
+        cannot fit otherwise (wsd warmup overlapping its decay) raises ValueError."""
+        schedule = self
+        if total_steps > 0 and self.warmup_steps > total_steps:
+            schedule = dataclasses.replace(self, warmup_steps=total_steps // 10)
+            log.warning(
+                "warmup_steps (%d) exceeds total_steps (%d): warming up for %d steps instead (a tenth of the run)",
+                self.warmup_steps,
+                total_steps,
+                schedule.warmup_steps,
+            )
+        _check_progress(0, total_steps, schedule.warmup_steps, schedule.kind, schedule.decay_fraction)
+        return schedule
 
     def __call__(self, step: int, total_steps: int) -> float:
         return lr_multiplier(

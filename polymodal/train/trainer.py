@@ -103,6 +103,7 @@ class Trainer:
         if self.env.is_main:
             save_config(cfg, self.output_dir / "config.yaml")
         setup_console_logging(self.output_dir, self.env.rank, self.exp.debug)
+        self.schedule = self._build_schedule(cfg)  # before anything slow is built: a bad fit fails fast
 
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", self.exp.keep_last, self.env)
         self.mesh = self._build_mesh()
@@ -118,9 +119,18 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.to(self.env.device)
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optim.optimizer, model=self.model)
-        self.schedule = instantiate(cfg.optim.schedule)
         self.progress = Progress()
         self.dtype = torch.bfloat16 if self.exp.precision == "bf16" else torch.float32
+
+    def _build_schedule(self, cfg: DictConfig) -> Any:
+        """The LR schedule, fitted to ``experiment.total_steps`` when it knows how (``Schedule.for_run``)."""
+        schedule = instantiate(cfg.optim.schedule)
+        if not hasattr(schedule, "for_run"):
+            return schedule
+        try:
+            return schedule.for_run(self.exp.total_steps)
+        except ValueError as error:
+            raise ConfigError(f"optim.schedule: {error}") from error
 
     def _build_mesh(self) -> Mesh | None:
         dims = ParallelDims.from_config(self.exp.distributed, self.env.world_size)  # checked on one process too

@@ -1,4 +1,5 @@
 import itertools
+import logging
 import math
 
 import pytest
@@ -149,3 +150,20 @@ def test_apply_requires_base_lr():
     optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=1e-3)
     with pytest.raises(ValueError, match="base_lr"):
         Schedule().apply(optimizer, 0, 10)
+
+
+def test_a_run_shorter_than_the_warmup_warms_up_for_a_tenth_of_it(caplog):
+    schedule = Schedule(kind="cosine", warmup_steps=50, min_ratio=0.1)
+    with caplog.at_level(logging.WARNING, logger="polymodal"):
+        fitted = schedule.for_run(20)
+    assert fitted.warmup_steps == 2 and fitted.min_ratio == 0.1
+    assert "warmup_steps (50) exceeds total_steps (20): warming up for 2 steps" in caplog.text
+    assert [round(fitted(step, 20), 6) for step in (0, 1)] == [0.5, 1.0]
+    assert schedule.for_run(50) == schedule  # a warmup that fits is left alone
+
+
+def test_a_run_the_schedule_cannot_fit_is_refused_before_training():
+    with pytest.raises(ValueError, match="overlaps the wsd decay phase"):
+        Schedule(kind="wsd", warmup_steps=90, decay_fraction=0.2).for_run(100)
+    with pytest.raises(ValueError, match="total_steps must be > 0"):
+        Schedule().for_run(0)
