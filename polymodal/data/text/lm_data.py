@@ -87,7 +87,7 @@ class LMData:
 
     def __init__(
         self,
-        tokenizer_path: str,
+        tokenizer_path: str | None,
         vocab_size: int,
         seq_len: int,
         batch_size: int,
@@ -108,6 +108,10 @@ class LMData:
         self.tokens_per_sample = seq_len
         self.eval_batch_size = eval_batch_size or batch_size
         self._docs = _DocumentSource(source, paths, val_paths, val_fraction)
+        if tokenizer_path is None:  # one tokenizer per corpus and vocabulary size, trained on its train split
+            corpus_name = hashlib.sha256(self._docs.identity().encode()).hexdigest()[:12]
+            name = f"{source}-bpe{vocab_size}-{corpus_name}.json"
+            tokenizer_path = str(files.cache_dir("tokenizers", cache_dir) / name)
         self.tokenizer = load_or_train_bpe(tokenizer_path, vocab_size, corpus=lambda: self._docs.documents("train"))
         self._fingerprint = tokenizer_fingerprint(self.tokenizer)
         cache_name = hashlib.sha256(f"{Path(tokenizer_path).resolve()}|{self._docs.identity()}".encode()).hexdigest()

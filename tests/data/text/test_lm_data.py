@@ -123,3 +123,28 @@ def test_stdlib_source(tmp_path):
     info = data.info()
     assert info["train_tokens"] > 100_000 and info["val_tokens"] > 10_000
     assert next(data.train)["input_ids"].shape == (2, 64)
+
+
+def test_your_own_text_as_the_readme_says(tmp_path, monkeypatch):
+    """`data.source=files data.paths=[corpus/]` on configs/llm/tiny.yaml: the keys exist, and the tokenizer is the
+    corpus's own (not the stdlib one cached under the same vocabulary size)."""
+    from polymodal.config import instantiate, load_config
+
+    repo = Path(__file__).resolve().parents[3]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index, doc in enumerate(synthetic_docs(300, seed=1)):
+        (corpus / f"{index:03d}.txt").write_text(doc, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    overrides = [
+        "data.source=files",
+        "data.paths=[corpus/]",
+        f"constants.cache_dir={tmp_path}/cache",
+        "constants.vocab_size=512",
+    ]
+    cfg = load_config(repo / "configs" / "llm" / "tiny.yaml", overrides)
+    data = instantiate(cfg.data, seed=0, dp_rank=0, dp_world=1)
+    tokenizers = sorted((tmp_path / "cache" / "tokenizers").glob("*.json"))
+    assert [path.name.split("-")[0] for path in tokenizers] == ["files"]
+    assert "résumé" in data.tokenizer.decode(data.tokenizer.encode("résumé").ids)
+    assert int((data.train_corpus.tokens == EOS_ID).sum()) + int((data.val_corpus.tokens == EOS_ID).sum()) == 300
