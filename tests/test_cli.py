@@ -73,6 +73,19 @@ def test_a_run_shorter_than_its_warmup_trains_with_a_note(tiny_config, tmp_path,
     assert "finished at step" in capsys.readouterr().out
 
 
+def test_a_resume_into_another_model_is_refused_in_one_line_and_keeps_the_run(tiny_config, tmp_path):
+    """README's first two training lines: a run, then the same output_dir with a wider model."""
+    assert main(["train", "--config", str(tiny_config)]) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    result = run_cli("train", "--config", str(tiny_config), "constants.dim=48")
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: cannot resume from"), result.stderr
+    assert "32) there" in error[0] and "48) now" in error[0] and "experiment.resume=none" in error[0]
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved  # still the run that is on disk
+    assert main(["train", "--config", str(tiny_config), "constants.dim=48", "experiment.resume=none"]) == 0
+
+
 def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_path):
     assert main(["train", "--config", str(tiny_config)]) == 0
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -36,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from polymodal import __version__
 from polymodal.checkpoint.rng import capture_rng_state, restore_rng_state
+from polymodal.config.errors import ConfigError
 from polymodal.distributed.env import DistEnv, barrier
 
 log = logging.getLogger("polymodal")
@@ -154,6 +156,7 @@ class Checkpointer:
 
         model_state, optim_state = get_state_dict(model, optimizer)
         tensors, _ = _partition({"model": model_state, "optim": optim_state})
+        check_same_shapes(checkpoint, tensors)
         dcp.load(tensors, checkpoint_id=checkpoint)
         others = json.loads((checkpoint / "non_tensor_state.json").read_text())
         restored = _merge(tensors, others)
@@ -169,6 +172,43 @@ class Checkpointer:
                 self.env.world_size,
             )
         return trainer_state
+
+
+def _flat_shapes(tree: dict[str, Any], prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{"model.a.b": shape}`` of a nested tensor dict, keyed as DCP flattens it."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            shapes.update(_flat_shapes(value, f"{name}."))
+        else:
+            shapes[name] = tuple(value.shape)
+    return shapes
+
+
+def check_same_shapes(checkpoint: Path, tensors: dict[str, Any]) -> None:
+    """Refuse, in one line, a checkpoint whose tensors differ in name or shape from the model/optimizer about to
+    be loaded (a resume after changing the model), before DCP fails deep inside with a long traceback."""
+    stored = {
+        key: tuple(meta.size)
+        for key, meta in dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata.items()
+        if isinstance(meta, TensorStorageMetadata)
+    }
+    wanted = _flat_shapes(tensors)
+    differ = [
+        f"{key} {stored[key]} there, {shape} now"
+        for key, shape in wanted.items()
+        if key in stored and stored[key] != shape
+    ]
+    missing = [key for key in wanted if key not in stored]
+    if not differ and not missing:
+        return
+    first = (differ or [f"{missing[0]} is not in it"])[0]
+    count = len(differ) + len(missing)
+    raise ConfigError(
+        f"cannot resume from {checkpoint}: it holds another model ({count} tensors differ, e.g. {first}); "
+        f"start fresh with another experiment.output_dir, or experiment.resume=none to train over it from step 0"
+    )
 
 
 def load_model_weights(checkpoint: Path, model: nn.Module) -> None:

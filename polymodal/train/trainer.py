@@ -100,8 +100,7 @@ class Trainer:
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.env = setup_distributed(self.exp.device, self.exp.distributed.timeout_minutes)
         self.output_dir = Path(self.exp.output_dir)
-        if self.env.is_main:
-            save_config(cfg, self.output_dir / "config.yaml")
+        self._resolved_cfg = cfg
         setup_console_logging(self.output_dir, self.env.rank, self.exp.debug)
         self.schedule = self._build_schedule(cfg)  # before anything slow is built: a bad fit fails fast
 
@@ -297,6 +296,8 @@ class Trainer:
         """Train to ``total_steps``; returns the last train and validation metrics."""
         exp = self.exp
         self.resume()
+        if self.env.is_main:  # only now: a run refused above leaves the previous run's config.yaml as it was
+            save_config(self._resolved_cfg, self.output_dir / "config.yaml")
         peak = exp.peak_flops or device_peak_flops(self.env.device, self.dtype)
         tokens_per_sample = getattr(self.data, "tokens_per_sample", 1)
         n_params = sum(p.numel() for p in self.model.parameters())
