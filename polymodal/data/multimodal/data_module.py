@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
+from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.loader import MapDataset, Sample
-from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData

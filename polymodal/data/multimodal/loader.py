@@ -33,13 +33,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
+from polymodal.data.multimodal.collate import Batch, Sample, collate_samples
 from polymodal.data.multimodal.skips import SampleError, SkipCounter
 from polymodal.data.order import GlobalOrder, checked_resume_position
 
-Sample = dict[str, Any]
-Batch = dict[str, Any]
 SampleTransform = Callable[[Sample, torch.Generator], Sample]
 BatchTransform = Callable[[Batch, torch.Generator], Batch]
 MAX_IDS_IN_ERROR = 5
@@ -188,7 +187,8 @@ def _init_worker(worker_id: int) -> None:
 class ResumableLoader:
     """Infinite iterator of collated batches for one data-parallel rank; ``batch["sample_id"]`` is int64 [B].
 
-    ``collate`` turns a list of sample dicts into a batch dict (default: ``torch.utils.data.default_collate``);
+    ``collate`` turns a list of sample dicts into a batch dict (default: :func:`collate_samples`, which stacks
+    tensors and keeps detections and captions as lists);
     ``transform(sample, generator)`` maps a sample dict to a sample dict in the worker and draws its randomness
     (crops, flips) from ``generator``, seeded from ``(seed, epoch, sample_id)`` (e.g. :class:`AlignedAugment`),
     so augmented batches do not depend on the number of workers or ranks either. ``batch_transform(batch,
@@ -204,7 +204,7 @@ class ResumableLoader:
         dp_rank: int = 0,
         dp_world: int = 1,
         num_workers: int = 0,
-        collate: Callable[[list[Sample]], Batch] = default_collate,
+        collate: Callable[[list[Sample]], Batch] = collate_samples,
         transform: SampleTransform | None = None,
         error_budget: int = 100,
         prefetch_factor: int = 2,

@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
+from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.loader import Batch, MapDataset
-from polymodal.data.multimodal.mixing import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from polymodal.data.multimodal.collate import collate_with_absent
 from polymodal.data.multimodal.loader import ResumableLoader
-from polymodal.data.multimodal.mixing import MixedDataset, collate_with_absent
+from polymodal.data.multimodal.mixing import MixedDataset
 
 
 class ListDataset:
