@@ -2,7 +2,8 @@
 
 The verbs are a table of ``name -> "module:function"``; a verb's module is imported only when that verb runs, and
 verb modules import no torch at their top level, so ``polymodal --help`` and ``polymodal <verb> --help`` are quick.
-Configuration mistakes and deliberate stops print one ``error:`` line and exit non-zero, without a traceback.
+Configuration mistakes, missing files and deliberate stops print one ``error:`` line and exit non-zero, without a
+traceback.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     run = getattr(importlib.import_module(module), function)
     try:
         return run(argv[1:])
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:  # the user's input, said in one line
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
 

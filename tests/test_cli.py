@@ -86,6 +86,15 @@ def test_a_resume_into_another_model_is_refused_in_one_line_and_keeps_the_run(ti
     assert main(["train", "--config", str(tiny_config), "constants.dim=48", "experiment.resume=none"]) == 0
 
 
+def test_export_of_a_missing_run_and_a_resume_with_another_global_batch_are_one_line(tiny_config, tmp_path):
+    missing = run_cli("export", "--checkpoint", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "export"))
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "no-such-run" in missing.stderr
+    assert main(["train", "--config", str(tiny_config)]) == 0
+    other_batch = run_cli("train", "--config", str(tiny_config), "constants.batch_size=2", "experiment.total_steps=12")
+    assert other_batch.returncode == 2, other_batch.stderr
+    assert other_batch.stderr.count("\n") == 1 and "the saved global batch is 4" in other_batch.stderr
+
+
 def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_path):
     assert main(["train", "--config", str(tiny_config)]) == 0
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--seed", type=int, help=HELD_OUT_SEED_HELP)
     evaluate.add_argument("--rows", type=int, default=8, help="samples shown in reconstructions.png")
     evaluate.add_argument("--out", required=True, help="directory for eval.json and reconstructions.png")
-    evaluate.set_defaults(run=evaluate_image_tokenizer)
+    evaluate.set_defaults(run=_evaluate)
 
 
 def main(argv: list[str]) -> int:
@@ -85,6 +85,15 @@ def train_text_tokenizer(
         f"{len(docs)} docs, {sum(map(len, docs)):,} chars, {time.perf_counter() - start:.1f}s -> {path}"
     )
     return path
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from polymodal.config import ConfigError
+
+    try:
+        return evaluate_image_tokenizer(args)
+    except ValueError as error:  # not an image tokenizer, bad sizes, ...
+        raise ConfigError(str(error)) from error
 
 
 def evaluate_image_tokenizer(args: argparse.Namespace) -> int:

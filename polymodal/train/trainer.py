@@ -185,7 +185,10 @@ class Trainer:
             return
         state = self.checkpointer.load(checkpoint, self.model, self.optimizer)
         self.progress = Progress(step=state["step"], skipped_steps=state["skipped_steps"])
-        self.data.train.load_state_dict(state["data"])
+        try:
+            self.data.train.load_state_dict(state["data"])
+        except ValueError as error:  # e.g. another global batch: the sample order could not continue
+            raise ConfigError(f"{checkpoint}: {error}") from error
         if state["world_size"] != self.env.world_size:
             seed_everything(zlib.crc32(f"{self.exp.seed}/{self.env.rank}/{self.progress.step}".encode()))
         log.info("resumed from %s at step %d", checkpoint, self.progress.step)

@@ -46,9 +46,19 @@ def test_train_wordpiece_on_files(tmp_path, capsys):
     assert "trained WordPiece tokenizer" in capsys.readouterr().out
 
 
-def test_eval_of_a_missing_checkpoint_is_one_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither an export, a checkpoint nor a run directory"):
-        run_cli(tmp_path, tmp_path / "empty", num_images=1)
+def test_bad_input_is_one_error_line(tmp_path, capsys):
+    assert run_cli(tmp_path, tmp_path / "empty", num_images=1) == 2
+    assert "neither an export, a checkpoint nor a run directory" in capsys.readouterr().err
+    llm_yaml = (
+        "model:\n  _target_: polymodal.models.llm.build_llm\n  vocab_size: 32\n  dim: 8\n  depth: 1\n  num_heads: 2\n"
+    )
+    export_weights(instantiate(OmegaConf.create(llm_yaml).model), tmp_path / "llm", llm_yaml)
+    assert run_cli(tmp_path, tmp_path / "llm", num_images=1) == 2
+    assert "holds a CausalLM, not an ImageTokenizer" in capsys.readouterr().err
+    assert (
+        main(["tokenizer", "train-text", str(tmp_path / "no_such_corpus"), "--output", str(tmp_path / "t.json")]) == 2
+    )
+    assert "document path does not exist" in capsys.readouterr().err
 
 
 def run_cli(tmp_path: Path, checkpoint: Path, num_images: int) -> int:
