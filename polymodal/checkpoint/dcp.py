@@ -21,6 +21,9 @@ import json
 import logging
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,14 @@ log = logging.getLogger("polymodal")
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+
+
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every save and load in one process that it assumes one process; that is no news here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def _partition(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -125,7 +136,8 @@ class Checkpointer:
 
         model_state, optim_state = get_state_dict(model, optimizer)
         tensors, others = _partition({"model": model_state, "optim": optim_state})
-        dcp.save(tensors, checkpoint_id=staging)
+        with _single_process_quiet():
+            dcp.save(tensors, checkpoint_id=staging)
         _write_json(staging / "rng" / f"rank{self.env.rank}.json", capture_rng_state())
         if self.env.is_main:
             state = dict(trainer_state, step=step, world_size=self.env.world_size, version=__version__)
@@ -157,7 +169,8 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(model, optimizer)
         tensors, _ = _partition({"model": model_state, "optim": optim_state})
         check_same_shapes(checkpoint, tensors)
-        dcp.load(tensors, checkpoint_id=checkpoint)
+        with _single_process_quiet():
+            dcp.load(tensors, checkpoint_id=checkpoint)
         others = json.loads((checkpoint / "non_tensor_state.json").read_text())
         restored = _merge(tensors, others)
         set_state_dict(model, optimizer, model_state_dict=restored["model"], optim_state_dict=restored.get("optim", {}))
@@ -214,7 +227,8 @@ def check_same_shapes(checkpoint: Path, tensors: dict[str, Any]) -> None:
 def load_model_weights(checkpoint: Path, model: nn.Module) -> None:
     """Load only the model part of a checkpoint (for export and evaluation)."""
     tensors, _ = _partition({"model": get_model_state_dict(model)})
-    dcp.load(tensors, checkpoint_id=checkpoint)
+    with _single_process_quiet():
+        dcp.load(tensors, checkpoint_id=checkpoint)
     others = json.loads((Path(checkpoint) / "non_tensor_state.json").read_text())
     restored = _merge(tensors, {"model": others.get("model", {})})
     set_model_state_dict(model, restored["model"])

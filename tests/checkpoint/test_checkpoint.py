@@ -77,3 +77,27 @@ def test_model_only_load(tmp_path):
     load_model_weights(path, fresh)
     for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_single_process_save_and_load_are_quiet(tmp_path):
+    """No "torch.distributed is disabled ... assuming single process" warning on every save and load."""
+    import warnings
+
+    model, optimizer = model_and_optimizer()
+    checkpointer = Checkpointer(tmp_path, keep_last=1, env=ENV)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = checkpointer.save(1, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+        checkpointer.load(path, *model_and_optimizer(seed=1))
+        load_model_weights(path, model_and_optimizer(seed=2)[0])
+    assert not [w for w in caught if "torch.distributed is disabled" in str(w.message)]
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_loading(tmp_path):
+    from polymodal.config import ConfigError
+
+    model, optimizer = model_and_optimizer()
+    path = Checkpointer(tmp_path, keep_last=1, env=ENV).save(1, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+    wider = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    with pytest.raises(ConfigError, match=r"cannot resume from .*\(4, 3\) there, \(8, 3\) now"):
+        Checkpointer(tmp_path, keep_last=1, env=ENV).load(path, wider, torch.optim.AdamW(wider.parameters()))
