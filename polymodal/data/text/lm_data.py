@@ -49,6 +49,13 @@ class _DocumentSource:
         """What the data is, independent of file contents: used to name cache files."""
         return json.dumps([self.source, self.paths, self.val_paths, self.val_fraction])
 
+    def __str__(self) -> str:
+        """For people: ``stdlib docstrings (val: 10% of the modules)``, ``files corpus/ (val: valset/)``."""
+        if self.source == "stdlib":
+            return f"stdlib docstrings (val: {self.val_fraction:.0%} of the modules)"
+        val = ", ".join(self.val_paths) if self.val_paths else f"{self.val_fraction:.0%} of the documents"
+        return f"files {', '.join(self.paths)} (val: {val})"
+
     def describe(self, split: SplitName) -> str:
         """Everything the documents of ``split`` depend on, including file sizes and mtimes."""
         if self.source == "stdlib":
@@ -72,7 +79,7 @@ class _DocumentSource:
             # Split by the document text's hash: stable across runs, and duplicates land on one side.
             docs = [d for d in self._all_file_documents() if in_val_split(d, self.val_fraction) == (split == "val")]
         if not docs:
-            raise ValueError(f"the {split} split of text source {self.identity()} has no documents")
+            raise ValueError(f"the {split} split of the {self} has no documents")
         return docs
 
 
@@ -129,7 +136,7 @@ class LMData:
         key = hashlib.sha256(f"{self._fingerprint}\n{description}".encode()).hexdigest()
 
         def build() -> TokenCorpus:
-            log.info("tokenizing the %s split of %s", split, self._docs.identity())
+            log.info("tokenizing the %s split of the %s", split, self._docs)
             return tokenize_documents(self.tokenizer, self._docs.documents(split), EOS_ID)
 
         return load_or_build_corpus(
@@ -143,8 +150,9 @@ class LMData:
         """Sequential, deterministic validation batches (the same on every call)."""
         return eval_batches(self.val_corpus, self.seq_len, self.eval_batch_size, max_batches)
 
-    def info(self) -> dict[str, float | int]:
+    def info(self) -> dict[str, float | int | str]:
         return {
+            "text": str(self._docs),
             "train_tokens": len(self.train_corpus),
             "val_tokens": len(self.val_corpus),
             "unigram_entropy_nats": unigram_entropy(self.val_corpus.tokens, self.vocab_size),

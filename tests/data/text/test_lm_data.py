@@ -61,6 +61,7 @@ def test_files_source_end_to_end(files_setup):
     info = data.info()
     assert info["train_tokens"] == len(data.train_corpus) and info["val_tokens"] == len(data.val_corpus)
     assert info["vocab_size"] == VOCAB
+    assert info["text"] == f"files {files_setup['paths'][0]} (val: 20% of the documents)"  # a sentence, not a list
     assert info["unigram_entropy_nats"] == pytest.approx(unigram_entropy(data.val_corpus.tokens, VOCAB))
     assert 0 < info["unigram_entropy_nats"] < np.log(VOCAB)
 
@@ -122,6 +123,7 @@ def test_stdlib_source(tmp_path):
     data = LMData(str(tmp_path / "bpe.json"), VOCAB, seq_len=64, batch_size=2, cache_dir=str(tmp_path / "cache"))
     info = data.info()
     assert info["train_tokens"] > 100_000 and info["val_tokens"] > 10_000
+    assert info["text"] == "stdlib docstrings (val: 10% of the modules)"
     assert next(data.train)["input_ids"].shape == (2, 64)
 
 
