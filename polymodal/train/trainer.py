@@ -302,7 +302,7 @@ class Trainer:
         if self.env.is_main:  # only now: a run refused above leaves the previous run's config.yaml as it was
             save_config(self._resolved_cfg, self.output_dir / "config.yaml")
         peak = exp.peak_flops or device_peak_flops(self.env.device, self.dtype)
-        tokens_per_sample = getattr(self.data, "tokens_per_sample", 1)
+        tokens_per_sample = getattr(self.data, "tokens_per_sample", None)  # None: the data is not tokens
         n_params = sum(p.numel() for p in self.model.parameters())
         log.info("model: %.2fM parameters on %s; data: %s", n_params / 1e6, self.env.device, self.data.info())
         run_logger = RunLogger(
@@ -341,12 +341,19 @@ class Trainer:
         return {"train": last_train, "val": last_val, "step": self.progress.step}
 
     def _summarise(
-        self, window: dict[str, torch.Tensor | float], steps: int, elapsed: float, peak: float, tokens_per_sample: int
+        self,
+        window: dict[str, torch.Tensor | float],
+        steps: int,
+        elapsed: float,
+        peak: float,
+        tokens_per_sample: int | None,
     ) -> dict[str, float]:
         """Turn a logging window's sums into the logged numbers: averaged over ranks, one host sync per window.
 
         Samples and FLOPs are counted per data-parallel rank on the whole (unsplit) batch, so the global numbers
         are the rank mean times the data-parallel world; MFU divides by every device, TP/CP peers included.
+        Tokens/s is logged only for token data, MFU only for models that count their FLOPs (``train_flops``):
+        a 0 would read as a measurement.
         """
         names = sorted(window)
         stacked = torch.stack([torch.as_tensor(window[name], device=self.env.device).float() for name in names])
@@ -360,12 +367,14 @@ class Trainer:
         summary.update(
             lr=lr,
             samples_per_s=samples / elapsed,
-            tokens_per_s=samples * tokens_per_sample / elapsed,
             data_wait_fraction=data_wait / elapsed,
             peak_memory_gb=_peak_memory_gb(self.env.device),
-            mfu=mfu(flops, elapsed, peak, num_devices=world) if flops else 0.0,
             skipped_steps=float(self.progress.skipped_steps),
         )
+        if tokens_per_sample is not None:
+            summary["tokens_per_s"] = samples * tokens_per_sample / elapsed
+        if flops:
+            summary["mfu"] = mfu(flops, elapsed, peak, num_devices=world)
         if hasattr(self.data, "skip_counts"):  # unreadable samples the loader replaced, summed over ranks
             skipped = torch.tensor(float(sum(self.data.skip_counts().values())), device=self.env.device)
             summary["skipped_samples"] = all_reduce_mean(skipped).item() * self.dp_world  # TP/CP peers read alike

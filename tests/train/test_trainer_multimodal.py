@@ -85,7 +85,8 @@ def test_classifier_trains_counts_corrupt_samples_and_resumes_exactly(tmp_path):
     train = [r for r in records(tmp_path / "full") if r["split"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 7))
     assert train[-1]["skipped_samples"] >= 1  # the corrupt image was read, counted and replaced
-    assert {"loss", "accuracy"} <= set(train[-1])
+    assert {"loss", "accuracy", "samples_per_s"} <= set(train[-1])
+    assert not {"tokens_per_s", "mfu"} & set(train[-1])  # images are not tokens; the model counts no FLOPs
 
     config = write_config(tmp_path, root, "resumed")
     first = Trainer(load_config(config, ["experiment.total_steps=6"]))

@@ -120,7 +120,7 @@ class MultimodalData(SourcedData):
         super().__init__(batch_size, num_workers, error_budget, cache_dir, storage_options, seed, dp_rank, dp_world)
         self.format = format
         self.modalities = list(modalities)
-        self.tokens_per_sample = 1
+        self.tokens_per_sample = None  # images, not tokens: the trainer logs samples/s only
         train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), train=True)
         self.modality_names = list(train_augment.resolutions)
         eval_augment = AlignedAugment(image_size, self.modalities, train=False)
