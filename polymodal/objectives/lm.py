@@ -10,7 +10,11 @@ from polymodal.models.meta import DataDict, Objective
 
 class NextTokenLoss(Objective):
     """Mean cross-entropy of ``logits`` [B, T, V] against ``target_ids`` [B, T]; targets equal to
-    ``ignore_index`` are left out. Computed in float32 whatever the autocast dtype."""
+    ``ignore_index`` are left out. Computed in float32 whatever the autocast dtype.
+
+    Metrics: ``cross_entropy``, ``accuracy``, ``log_z_squared`` (mean (log Z)², what the z-loss penalises) and,
+    with a z-loss weight, ``z_loss``: the weighted term that is in the loss, so ``loss = cross_entropy + z_loss``.
+    """
 
     def __init__(
         self,
@@ -33,6 +37,13 @@ class NextTokenLoss(Objective):
         log_z = torch.logsumexp(logits, dim=-1)
         z_loss = (log_z.square() * valid).sum() / count
         accuracy = ((logits.argmax(-1) == targets) & valid).sum() / count
-        loss = cross_entropy + self.z_loss_weight * z_loss if self.z_loss_weight else cross_entropy
-        metrics = {"cross_entropy": cross_entropy.detach(), "z_loss": z_loss.detach(), "accuracy": accuracy.detach()}
-        return loss, metrics
+        metrics = {
+            "cross_entropy": cross_entropy.detach(),
+            "accuracy": accuracy.detach(),
+            "log_z_squared": z_loss.detach(),
+        }
+        if not self.z_loss_weight:
+            return cross_entropy, metrics
+        weighted = self.z_loss_weight * z_loss
+        metrics["z_loss"] = weighted.detach()
+        return cross_entropy + weighted, metrics

@@ -85,7 +85,10 @@ def test_next_token_loss_matches_plain_cross_entropy_and_ignores_padding():
     torch.testing.assert_close(loss, expected)
     valid = targets != -100
     log_z = torch.logsumexp(logits, -1)[valid]
-    torch.testing.assert_close(metrics["z_loss"], (log_z**2).mean())
+    torch.testing.assert_close(metrics["log_z_squared"], (log_z**2).mean())
+    assert "z_loss" not in metrics
 
-    with_z, _ = NextTokenLoss(z_loss_weight=0.1)({"logits": logits, "target_ids": targets})
+    with_z, z_metrics = NextTokenLoss(z_loss_weight=0.1)({"logits": logits, "target_ids": targets})
     torch.testing.assert_close(with_z, expected + 0.1 * (log_z**2).mean())
+    torch.testing.assert_close(z_metrics["z_loss"], 0.1 * (log_z**2).mean())  # printed as it enters the loss
+    torch.testing.assert_close(with_z, z_metrics["cross_entropy"] + z_metrics["z_loss"])
