@@ -225,3 +225,24 @@ def test_impossible_meshes_are_clear_errors(settings, world, message):
 def test_default_mesh_shards_every_rank():
     dims = ParallelDims.from_config(DistributedConfig(tp=2), 8)
     assert (dims.dp_replicate, dims.dp_shard, dims.cp, dims.tp) == (1, 4, 1, 2)
+
+
+def quiet_mesh_worker(rank, world):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exp = experiment(strategy="hsdp", dp_replicate=2, dp_shard=1)
+        mesh = Mesh.build(ParallelDims.from_config(exp.distributed, world), "cpu")
+        views = {name: mesh[name].size() for name in ("dp", "dp_shard_cp", "dp_cp")}
+        views["hsdp"] = mesh[("dp_replicate", "dp_shard_cp")].size()
+        ranks = (mesh.dp_rank, mesh.cp_rank, dist.get_world_size(mesh.group("dp_cp")))
+    return {"views": views, "ranks": ranks, "warnings": [str(w.message) for w in caught]}
+
+
+def test_mesh_views_come_without_deprecation_warnings():
+    results = spawn(quiet_mesh_worker, 2)
+    for rank, result in results.items():
+        assert result["views"] == {"dp": 2, "dp_shard_cp": 1, "dp_cp": 2, "hsdp": 2}
+        assert result["ranks"] == (rank, 0, 2)
+        assert not [message for message in result["warnings"] if "deprecat" in message], result["warnings"]

@@ -7,6 +7,7 @@ reads — is ``replicate_rank · dp_shard + shard_rank``; TP and CP peers share 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -75,30 +76,39 @@ class ParallelDims:
 
 @dataclass(frozen=True)
 class Mesh:
-    """The mesh of a distributed run and the views of it that the parallel plans use."""
+    """The mesh of a distributed run and the views of it that the parallel plans use: the four named dims, and
+    the flattened ``dp`` (the data slice), ``dp_shard_cp`` (FSDP) and ``dp_cp`` (DDP), kept here because torch
+    deprecates slicing a flattened dim from the root mesh."""
 
     dims: ParallelDims
     device_mesh: DeviceMesh
+    flattened: dict[str, DeviceMesh]
 
     @classmethod
     def build(cls, dims: ParallelDims, device_type: str) -> Mesh:
         shape = (dims.dp_replicate, dims.dp_shard, dims.cp, dims.tp)
         mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_DIMS)
-        mesh["dp_replicate", "dp_shard"]._flatten("dp")
-        mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
-        mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp")
-        return cls(dims, mesh)
+        flattened = {
+            "dp": mesh["dp_replicate", "dp_shard"]._flatten("dp"),
+            "dp_shard_cp": mesh["dp_shard", "cp"]._flatten("dp_shard_cp"),
+            "dp_cp": mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp"),
+        }
+        return cls(dims, mesh, flattened)
 
     def __getitem__(self, name: str | tuple[str, ...]) -> DeviceMesh:
-        return self.device_mesh[name]
+        if isinstance(name, str) and name in self.flattened:
+            return self.flattened[name]
+        with warnings.catch_warnings():  # HSDP's (dp_replicate, dp_shard_cp): no other way on every torch >= 2.6
+            warnings.filterwarnings("ignore", message="Slicing a flattened dim from root mesh")
+            return self.device_mesh[name]
 
     @property
     def dp_rank(self) -> int:
-        return self.device_mesh["dp"].get_local_rank()
+        return self["dp"].get_local_rank()
 
     @property
     def cp_rank(self) -> int:
-        return self.device_mesh["cp"].get_local_rank()
+        return self["cp"].get_local_rank()
 
     def group(self, name: str) -> dist.ProcessGroup:
-        return self.device_mesh[name].get_group()
+        return self[name].get_group()
