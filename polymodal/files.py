@@ -62,3 +62,11 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def usual_permissions(path: str | Path) -> None:
+    """Give ``path`` the mode a plain ``open()`` would (0666 minus the umask): some writers (safetensors) create
+    files readable by their owner only, which a shared run directory cannot use."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

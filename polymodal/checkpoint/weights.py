@@ -13,6 +13,8 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from polymodal.files import usual_permissions
+
 log = logging.getLogger("polymodal")
 
 WEIGHTS_FILE = "model.safetensors"
@@ -50,6 +52,7 @@ def export_weights(model: nn.Module, out_dir: Path, config_yaml: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     save_model(model, str(weights), metadata={"format": "pt", "library": "polymodal"})
+    usual_permissions(weights)
     (out_dir / "config.yaml").write_text(config_yaml)
     return weights
 

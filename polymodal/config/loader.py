@@ -23,9 +23,7 @@ Order of the remaining steps, and why:
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from polymodal.config.errors import ConfigError, did_you_mean
 from polymodal.config.overrides import Tree, apply_overrides, dotted_keys
 from polymodal.config.resolvers import register_resolvers
 from polymodal.config.validation import schema_defaults, validate_config
+from polymodal.files import atomic_output
 
 _DEFAULTS_KEY = "defaults"
 _YAML_SUFFIXES = (".yaml", ".yml")
@@ -56,16 +55,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
 
 def save_config(cfg: DictConfig, path: str | Path) -> None:
     """Write ``cfg`` with interpolations resolved, atomically, creating parent directories."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         OmegaConf.save(cfg, temporary, resolve=True)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _display(path: Path) -> str:

@@ -38,3 +38,20 @@ def test_strict_load_still_fails_on_really_missing_keys(tmp_path):
     export_weights(TiedModel(), tmp_path, "model: {}\n")
     with pytest.raises(RuntimeError, match="missing"):
         load_pretrained(TiedModel(), tmp_path, exclude=["encoder.*", "decoder.*"], strict=True)
+
+
+def test_exports_are_readable_like_any_written_file(tmp_path):
+    import os
+    import stat
+
+    from torch import nn
+
+    from polymodal.checkpoint.weights import export_weights
+
+    umask = os.umask(0o022)
+    try:
+        export_weights(nn.Linear(2, 2), tmp_path / "export", "a: 1\n")
+    finally:
+        os.umask(umask)
+    for name in ("model.safetensors", "config.yaml"):
+        assert stat.S_IMODE((tmp_path / "export" / name).stat().st_mode) == 0o644, name
