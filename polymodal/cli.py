@@ -13,6 +13,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
+from polymodal import __version__
 from polymodal.config.errors import ConfigError, did_you_mean
 
 EXIT_CONFIG_ERROR = 2
@@ -41,6 +42,7 @@ VERBS: dict[str, Verb] = {
 
 def _overview() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polymodal", description=__doc__.splitlines()[0])
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     verbs = parser.add_subparsers(dest="verb", metavar="<verb>", required=True)
     for name, verb in VERBS.items():
         verbs.add_parser(name, help=verb.help, add_help=False)
@@ -49,6 +51,9 @@ def _overview() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"polymodal {__version__}")
+        return 0
     if not argv or argv[0] not in VERBS:
         if argv and not argv[0].startswith("-"):
             print(f"error: unknown verb '{argv[0]}'{did_you_mean(argv[0], VERBS)}", file=sys.stderr)

@@ -264,3 +264,21 @@ def test_dispatch_refuses_a_model_of_no_family(tmp_path, capsys):
     assert "belongs to no family" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "missing")]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
+
+
+def test_version_and_help_with_defaults(capsys):
+    from polymodal import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"polymodal {__version__}"
+    for argv, shown in (
+        (["tokenizer", "train-text", "--help"], "(default: 8192)"),
+        (["synth", "--help"], "(default: 1000)"),
+        (["pretokenize-4m", "--help"], "(default: 64)"),
+        (["eval-4m", "--help"], "(default: roar)"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert shown in out, (argv, out)
+        assert "(default: None)" not in out and "(default: False)" not in out

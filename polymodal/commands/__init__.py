@@ -15,6 +15,17 @@ from collections.abc import Callable, Sequence
 Runner = Callable[[argparse.Namespace], int]
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` lines end with the option's default, when it has a meaningful one and does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS) or "default" in help or not action.option_strings:
+            return help
+        return f"{help} (default: %(default)s)" if help else "default: %(default)s"
+
+
 def run_command(
     prog: str,
     description: str | None,
@@ -25,7 +36,7 @@ def run_command(
     """Parse ``argv`` with the arguments ``add_arguments`` declares, then call ``run(args)`` — or the ``run`` a
     sub-verb set with ``set_defaults(run=...)``."""
     summary = description.strip().splitlines()[0] if description else None
-    parser = argparse.ArgumentParser(prog=prog, description=summary)
+    parser = argparse.ArgumentParser(prog=prog, description=summary, formatter_class=DefaultsHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(list(argv))
     runner = getattr(args, "run", None) or run

@@ -15,15 +15,15 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the ``synth`` options to ``parser`` (a sub-command parser or a fresh one)."""
     parser.add_argument("--out", help="output root directory (omit to only write --preview)")
     parser.add_argument("--format", choices=FORMATS, default="shards", help="output layout")
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-samples", type=int, default=1000, help="scenes to render")
+    parser.add_argument("--seed", type=int, default=0, help="scene i is a function of (seed, i)")
     parser.add_argument("--size", type=int, default=64, help="image height = width in pixels")
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="shards format only")
     parser.add_argument("--modalities", help="comma-separated (default: all of them), shards format only")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="imagefolder format only")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--preview", help="also write a PNG grid of a few scenes here")
-    parser.add_argument("--preview-rows", type=int, default=4)
+    parser.add_argument("--preview-rows", type=int, default=4, help="scenes in the preview grid")
     return parser
 
 

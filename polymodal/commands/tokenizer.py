@@ -12,7 +12,7 @@ import json
 import time
 from pathlib import Path
 
-from polymodal.commands import run_command
+from polymodal.commands import DefaultsHelpFormatter, run_command
 
 HELD_OUT_SEED_HELP = "scene seed (default: the held-out seed 10000; keep it unlike training's)"
 
@@ -21,22 +21,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="tokenizer", required=True)
     text = verbs.add_parser(
         "train-text",
+        formatter_class=DefaultsHelpFormatter,
         help="byte-level BPE (LLM/AR; default corpus: stdlib docstrings) or 4M's WordPiece "
         "(default corpus: synthetic captions, det strings and docstrings)",
     )
     text.add_argument("inputs", nargs="*", help=".txt/.jsonl files, directories or globs")
-    text.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe")
+    text.add_argument("--kind", choices=("bpe", "wordpiece"), default="bpe", help="bpe: LLM/AR recipes; wordpiece: 4M")
     text.add_argument("--output", required=True, help="tokenizer.json to write")
-    text.add_argument("--vocab-size", type=int, default=8192)
-    text.add_argument("--min-frequency", type=int, default=2)
+    text.add_argument("--vocab-size", type=int, default=8192, help="tokens in the vocabulary, specials included")
+    text.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences of a learnt piece")
     text.set_defaults(run=_train_text)
 
     evaluate = verbs.add_parser(
-        "eval", help="an image tokenizer vs down-then-up sampling on held-out scenes; writes reconstructions.png"
+        "eval",
+        formatter_class=DefaultsHelpFormatter,
+        help="an image tokenizer vs down-then-up sampling on held-out scenes; writes reconstructions.png",
     )
     evaluate.add_argument("--checkpoint", required=True, help="a checkpoint, a run dir (newest) or an export dir")
     evaluate.add_argument("--num-images", type=int, default=64, help="held-out synthetic scenes to evaluate on")
-    evaluate.add_argument("--image-size", type=int, default=64)
+    evaluate.add_argument("--image-size", type=int, default=64, help="scene side in pixels")
     evaluate.add_argument("--seed", type=int, help=HELD_OUT_SEED_HELP)
     evaluate.add_argument("--rows", type=int, default=8, help="samples shown in reconstructions.png")
     evaluate.add_argument("--out", required=True, help="directory for eval.json and reconstructions.png")

@@ -52,7 +52,7 @@ def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     parser.add_argument("--scale", type=float, nargs=2, default=(0.2, 1.0), help="random crop area fraction")
     parser.add_argument("--ratio", type=float, nargs=2, default=(3 / 4, 4 / 3), help="random crop aspect range")
     parser.add_argument("--hflip", type=float, default=0.5, help="flip probability of the random crops")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     parser.add_argument("--batch-size", type=int, help="crops per tokenizer forward pass (default 64)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (one shard at a time each)")
     parser.add_argument("--device", default="cpu", help="device the tokenizers run on, e.g. cpu or cuda:0")
@@ -81,7 +81,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="4M shard pattern to read the conditioning inputs from")
     parser.add_argument("--caption", help="a caption input, or a prompt ending in [S_1] when caption is a target")
     parser.add_argument("--num-samples", type=int, default=4, help="samples to generate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     parser.add_argument("--device", default="cpu", help="torch device for the model and tokenizers")
     parser.add_argument("--cache-dir", help="cache root for the shard index (default: the user cache)")
     parser.add_argument("--out", required=True, help="directory for generations.png and generations.json")
@@ -97,14 +97,27 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-scenes", type=int, default=64, help="held-out synthetic scenes to evaluate on")
     parser.add_argument("--seed", type=int, help="scene seed (default: the held-out 10000; unlike training's)")
     parser.add_argument("--image-size", type=int, help="scene size (default: the model's rgb pixel resolution)")
-    parser.add_argument("--baseline-scenes", type=int, default=defaults.baseline_scenes)
+    parser.add_argument(
+        "--baseline-scenes", type=int, default=defaults.baseline_scenes, help="training-seed scenes the baselines fit"
+    )
     parser.add_argument("--baseline-seed", type=int, default=defaults.baseline_seed, help="the training seed")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--rgb-scheme", choices=("roar", "maskgit"), default=defaults.rgb_scheme)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="scenes per forward pass")
+    parser.add_argument(
+        "--rgb-scheme", choices=("roar", "maskgit"), default=defaults.rgb_scheme, help="caption->rgb decoding scheme"
+    )
     parser.add_argument("--rgb-steps", type=int, default=defaults.rgb_steps, help="caption->rgb decoding steps")
-    parser.add_argument("--rgb-temperature", type=float, default=defaults.rgb_temperature)
-    parser.add_argument("--rgb-cfg-scale", type=float, default=defaults.rgb_cfg_scale)
-    parser.add_argument("--presence-fraction", type=float, default=defaults.presence_fraction)
+    parser.add_argument(
+        "--rgb-temperature", type=float, default=defaults.rgb_temperature, help="caption->rgb sampling temperature"
+    )
+    parser.add_argument(
+        "--rgb-cfg-scale", type=float, default=defaults.rgb_cfg_scale, help="caption->rgb guidance scale (1: off)"
+    )
+    parser.add_argument(
+        "--presence-fraction",
+        type=float,
+        default=defaults.presence_fraction,
+        help="share of the image a class must cover to count as drawn",
+    )
     parser.add_argument("--sample-seed", type=int, default=defaults.sample_seed, help="seed of the sampling draws")
     parser.add_argument("--rows", type=int, default=8, help="scenes shown in samples.png")
     parser.add_argument("--device", default="cpu", help="torch device for the model and tokenizers")
