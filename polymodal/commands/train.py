@@ -9,6 +9,7 @@ from typing import Any
 from polymodal.commands import run_command
 
 EXIT_TRAINING_STOPPED = 3
+EXIT_PREEMPTED = 4  # a checkpoint of the current step was saved: requeue the job to resume
 DEBUG_SETTINGS = {
     "experiment.debug": True,
     "experiment.log_every": 1,
@@ -46,7 +47,7 @@ def apply_debug_settings(cfg: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from polymodal.config import load_config
     from polymodal.distributed.env import teardown_distributed
-    from polymodal.train.trainer import Trainer, TrainingStopped
+    from polymodal.train.trainer import Trainer, TrainingPreempted, TrainingStopped
 
     cfg = load_config(args.config, args.overrides)
     if args.debug:
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg)
         result = trainer.fit()
+    except TrainingPreempted as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except TrainingStopped as stop:
         print(f"error: {stop}", file=sys.stderr)
         return EXIT_TRAINING_STOPPED

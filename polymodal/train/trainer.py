@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import resource
+import signal
 import time
 import zlib
 from collections import defaultdict
@@ -38,12 +39,17 @@ from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import plan_for, split_sequence
 from polymodal.train.plots import plot_loss_curves
+from polymodal.train.preemption import StopSignals
 
 log = logging.getLogger("polymodal")
 
 
 class TrainingStopped(RuntimeError):
     """The run stopped on purpose (e.g. too many non-finite steps); a checkpoint was written first."""
+
+
+class TrainingPreempted(TrainingStopped):
+    """The scheduler asked the run to stop (SIGTERM, SIGUSR1); a checkpoint of the current step was written."""
 
 
 @dataclass
@@ -317,7 +323,7 @@ class Trainer:
         )
         last_train: dict[str, float] = {}
         last_val: dict[str, float] = {}
-        with run_logger:
+        with run_logger, StopSignals() as stop:
             window: dict[str, torch.Tensor | float] = defaultdict(float)
             window_steps, window_start = 0, time.perf_counter()
             while self.progress.step < exp.total_steps:
@@ -336,9 +342,19 @@ class Trainer:
                     run_logger.log(step, "val", last_val)
                 if step % exp.ckpt_every == 0 or step == exp.total_steps:
                     self.save_checkpoint()
+                if stop.stop_requested(self.env.device):
+                    self._save_and_stop(step, stop.received)
         if self.env.is_main:
             plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
         return {"train": last_train, "val": last_val, "step": self.progress.step}
+
+    def _save_and_stop(self, step: int, received: signal.Signals | None) -> None:
+        """Pre-empted or out of time: checkpoint this step (unless just done) and stop; a requeue resumes here."""
+        latest = self.checkpointer.latest()
+        if latest is None or latest.name != f"step_{step:08d}":
+            self.save_checkpoint()
+        why = received.name if received is not None else "a stop signal on another rank"
+        raise TrainingPreempted(f"{why} at step {step}: checkpoint saved; run again (or requeue) to resume")
 
     def _summarise(
         self,
