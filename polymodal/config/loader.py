@@ -17,7 +17,8 @@ Order of the remaining steps, and why:
    overridden, and ends up in the saved config;
 2. CLI overrides (see :mod:`polymodal.config.overrides`) are applied while interpolations are still
    unresolved, so ``constants.dim=64`` reaches every ``${constants.dim}``;
-3. interpolations are resolved (resolvers ``add``, ``mul``, ``div`` are available);
+3. interpolations are resolved (resolvers: ``add``, ``mul``, ``div``, ``cache_root``, and ``include``, whose path
+   is relative to the file that names it);
 4. the result is validated against :mod:`polymodal.config.schema`.
 """
 
@@ -88,7 +89,21 @@ def _read_yaml(path: Path, listed_in: Path | None) -> Tree:
         raise ConfigError(f"{_display(path)}: cannot load: {error}") from error
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{_display(path)}: the top level must be a mapping, got a list")
-    return OmegaConf.to_container(loaded, resolve=False)
+    return _anchor_includes(OmegaConf.to_container(loaded, resolve=False), path.parent)
+
+
+_INCLUDE = re.compile(r"\$\{include:\s*([^}]+?)\s*\}")
+
+
+def _anchor_includes(node: Any, directory: Path) -> Any:
+    """Every ``${include:relative/path}`` made absolute against ``directory``, the including file's folder."""
+    if isinstance(node, dict):
+        return {key: _anchor_includes(value, directory) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_anchor_includes(value, directory) for value in node]
+    if isinstance(node, str):
+        return _INCLUDE.sub(lambda match: "${include:" + str((directory / match.group(1)).resolve()) + "}", node)
+    return node
 
 
 def _default_entries(body: Tree, path: Path) -> list[tuple[str | None, Path]]:

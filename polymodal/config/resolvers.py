@@ -1,5 +1,7 @@
-"""Interpolation resolvers: arithmetic ``${add:a,b}``, ``${mul:a,b}``, ``${div:a,b}``, and ``${cache_root:}``, the
-root of every polymodal cache (:func:`polymodal.files.cache_root`).
+"""Interpolation resolvers: arithmetic ``${add:a,b}``, ``${mul:a,b}``, ``${div:a,b}``; ``${cache_root:}``, the
+root of every polymodal cache (:func:`polymodal.files.cache_root`); and ``${include:path.yaml}``, the content of
+another YAML file (read with ``yaml.safe_load``), placed in the config so a saved run config holds it rather than
+pointing at it. The loader makes an include path relative to the file that names it.
 
 ``div`` is integer (floor) division when both operands are ints, true division otherwise, so
 ``${div:${constants.dim},${constants.heads}}`` stays an int that can size a layer.
@@ -8,7 +10,10 @@ root of every polymodal cache (:func:`polymodal.files.cache_root`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 
 from polymodal.files import cache_root
@@ -43,7 +48,21 @@ def _cache_root() -> str:
     return str(cache_root())
 
 
-_RESOLVERS: dict[str, Callable[..., Number | str]] = {"add": _add, "mul": _mul, "div": _div, "cache_root": _cache_root}
+def _include(path: str) -> Any:
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"${{include:{path}}}: no such file")
+    content = yaml.safe_load(file.read_text(encoding="utf-8"))
+    return OmegaConf.create(content) if isinstance(content, (dict, list)) else content
+
+
+_RESOLVERS: dict[str, Callable[..., Any]] = {
+    "add": _add,
+    "mul": _mul,
+    "div": _div,
+    "cache_root": _cache_root,
+    "include": _include,
+}
 
 
 def register_resolvers() -> None:

@@ -36,3 +36,27 @@ def test_resolver_errors_name_the_key(write_yaml, required_sections, expression,
     with pytest.raises(ConfigError, match=r"^model\.x: cannot resolve") as caught:
         load_config(path)
     assert expected in str(caught.value)
+
+
+def test_include_is_relative_to_the_file_that_names_it_and_lands_in_the_saved_config(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import yaml
+
+    from polymodal.config import save_config
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)  # not the repository: paths in the config must not depend on the working directory
+    cfg = load_config(repo / "configs" / "fourm" / "tiny.yaml")
+    alphas_file = repo / "configs" / "fourm" / "alphas" / "mix_rgb2all_all2all_a0.5.yaml"
+    expected = yaml.safe_load(alphas_file.read_text())
+    assert OmegaConf.to_container(cfg.data.alphas) == expected
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["alphas"] == expected  # the run directory holds the alphas, not a path to them
+
+
+def test_include_of_a_missing_file_names_the_key(tmp_path):
+    (tmp_path / "exp.yaml").write_text("data:\n  alphas: ${include:nowhere.yaml}\n")
+    with pytest.raises(ConfigError, match=r"data.alphas: .*nowhere.yaml.*no such file"):
+        load_config(tmp_path / "exp.yaml")

@@ -9,7 +9,7 @@ Config (4M's levels: the main config composes a data config, which names an alph
       in_domains: [rgb@64, tok_rgb@64, tok_depth@64, caption, det]
       out_domains: [tok_rgb@64, tok_depth@64, caption, det]
       modalities: {tok_rgb@64: {vocab_size: 256, patch_size: 8}, caption: {vocab_size: 8192, max_tokens: 40}}
-      alphas: configs/fourm/alphas/all2all_a0.5.yaml      # or one number for every modality: 0.5
+      alphas: ${include:../alphas/all2all_a0.5.yaml}  # (relative to this file) or one number: 0.5
       input_tokens: 128                                   # or [min, max]
       target_tokens: 128
       tokenizer_path: data/tokenizers/4m-wordpiece.json
@@ -84,9 +84,13 @@ def fourm_registry(
 
 
 def fourm_alphas(
-    alphas: str | float, registry: ModalityRegistry, in_domains: Sequence[str], out_domains: Sequence[str]
+    alphas: str | float | Mapping[str, Any],
+    registry: ModalityRegistry,
+    in_domains: Sequence[str],
+    out_domains: Sequence[str],
 ) -> DirichletMixture:
-    """The Dirichlet mixture of an alphas YAML path or a single alpha, checked against the in/out domains."""
+    """The Dirichlet mixture of an alphas config (its content, as ``${include:...}`` places it), an alphas YAML path,
+    or a single alpha, checked against the in/out domains."""
     if isinstance(alphas, (int, float)) and not isinstance(alphas, bool):
         entries = {
             name: {
@@ -96,11 +100,14 @@ def fourm_alphas(
             for name in registry
         }
         return DirichletMixture.from_entries(entries, registry)
-    if not isinstance(alphas, (str, Path)):
-        raise ValueError(f"alphas must be a path to an alphas YAML or one number, got {alphas!r}")
-    if not Path(alphas).is_file():
-        raise FileNotFoundError(f"alphas config {alphas} does not exist")
-    mixture = DirichletMixture.from_yaml(alphas, registry)
+    if isinstance(alphas, Mapping):
+        mixture = DirichletMixture.from_config(dict(alphas), registry)
+    elif isinstance(alphas, (str, Path)):
+        if not Path(alphas).is_file():
+            raise FileNotFoundError(f"alphas config {alphas} does not exist")
+        mixture = DirichletMixture.from_yaml(alphas, registry)
+    else:
+        raise ValueError(f"alphas must be an alphas config, a path to one, or one number, got {alphas!r}")
     for role, domains, per_component in (
         ("input", in_domains, mixture.input_alphas),
         ("target", out_domains, mixture.target_alphas),

@@ -346,7 +346,7 @@ def test_alphas_that_contradict_the_domains_are_rejected(world, tmp_path):
 @pytest.mark.parametrize("alphas", ["all2all_a0.5.yaml", "mix_rgb2all_all2all_a0.5.yaml"])
 def test_synthetic_world_configs_agree_with_each_other(alphas):
     configs = Path(__file__).parents[3] / "configs"
-    data = OmegaConf.to_container(OmegaConf.load(configs / "fourm/data/synth_tiny.yaml"), resolve=True)["data"]
+    data = OmegaConf.to_container(load_config(configs / "fourm/tiny.yaml").data)
     modalities = fourm_registry(data["in_domains"], data["out_domains"], data["modalities"])
     mixture = fourm_alphas(str(configs / "fourm/alphas" / alphas), modalities, data["in_domains"], data["out_domains"])
     assert mixture.modalities == tuple(sorted(data["in_domains"]))
