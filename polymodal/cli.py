@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ VERBS: dict[str, Verb] = {
     "export": Verb("polymodal.commands.export:main", "consolidated safetensors weights + config from a checkpoint"),
     "plan": Verb("polymodal.commands.plan:main", "per-GPU memory and traffic of a config on a GPU mesh"),
     "synth": Verb("polymodal.commands.synth:main", "generate the built-in synthetic multimodal scene data set"),
+    "configs": Verb("polymodal.commands.configs:main", "list, show or copy the experiment configs shipped with it"),
     "tokenizer": Verb("polymodal.commands.tokenizer:main", "train a text tokenizer; evaluate an image tokenizer"),
     "generate": Verb("polymodal.commands.family:generate", "generate with a trained model (any family that can)"),
     "eval": Verb("polymodal.commands.family:evaluate", "evaluate a trained model on held-out data vs baselines"),
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as error:  # the user's input, said in one line
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except BrokenPipeError:  # `polymodal configs list | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter shutdown flushes and closes it
+        return 0
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def test_importing_the_cli_loads_no_torchvision_and_no_family():
     assert not _heavy(modules)  # not even torch
 
 
-@pytest.mark.parametrize("verb", ["", "train", "export", "plan", "synth", "tokenizer", "generate", "eval"])
+@pytest.mark.parametrize("verb", ["", "train", "export", "plan", "synth", "configs", "tokenizer", "generate", "eval"])
 def test_engine_help_imports_neither_torch_nor_any_family(verb):
     modules = modules_loaded_by([verb, "--help"] if verb else ["--help"])
     assert not _heavy(modules)

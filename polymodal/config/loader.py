@@ -43,10 +43,30 @@ _DEFAULTS_KEY = "defaults"
 _YAML_SUFFIXES = (".yaml", ".yml")
 
 
+def shipped_configs() -> Path:
+    """The folder of the experiment configs shipped inside the package (``configs/`` in the repository)."""
+    return Path(__file__).resolve().parents[1] / "configs"
+
+
+def find_config(name: str | Path) -> Path:
+    """``name`` if that file exists, else the shipped config it names: ``llm/tiny``, ``llm/tiny.yaml`` or
+    ``configs/llm/tiny.yaml`` (so commands written for the repository work from any directory)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    relative = Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else path
+    for candidate in (relative, relative.with_name(relative.name + ".yaml")):
+        shipped = shipped_configs() / candidate
+        if not path.is_absolute() and shipped.is_file():
+            return shipped
+    return path  # not found anywhere: the loader says so, naming it
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """Load, compose, override, resolve and validate an experiment config (``_target_`` nodes kept)."""
+    """Load, compose, override, resolve and validate an experiment config (``_target_`` nodes kept); ``path`` may
+    name a shipped config (:func:`find_config`)."""
     register_resolvers()
-    tree = _merge_trees(schema_defaults(), _compose(Path(path).resolve(), chain=(), listed_in=None))
+    tree = _merge_trees(schema_defaults(), _compose(find_config(path).resolve(), chain=(), listed_in=None))
     apply_overrides(tree, overrides)
     cfg = _create(tree)
     _resolve(cfg)
@@ -77,7 +97,10 @@ def _read_yaml(path: Path, listed_in: Path | None) -> Tree:
     if not path.is_file():
         where = f" (listed in the defaults of {_display(listed_in)})" if listed_in else ""
         siblings = [p.name for p in path.parent.glob("*") if p.suffix in _YAML_SUFFIXES]
-        raise ConfigError(f"config file not found: {_display(path)}{where}" + did_you_mean(path.name, siblings))
+        shipped = "" if listed_in else " (`polymodal configs list` shows the shipped ones)"
+        raise ConfigError(
+            f"config file not found: {_display(path)}{where}" + did_you_mean(path.name, siblings) + shipped
+        )
     try:
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as error:
