@@ -95,6 +95,13 @@ def test_export_of_a_missing_run_and_a_resume_with_another_global_batch_are_one_
     assert other_batch.stderr.count("\n") == 1 and "the saved global batch is 4" in other_batch.stderr
 
 
+def test_a_gpu_sized_model_on_this_cpu_is_one_line_before_anything_is_built(tiny_config):
+    """configs/llm/7b.yaml-sized weights on a 24 GiB machine: refused from the meta-device parameter count."""
+    result = run_cli("train", "--config", str(tiny_config), "constants.dim=8192", "constants.depth=48")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "B parameters: training it needs at least" in result.stderr
+
+
 def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_path):
     assert main(["train", "--config", str(tiny_config)]) == 0
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0

@@ -34,6 +34,7 @@ from polymodal.config import ConfigError, experiment_config, instantiate, save_c
 from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.train.logging import RunLogger, setup_console_logging
+from polymodal.train.memory import check_training_state_fits
 from polymodal.train.mfu import device_peak_flops, mfu
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
@@ -144,6 +145,8 @@ class Trainer:
     def _build_model(self, cfg: DictConfig) -> tuple[nn.Module, nn.Module]:
         """Build (on the meta device if asked), load init_from weights, parallelize, materialise."""
         meta_init = self.exp.distributed.meta_init
+        sharded = self.exp.distributed.strategy != "ddp"  # FSDP and TP split the training state over the ranks
+        check_training_state_fits(cfg.model, self.env.device, self.env.world_size if sharded else 1)
         seed_everything(self.exp.seed)  # the same initial weights on every rank
         with torch.device("meta") if meta_init else contextlib.nullcontext():
             model: nn.Module = instantiate(cfg.model)
