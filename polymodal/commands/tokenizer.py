@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def train_text_tokenizer(
     from polymodal.tokenizers.text.bpe import save_tokenizer, train_bpe
 
     start = time.perf_counter()
+    print(f"reading the corpus and training a {kind} tokenizer of {vocab_size} tokens ...", file=sys.stderr)
     if kind == "wordpiece":
         from polymodal.data.synth.texts import synthetic_scene_texts
         from polymodal.tokenizers.text.wordpiece import train_wordpiece

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.progress import Progress
 
 from polymodal.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import CLASS_NAMES, SHAPES
 from polymodal.files import atomic_output
+from polymodal.progress import progress
 
 MODALITY_EXTENSIONS = {
     "rgb": "rgb.png",
@@ -135,20 +135,19 @@ def _chunks(num_samples: int, chunk_size: int) -> list[range]:
 
 
 def _run_chunks(job: Callable[[range], object], chunks: list[range], workers: int, description: str) -> list:
-    """Run ``job`` on every chunk (in ``workers`` processes when > 1) with a progress bar; results in chunk order."""
+    """Run ``job`` on every chunk (in ``workers`` processes when > 1), reporting progress; results in chunk order."""
     results: list = [None] * len(chunks)
-    with Progress(transient=True) as progress:
-        task = progress.add_task(description, total=sum(len(c) for c in chunks))
+    with progress(description, total=sum(len(c) for c in chunks)) as advance:
         if workers <= 1:
             for i, chunk in enumerate(chunks):
                 results[i] = job(chunk)
-                progress.advance(task, len(chunk))
+                advance(len(chunk))
             return results
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(job, chunk): i for i, chunk in enumerate(chunks)}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
-                progress.advance(task, len(chunks[futures[future]]))
+                advance(len(chunks[futures[future]]))
     return results
 
 

@@ -44,7 +44,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from polymodal.config import ConfigError
 from polymodal.data.multimodal.shards import MultimodalShards
@@ -52,6 +51,7 @@ from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.multimodal.transforms import AlignedAugment, centre_square_crop, sample_resized_crop
 from polymodal.families.fourm.modalities import CROP_SETTINGS
 from polymodal.files import atomic_output
+from polymodal.progress import progress
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 from polymodal.tokenizers.loading import load_image_tokenizer
 
@@ -319,12 +319,11 @@ def pretokenize_4m(
     pretokenizer = _ShardPretokenizer(
         source_root, tokenizers, options, batch_size, None if cache_dir is None else Path(cache_dir)
     )
-    with Progress(transient=True) as progress:
-        task = progress.add_task("pre-tokenizing shards", total=len(pending))
+    with progress("pre-tokenizing shards", total=len(pending)) as advance:
         for name, skipped in _run_shards(pretokenizer, pending, out_root, workers):
             report.skipped_samples += skipped
             report.written.append(name)
-            progress.advance(task)
+            advance(1)
     report.written.sort()
     report.skipped_samples.sort(key=lambda s: (s.shard, s.key))
     return report
