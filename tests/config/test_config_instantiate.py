@@ -85,7 +85,10 @@ def test_wrong_argument_name_names_nested_path_and_argument():
 def test_config_error_raised_by_a_target_is_kept(tmp_path):
     missing = tmp_path / "absent.yaml"
     node = OmegaConf.create({"_target_": "polymodal.config.load_config", "path": str(missing)})
-    with pytest.raises(ConfigError, match=r"^config file not found: .*absent\.yaml$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config file not found: .*absent\.yaml \(`polymodal configs list` shows the shipped ones\)$",
+    ):
         instantiate(node)
 
 
