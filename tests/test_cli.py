@@ -271,6 +271,9 @@ def test_dispatch_refuses_a_model_of_no_family(tmp_path, capsys):
     assert "belongs to no family" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "missing")]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_text("model: [unclosed\n")
+    assert main(["eval", "--model", str(tmp_path)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
 
 
 def test_version_and_help_with_defaults(capsys):

@@ -17,12 +17,12 @@ FAMILIES_PACKAGE = "polymodal.families"
 
 def generate(argv: list[str]) -> int:
     """Generate with a trained model of any family that can (4M: chained any-to-any)."""
-    return _dispatch("generate", "generate", argv)
+    return _dispatch("generate", "generate", generate.__doc__, argv)
 
 
 def evaluate(argv: list[str]) -> int:
     """Evaluate a trained model of any family that can, on held-out data beside baselines."""
-    return _dispatch("eval", "evaluate", argv)
+    return _dispatch("eval", "evaluate", evaluate.__doc__, argv)
 
 
 def family_of(model: str | Path) -> str:
@@ -33,7 +33,10 @@ def family_of(model: str | Path) -> str:
     from polymodal.config.aliases import current_target
 
     config_file = _config_file(Path(model))
-    config = yaml.safe_load(config_file.read_text())
+    try:
+        config = yaml.safe_load(config_file.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{config_file} is not valid YAML: {' '.join(str(error).split())}") from error
     target = config.get("model", {}).get("_target_") if isinstance(config, dict) else None
     if not isinstance(target, str):
         raise ConfigError(f"{config_file} has no model._target_: not the config of a trained model")
@@ -56,7 +59,7 @@ def _config_file(path: Path) -> Path:
     raise ConfigError(f"--model {path}: no config.yaml there (expected a run, checkpoint or export directory)")
 
 
-def _dispatch(verb: str, function: str, argv: list[str]) -> int:
+def _dispatch(verb: str, function: str, description: str | None, argv: list[str]) -> int:
     from polymodal.config import ConfigError
 
     model = argparse.ArgumentParser(add_help=False)
@@ -65,7 +68,7 @@ def _dispatch(verb: str, function: str, argv: list[str]) -> int:
     if known.model is None:
         parser = argparse.ArgumentParser(
             prog=f"polymodal {verb}",
-            description=f"{globals()[function].__doc__} The options after --model are the family's: "
+            description=f"{description} The options after --model are the family's: "
             f"see `polymodal {verb} --model RUN --help`.",
         )
         parser.add_argument("--model", required=True, help="a trained model: run dir, checkpoint or export")

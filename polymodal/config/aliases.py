@@ -85,7 +85,9 @@ def update_targets(node: Any) -> None:
         children = node
     else:
         return
-    if isinstance(target, str) and current_target(target) != target:
-        node["_target_"] = current_target(target)
+    if isinstance(target, str):
+        current = current_target(target)
+        if current != target:
+            node["_target_"] = current
     for child in children:
         update_targets(child)

@@ -30,8 +30,9 @@ from torch.distributed.tensor.parallel import loss_parallel
 from polymodal.checkpoint.dcp import Checkpointer
 from polymodal.checkpoint.rng import seed_everything
 from polymodal.checkpoint.weights import load_pretrained
-from polymodal.config import ConfigError, experiment_config, instantiate, save_config
+from polymodal.config import ConfigError, experiment_config, instantiate
 from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
+from polymodal.files import atomic_output
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
@@ -107,7 +108,6 @@ class Trainer:
         self.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         self.env = setup_distributed(self.exp.device, self.exp.distributed.timeout_minutes)
         self.output_dir = Path(self.exp.output_dir)
-        self._resolved_cfg = cfg
         setup_console_logging(self.output_dir, self.env.rank, self.exp.debug)
         self.schedule = self._build_schedule(cfg)  # before anything slow is built: a bad fit fails fast
 
@@ -309,7 +309,8 @@ class Trainer:
         exp = self.exp
         self.resume()
         if self.env.is_main:  # only now: a run refused above leaves the previous run's config.yaml as it was
-            save_config(self._resolved_cfg, self.output_dir / "config.yaml")
+            with atomic_output(self.output_dir / "config.yaml") as path:
+                path.write_text(self.config_yaml)
         peak = exp.peak_flops or device_peak_flops(self.env.device, self.dtype)
         tokens_per_sample = getattr(self.data, "tokens_per_sample", None)  # None: the data is not tokens
         n_params = sum(p.numel() for p in self.model.parameters())
