@@ -111,6 +111,9 @@ def test_export_then_fine_tune_from_the_export_with_filters(tiny_config, tmp_pat
     for name, value in exported.items():
         assert torch.equal(value, trained.model.state_dict()[name]), name
     assert "_target_: polymodal.models.llm.build_llm" in (tmp_path / "export" / "config.yaml").read_text()
+    carried = (tmp_path / "export" / "tokenizers" / "text.json").read_bytes()  # the export carries its tokenizer
+    assert carried == (tmp_path / "run" / "tokenizers" / "text.json").read_bytes()
+    assert carried == Path(trained.data.tokenizer_paths()["text"]).read_bytes()
 
     fine_tune = Trainer(
         load_config(

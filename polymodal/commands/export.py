@@ -1,4 +1,5 @@
-"""``polymodal export --checkpoint DIR --out DIR``: consolidated safetensors weights + config from a checkpoint."""
+"""``polymodal export --checkpoint DIR --out DIR``: consolidated safetensors weights + config from a checkpoint,
+with the tokenizers the run carries (``tokenizers/``), so the export is usable on its own."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def main(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from polymodal.checkpoint.weights import export_weights, load_trained_model
+    from polymodal.tokenizers.carried import TOKENIZERS_DIR, carried_tokenizer_paths, copy_tokenizers
 
     model, config_yaml = load_trained_model(args.checkpoint)
     weights = export_weights(model, Path(args.out), config_yaml)
-    print(f"exported {args.checkpoint} -> {weights}")
+    tokenizers = copy_tokenizers(carried_tokenizer_paths(args.checkpoint), Path(args.out) / TOKENIZERS_DIR)
+    print(f"exported {args.checkpoint} -> {weights}" + (f" with tokenizers {sorted(tokenizers)}" if tokenizers else ""))
     return 0

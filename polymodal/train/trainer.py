@@ -34,6 +34,7 @@ from polymodal.config import ConfigError, experiment_config, instantiate
 from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
 from polymodal.files import atomic_output
 from polymodal.models.meta import DataDict, call_block, checking_keys
+from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
 from polymodal.train.mfu import device_peak_flops, mfu
@@ -304,6 +305,10 @@ class Trainer:
         means = all_reduce_mean(torch.stack([sums[n] for n in names]) / batches)
         return dict(zip(names, means.tolist(), strict=True))
 
+    def _tokenizer_paths(self) -> dict[str, str]:
+        """The tokenizers the data was encoded with (the data module's optional ``tokenizer_paths()``)."""
+        return dict(self.data.tokenizer_paths()) if hasattr(self.data, "tokenizer_paths") else {}
+
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the last train and validation metrics."""
         exp = self.exp
@@ -311,6 +316,7 @@ class Trainer:
         if self.env.is_main:  # only now: a run refused above leaves the previous run's config.yaml as it was
             with atomic_output(self.output_dir / "config.yaml") as path:
                 path.write_text(self.config_yaml)
+            copy_tokenizers(self._tokenizer_paths(), self.output_dir / TOKENIZERS_DIR)
         peak = exp.peak_flops or device_peak_flops(self.env.device, self.dtype)
         tokens_per_sample = getattr(self.data, "tokens_per_sample", None)  # None: the data is not tokens
         n_params = sum(p.numel() for p in self.model.parameters())

@@ -19,6 +19,7 @@ from polymodal import files
 from polymodal.data.text.corpus import expand_document_paths, in_val_split, read_documents, stdlib_docstrings
 from polymodal.data.text.packed import Batch, PackedSequenceLoader, count_windows, eval_batches
 from polymodal.data.text.tokens import TokenCorpus, load_or_build_corpus, tokenize_documents, unigram_entropy
+from polymodal.tokenizers.carried import TEXT
 from polymodal.tokenizers.text.bpe import EOS_ID, load_or_train_bpe, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class LMData:
             name = f"{source}-bpe{vocab_size}-{corpus_name}.json"
             tokenizer_path = str(files.cache_dir("tokenizers", cache_dir) / name)
         self.tokenizer = load_or_train_bpe(tokenizer_path, vocab_size, corpus=lambda: self._docs.documents("train"))
+        self._tokenizer_path = tokenizer_path
         self._fingerprint = tokenizer_fingerprint(self.tokenizer)
         cache_name = hashlib.sha256(f"{Path(tokenizer_path).resolve()}|{self._docs.identity()}".encode()).hexdigest()
         self._cache_stem = files.cache_dir("tokens", cache_dir) / cache_name[:16]
@@ -149,6 +151,10 @@ class LMData:
     def val_batches(self, max_batches: int | None) -> Iterator[Batch]:
         """Sequential, deterministic validation batches (the same on every call)."""
         return eval_batches(self.val_corpus, self.seq_len, self.eval_batch_size, max_batches)
+
+    def tokenizer_paths(self) -> dict[str, str]:
+        """The BPE tokenizer the text was encoded with (a run carries a copy)."""
+        return {TEXT: self._tokenizer_path}
 
     def info(self) -> dict[str, float | int | str]:
         return {

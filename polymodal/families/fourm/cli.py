@@ -60,12 +60,20 @@ def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> argparse.Argum
     return parser
 
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a trained 4M: run dir (newest checkpoint), checkpoint, export")
     parser.add_argument(
-        "--tokenizer", action="append", default=[], metavar="MODALITY=DIR", help="image tokenizer of a modality"
+        "--tokenizer",
+        action="append",
+        default=[],
+        metavar="MODALITY=DIR",
+        help="image tokenizer of a modality (default: those the run carries in its tokenizers/ folder)",
     )
-    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (needed for text inputs and targets)")
+    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (default: the one the run carries)")
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
     parser.add_argument("--schedule", help="generation schedule YAML (4M's form); or give the inline flags below")
     parser.add_argument("--cond", help="conditioning modalities, comma-separated")
     parser.add_argument("--targets", help="target modalities in generation order, comma-separated")
@@ -89,11 +97,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EvalSettings()
-    parser.add_argument("--model", required=True, help="a trained 4M: run dir (newest checkpoint), checkpoint, export")
-    parser.add_argument(
-        "--tokenizer", action="append", default=[], metavar="MODALITY=DIR", help="image tokenizer of a modality"
-    )
-    parser.add_argument("--text-tokenizer", help="WordPiece tokenizer JSON (needed for the caption tasks)")
+    _add_model_arguments(parser)
     parser.add_argument("--num-scenes", type=int, default=64, help="held-out synthetic scenes to evaluate on")
     parser.add_argument("--seed", type=int, help="scene seed (default: the held-out 10000; unlike training's)")
     parser.add_argument("--image-size", type=int, help="scene size (default: the model's rgb pixel resolution)")

@@ -50,6 +50,7 @@ from polymodal.families.fourm.masking.alphas import DirichletMixture
 from polymodal.families.fourm.masking.masker import FourMMasking
 from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry
 from polymodal.families.fourm.samples import FourMSample
+from polymodal.tokenizers.carried import TEXT, export_fingerprint, recorded_tokenizer
 from polymodal.tokenizers.text.wordpiece import load_wordpiece
 
 TokenBudget = int | Sequence[int]
@@ -197,6 +198,8 @@ class FourMData(SourcedData):
         self.input_tokens, self.target_tokens = input_tokens, target_tokens
         self.tokens_per_sample = _upper(input_tokens) + _upper(target_tokens)
         tokenizer = load_wordpiece(tokenizer_path)
+        self._tokenizer_path = tokenizer_path
+        self._image_tokenizers: dict[str, set[Path]] = {}  # recorded beside the codes of each source
         self._check_text_vocab(tokenizer.get_vocab_size())
         self._open_splits(
             train,
@@ -236,7 +239,21 @@ class FourMData(SourcedData):
                 "[...] list (polymodal pretokenize-4m writes it next to the tok_ folders)"
             )
         folders = list(dict.fromkeys(s.folder for s in wanted)) + ([CROP_SETTINGS] if spatial else [])
+        for spec in wanted:
+            recorded = recorded_tokenizer(available[spec.folder][0])
+            if spec.is_image and not spec.is_pixels and recorded is not None:
+                self._image_tokenizers.setdefault(spec.name, set()).add(recorded)
         return self._open_shards(pattern, folders)
+
+    def tokenizer_paths(self) -> dict[str, str]:
+        """The WordPiece tokenizer and the image tokenizers ``pretokenize-4m`` recorded beside the codes (a run
+        carries copies); a modality whose sources were encoded by different tokenizers is an error."""
+        paths = {TEXT: self._tokenizer_path}
+        for name, recorded in sorted(self._image_tokenizers.items()):
+            if len({export_fingerprint(directory) for directory in recorded}) > 1:
+                raise ValueError(f"the sources of {name} hold codes of different tokenizers: {sorted(recorded)}")
+            paths[name] = str(min(recorded))
+        return paths
 
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {

@@ -7,6 +7,9 @@ For a shard tree ``root/<modality>/shard-NNNNN.tar`` and one image tokenizer per
 * ``out/crop_settings/shard-NNNNN.tar`` with ``<key>.crop_settings.npy``: int64 ``(n_crops, 5)`` rows
   ``(top, left, height, width, flip)`` in source pixels.
 
+* ``out/tok_<modality>/tokenizer/``: an export of the tokenizer that wrote the codes, so the codes carry their
+  decoder (a 4M run trained on them copies it; encoding again with another tokenizer is refused).
+
 Row 0 is the largest centre square crop, unflipped (what evaluation sees). The other rows are random resized
 crops and flips drawn exactly like :class:`~polymodal.data.multimodal.transforms.AlignedAugment` draws them in
 training, from a generator seeded by ``(seed, key)``: the rows of a sample never depend on the shard order,
@@ -52,6 +55,7 @@ from polymodal.data.multimodal.transforms import AlignedAugment, centre_square_c
 from polymodal.families.fourm.modalities import CROP_SETTINGS
 from polymodal.files import atomic_output
 from polymodal.progress import progress
+from polymodal.tokenizers.carried import check_recorded_tokenizer, record_image_tokenizer
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 from polymodal.tokenizers.loading import load_image_tokenizer
 
@@ -336,11 +340,16 @@ def pretokenize_main(args: argparse.Namespace) -> int:
         if len(set(folders)) != len(folders):
             raise ValueError(f"--tokenizer names a modality twice: {folders}")
         tokenizers = {m: load_image_tokenizer(d).to(torch.device(args.device)) for m, d in args.tokenizer}
+        codes_folders = {m: Path(args.out or args.source) / f"tok_{m}" for m in tokenizers}
+        for modality, source in args.tokenizer:  # never mix the codes of two tokenizers in one folder
+            check_recorded_tokenizer(source, codes_folders[modality])
         options = CropOptions(
             args.n_crops, args.image_size, tuple(args.scale), tuple(args.ratio), args.hflip, args.seed
         )
         batch_size = args.batch_size or DEFAULT_BATCH_SIZE
         report = pretokenize_4m(args.source, tokenizers, args.out, options, batch_size, args.workers, args.cache_dir)
+        for modality, source in args.tokenizer:  # the codes carry their decoder
+            record_image_tokenizer(source, codes_folders[modality])
     except ValueError as error:
         raise ConfigError(str(error)) from error
     print(f"pre-tokenized {len(report.written)} shards ({len(report.complete)} already complete)")

@@ -24,6 +24,7 @@ from polymodal.data.synth.writers import write_shards
 from polymodal.families.fourm.data import FourMData, fourm_alphas, fourm_registry
 from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
 from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD, FourMSample, crop_boxes, text_ids
+from polymodal.tokenizers.carried import record_image_tokenizer
 from polymodal.tokenizers.loading import load_image_tokenizer
 from polymodal.tokenizers.text.bpe import save_tokenizer
 from polymodal.tokenizers.text.wordpiece import EOS_ID, PAD_ID, train_wordpiece
@@ -299,6 +300,21 @@ def test_a_mixture_marks_the_modalities_a_source_lacks(world):
                     assert not batch[name]["tensor"][row].any()
                     assert not batch[name]["is_input"][row].any() and not batch[name]["is_target"][row].any()
     assert seen_sources == {"full", "rgb_tokens"}
+
+
+def test_the_data_names_its_tokenizers_and_refuses_codes_of_two(world, tmp_path):
+    """A run copies what ``tokenizer_paths`` names: the WordPiece file and the image tokenizers pretokenize-4m
+    recorded beside the codes (here tok_rgb only). Sources of one modality encoded by two tokenizers: an error."""
+    rgb = record_image_tokenizer(export_tiny_tokenizer(tmp_path / "tok-rgb", "rgb"), world["root"] / "tok_rgb")
+    assert make_data(world).tokenizer_paths() == {"text": world["tokenizer_path"], "tok_rgb@32": str(rgb)}
+
+    other = tmp_path / "other"
+    shutil.copytree(world["root"], other)
+    shutil.rmtree(other / "tok_rgb" / "tokenizer")
+    record_image_tokenizer(export_tiny_tokenizer(tmp_path / "tok-depth", "depth"), other / "tok_rgb")
+    mixture = make_data(world, train={"a": pattern(world["root"]), "b": pattern(other)}, val=None)
+    with pytest.raises(ValueError, match="sources of tok_rgb@32 hold codes of different tokenizers"):
+        mixture.tokenizer_paths()
 
 
 def test_single_alpha_follows_the_in_and_out_domains(world):

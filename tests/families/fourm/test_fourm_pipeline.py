@@ -62,15 +62,14 @@ def test_demo_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         f"experiment.output_dir={fourm}",
         *QUICK_RUN,
     )
-    image_tokenizers = [f"--tokenizer=tok_{m}@64={tmp_path}/tokenizer-{m}" for m in TOKENIZERS]
+    carried = sorted(path.name for path in (fourm / "tokenizers").iterdir())
+    assert carried == ["text.json", *(f"tok_{m}@64" for m in TOKENIZERS)]  # pretokenize-4m recorded them
     folders = "rgb,tok_rgb,tok_depth,tok_normal,tok_semseg,caption,det,crop_settings"
     shards = f"{scenes}/[{folders}]/shard-{{00003..00003}}.tar"
-    for schedule in ("rgb2all_tiny", "caption2rgb_tiny"):
+    for schedule in ("rgb2all_tiny", "caption2rgb_tiny"):  # with the tokenizers the run carries
         run(
             "generate",
             f"--model={fourm}",
-            *image_tokenizers,
-            f"--text-tokenizer={wordpiece}",
             f"--schedule=configs/fourm/generation/{schedule}.yaml",
             f"--data={shards}",
             "--num-samples=2",
@@ -78,6 +77,7 @@ def test_demo_pipeline_runs_end_to_end(tmp_path: Path) -> None:
             f"--out={tmp_path}/{schedule}",
         )
         assert (tmp_path / schedule / "generations.png").stat().st_size > 5_000
+    image_tokenizers = [f"--tokenizer=tok_{m}@64={tmp_path}/tokenizer-{m}" for m in TOKENIZERS]
     run(
         "eval",
         f"--model={fourm}",

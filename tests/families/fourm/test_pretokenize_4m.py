@@ -13,6 +13,7 @@ from tiny_image_tokenizers import export_tiny_tokenizer, tiny_tokenizer
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from polymodal.checkpoint.weights import read_weights
 from polymodal.config import ConfigError
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, SampleError
 from polymodal.data.multimodal.decode import decode_member
@@ -213,6 +214,12 @@ def test_cli_runs_and_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "pre-tokenized 1 shards" in capsys.readouterr().out
     codes = read_tar(tmp_path / "out" / "tok_rgb" / "shard-00000.tar")
     assert all(v.shape == (2, 4) for v in codes.values()) and len(codes) == 3
+    recorded = tmp_path / "out" / "tok_rgb" / "tokenizer"  # the codes carry their decoder
+    assert read_weights(recorded).keys() == read_weights(directory).keys()
+    assert all(torch.equal(read_weights(recorded)[k], v) for k, v in read_weights(directory).items())
+    other = export_tiny_tokenizer(tmp_path / "other-tok", "depth")
+    with pytest.raises(ConfigError, match="holds codes of another tokenizer"):  # refused before encoding anything
+        pretokenize_main(parser.parse_args([*base, "--tokenizer", f"rgb={other}"]))
 
     bad_size = parser.parse_args([*base, "--tokenizer", f"rgb={directory}", "--image-size", "20"])
     with pytest.raises(ConfigError, match="downsampling factor 8"):
@@ -223,6 +230,7 @@ def test_cli_runs_and_bad_arguments_are_clear_errors(tmp_path, capsys):
     missing = parser.parse_args([*base, "--tokenizer", f"depth={directory}"])
     with pytest.raises(ConfigError, match="no shard"):
         pretokenize_main(missing)
+    assert not (tmp_path / "out" / "tok_depth").exists()  # nothing recorded for codes never written
     with pytest.raises(ValueError, match="n_crops"):
         CropOptions(n_crops=0)
 

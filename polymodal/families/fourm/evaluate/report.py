@@ -16,7 +16,7 @@ from polymodal.data.synth.held_out import HELD_OUT_SEED
 from polymodal.families.fourm.evaluate.settings import EvalSettings
 from polymodal.families.fourm.evaluate.tasks import FourMEvaluation, evaluate_fourm
 from polymodal.families.fourm.generate.outputs import DecodedModality, write_generation_png
-from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, parse_tokenizer_flags
+from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, tokenizer_sources
 
 
 def _number(value: float | None) -> str:
@@ -73,9 +73,9 @@ def eval_4m_main(args: argparse.Namespace) -> int:
     seed = HELD_OUT_SEED if args.seed is None else args.seed
     try:
         device = torch.device(args.device)
-        tokenizer_paths = parse_tokenizer_flags(args.tokenizer)
         model = load_model(args.model, device)
-        text_tokenizer = load_wordpiece(args.text_tokenizer) if args.text_tokenizer else None
+        tokenizer_paths, text_path = tokenizer_sources(args, model)
+        text_tokenizer = load_wordpiece(text_path) if text_path else None
         settings = EvalSettings(
             batch_size=args.batch_size,
             baseline_scenes=args.baseline_scenes,

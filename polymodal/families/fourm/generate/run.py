@@ -39,6 +39,7 @@ from polymodal.families.fourm.generate.schedules import GenerationSchedule, sche
 from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry, ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.families.fourm.samples import FourMSample
+from polymodal.tokenizers.carried import TEXT, carried_tokenizer_paths
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 
 log = logging.getLogger("polymodal")
@@ -88,6 +89,19 @@ def parse_tokenizer_flags(flags: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--tokenizer given twice for {name!r}")
         paths[name] = path
     return paths
+
+
+def tokenizer_sources(args: argparse.Namespace, model: FourM) -> tuple[dict[str, str], str | None]:
+    """The image tokenizers (by modality) and the text tokenizer to use: those the run carries (its
+    ``tokenizers/`` folder), replaced by any given with ``--tokenizer`` / ``--text-tokenizer``."""
+    carried = carried_tokenizer_paths(args.model)
+    images = {name: str(path) for name, path in carried.items() if name in model.modalities}
+    images.update(parse_tokenizer_flags(args.tokenizer))
+    unknown = sorted(set(images) - set(model.modalities))
+    if unknown:
+        raise ValueError(f"--tokenizer given for {unknown}, which the model does not have ({list(model.modalities)})")
+    text = args.text_tokenizer or (str(carried[TEXT]) if TEXT in carried else None)
+    return images, text
 
 
 def read_shard_inputs(
@@ -174,14 +188,11 @@ def run_generation(args: argparse.Namespace) -> Path:
     from polymodal.tokenizers.text.wordpiece import load_wordpiece
 
     device = torch.device(args.device)
-    tokenizer_paths = parse_tokenizer_flags(args.tokenizer)
     config = schedule_config(args)
     model = load_model(args.model, device)
     schedule = schedule_from_dict(config, model.modalities)
-    text_tokenizer = load_wordpiece(args.text_tokenizer) if args.text_tokenizer else None
-    unknown = sorted(set(tokenizer_paths) - set(model.modalities))
-    if unknown:
-        raise ValueError(f"--tokenizer given for {unknown}, which the model does not have ({list(model.modalities)})")
+    tokenizer_paths, text_path = tokenizer_sources(args, model)
+    text_tokenizer = load_wordpiece(text_path) if text_path else None
     image_tokenizers = load_image_tokenizers(tokenizer_paths, device)
     check_decoders(schedule.targets, model.modalities, image_tokenizers, text_tokenizer)
     inputs, batch_size = conditioning_entries(args, schedule, model.modalities, text_tokenizer)
