@@ -13,12 +13,12 @@ from polymodal.config import instantiate
 CODEBOOK_SIZE = 64
 
 
-def tiny_tokenizer_config(modality: str) -> dict:
+def tiny_tokenizer_config(modality: str, codebook_size: int = CODEBOOK_SIZE) -> dict:
     """The ``{"model": ...}`` config of the tiny tokenizer of ``modality``."""
     quantizer = {
         "_target_": "polymodal.tokenizers.image.quantizers.VectorQuantizer",
         "dim": 8,
-        "codebook_size": CODEBOOK_SIZE,
+        "codebook_size": codebook_size,
     }
     model = {
         "_target_": "polymodal.tokenizers.image.tokenizer.build_image_tokenizer",
@@ -30,14 +30,14 @@ def tiny_tokenizer_config(modality: str) -> dict:
     return {"model": model}
 
 
-def tiny_tokenizer(modality: str) -> torch.nn.Module:
+def tiny_tokenizer(modality: str, codebook_size: int = CODEBOOK_SIZE) -> torch.nn.Module:
     """The tiny tokenizer of ``modality`` with random weights seeded by the modality: the same on every call."""
     torch.manual_seed(len(modality))
-    return instantiate(OmegaConf.create(tiny_tokenizer_config(modality)).model)
+    return instantiate(OmegaConf.create(tiny_tokenizer_config(modality, codebook_size)).model)
 
 
-def export_tiny_tokenizer(directory: Path, modality: str) -> Path:
+def export_tiny_tokenizer(directory: Path, modality: str, codebook_size: int = CODEBOOK_SIZE) -> Path:
     """:func:`tiny_tokenizer` exported with its config into ``directory`` (returned)."""
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create(tiny_tokenizer_config(modality)))
-    export_weights(tiny_tokenizer(modality), directory, config_yaml)
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create(tiny_tokenizer_config(modality, codebook_size)))
+    export_weights(tiny_tokenizer(modality, codebook_size), directory, config_yaml)
     return directory

@@ -12,9 +12,6 @@ import argparse
 import importlib
 from pathlib import Path
 
-FAMILIES_PACKAGE = "polymodal.families"
-
-
 def generate(argv: list[str]) -> int:
     """Generate with a trained model of any family that can (4M: chained any-to-any)."""
     return _dispatch("generate", "generate", generate.__doc__, argv)
@@ -31,6 +28,7 @@ def family_of(model: str | Path) -> str:
 
     from polymodal.config import ConfigError
     from polymodal.config.aliases import current_target
+    from polymodal.runs import FAMILIES_PACKAGE, family_of_target
 
     config_file = _config_file(Path(model))
     try:
@@ -40,11 +38,10 @@ def family_of(model: str | Path) -> str:
     target = config.get("model", {}).get("_target_") if isinstance(config, dict) else None
     if not isinstance(target, str):
         raise ConfigError(f"{config_file} has no model._target_: not the config of a trained model")
-    target = current_target(target)
-    prefix = FAMILIES_PACKAGE + "."
-    if not target.startswith(prefix):
-        raise ConfigError(f"the model of {model} ({target}) belongs to no family in {FAMILIES_PACKAGE}")
-    return target[len(prefix) :].split(".", 1)[0]
+    family = family_of_target(target)
+    if family is None:
+        raise ConfigError(f"the model of {model} ({current_target(target)}) belongs to no family in {FAMILIES_PACKAGE}")
+    return family
 
 
 def _config_file(path: Path) -> Path:
@@ -75,7 +72,7 @@ def _dispatch(verb: str, function: str, description: str | None, argv: list[str]
         parser.parse_args(argv)  # prints the help, or the error that --model is missing
     family = family_of(known.model)
     try:
-        verbs = importlib.import_module(f"{FAMILIES_PACKAGE}.{family}.cli")
+        verbs = importlib.import_module(f"polymodal.families.{family}.cli")
     except ModuleNotFoundError as error:
         raise ConfigError(f"the model of {known.model} is of the {family!r} family, which has no verbs") from error
     run = getattr(verbs, function, None)

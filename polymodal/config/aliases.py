@@ -30,7 +30,7 @@ MOVED_MODULES: dict[str, str] = {
     "polymodal.generate.inputs": "polymodal.families.fourm.generate.inputs",
     "polymodal.generate.outputs": "polymodal.families.fourm.generate.outputs",
     "polymodal.generate.sampler": "polymodal.families.fourm.generate.sampler",
-    "polymodal.generate.sampling": "polymodal.families.fourm.generate.sampling",
+    "polymodal.generate.sampling": "polymodal.models.sampling",
     "polymodal.generate.schedules": "polymodal.families.fourm.generate.schedules",
     "polymodal.models.fourm": "polymodal.families.fourm.model",
     "polymodal.models.fourm.embeddings": "polymodal.families.fourm.model.embeddings",

@@ -7,7 +7,8 @@ head:         linear projection to the vocabulary, optionally tied to the embedd
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
 from polymodal.models.layers.block import build_transformer
@@ -15,6 +16,7 @@ from polymodal.models.layers.init import init_weights
 from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
 from polymodal.models.parts import DocumentCausalMask, LinearHead, TransformerTrunk
 from polymodal.models.protocol import DecoderLayout, ParallelPlan
+from polymodal.models.sampling import sample_tokens
 
 
 class TokenEmbedding(ReadWriteBlock):
@@ -58,6 +60,47 @@ class CausalLM(MetaModel):
                 matmul_params(self), trunk.depth, dim, seq_len
             )
         return self._flops_per_token[seq_len] * tokens.numel()
+
+    @property
+    def max_seq_len(self) -> int:
+        """The longest window the model's RoPE covers."""
+        return self.trunk.transformer.blocks[0].attn.rope.max_seq_len
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | float = 0,
+        top_p: float = 0.0,
+        generator: torch.Generator | None = None,
+        stop_id: int | None = None,
+    ) -> Tensor:
+        """Continue each row of ``input_ids`` (``[B, T]``, one document per row) by ``max_new_tokens`` sampled
+        tokens; returns ``[B, T + max_new_tokens]``. Sampling as :func:`polymodal.models.sampling.sample_tokens`
+        (temperature 0: greedy). A row that has produced ``stop_id`` repeats it to the end.
+
+        Each step runs the whole window again, at most the last ``max_seq_len`` tokens (no key/value cache: simple
+        and exact, and fast enough for the model sizes one samples from interactively on a CPU)."""
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, tokens] with at least one token, got {tuple(input_ids.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        generator = generator or torch.Generator(device=input_ids.device).manual_seed(0)
+        tokens = input_ids
+        stopped = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new_tokens):
+            window = tokens[:, -self.max_seq_len :]
+            positions = torch.arange(window.shape[1], device=window.device).expand_as(window)
+            batch = {"input_ids": window, "document_ids": torch.zeros_like(window), "position_ids": positions}
+            logits = self(batch)["logits"][:, -1]
+            next_token, _ = sample_tokens(logits, temperature, generator, top_k, top_p)
+            if stop_id is not None:
+                next_token = torch.where(stopped, stop_id, next_token)
+                stopped |= next_token == stop_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        return tokens
 
     def parallel_plan(self) -> ParallelPlan:
         layout = DecoderLayout(

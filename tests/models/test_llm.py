@@ -92,3 +92,56 @@ def test_next_token_loss_matches_plain_cross_entropy_and_ignores_padding():
     torch.testing.assert_close(with_z, expected + 0.1 * (log_z**2).mean())
     torch.testing.assert_close(z_metrics["z_loss"], 0.1 * (log_z**2).mean())  # printed as it enters the loss
     torch.testing.assert_close(with_z, z_metrics["cross_entropy"] + z_metrics["z_loss"])
+
+
+def naive_generation(model, prompt: torch.Tensor, steps: int, pick) -> torch.Tensor:
+    """The plain loop: run the whole sequence, take the last position's logits, append ``pick(logits)``."""
+    tokens = prompt
+    for _ in range(steps):
+        window = tokens[:, -model.max_seq_len :]
+        positions = torch.arange(window.shape[1]).expand_as(window)
+        logits = model({"input_ids": window, "document_ids": torch.zeros_like(window), "position_ids": positions})
+        tokens = torch.cat([tokens, pick(logits["logits"][:, -1])[:, None]], dim=1)
+    return tokens
+
+
+@torch.no_grad()
+def test_greedy_generation_is_the_argmax_loop_and_slides_past_max_seq_len():
+    model = tiny(max_seq_len=16).eval()
+    prompt = torch.randint(0, 97, (2, 10))
+    generated = model.generate(prompt, 12, temperature=0.0)
+    assert generated.shape == (2, 22) and torch.equal(generated[:, :10], prompt)
+    assert torch.equal(generated, naive_generation(model, prompt, 12, lambda logits: logits.argmax(-1)))
+
+
+@torch.no_grad()
+def test_sampling_draws_from_the_filtered_tempered_softmax_with_the_generator():
+    model = tiny().eval()
+    prompt = torch.randint(0, 97, (3, 5))
+    reference = torch.Generator().manual_seed(7)
+
+    def draw(logits):
+        kept = logits.masked_fill(logits < logits.topk(10, dim=-1).values[:, -1:], float("-inf"))
+        return torch.multinomial(F.softmax(kept / 0.7, dim=-1), 1, generator=reference)[:, 0]
+
+    expected = naive_generation(model, prompt, 6, draw)
+    generated = model.generate(prompt, 6, temperature=0.7, top_k=10, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(generated, expected)
+
+
+@torch.no_grad()
+def test_a_row_that_stopped_repeats_the_stop_token_and_bad_arguments_are_named():
+    model = tiny().eval()
+    prompt = torch.randint(0, 97, (4, 3))
+    free = model.generate(prompt, 8, temperature=0.0)
+    stop = int(free[0, 5])  # row 0 produces it at step 3
+    stopped = model.generate(prompt, 8, temperature=0.0, stop_id=stop)
+    for row in range(4):
+        new = free[row, 3:].tolist()
+        cut = new.index(stop) + 1 if stop in new else len(new)
+        assert stopped[row, 3 : 3 + cut].tolist() == new[:cut]
+        assert (stopped[row, 3 + cut :] == stop).all()
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
+        model.generate(prompt, -1)

@@ -35,7 +35,7 @@ from polymodal.families.fourm.generate.inputs import (
     merged_sequence_input,
     row_inputs,
 )
-from polymodal.families.fourm.generate.sampling import sample_tokens
+from polymodal.models.sampling import sample_tokens
 from polymodal.families.fourm.generate.schedules import GenerationSchedule, GenerationStep
 from polymodal.families.fourm.model.fourm import FourM, valid_first_order
 from polymodal.tokenizers.text.wordpiece import DEFAULT_LAYOUT, WordPieceLayout

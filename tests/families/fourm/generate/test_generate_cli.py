@@ -3,38 +3,15 @@
 import json
 
 import pytest
-import torch
-from omegaconf import OmegaConf
+from trained_runs import checkpointed_run, export
 
-from polymodal.checkpoint.dcp import Checkpointer
-from polymodal.checkpoint.weights import export_weights
 from polymodal.cli import main
-from polymodal.config import instantiate
 from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.data.synth.writers import write_shards
-from polymodal.distributed.env import DistEnv
 from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
 from polymodal.tokenizers.loading import load_image_tokenizer
 from polymodal.tokenizers.text.bpe import save_tokenizer
 from polymodal.tokenizers.text.wordpiece import train_wordpiece
-
-
-def export(directory, model_config):
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create({"model": model_config}))
-    torch.manual_seed(0)
-    export_weights(instantiate(OmegaConf.create(config_yaml).model), directory, config_yaml)
-    return directory
-
-
-def checkpointed_run(directory, model_config):
-    """A run directory holding one training checkpoint of a freshly built model (as the trainer writes it)."""
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create({"model": model_config}))
-    torch.manual_seed(0)
-    model = instantiate(OmegaConf.create(config_yaml).model)
-    env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    Checkpointer(directory / "checkpoints", keep_last=1, env=env).save(1, model, optimizer, {}, config_yaml)
-    return directory
 
 
 @pytest.fixture(scope="module")

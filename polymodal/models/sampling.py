@@ -1,5 +1,6 @@
 """Token sampling for generation: top-k / top-p filtering, temperature, and draws from a ``torch.Generator``.
 
+Shared by every generating model (the language model's ``generate``, 4M's MaskGIT/ROAR/autoregressive sampler).
 As 4M: the filters act on the raw logits, then the temperature divides them; a temperature of (about) 0 takes the
 argmax and reports probability 1 for it.
 """

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from polymodal.families.fourm.generate.sampling import filter_logits, sample_tokens, top_k_count
+from polymodal.models.sampling import filter_logits, sample_tokens, top_k_count
 
 
 def naive_filter(row: list[float], top_k: int, top_p: float) -> list[float]:
