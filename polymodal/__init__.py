@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -12,9 +13,8 @@ __all__ = ["__version__", "load_run"]
 
 
 def __getattr__(name: str) -> Any:
-    """``load_run`` is imported on first use, so ``import polymodal`` (and ``polymodal --help``) stays cheap."""
+    """``load_run`` is imported on first use, so ``import polymodal`` (and ``polymodal --help``) stays cheap, and
+    modules that read ``polymodal.__version__`` do not depend on ``polymodal.runs``."""
     if name == "load_run":
-        from polymodal.runs import load_run
-
-        return load_run
+        return importlib.import_module("polymodal.runs").load_run
     raise AttributeError(f"module 'polymodal' has no attribute {name!r}")

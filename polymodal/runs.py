@@ -100,7 +100,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun
     config = OmegaConf.create(config_yaml)
     family = family_of_target(config.model.get("_target_"))
     if family is not None:
-        run_class = getattr(importlib.import_module(f"{FAMILIES_PACKAGE}.{family}.api"), "RUN_CLASS")
+        run_class = importlib.import_module(f"{FAMILIES_PACKAGE}.{family}.api").RUN_CLASS
     else:
         run_class = LanguageModelRun if isinstance(model, CausalLM) else TrainedRun
     return run_class(path, model.to(device).eval(), config, tokenizers, device)

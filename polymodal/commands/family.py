@@ -12,6 +12,7 @@ import argparse
 import importlib
 from pathlib import Path
 
+
 def generate(argv: list[str]) -> int:
     """Generate with a trained model of any family that can (4M: chained any-to-any)."""
     return _dispatch("generate", "generate", generate.__doc__, argv)

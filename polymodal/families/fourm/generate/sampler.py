@@ -35,9 +35,9 @@ from polymodal.families.fourm.generate.inputs import (
     merged_sequence_input,
     row_inputs,
 )
-from polymodal.models.sampling import sample_tokens
 from polymodal.families.fourm.generate.schedules import GenerationSchedule, GenerationStep
 from polymodal.families.fourm.model.fourm import FourM, valid_first_order
+from polymodal.models.sampling import sample_tokens
 from polymodal.tokenizers.text.wordpiece import DEFAULT_LAYOUT, WordPieceLayout
 
 Context = tuple[Tensor, Tensor]  # decoder context [B, N, D] and its validity [B, N]
