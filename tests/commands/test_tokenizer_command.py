@@ -81,7 +81,10 @@ def test_cli_on_an_export_writes_eval_json_and_png(tmp_path, capsys):
     assert results["tokenizer_psnr"] == pytest.approx(expected["tokenizer_psnr"], rel=1e-5)
     assert results["baseline_psnr"] == pytest.approx(expected["baseline_psnr"], rel=1e-5)
     assert Image.open(tmp_path / "eval" / "reconstructions.png").size[0] > 0
-    assert "down-up baseline psnr (x4)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "down-up baseline psnr (x4)" in printed.out
+    for line in ("rendering 3 held-out scenes: 3/3 (100%)", "encoding and decoding 3 images: 1/1 (100%)"):
+        assert line in printed.err  # progress, as lines off a terminal
 
 
 RECIPE = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from polymodal.data.synth.render import render_scene
+from polymodal.data.synth.render import render_scenes
 from polymodal.tokenizers.image.tokenizer import MODALITIES
 
 HELD_OUT_SEED = 10_000  # training shards are rendered from small seeds; these scenes are never trained on
@@ -17,5 +17,6 @@ def held_out_scenes(modality: str, num_images: int, size: int = 64, seed: int = 
         raise ValueError(f"unknown image modality {modality!r}; expected one of {MODALITIES}")
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
-    images = torch.stack([render_scene(seed, index, size)[modality] for index in range(num_images)])
+    scenes = render_scenes(seed, num_images, size, f"rendering {num_images} held-out scenes")
+    images = torch.stack([scene[modality] for scene in scenes])
     return images.float() / 255.0 if modality == "rgb" else images

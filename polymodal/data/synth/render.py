@@ -15,6 +15,7 @@ import torch
 
 from polymodal.data.synth.captions import describe_scene
 from polymodal.data.synth.scene import PALETTE, Scene, SceneObject, sample_scene
+from polymodal.progress import progress
 
 FAR = 20.0
 MIN_VISIBLE_PIXELS = 4
@@ -297,3 +298,13 @@ def render_scene(seed: int, index: int, size: int = 64) -> dict:
         "caption": describe_scene([scene.objects[i] for i in order], [boxes[i] for i in order]),
         "label": torch.tensor(len(order) - 1, dtype=torch.int64),
     }
+
+
+def render_scenes(seed: int, count: int, size: int = 64, description: str = "rendering scenes") -> list[dict]:
+    """Scenes ``0 .. count - 1`` of ``seed`` (:func:`render_scene`), reporting progress as ``description``."""
+    scenes = []
+    with progress(description, total=count) as advance:
+        for index in range(count):
+            scenes.append(render_scene(seed, index, size))
+            advance(1)
+    return scenes

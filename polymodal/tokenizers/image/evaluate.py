@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
+from polymodal.progress import progress
 from polymodal.tokenizers.image.metrics import chroma, codebook_usage, mean_iou, psnr
 from polymodal.tokenizers.image.quantizers import codebook_perplexity
 from polymodal.tokenizers.image.tokenizer import MODALITIES, ImageTokenizer
@@ -59,10 +60,13 @@ def reconstruct(tokenizer: ImageTokenizer, images: Tensor, batch_size: int = 16)
     """``decode(encode(images))`` and the codes, in batches of ``batch_size``, on the tokenizer's device."""
     device = next(tokenizer.parameters()).device
     recons, codes = [], []
-    for batch in images.split(batch_size):
-        batch_codes = tokenizer.encode(batch.to(device))
-        recons.append(tokenizer.decode(batch_codes).cpu())
-        codes.append(batch_codes.cpu())
+    batches = images.split(batch_size)
+    with progress(f"encoding and decoding {len(images)} images", total=len(batches)) as advance:
+        for batch in batches:
+            batch_codes = tokenizer.encode(batch.to(device))
+            recons.append(tokenizer.decode(batch_codes).cpu())
+            codes.append(batch_codes.cpu())
+            advance(1)
     return torch.cat(recons), torch.cat(codes)
 
 

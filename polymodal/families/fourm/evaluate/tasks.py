@@ -40,7 +40,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from polymodal.data.synth.held_out import HELD_OUT_SEED
-from polymodal.data.synth.render import render_scene
+from polymodal.data.synth.render import render_scenes
 from polymodal.data.synth.scene import SHAPES
 from polymodal.families.fourm.evaluate.metrics import (
     COLOURS,
@@ -61,6 +61,7 @@ from polymodal.families.fourm.generate.schedules import TargetSettings, build_sc
 from polymodal.families.fourm.modalities import ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.families.fourm.samples import normalise_rgb
+from polymodal.progress import progress
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 
 log = logging.getLogger("polymodal")
@@ -80,11 +81,11 @@ class Scenes:
     captions: list[str]
 
 
-def render_scenes(seed: int, num_scenes: int, size: int) -> Scenes:
-    """Scenes ``0 .. num_scenes - 1`` of ``seed`` at ``size`` pixels."""
+def scenes_of(seed: int, num_scenes: int, size: int, purpose: str) -> Scenes:
+    """Scenes ``0 .. num_scenes - 1`` of ``seed`` at ``size`` pixels (``purpose`` names them in the progress)."""
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
-    samples = [render_scene(seed, index, size) for index in range(num_scenes)]
+    samples = render_scenes(seed, num_scenes, size, f"rendering {num_scenes} {purpose} scenes")
     return Scenes(
         rgb=torch.stack([s["rgb"] for s in samples]).float() / 255.0,
         depth=torch.stack([s["depth"] for s in samples]).float(),
@@ -237,20 +238,30 @@ def predict(
         "generated_semseg": "caption->rgb" not in skipped,
     }
     parts: dict[str, list] = {key: [] for key, runs_it in runs.items() if runs_it}
-    for start in range(0, len(scenes.captions), batch_size):
-        inputs = runner.rgb_input(names.rgb, scenes.rgb[start : start + batch_size]) if names.rgb else {}
-        if "depth" in parts:
-            parts["depth"].append(runner.image_from(inputs, names.depth).float())
-        if "semseg" in parts:
-            parts["semseg"].append(runner.image_from(inputs, names.semseg))
-        if "captions" in parts:
-            parts["captions"].extend(runner.caption_from(inputs, names.caption_target))
-        if "generated_rgb" in parts:
-            captions = scenes.captions[start : start + batch_size]
-            generated = runner.rgb_from_captions(names.caption_input, names.tok_rgb, captions)
-            parts["generated_rgb"].append(generated)
-            parts["generated_semseg"].append(runner.image_from(runner.rgb_input(names.rgb, generated), names.semseg))
+    starts = range(0, len(scenes.captions), batch_size)
+    with progress(f"evaluating {len(scenes.captions)} scenes", total=len(starts)) as advance:
+        for start in starts:
+            _predict_batch(runner, names, scenes, start, batch_size, parts)
+            advance(1)
     return Predictions(**{key: value if key == "captions" else torch.cat(value) for key, value in parts.items()})
+
+
+def _predict_batch(
+    runner: TaskRunner, names: TaskModalities, scenes: Scenes, start: int, batch_size: int, parts: dict[str, list]
+) -> None:
+    """Append the predictions for scenes ``start .. start + batch_size - 1`` to ``parts``."""
+    inputs = runner.rgb_input(names.rgb, scenes.rgb[start : start + batch_size]) if names.rgb else {}
+    if "depth" in parts:
+        parts["depth"].append(runner.image_from(inputs, names.depth).float())
+    if "semseg" in parts:
+        parts["semseg"].append(runner.image_from(inputs, names.semseg))
+    if "captions" in parts:
+        parts["captions"].extend(runner.caption_from(inputs, names.caption_target))
+    if "generated_rgb" in parts:
+        captions = scenes.captions[start : start + batch_size]
+        generated = runner.rgb_from_captions(names.caption_input, names.tok_rgb, captions)
+        parts["generated_rgb"].append(generated)
+        parts["generated_semseg"].append(runner.image_from(runner.rgb_input(names.rgb, generated), names.semseg))
 
 
 def _depth_task(predicted: Tensor, scenes: Scenes, training: Scenes, baseline_name: str) -> dict[str, Any]:
@@ -356,8 +367,8 @@ def evaluate_fourm(
         log.warning("skipping %s at %d px: it %s", task, size, reason)
     if len(skipped) == len(TASKS):
         raise ValueError(f"no task can run at {size} px: {skipped}")
-    scenes = render_scenes(seed, num_scenes, size)
-    training = render_scenes(settings.baseline_seed, settings.baseline_scenes, size)
+    scenes = scenes_of(seed, num_scenes, size, "held-out")
+    training = scenes_of(settings.baseline_seed, settings.baseline_scenes, size, "baseline")
     baseline_name = f"{settings.baseline_scenes} training-seed scenes (seed {settings.baseline_seed})"
     runner = TaskRunner(model.eval(), image_tokenizers, text_tokenizer, settings)
     predictions = predict(runner, names, skipped, scenes, settings.batch_size)

@@ -39,6 +39,7 @@ from polymodal.families.fourm.generate.schedules import GenerationSchedule, sche
 from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry, ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.families.fourm.samples import FourMSample
+from polymodal.progress import progress
 from polymodal.tokenizers.carried import TEXT, carried_tokenizer_paths
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
 
@@ -198,7 +199,11 @@ def run_generation(args: argparse.Namespace) -> Path:
     inputs, batch_size = conditioning_entries(args, schedule, model.modalities, text_tokenizer)
     batch = generation_batch(model.modalities, inputs, schedule.targets, batch_size, device, schedule.cond_domains)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    generated = GenerationSampler(model).generate(batch, schedule, generator)
+    generated = batch
+    with progress(f"generating {', '.join(schedule.targets)}", total=len(schedule.steps)) as advance:
+        for _, _, after_step in GenerationSampler(model).generate_iter(batch, schedule, generator):
+            generated = after_step
+            advance(1)
     decoded = decode_generations(generated, model.modalities, schedule.targets, image_tokenizers, text_tokenizer)
     out = Path(args.out)
     png = write_generation_png(out / "generations.png", decoded)

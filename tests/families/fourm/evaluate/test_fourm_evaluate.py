@@ -29,7 +29,7 @@ from polymodal.families.fourm.evaluate.metrics import (
 )
 from polymodal.families.fourm.evaluate.report import format_report, write_evaluation
 from polymodal.families.fourm.evaluate.settings import EvalSettings
-from polymodal.families.fourm.evaluate.tasks import TASKS, evaluate_fourm, render_scenes
+from polymodal.families.fourm.evaluate.tasks import TASKS, evaluate_fourm, scenes_of
 from polymodal.families.fourm.model import build_fourm
 from polymodal.tokenizers.text.bpe import save_tokenizer
 from polymodal.tokenizers.text.wordpiece import train_wordpiece
@@ -145,7 +145,7 @@ def test_whole_evaluation_reports_every_task_beside_its_baseline(evaluation):
     report = evaluation.report
     assert set(report["tasks"]) == set(TASKS) and report["skipped"] == {}
     assert report["image_size"] == SIZE and report["seed"] == 10_000
-    scenes, training = render_scenes(10_000, 4, SIZE), render_scenes(0, SETTINGS.baseline_scenes, SIZE)
+    scenes, training = scenes_of(10_000, 4, SIZE, "held-out"), scenes_of(0, SETTINGS.baseline_scenes, SIZE, "baseline")
     mean_map = training.depth.mean(0, keepdim=True).expand_as(scenes.depth)
     depth = report["tasks"]["rgb->depth"]
     assert depth["abs_rel"]["baseline"] == pytest.approx(abs_rel_error(mean_map, scenes.depth))
@@ -231,6 +231,9 @@ def test_cli_on_a_run_dir(modalities, tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert set(report["tasks"]) == set(TASKS) and report["model"] == str(tmp_path / "run")
     assert (tmp_path / "out" / "samples.png").stat().st_size > 0
-    assert "rgb->semseg" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "rgb->semseg" in printed.out
+    for line in ("rendering 2 held-out scenes: 2/2", "rendering 2 baseline scenes: 2/2", "evaluating 2 scenes: 1/1"):
+        assert line in printed.err  # progress, as lines off a terminal
     assert main([*common, "--num-scenes", "2", "--seed", "0"]) == 2
     assert "is the training seed" in capsys.readouterr().err

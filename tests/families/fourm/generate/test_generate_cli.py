@@ -53,7 +53,9 @@ def test_caption_to_depth_and_det(world, tmp_path, capsys):
     assert (tmp_path / "generations.png").stat().st_size > 0 and len(record["samples"]) == 2
     assert record["samples"][0]["caption"]["text"] == "a red cube" and record["samples"][0]["det"]["generated"]
     assert [step["target"] for step in record["schedule"]] == ["tok_depth@32"] * 2 + ["det"]
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "wrote" in printed.out
+    assert "generating tok_depth@32, det: 3/3 (100%)" in printed.err  # off a terminal: progress lines
 
 
 def test_rgb_from_shards_with_a_yaml_schedule_and_a_caption_prompt(world, tmp_path):
