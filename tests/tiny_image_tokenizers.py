@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from polymodal.checkpoint.weights import export_weights
 from polymodal.config import instantiate
+from polymodal.data.synth.scene import SHAPES
 
 CODEBOOK_SIZE = 64
 
@@ -27,6 +28,8 @@ def tiny_tokenizer_config(modality: str, codebook_size: int = CODEBOOK_SIZE) -> 
         "channels": [8, 8, 8, 8],
         "quantizer": quantizer,
     }
+    if modality == "semseg":
+        model["num_classes"] = len(SHAPES) + 1  # the synthetic world's classes and the ground
     return {"model": model}
 
 

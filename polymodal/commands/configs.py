@@ -31,11 +31,15 @@ def main(argv: list[str]) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from polymodal.config.loader import shipped_configs
+    from polymodal.config.loader import experiment_configs, shipped_configs
 
     root = shipped_configs()
-    for path in sorted(root.rglob("*.yaml")):
-        print(path.relative_to(root).with_suffix(""))
+    experiments = experiment_configs()
+    parts = [str(p.relative_to(root).with_suffix("")) for p in sorted(root.rglob("*.yaml"))]
+    print("experiments (polymodal train --config NAME):")
+    print("\n".join(f"  {name}" for name in experiments))
+    print("parts they compose (models, data, optimizers, alphas, generation schedules):")
+    print("\n".join(f"  {name}" for name in parts if name not in experiments))
     return 0
 
 

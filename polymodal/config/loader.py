@@ -48,6 +48,21 @@ def shipped_configs() -> Path:
     return Path(__file__).resolve().parents[1] / "configs"
 
 
+def experiment_configs() -> list[str]:
+    """The names (``llm/tiny``) of the shipped configs that are whole experiments; the others are parts that
+    experiments compose (model, data, optimizer, alphas, generation schedules)."""
+    root = shipped_configs()
+    names = []
+    for path in sorted(root.rglob("*.yaml")):
+        try:
+            cfg = load_config(path)
+        except ConfigError:  # a part: sections or values missing on its own
+            continue
+        if {"model", "data", "experiment"} <= set(cfg):
+            names.append(str(path.relative_to(root).with_suffix("")))
+    return names
+
+
 def find_config(name: str | Path) -> Path:
     """``name`` if that file exists, else the shipped config it names: ``llm/tiny``, ``llm/tiny.yaml`` or
     ``configs/llm/tiny.yaml`` (so commands written for the repository work from any directory)."""

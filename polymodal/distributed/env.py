@@ -20,6 +20,8 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
+from polymodal.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -53,17 +55,17 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("experiment.device=cuda but no CUDA device is available; use device=auto or cpu")
+            raise ConfigError("experiment.device=cuda but no CUDA device is available; use device=auto or cpu")
         visible = torch.cuda.device_count()
         # One GPU per task (SLURM --gpus-per-task=1) shows every rank its own GPU as device 0.
         index = 0 if visible == 1 else local_rank
         if index >= visible:
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {visible} CUDA devices are visible")
+            raise ConfigError(f"LOCAL_RANK={local_rank} but only {visible} CUDA devices are visible")
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     if requested == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device '{requested}' (expected auto, cpu or cuda)")
+    raise ConfigError(f"unknown device {requested!r} (expected auto, cpu or cuda)")
 
 
 def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:

@@ -24,8 +24,10 @@ def test_readme_config_paths_work_outside_the_repository(tmp_path, monkeypatch):
 
 def test_list_show_and_copy(tmp_path, capsys, monkeypatch):
     assert main(["configs", "list"]) == 0
-    listed = capsys.readouterr().out.split()
-    assert {"llm/tiny", "fourm/tiny", "tokenizers/rgb_tiny", "fourm/alphas/all2all_a0.5"} <= set(listed)
+    experiments, parts = capsys.readouterr().out.split("parts they compose")
+    assert {"llm/tiny", "fourm/tiny", "tokenizers/rgb_tiny", "llm/7b"} <= set(experiments.split())
+    assert {"fourm/alphas/all2all_a0.5", "llm/model", "tokenizers/base_tiny"} <= set(parts.split())
+    assert not set(experiments.split()) & set(parts.split())
     assert main(["configs", "show", "llm/tiny", "constants.dim=96"]) == 0
     assert "dim: 96" in capsys.readouterr().out
     assert main(["configs", "copy", str(tmp_path / "mine")]) == 0
