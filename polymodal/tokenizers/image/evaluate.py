@@ -130,13 +130,14 @@ def chroma_error(prediction: Tensor, target: Tensor) -> float:
     return (chroma(prediction.float()) - chroma(target.float())).abs().mean().item()
 
 
-def to_viewable_rgb(image: Tensor, modality: str) -> np.ndarray:
-    """One image of ``modality`` (no batch dimension) → uint8 [H, W, 3]."""
+def to_viewable_rgb(image: Tensor, modality: str, near_far: tuple[float, float] | None = None) -> np.ndarray:
+    """One image of ``modality`` (no batch dimension) → uint8 [H, W, 3]; depth is coloured from ``near_far``
+    (metres, :func:`~polymodal.colourmaps.depth_to_rgb`; default: the image's own range)."""
     image = image.detach().cpu()
     if modality == "rgb":
         return (image.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     if modality == "depth":
-        return depth_to_rgb(image.float())
+        return depth_to_rgb(image.float(), near_far)
     if modality == "normal":
         return normal_to_rgb(image.float())
     if modality == "semseg":
