@@ -138,7 +138,9 @@ def column_panel(
     return image_panel(value, column.view, near_far)
 
 
-def draw_key(draw: ImageDraw.ImageDraw, entries: Sequence[KeyEntry], left: int, top: int, typeface) -> None:
+def draw_key(
+    draw: ImageDraw.ImageDraw, entries: Sequence[KeyEntry], left: int, top: int, typeface: ImageFont.ImageFont
+) -> None:
     """``entries`` one a line from ``(left, top)``, each after its swatch."""
     for line, entry in enumerate(fitted(entries)):
         y = top + line * LINE
@@ -151,7 +153,9 @@ def _metres(value: float) -> str:
     return f"{value:.1f} m" if value < 10 else f"{value:.0f} m"
 
 
-def draw_depth_bar(sheet: Image.Image, near_far: tuple[float, float], left: int, top: int, typeface) -> None:
+def draw_depth_bar(
+    sheet: Image.Image, near_far: tuple[float, float], left: int, top: int, typeface: ImageFont.ImageFont
+) -> None:
     """The colours of the depth scale from near (left) to far (right), the two depths in metres under it."""
     ramp = np.repeat(depth_ramp(CELL)[None], DEPTH_BAR, axis=0)
     sheet.paste(Image.fromarray(ramp), (left, top))
