@@ -105,6 +105,7 @@ def evaluate_image_tokenizer(args: argparse.Namespace) -> int:
     """``polymodal tokenizer eval``: print the table, write ``eval.json`` and ``reconstructions.png``."""
     from polymodal.data.synth.held_out import HELD_OUT_SEED, held_out_scenes
     from polymodal.data.synth.render import FAR
+    from polymodal.data.synth.scene import SEMSEG_CLASSES
     from polymodal.tokenizers.image.evaluate import (
         down_up_baseline,
         evaluate_tokenizer,
@@ -127,7 +128,8 @@ def evaluate_image_tokenizer(args: argparse.Namespace) -> int:
     shown = images[: args.rows]
     recons, _ = reconstruct(tokenizer, shown)
     baseline = down_up_baseline(shown, tokenizer.modality, tokenizer.downsample)
-    write_reconstructions_png(out / "reconstructions.png", shown, recons, baseline, tokenizer.modality)
+    png = out / "reconstructions.png"
+    write_reconstructions_png(png, shown, recons, baseline, tokenizer.modality, SEMSEG_CLASSES)
     print(format_table(results))
     print(f"wrote {out / 'eval.json'} and {out / 'reconstructions.png'}")
     return 0

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from polymodal.train.plots import _ema, plot_loss_curves
+from polymodal.train.plots import VAL_BELOW_TRAIN_NOTE, _ema, loss_figure, plot_loss_curves, val_below_train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -63,3 +63,30 @@ def test_ema_is_bias_corrected_and_smooth():
         expected.append(average / (1 - decay**i))
     assert smoothed == pytest.approx(expected)
     assert smoothed[0] == 1.0 and max(smoothed[50:]) - min(smoothed[50:]) < 0.5
+
+
+def _curves(val_losses):
+    train = ([20, 40, 60, 80], [4.0, 3.0, 2.5, 2.2])
+    return {"train": train, "val": ([40, 80], val_losses)}
+
+
+def test_val_is_compared_with_the_train_point_at_or_before_its_step():
+    assert val_below_train(_curves([2.9, 2.3]))  # 2.9 < 3.0 at step 40
+    assert not val_below_train(_curves([3.1, 2.3]))
+    assert not val_below_train({"train": ([20], [1.0]), "val": ([10], [0.5])})  # no train point yet
+    assert not val_below_train({"val": ([10], [0.5])})
+
+
+def test_the_figure_says_why_when_validation_sits_below_training(tmp_path):
+    below = loss_figure(_curves([2.9, 2.1]), "run")
+    assert [text.get_text() for text in below.texts] == [VAL_BELOW_TRAIN_NOTE.format(window=20)]
+    assert (
+        "the mean of the 20 steps up to it" in below.texts[0].get_text() and "centre crop" in below.texts[0].get_text()
+    )
+    assert loss_figure(_curves([3.1, 2.3]), "run").texts == []
+    metrics = _write_metrics(
+        tmp_path / "metrics.jsonl",
+        [{"step": s, "split": "train", "loss": 5.0 - s / 100} for s in range(10, 201, 10)]
+        + [{"step": 200, "split": "val", "loss": 2.0}],
+    )
+    _assert_png(plot_loss_curves(metrics, tmp_path / "loss.png"))

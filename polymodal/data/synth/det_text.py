@@ -8,17 +8,36 @@ Format (4M ``DetectionTransform(bbox_order='dist_to_orig', coord_bins=1000)``):
 * objects are ordered by the distance of their normalised top-left corner ``(x0, y0)`` to the image
   origin, nearest first; ties keep the input order;
 * there are no scores here (4M keeps detections with score >= 0.6; synthetic boxes are ground truth).
+
+:func:`text_to_det` reads such a string back (a generated one too) into class names and pixel boxes.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from polymodal.data.synth.scene import SHAPES
 from polymodal.tokenizers.text.wordpiece import coord_token
+
+_COORD = re.compile(r"^v([0-3])=(\d+)$")
+
+
+@dataclass(frozen=True)
+class DetObject:
+    """One object of a det string: its class name and ``(x0, y0, x1, y1)`` box in pixels."""
+
+    name: str
+    box: tuple[float, float, float, float]
+
+    def __str__(self) -> str:
+        """``cube (12,20)-(30,45)``: the class and the box corners in whole pixels."""
+        x0, y0, x1, y1 = (round(c) for c in self.box)
+        return f"{self.name} ({x0},{y0})-({x1},{y1})"
 
 
 def _image_height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -81,3 +100,22 @@ def det_to_text(
         " ".join([*(coord_token(axis, _bin(c, bins)) for axis, c in enumerate(corner)), name])
         for _, corner, name in objects
     )
+
+
+def text_to_det(text: str, image_size: int | tuple[int, int], bins: int = 1000) -> list[DetObject]:
+    """The objects of a det string (:func:`det_to_text`'s inverse), boxes in pixels of an image of ``image_size``
+    (a side or ``(height, width)``): bin ``n`` is ``n / (bins - 1)`` of the side. Words that do not make an object
+    (a coordinate missing or out of range, a box with no area, a stray word) are skipped."""
+    height, width = _image_height_width(image_size)
+    objects, coords = [], {}
+    for word in text.split():
+        match = _COORD.match(word)
+        if match:
+            coords[int(match.group(1))] = int(match.group(2))
+            continue
+        if len(coords) == 4 and max(coords.values()) < bins:
+            x0, y0, x1, y1 = (coords[axis] * side / (bins - 1) for axis, side in enumerate((width, height) * 2))
+            if x1 > x0 and y1 > y0:
+                objects.append(DetObject(word, (x0, y0, x1, y1)))
+        coords = {}
+    return objects

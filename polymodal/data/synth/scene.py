@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 SHAPES = ("sphere", "cube", "cylinder", "cone")  # semseg class id = position + 1; 0 is ground/background
+SEMSEG_CLASSES = ("background", *SHAPES)  # the name of each semseg class id (background: the ground and the sky)
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (210, 40, 40),
     "green": (40, 170, 60),

@@ -86,7 +86,9 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg-grow", action="store_true", help="add each finished target to the guidance domains")
     parser.add_argument("--top-k", help="top-k filter: a count, or a fraction of the vocabulary (default 0: off)")
     parser.add_argument("--top-p", help="nucleus filter (default 0: off)")
-    parser.add_argument("--data", help="4M shard pattern to read the conditioning inputs from")
+    parser.add_argument(
+        "--data", help="4M shard pattern to read the conditioning inputs (and any target it holds, shown as truth) from"
+    )
     parser.add_argument("--caption", help="a caption input, or a prompt ending in [S_1] when caption is a target")
     parser.add_argument("--num-samples", type=int, default=4, help="samples to generate")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random draws")

@@ -16,15 +16,28 @@ grey level).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 from torch import Tensor
 
-from polymodal.colourmaps import depth_to_rgb, normal_to_rgb, semseg_to_rgb
+from polymodal.colourmaps import (
+    DEPTH_COLOURMAP,
+    SEMSEG_COLOURS,
+    depth_range,
+    depth_to_rgb,
+    normal_to_rgb,
+    semseg_to_rgb,
+)
 from polymodal.progress import progress
 from polymodal.tokenizers.image.metrics import chroma, codebook_usage, mean_iou, psnr
 from polymodal.tokenizers.image.quantizers import codebook_perplexity
@@ -32,6 +45,7 @@ from polymodal.tokenizers.image.tokenizer import MODALITIES, ImageTokenizer
 
 PSNR_DATA_RANGE = {"rgb": 1.0, "normal": 2.0}  # depth: the caller's depth_range
 PNG_COLUMNS = ("original", "tokenizer", "down-up baseline")
+KEY_INCHES = 0.8  # under the panels: the depth colour bar or the semseg legend
 
 
 def down_up_baseline(images: Tensor, modality: str, downsample: int) -> Tensor:
@@ -134,13 +148,14 @@ def chroma_error(prediction: Tensor, target: Tensor) -> float:
     return (chroma(prediction.float()) - chroma(target.float())).abs().mean().item()
 
 
-def to_viewable_rgb(image: Tensor, modality: str) -> np.ndarray:
-    """One image of ``modality`` (no batch dimension) → uint8 [H, W, 3]."""
+def to_viewable_rgb(image: Tensor, modality: str, near_far: tuple[float, float] | None = None) -> np.ndarray:
+    """One image of ``modality`` (no batch dimension) → uint8 [H, W, 3]; depth is coloured from ``near_far``
+    (metres, :func:`~polymodal.colourmaps.depth_to_rgb`; default: the image's own range)."""
     image = image.detach().cpu()
     if modality == "rgb":
         return (image.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     if modality == "depth":
-        return depth_to_rgb(image.float())
+        return depth_to_rgb(image.float(), near_far)
     if modality == "normal":
         return normal_to_rgb(image.float())
     if modality == "semseg":
@@ -148,36 +163,82 @@ def to_viewable_rgb(image: Tensor, modality: str) -> np.ndarray:
     raise ValueError(f"unknown image modality {modality!r}; expected one of {MODALITIES}")
 
 
-def write_reconstructions_png(
-    path: str | Path, originals: Tensor, recons: Tensor, baseline: Tensor, modality: str = "rgb"
-) -> Path:
-    """A labelled grid: one row per sample, columns original / tokenizer / down-up baseline (colour-mapped)."""
-    import matplotlib
+def reconstructions_figure(
+    originals: Tensor, recons: Tensor, baseline: Tensor, modality: str = "rgb", class_names: Sequence[str] = ()
+) -> Figure:
+    """A labelled grid: one row per sample, columns original / tokenizer / down-up baseline (colour-mapped).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    Depth panels share one colour scale, shown by a colour bar in metres; semseg maps get a legend of the classes
+    they show, ``class_names[i]`` naming class ``i`` (``class i`` past its end).
+    """
     if not len(originals) == len(recons) == len(baseline) or len(originals) == 0:
         raise ValueError(
             f"originals, recons and baseline must hold the same, non-zero number of images, got "
             f"{len(originals)}, {len(recons)}, {len(baseline)}"
         )
     rows = len(originals)
-    figure, axes = plt.subplots(rows, len(PNG_COLUMNS), figsize=(2.2 * len(PNG_COLUMNS), 2.2 * rows), squeeze=False)
+    key_inches = KEY_INCHES if modality in ("depth", "semseg") else 0.0
+    width, height = 2.2 * len(PNG_COLUMNS), 2.2 * rows + key_inches
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, len(PNG_COLUMNS), squeeze=False)
+    near_far = depth_range([originals, recons, baseline]) if modality == "depth" else None
     for row, images in enumerate(zip(originals, recons, baseline, strict=True)):
         for column, (image, title) in enumerate(zip(images, PNG_COLUMNS, strict=True)):
             axis = axes[row][column]
-            axis.imshow(to_viewable_rgb(image, modality), interpolation="nearest")
+            axis.imshow(to_viewable_rgb(image, modality, near_far), interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
                 axis.set_title(f"{title} ({modality})" if column == 0 else title, fontsize=10)
         axes[row][0].set_ylabel(f"#{row}", fontsize=9)
-    figure.tight_layout()
+    key_fraction = key_inches / height
+    figure.tight_layout(rect=(0, key_fraction, 1, 1))
+    if near_far is not None:
+        _depth_colour_bar(figure, near_far, key_fraction)
+    if modality == "semseg":
+        _semseg_legend(figure, torch.cat([originals.flatten(), recons.flatten(), baseline.flatten()]), class_names)
+    return figure
+
+
+def _semseg_legend(figure: Figure, class_ids: Tensor, class_names: Sequence[str]) -> None:
+    """A swatch and a name under the panels for every class in ``class_ids``."""
+    handles = [
+        Patch(
+            facecolor=SEMSEG_COLOURS[i] / 255,
+            edgecolor="black",
+            label=class_names[i] if i < len(class_names) else f"class {i}",
+        )
+        for i in torch.unique(class_ids).tolist()
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+
+
+def _depth_colour_bar(figure: Figure, near_far: tuple[float, float], key_fraction: float) -> None:
+    """A horizontal bar under the panels: inverse depth from near (left, bright) to far (right), ticks in metres."""
+    near, far = near_far
+    scale = ScalarMappable(Normalize(1.0 / far, 1.0 / near), DEPTH_COLOURMAP)
+    bar_axis = figure.add_axes((0.1, key_fraction * 0.55, 0.8, key_fraction * 0.2))
+    bar = figure.colorbar(scale, cax=bar_axis, orientation="horizontal")
+    ticks = np.linspace(1.0 / near, 1.0 / far, 5)
+    bar.set_ticks(ticks, labels=[f"{1.0 / tick:.1f}" for tick in ticks])
+    bar_axis.invert_xaxis()
+    bar.set_label("depth in metres (near: bright)", fontsize=9)
+
+
+def write_reconstructions_png(
+    path: str | Path,
+    originals: Tensor,
+    recons: Tensor,
+    baseline: Tensor,
+    modality: str = "rgb",
+    class_names: Sequence[str] = (),
+) -> Path:
+    """:func:`reconstructions_figure` as a PNG at ``path``."""
+    figure = reconstructions_figure(originals, recons, baseline, modality, class_names)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 

@@ -22,8 +22,9 @@ pre-tokenization splits on whitespace and punctuation, and the decoder joins ``#
 Coordinate and class tokens are added tokens matched as whole words after normalisation (``"V0=12"`` is
 the one token ``v0=12``; ``"cubes"`` is never split into the words ``cube`` and ``s``), but not *special*
 ones: ``decode`` keeps them and drops only ``[PAD]``/``[UNK]``/``[SOS]``/``[EOS]``/sentinels.
-A character the corpus never showed makes its whole word ``[UNK]``. Decoding is lossy in spacing around
-punctuation (``"floor: a"`` decodes as ``"floor : a"``), as for any BERT tokenizer.
+A character the corpus never showed makes its whole word ``[UNK]``. Decoding joins the words with spaces and then
+takes the space before ``. , ! ? :`` out again (BERT's cleanup covers all but the colon, which left
+``"floor : a"``); loaded tokenizers get this decoder too, so files saved before it decode alike.
 """
 
 from __future__ import annotations
@@ -161,6 +162,11 @@ def _learn_wordpieces(texts: Iterable[str], max_learnt: int, min_frequency: int)
     return [token for token in sorted(vocab, key=vocab.__getitem__) if token != "[UNK]"]
 
 
+def wordpiece_decoder() -> decoders.Decoder:
+    """WordPieces back to text: ``##`` continuations joined, no space before punctuation (module docstring)."""
+    return decoders.Sequence([decoders.WordPiece(prefix=CONTINUATION_PREFIX), decoders.Replace(" :", ":")])
+
+
 def build_wordpiece_tokenizer(layout: WordPieceLayout, learnt: Sequence[str]) -> Tokenizer:
     """A tokenizer with ``layout``'s fixed ids followed by the ``learnt`` pieces not already among them."""
     fixed = layout.tokens()
@@ -171,7 +177,7 @@ def build_wordpiece_tokenizer(layout: WordPieceLayout, learnt: Sequence[str]) ->
     )
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=None)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+    tokenizer.decoder = wordpiece_decoder()
     tokenizer.add_special_tokens(layout.special_tokens())
     tokenizer.add_tokens(
         [AddedToken(t, single_word=True, normalized=True, special=False) for t in layout.word_tokens()]
@@ -225,10 +231,12 @@ def check_layout_ids(tokenizer: Tokenizer, layout: WordPieceLayout = DEFAULT_LAY
 
 
 def load_wordpiece(path: str | Path, layout: WordPieceLayout = DEFAULT_LAYOUT) -> Tokenizer:
-    """Load a tokenizer JSON (written by ``bpe.save_tokenizer``, atomically) and check it has ``layout``'s ids.
+    """Load a tokenizer JSON (written by ``bpe.save_tokenizer``, atomically) and check it has ``layout``'s ids; it
+    decodes with :func:`wordpiece_decoder` whatever decoder the file names.
 
     Raises ValueError if the file is corrupt, not WordPiece, or has another layout.
     """
     tokenizer = load_tokenizer(path)
     check_layout_ids(tokenizer, layout, source=f"tokenizer {path}")
+    tokenizer.decoder = wordpiece_decoder()
     return tokenizer

@@ -16,6 +16,7 @@ from polymodal.tokenizers.image.evaluate import (
     down_up_baseline,
     evaluate_tokenizer,
     reconstruct,
+    reconstructions_figure,
     to_viewable_rgb,
     write_reconstructions_png,
 )
@@ -156,3 +157,26 @@ def test_reconstructions_png_is_a_rows_by_three_grid(tmp_path, modality):
     assert height > width  # 4 rows of 3 panels
     shown = to_viewable_rgb(originals[0], modality)
     assert shown.shape == (SIZE, SIZE, 3) and shown.dtype == np.uint8
+
+
+def test_semseg_reconstructions_have_a_legend_of_exactly_the_classes_shown():
+    originals = torch.zeros(2, 8, 8, dtype=torch.long)
+    originals[0, :2] = 2
+    recons = originals.clone()
+    recons[1, 5:] = 4
+    figure = reconstructions_figure(originals, recons, originals, "semseg", ("background", "sphere", "cube"))
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["background", "cube", "class 4"]
+
+
+def test_depth_reconstructions_share_one_scale_shown_by_a_colour_bar_in_metres():
+    near = torch.full((1, 1, 8, 8), 2.0)
+    far = torch.full((1, 1, 8, 8), 16.0)
+    figure = reconstructions_figure(near, far, near, "depth")
+    panels = [axis.get_images()[0].get_array() for axis in figure.axes[:3]]
+    assert not np.array_equal(panels[0], panels[1]) and np.array_equal(panels[0], panels[2])  # alone, each is flat
+    bar = figure.axes[-1]
+    assert bar.get_xlabel() == "depth in metres (near: bright)"
+    assert [tick.get_text() for tick in bar.get_xticklabels()][::4] == ["2.0", "16.0"]
+    normals = torch.nn.functional.normalize(torch.ones(1, 3, 8, 8), dim=1)
+    plain = reconstructions_figure(normals, normals, normals, "normal")
+    assert len(plain.axes) == 3 and not plain.legends  # no key for normals

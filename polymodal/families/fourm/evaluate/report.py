@@ -15,8 +15,8 @@ from polymodal.config import ConfigError
 from polymodal.data.synth.held_out import HELD_OUT_SEED
 from polymodal.families.fourm.evaluate.settings import EvalSettings
 from polymodal.families.fourm.evaluate.tasks import FourMEvaluation, evaluate_fourm
-from polymodal.families.fourm.generate.outputs import DecodedModality, write_generation_png
 from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, tokenizer_sources
+from polymodal.families.fourm.grid.sheet import write_grid_png
 
 
 def _number(value: float | None) -> str:
@@ -52,18 +52,8 @@ def write_evaluation(out: str | Path, evaluation: FourMEvaluation, rows: int = 8
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "eval.json"
     report_path.write_text(json.dumps(evaluation.report, indent=2) + "\n")
-    shown = [
-        DecodedModality(
-            c.name,
-            c.generated,
-            c.ids[:rows],
-            None if c.images is None else c.images[:rows],
-            c.view,
-            None if c.texts is None else c.texts[:rows],
-        )
-        for c in evaluation.columns
-    ]
-    return report_path, write_generation_png(out / "samples.png", shown)
+    shown = [column.first_rows(rows) for column in evaluation.columns]
+    return report_path, write_grid_png(out / "samples.png", shown)
 
 
 def eval_4m_main(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ from polymodal.families.fourm.generate.inputs import Entry, full_input, generati
 from polymodal.families.fourm.generate.outputs import DecodedModality, check_decoders, decode_generations
 from polymodal.families.fourm.generate.sampler import GenerationSampler
 from polymodal.families.fourm.generate.schedules import TargetSettings, build_schedule
+from polymodal.families.fourm.grid.columns import Column, input_title, prediction_columns
 from polymodal.families.fourm.modalities import ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.families.fourm.samples import normalise_rgb
@@ -223,7 +224,7 @@ class FourMEvaluation:
     """The report (JSON-ready) and the sample columns of ``samples.png`` (one row per scene)."""
 
     report: dict[str, Any]
-    columns: list[DecodedModality]
+    columns: list[Column]
 
 
 def predict(
@@ -320,22 +321,19 @@ def _caption_to_rgb_task(
     return task
 
 
-def _columns(names: TaskModalities, scenes: Scenes, predictions: Predictions) -> list[DecodedModality]:
-    """The ``samples.png`` columns: inputs and ground truth beside what the model made of them."""
-    columns = [DecodedModality("rgb (input)", False, [], scenes.rgb, "rgb")]
+def _columns(names: TaskModalities, scenes: Scenes, predictions: Predictions) -> list[Column]:
+    """The ``samples.png`` columns: the rgb input, then what the model made of it beside the rendered ground truth,
+    and the rgb it drew from the ground-truth caption."""
+    columns = [Column(input_title(names.rgb or "rgb"), "rgb", scenes.rgb)]
+    from_rgb = [names.rgb]
     if predictions.depth is not None:
-        columns.append(DecodedModality("depth (GT)", False, [], scenes.depth, "depth"))
-        columns.append(DecodedModality(f"{names.depth} <- rgb", True, [], predictions.depth, "depth"))
+        columns += prediction_columns(names.depth, from_rgb, "depth", predictions.depth, scenes.depth)
     if predictions.semseg is not None:
-        columns.append(DecodedModality("semseg (GT)", False, [], scenes.semseg, "semseg"))
-        columns.append(DecodedModality(f"{names.semseg} <- rgb", True, [], predictions.semseg, "semseg"))
+        columns += prediction_columns(names.semseg, from_rgb, "semseg", predictions.semseg, scenes.semseg)
     if predictions.captions is not None:
-        rows = [[] for _ in scenes.captions]
-        columns.append(DecodedModality("caption (GT)", False, rows, texts=scenes.captions))
-        columns.append(DecodedModality("caption <- rgb", True, rows, texts=predictions.captions))
+        columns += prediction_columns(names.caption_target, from_rgb, "text", predictions.captions, scenes.captions)
     if predictions.generated_rgb is not None:
-        generated = predictions.generated_rgb
-        columns.append(DecodedModality(f"{names.tok_rgb} <- caption", True, [], generated, "rgb"))
+        columns += prediction_columns(names.tok_rgb, [names.caption_input], "rgb", predictions.generated_rgb)
     return columns
 
 

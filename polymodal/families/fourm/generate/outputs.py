@@ -1,41 +1,28 @@
-"""Generations for people: token grids decoded to images by their tokenizers, sequences decoded to text, a PNG
-grid (one row per sample, one column per modality) and a JSON file of texts and token ids.
+"""Generations for people: token grids decoded to images by their tokenizers, sequences decoded to text, the columns
+of the PNG grid (:mod:`polymodal.families.fourm.grid`: inputs, each prediction titled by what it was predicted from,
+its ground truth beside it when the inputs came from shards that hold it) and a JSON file of texts and token ids.
 
-Image columns are colour-mapped like the synthetic data previews (depth through 'magma' on inverse depth, semseg
-with the class palette, normals as ``(n + 1) / 2``); pixel inputs are un-normalised from ImageNet statistics. Text
-columns are written into their cell; a ``det`` column is drawn as boxes (with class names) on the first rgb column
-of the row, its text underneath.
+Pixel inputs are un-normalised from ImageNet statistics. The ground truth of a token modality is the sample's own
+tokens decoded by the same tokenizer as the prediction, so the two differ by the model's errors only.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from polymodal.colourmaps import SEMSEG_COLOURS
 from polymodal.families.fourm.generate.inputs import Entry, row_inputs
+from polymodal.families.fourm.grid.columns import TOKEN_PREFIX, Column, input_title, prediction_columns
 from polymodal.families.fourm.modalities import ModalitySpec
 from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD
-from polymodal.tokenizers.image.evaluate import to_viewable_rgb
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
-from polymodal.tokenizers.text.wordpiece import DEFAULT_LAYOUT, WordPieceLayout
-
-CELL = 160
-PAD = 6
-HEADER = 22
-TEXT_LINES = 4
-FONT_SIZE = 12
-_COORD = re.compile(r"^v([0-3])=(\d+)$")
 
 
 @dataclass
@@ -107,103 +94,43 @@ def _unnormalised_rgb(pixels: Tensor) -> Tensor:
     return (pixels * std + mean).clamp(0, 1).cpu()
 
 
-def parse_det_text(text: str, layout: WordPieceLayout = DEFAULT_LAYOUT) -> list[tuple[str, tuple[float, ...]]]:
-    """``(class name, (x0, y0, x1, y1) in [0, 1])`` per object of a det string (``v0=.. v1=.. v2=.. v3=.. name``);
-    malformed objects (a coordinate missing, a box with no area) are skipped."""
-    objects, coords = [], {}
-    for word in text.split():
-        match = _COORD.match(word)
-        if match:
-            coords[int(match.group(1))] = int(match.group(2)) / (layout.coord_bins - 1)
-            continue
-        if len(coords) == 4:
-            box = tuple(coords[axis] for axis in range(4))
-            if box[2] > box[0] and box[3] > box[1]:
-                objects.append((word, box))
-        coords = {}
-    return objects
+def _shown(item: DecodedModality) -> tuple[str, Tensor | list[str]]:
+    """How a decoded modality is shown: ``(view, values)`` of its grid column."""
+    if item.images is not None:
+        return item.view, item.images
+    if item.texts is not None:
+        return ("det" if item.name.partition("@")[0] == "det" else "text"), item.texts
+    return "text", [f"{len(ids)} tokens: {ids[:24]}" for ids in item.ids]
 
 
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=FONT_SIZE)
-
-
-def _image_cell(image: Tensor, view: str) -> Image.Image:
-    return Image.fromarray(to_viewable_rgb(image, view)).resize((CELL, CELL), Image.NEAREST)
-
-
-def _text_cell(text: str, font: ImageFont.ImageFont, lines: int = CELL // (FONT_SIZE + 3)) -> Image.Image:
-    cell = Image.new("RGB", (CELL, CELL), (245, 245, 245))
-    draw = ImageDraw.Draw(cell)
-    wrapped = textwrap.wrap(text or "(empty)", width=CELL // 7)[:lines]
-    for line, content in enumerate(wrapped):
-        draw.text((4, 4 + line * (FONT_SIZE + 3)), content, fill=(20, 20, 20), font=font)
-    return cell
-
-
-def _det_cell(background: Image.Image | None, text: str, font: ImageFont.ImageFont) -> Image.Image:
-    if background is None:
-        return _text_cell(text, font)
-    cell = background.copy()
-    draw = ImageDraw.Draw(cell)
-    names = sorted({name for name, _ in parse_det_text(text)})
-    for name, (x0, y0, x1, y1) in parse_det_text(text):
-        colour = tuple(int(c) for c in SEMSEG_COLOURS[1 + names.index(name) % (len(SEMSEG_COLOURS) - 1)])
-        draw.rectangle([x0 * CELL, y0 * CELL, x1 * CELL - 1, y1 * CELL - 1], outline=colour, width=2)
-        draw.text((x0 * CELL + 2, y0 * CELL + 1), name, fill=colour, font=font)
-    return cell
-
-
-def _row_cells(decoded: Sequence[DecodedModality], row: int, font: ImageFont.ImageFont) -> tuple[list, list[str]]:
-    """The cells of one sample and the texts written under them."""
-    rgb = next((_image_cell(d.images[row], "rgb") for d in decoded if d.images is not None and d.view == "rgb"), None)
-    cells, notes = [], []
-    for item in decoded:
-        if item.images is not None:
-            cells.append(_image_cell(item.images[row], item.view))
-            notes.append("")
-        elif item.texts is not None and item.name.partition("@")[0] == "det":
-            cells.append(_det_cell(rgb, item.texts[row], font))
-            notes.append(item.texts[row])
-        elif item.texts is not None:
-            cells.append(_text_cell(item.texts[row], font))
-            notes.append("")
-        else:
-            cells.append(_text_cell(f"{len(item.ids[row])} tokens: {item.ids[row][:24]}", font))
-            notes.append("")
-    return cells, notes
+def generation_columns(
+    decoded: Sequence[DecodedModality],
+    targets: Sequence[str],
+    cond_domains: Sequence[str],
+    truths: Sequence[DecodedModality] = (),
+) -> list[Column]:
+    """The grid of a chained generation: the inputs, then each target of ``targets`` (in generation order)
+    predicted from ``cond_domains`` and the targets before it, followed by its ground truth when ``truths`` (the
+    conditioning samples' own values, decoded alike) hold it."""
+    by_name = {item.name: item for item in decoded}
+    truth_by_name = {item.name: item for item in truths}
+    columns = [Column(input_title(item.name), *_shown(item)) for item in decoded if not item.generated]
+    for index, name in enumerate(targets):
+        view, predicted = _shown(by_name[name])
+        truth = truth_by_name.get(name)
+        columns += prediction_columns(
+            name,
+            [*cond_domains, *targets[:index]],
+            view,
+            predicted,
+            None if truth is None else _shown(truth)[1],
+            truth_is_tokens=name.startswith(TOKEN_PREFIX),
+        )
+    return columns
 
 
 def _num_samples(decoded: Sequence[DecodedModality]) -> int:
     return max(len(item.images) if item.images is not None else len(item.ids) for item in decoded)
-
-
-def write_generation_png(path: str | Path, decoded: Sequence[DecodedModality]) -> Path:
-    """The grid: a header of modality names (``*`` = generated), one row per sample."""
-    if not decoded:
-        raise ValueError("nothing to draw: no decoded modality")
-    font = _font()
-    rows = _num_samples(decoded)
-    note_height = TEXT_LINES * (FONT_SIZE + 3)
-    row_height = CELL + note_height + PAD
-    width = len(decoded) * (CELL + PAD) + PAD
-    sheet = Image.new("RGB", (width, HEADER + rows * row_height), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for column, item in enumerate(decoded):
-        title = f"{item.name}{' *' if item.generated else ''}"
-        draw.text((PAD + column * (CELL + PAD) + 2, 4), title, fill=(0, 0, 0), font=font)
-    for row in range(rows):
-        top = HEADER + row * row_height
-        cells, notes = _row_cells(decoded, row, font)
-        for column, (cell, note) in enumerate(zip(cells, notes, strict=True)):
-            left = PAD + column * (CELL + PAD)
-            sheet.paste(cell, (left, top))
-            for line, content in enumerate(textwrap.wrap(note, width=CELL // 7)[:TEXT_LINES]):
-                draw.text((left, top + CELL + 2 + line * (FONT_SIZE + 3)), content, fill=(40, 40, 40), font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
 
 
 def generations_record(decoded: Sequence[DecodedModality], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Inputs come from 4M shards (``--data``, the first ``--num-samples`` readable samples, prepared as for evaluation:
 crop row 0, first caption) and/or a ``--caption`` string: a conditioning caption, or, when ``caption`` is a target,
-a prompt ending in ``[S_1]`` to complete. The schedule comes from a YAML file in 4M's form (``--schedule``) or from
+a prompt ending in ``[S_1]`` to complete. When the shards also hold a target, the grid shows the sample's own value
+(its ground truth) beside the prediction. The schedule comes from a YAML file in 4M's form (``--schedule``) or from
 inline flags whose comma-separated values give one value per target (one value: every target)::
 
     polymodal generate --model runs/4m-tiny --tokenizer tok_depth@64=runs/tok-depth \\
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,20 @@ import yaml
 from tokenizers import Tokenizer
 
 from polymodal.config import ConfigError
+from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.families.fourm.generate.inputs import Entry, full_input, generation_batch, text_input, text_prompt_target
 from polymodal.families.fourm.generate.outputs import (
     check_decoders,
     decode_generations,
+    generation_columns,
     generations_record,
     write_generation_json,
-    write_generation_png,
 )
 from polymodal.families.fourm.generate.sampler import GenerationSampler
 from polymodal.families.fourm.generate.schedules import GenerationSchedule, schedule_from_dict
+from polymodal.families.fourm.grid.sheet import write_grid_png
 from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry, ModalitySpec
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.families.fourm.samples import FourMSample
@@ -105,6 +108,11 @@ def tokenizer_sources(args: argparse.Namespace, model: FourM) -> tuple[dict[str,
     return images, text
 
 
+def _cropped(spec: ModalitySpec) -> bool:
+    """Whether a modality is read at a crop row (so needs the shards' crop settings): images and det boxes."""
+    return spec.is_image or spec.stem == "det"
+
+
 def read_shard_inputs(
     pattern: str,
     specs: Sequence[ModalitySpec],
@@ -117,7 +125,7 @@ def read_shard_inputs(
     if any(spec.is_sequence for spec in specs) and text_tokenizer is None:
         raise ValueError("text inputs from --data need the WordPiece tokenizer (--text-tokenizer)")
     folders = list(dict.fromkeys(spec.folder for spec in specs))
-    if any(spec.is_image or spec.stem == "det" for spec in specs):
+    if any(_cropped(spec) for spec in specs):
         folders.append(CROP_SETTINGS)
     shards = MultimodalShards(pattern, modalities=folders, cache_dir=cache_dir)
     prepare = FourMSample(ModalityRegistry(list(specs)), text_tokenizer, train=False)
@@ -137,14 +145,32 @@ def read_shard_inputs(
     return {spec.name: torch.stack([sample[spec.name] for sample in samples]) for spec in specs}
 
 
+@dataclass
+class GenerationInputs:
+    """What a generation starts from: the batch's input ``entries`` (conditioning, and a caption prompt target),
+    the ``truths`` of targets the ``--data`` shards hold (``{modality: [n, ...]}``, the same samples), the size."""
+
+    entries: dict[str, Entry]
+    truths: dict[str, torch.Tensor]
+    batch_size: int
+
+
+def truth_specs(pattern: str, targets: Sequence[str], modalities: Mapping[str, ModalitySpec]) -> list[ModalitySpec]:
+    """The targets whose ground truth the shards of ``pattern`` hold (an image or det one with its crop settings)."""
+    folders = expand_shard_pattern(pattern)
+    held = [modalities[name] for name in targets if modalities[name].folder in folders]
+    return [spec for spec in held if CROP_SETTINGS in folders or not _cropped(spec)]
+
+
 def conditioning_entries(
     args: argparse.Namespace,
     schedule: GenerationSchedule,
     modalities: Mapping[str, ModalitySpec],
     text_tokenizer: Tokenizer | None,
-) -> tuple[dict[str, Entry], int]:
-    """The inputs of the generation batch (conditioning, and a caption prompt target) and the batch size."""
+) -> GenerationInputs:
+    """The inputs of the generation batch and the ground truth read beside them (:class:`GenerationInputs`)."""
     entries: dict[str, Entry] = {}
+    truths: dict[str, torch.Tensor] = {}
     from_data = [name for name in schedule.cond_domains if not (name == CAPTION and args.caption is not None)]
     batch_size = args.num_samples
     if args.num_samples < 1:
@@ -153,8 +179,10 @@ def conditioning_entries(
         if not args.data:
             raise ValueError(f"the conditioning modalities {from_data} need inputs: give --data (or --caption)")
         specs = [modalities[name] for name in from_data]
-        values = read_shard_inputs(args.data, specs, text_tokenizer, batch_size, args.cache_dir)
-        entries = {name: full_input(modalities[name], value) for name, value in values.items()}
+        truth = truth_specs(args.data, schedule.targets, modalities)
+        values = read_shard_inputs(args.data, specs + truth, text_tokenizer, batch_size, args.cache_dir)
+        entries = {name: full_input(modalities[name], values[name]) for name in from_data}
+        truths = {spec.name: values[spec.name] for spec in truth}
         batch_size = next(iter(values.values())).shape[0]
     if args.caption is not None:
         if text_tokenizer is None:
@@ -166,7 +194,7 @@ def conditioning_entries(
             entries[CAPTION] = text_prompt_target(modalities[CAPTION], text_tokenizer, texts)
         else:
             raise ValueError("--caption is given but caption is neither a conditioning modality nor a target")
-    return entries, batch_size
+    return GenerationInputs(entries, truths, batch_size)
 
 
 def load_model(path: str, device: torch.device) -> FourM:
@@ -196,8 +224,11 @@ def run_generation(args: argparse.Namespace) -> Path:
     text_tokenizer = load_wordpiece(text_path) if text_path else None
     image_tokenizers = load_image_tokenizers(tokenizer_paths, device)
     check_decoders(schedule.targets, model.modalities, image_tokenizers, text_tokenizer)
-    inputs, batch_size = conditioning_entries(args, schedule, model.modalities, text_tokenizer)
-    batch = generation_batch(model.modalities, inputs, schedule.targets, batch_size, device, schedule.cond_domains)
+    inputs = conditioning_entries(args, schedule, model.modalities, text_tokenizer)
+    batch_size = inputs.batch_size
+    batch = generation_batch(
+        model.modalities, inputs.entries, schedule.targets, batch_size, device, schedule.cond_domains
+    )
     generator = torch.Generator(device=device).manual_seed(args.seed)
     generated = batch
     with progress(f"generating {', '.join(schedule.targets)}", total=len(schedule.steps)) as advance:
@@ -205,8 +236,11 @@ def run_generation(args: argparse.Namespace) -> Path:
             generated = after_step
             advance(1)
     decoded = decode_generations(generated, model.modalities, schedule.targets, image_tokenizers, text_tokenizer)
+    truth_entries = {name: full_input(model.modalities[name], value) for name, value in inputs.truths.items()}
+    truths = decode_generations(truth_entries, model.modalities, [], image_tokenizers, text_tokenizer)
     out = Path(args.out)
-    png = write_generation_png(out / "generations.png", decoded)
+    columns = generation_columns(decoded, schedule.targets, schedule.cond_domains, truths)
+    png = write_grid_png(out / "generations.png", columns)
     record = {"model": str(args.model), "seed": args.seed, "schedule": [asdict(step) for step in schedule.steps]}
     write_generation_json(out / "generations.json", generations_record(decoded, record))
     for row in range(batch_size):

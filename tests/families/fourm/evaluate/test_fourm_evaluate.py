@@ -163,7 +163,22 @@ def test_whole_evaluation_reports_every_task_beside_its_baseline(evaluation):
         if entry["model"] is not None and entry["baseline"] is not None:
             lower = entry["model"] < entry["baseline"]
             assert entry["model_wins"] == (lower if entry["better"] == "lower" else entry["model"] > entry["baseline"])
-    assert [c.images.shape[0] if c.images is not None else len(c.texts) for c in evaluation.columns] == [4] * 8
+    assert [len(column) for column in evaluation.columns] == [4] * 8
+
+
+def test_samples_grid_puts_the_rendered_ground_truth_beside_each_prediction(evaluation):
+    assert [(column.title, column.view) for column in evaluation.columns] == [
+        ("rgb (input)", "rgb"),
+        ("depth predicted from rgb", "depth"),
+        ("depth (ground truth)", "depth"),
+        ("semseg predicted from rgb", "semseg"),
+        ("semseg (ground truth)", "semseg"),
+        ("caption predicted from rgb", "text"),
+        ("caption (ground truth)", "text"),
+        ("rgb predicted from caption", "rgb"),  # its ground truth is the input column
+    ]
+    scenes = scenes_of(10_000, 4, SIZE, "held-out")
+    assert torch.equal(evaluation.columns[2].values, scenes.depth) and evaluation.columns[6].values == scenes.captions
 
 
 def test_outputs_are_json_png_and_a_table(evaluation, tmp_path):

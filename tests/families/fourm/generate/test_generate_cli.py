@@ -1,17 +1,21 @@
 """``polymodal generate`` on a tiny exported 4M: from a caption, from pre-tokenized shards, and bad input."""
 
+import argparse
 import json
 
 import pytest
+import torch
 from trained_runs import checkpointed_run, export
 
 from polymodal.cli import main
 from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.data.synth.writers import write_shards
+from polymodal.families.fourm.generate.run import conditioning_entries, read_shard_inputs, truth_specs
+from polymodal.families.fourm.generate.schedules import schedule_from_dict
 from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
 from polymodal.tokenizers.loading import load_image_tokenizer
 from polymodal.tokenizers.text.bpe import save_tokenizer
-from polymodal.tokenizers.text.wordpiece import train_wordpiece
+from polymodal.tokenizers.text.wordpiece import load_wordpiece, train_wordpiece
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +74,23 @@ def test_rgb_from_shards_with_a_yaml_schedule_and_a_caption_prompt(world, tmp_pa
     record = json.loads((tmp_path / "out" / "generations.json").read_text())
     assert len(record["samples"]) == 3  # the shard holds 3 samples
     assert all(sample["caption"]["ids"][0] == record["samples"][0]["caption"]["ids"][0] for sample in record["samples"])
+
+
+def test_ground_truth_is_read_for_the_targets_the_shards_hold(world, model):
+    modalities, text = model.modalities, load_wordpiece(world["text"])
+    targets = ["tok_depth@32", "caption", "det"]
+    pattern = f"{world['root']}/[rgb,tok_depth,caption,crop_settings]/shard-00000.tar"
+    assert [spec.name for spec in truth_specs(pattern, targets, modalities)] == ["tok_depth@32", "caption"]
+    no_crops = f"{world['root']}/[tok_depth,caption]/shard-00000.tar"
+    assert [spec.name for spec in truth_specs(no_crops, targets, modalities)] == ["caption"]  # codes need a crop row
+    schedule = schedule_from_dict({"cond_domains": "rgb@32", "target_domains": "-".join(targets)}, modalities)
+    args = argparse.Namespace(data=pattern, caption=None, num_samples=2, cache_dir=str(world["cache"]))
+    inputs = conditioning_entries(args, schedule, modalities, text)
+    assert list(inputs.entries) == ["rgb@32"] and sorted(inputs.truths) == ["caption", "tok_depth@32"]
+    alone = read_shard_inputs(pattern, [modalities["tok_depth@32"]], text, 2, str(world["cache"]))
+    assert inputs.batch_size == 2 and torch.equal(inputs.truths["tok_depth@32"], alone["tok_depth@32"])  # same scenes
+    args.data = f"{world['root']}/[rgb,caption,crop_settings]/shard-00000.tar"
+    assert sorted(conditioning_entries(args, schedule, modalities, text).truths) == ["caption"]
 
 
 @pytest.mark.parametrize(

@@ -1,25 +1,24 @@
-"""Decoded generations: a chained rgb -> tok_depth -> caption run decoded by tiny tokenizers into a PNG and JSON."""
+"""Decoded generations: a chained rgb -> tok_depth -> caption run decoded by tiny tokenizers into grid columns (a
+PNG) and JSON."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from polymodal.data.synth.scene import SHAPES
 from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.families.fourm.generate.inputs import full_input, generation_batch
 from polymodal.families.fourm.generate.outputs import (
     check_decoders,
     decode_generations,
+    generation_columns,
     generations_record,
-    parse_det_text,
     write_generation_json,
-    write_generation_png,
 )
 from polymodal.families.fourm.generate.sampler import GenerationSampler
 from polymodal.families.fourm.generate.schedules import TargetSettings, build_schedule
+from polymodal.families.fourm.grid.sheet import write_grid_png
 from polymodal.tokenizers.image.quantizers import VectorQuantizer
 from polymodal.tokenizers.image.tokenizer import build_image_tokenizer
 from polymodal.tokenizers.text.wordpiece import train_wordpiece
@@ -55,7 +54,13 @@ def test_chain_rgb_to_depth_to_caption_writes_png_and_json(model, text_tokenizer
     assert by_name["rgb@32"].images.shape == (2, 3, 32, 32) and not by_name["rgb@32"].generated
     caption_ids = generated["caption"]["tensor"][0][generated["caption"]["is_input"][0]].tolist()
     assert by_name["caption"].texts[0] == text_tokenizer.decode(caption_ids)
-    png = write_generation_png(tmp_path / "generations.png", decoded)
+    columns = generation_columns(decoded, schedule.targets, schedule.cond_domains)
+    assert [(c.title, c.view) for c in columns] == [
+        ("rgb (input)", "rgb"),
+        ("depth predicted from rgb", "depth"),
+        ("caption predicted from rgb, depth", "text"),  # chained: the depth generated first is an input too
+    ]
+    png = write_grid_png(tmp_path / "generations.png", columns)
     with Image.open(png) as image:
         assert image.size[0] > 3 * 160 and image.size[1] > 2 * 160
     path = write_generation_json(tmp_path / "generations.json", generations_record(decoded, {"seed": 0}))
@@ -65,20 +70,27 @@ def test_chain_rgb_to_depth_to_caption_writes_png_and_json(model, text_tokenizer
     assert record["samples"][0]["caption"]["generated"] and "rgb@32" not in record["samples"][0]
 
 
-def test_det_text_is_drawn_as_boxes_on_the_rgb(model, text_tokenizer, tmp_path):
-    shape = sorted(SHAPES)[0]
-    text = f"v0=0 v1=0 v2=499 v3=999 {shape} v0=10 v1=10 v2=5 v3=20 {shape} v0=3 {shape}"
-    assert parse_det_text(text) == [(shape, (0.0, 0.0, 499 / 999, 1.0))]  # no-area and incomplete boxes skipped
-    ids = torch.tensor([text_tokenizer.encode(text).ids])
-    batch = {
-        "rgb@32": full_input(model.modalities["rgb@32"], torch.zeros(1, 3, 32, 32)),
-        "det": full_input(model.modalities["det"], ids[:, : model.modalities["det"].max_tokens]),
-    }
-    decoded = decode_generations(batch, model.modalities, ["det"], {}, text_tokenizer)
-    png = write_generation_png(tmp_path / "det.png", decoded)
-    with Image.open(png) as image:
-        det_cell = image.convert("RGB").crop((6 + 166, 22, 6 + 166 + 160, 22 + 160))
-        assert len(np.unique(np.asarray(det_cell).reshape(-1, 3), axis=0)) > 1  # boxes drawn on the uniform rgb
+def test_ground_truth_stands_beside_each_prediction_the_sample_has(model, text_tokenizer):
+    modalities = model.modalities
+    rgb = {"rgb@32": full_input(modalities["rgb@32"], torch.rand(2, 3, 32, 32))}
+    depth_codes = {"tok_depth@32": full_input(modalities["tok_depth@32"], torch.randint(64, (2, 16)))}
+    det_ids = torch.tensor([text_tokenizer.encode("v0=0 v1=0 v2=499 v3=999 cube").ids] * 2)
+    det = {"det": full_input(modalities["det"], det_ids)}
+    targets = ["tok_depth@32", "det"]
+    tokenizers = {"tok_depth@32": tiny_tokenizer("depth")}
+    decoded = decode_generations({**rgb, **depth_codes, **det}, modalities, targets, tokenizers, text_tokenizer)
+    truths = decode_generations(depth_codes, modalities, [], tokenizers, text_tokenizer)  # the shards hold depth only
+    columns = generation_columns(decoded, targets, ["rgb@32"], truths)
+    assert [(c.title, c.view) for c in columns] == [
+        ("rgb (input)", "rgb"),
+        ("depth predicted from rgb", "depth"),
+        ("depth (ground-truth tokens)", "depth"),
+        ("det predicted from rgb, depth", "det"),
+    ]
+    assert torch.equal(columns[2].values, truths[0].images)
+    assert columns[3].values == ["v0=0 v1=0 v2=499 v3=999 cube"] * 2  # det strings: the panel decodes them
+    with_det_truth = generation_columns(decoded, targets, ["rgb@32"], [*truths, decoded[2]])
+    assert with_det_truth[-1].title == "det (ground truth)"
 
 
 def test_missing_or_mismatched_decoders_are_clear_errors(model, text_tokenizer):
