@@ -113,10 +113,15 @@ def recorded_tokenizer(shard: str) -> Path | None:
 
 
 def export_fingerprint(export: Path) -> str:
-    """SHA-256 of an export directory's weights: two exports of the same tokenizer share it."""
-    from polymodal.checkpoint.weights import WEIGHTS_FILE
+    """SHA-256 over an export's tensors (names, dtypes, shapes, values): two exports of the same weights share it
+    whatever the byte layout of their files."""
+    from polymodal.checkpoint.weights import read_weights
 
-    return hashlib.sha256((Path(export) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(read_weights(export).items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def check_recorded_tokenizer(source: str | Path, codes_folder: str | Path) -> None:
