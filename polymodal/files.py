@@ -11,12 +11,17 @@ Several ranks may build the same tokenizer or token cache at once. Two mechanism
   it into place, so a reader never sees a half-written file (POSIX rename is atomic within a filesystem).
 * :func:`exclusive_lock` serialises the *builders* (``fcntl.flock`` on a side ``.lock`` file, POSIX only),
   so the first process builds and the others wait and then load, instead of all of them doing the work.
+
+A run directory belongs to one run at a time: :func:`run_directory_lock` refuses a second one at once, naming the
+holder, instead of letting both write checkpoints and metrics into it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,6 +63,39 @@ def exclusive_lock(path: str | Path) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another live process holds the run directory."""
+
+
+RUN_LOCK = ".lock"
+
+
+@contextmanager
+def run_directory_lock(directory: str | Path) -> Iterator[None]:
+    """Hold ``<directory>/.lock`` exclusively, without waiting: raise :class:`RunDirectoryBusy` naming the holder
+    (pid, host, since when) if another process has it. The lock is released when its process ends, however it ends
+    (``flock``), so the lock file a killed run leaves behind is simply taken over."""
+    path = Path(directory) / RUN_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunDirectoryBusy(
+                f"{directory} is in use by {holder}; wait for that run to end or give this one another output_dir"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
         try:
             yield
         finally:

@@ -48,3 +48,53 @@ def test_atomic_output_leaves_nothing_behind_on_error(tmp_path):
         Path(tmp).write_text("half")
         raise RuntimeError("crash")
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+LOCK_HOLDER = """
+import sys, time
+from polymodal.files import run_directory_lock
+with run_directory_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_run_directory(directory: Path):
+    """A separate process holding ``directory``'s run lock (returned once it holds it)."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(directory)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_run_directory_has_one_run_and_a_dead_holder_leaves_it_free(tmp_path):
+    from polymodal.files import RunDirectoryBusy, run_directory_lock
+
+    holder = hold_run_directory(tmp_path / "run")
+    try:
+        with pytest.raises(RunDirectoryBusy, match=rf"run is in use by pid {holder.pid} on "):
+            with run_directory_lock(tmp_path / "run"):
+                pass
+    finally:
+        holder.kill()  # like kill -9: no clean-up runs, the lock file stays behind
+        holder.wait()
+    assert (tmp_path / "run" / ".lock").exists()
+    with run_directory_lock(tmp_path / "run"):  # taken over
+        assert f"pid {__import__('os').getpid()} " in (tmp_path / "run" / ".lock").read_text()
+
+
+def test_a_second_training_run_on_a_busy_directory_is_one_line(tiny_config, tmp_path, capsys):
+    from polymodal.cli import main
+
+    holder = hold_run_directory(tmp_path / "run")
+    try:
+        assert main(["train", "--config", str(tiny_config)]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"is in use by pid {holder.pid}" in error
+        assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "--config", str(tiny_config)]) == 0

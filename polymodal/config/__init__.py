@@ -13,6 +13,7 @@ from polymodal.config.schema import (
     RootConfig,
     WandbConfig,
 )
+from polymodal.config.trusted_targets import trust_targets
 from polymodal.config.validation import experiment_config, schema_defaults, validate_config
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "register_resolvers",
     "save_config",
     "schema_defaults",
+    "trust_targets",
     "validate_config",
 ]

@@ -10,6 +10,7 @@ from hydra.utils import instantiate as hydra_instantiate
 
 from polymodal.config.aliases import update_targets
 from polymodal.config.errors import ConfigError
+from polymodal.config.trusted_targets import check_trusted_targets
 
 _FULL_KEY = re.compile(r"^full_key: (.+)$", re.MULTILINE)
 _TARGET = re.compile(r"target '([^']+)'", re.IGNORECASE)
@@ -26,9 +27,12 @@ def instantiate(node: Any, /, **kwargs: Any) -> Any:
     ``_convert_``), so blocks receive ordinary Python values: torch rejects a ``ListConfig`` where it wants a
     size (``torch.zeros(ListConfig([2, 3]))`` raises), ``isinstance(x, list)`` checks fail on it, and a
     config node kept by a module would hold a reference to the whole config.
+
+    Every ``_target_`` must be trusted (:mod:`polymodal.config.trusted_targets`), else nothing is built.
     """
     kwargs.setdefault("_convert_", "all")
     update_targets(node)  # configs written before the families layout name the old modules
+    check_trusted_targets(node)
     try:
         return hydra_instantiate(node, **kwargs)
     except InstantiationException as error:

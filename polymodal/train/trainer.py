@@ -16,6 +16,7 @@ import signal
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from polymodal.checkpoint.rng import seed_everything
 from polymodal.checkpoint.weights import load_pretrained
 from polymodal.config import ConfigError, experiment_config, instantiate
 from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
-from polymodal.files import atomic_output
+from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 from polymodal.train.logging import RunLogger, setup_console_logging
@@ -309,8 +310,23 @@ class Trainer:
         """The tokenizers the data was encoded with (the data module's optional ``tokenizer_paths()``)."""
         return dict(self.data.tokenizer_paths()) if hasattr(self.data, "tokenizer_paths") else {}
 
+    @contextlib.contextmanager
+    def _run_directory(self) -> Iterator[None]:
+        """The main process holds the output directory for the whole run; a second run on it stops at once."""
+        with contextlib.ExitStack() as stack:
+            if self.env.is_main:
+                try:
+                    stack.enter_context(run_directory_lock(self.output_dir))
+                except RunDirectoryBusy as busy:
+                    raise ConfigError(str(busy)) from None
+            yield
+
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the last train and validation metrics."""
+        with self._run_directory():
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         exp = self.exp
         self.resume()
         if self.env.is_main:  # only now: a run refused above leaves the previous run's config.yaml as it was

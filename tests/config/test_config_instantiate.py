@@ -42,7 +42,8 @@ def test_nested_targets_are_built_first():
     torch.testing.assert_close(model(inputs), torch.relu(inputs @ model[0].weight.T + model[0].bias))
 
 
-def test_containers_arrive_as_plain_python_and_objects_pass_through():
+def test_containers_arrive_as_plain_python_and_objects_pass_through(monkeypatch):
+    monkeypatch.setenv("POLYMODAL_TRUSTED_TARGETS", "types.SimpleNamespace")
     module = torch.nn.ReLU()
     built = instantiate(
         OmegaConf.create({"_target_": "types.SimpleNamespace", "sizes": [1, 2], "opts": {"a": {"b": [3]}}}),
@@ -67,7 +68,8 @@ def test_unknown_target_names_config_path_and_target():
         instantiate(cfg.model.trunk)
 
 
-def test_unknown_module_names_config_path_and_target():
+def test_unknown_module_names_config_path_and_target(monkeypatch):
+    monkeypatch.setenv("POLYMODAL_TRUSTED_TARGETS", "no_such_package.")
     cfg = config_with_model({"_target_": "no_such_package.Block"})
     with pytest.raises(ConfigError, match=r"'model\.trunk' \(_target_: no_such_package\.Block\).*no_such_package"):
         instantiate(cfg.model)
