@@ -9,13 +9,13 @@ Conventions: bytes are per GPU; collective bytes are what one GPU *sends* with r
 reduce-scatter of a full buffer of ``N`` bytes over ``n`` ranks: ``(n-1)/n·N``; all-reduce: ``2·(n-1)/n·N``).
 
 Modules: ``shapes`` (model, parameter and block shapes of a meta-device model; the run's layout and precision),
-``memory`` (tensors saved for backward and the memory lines), ``communication`` (collectives per step), ``report``
+``states`` (parameters, gradients, AdamW state, DDP buckets, FSDP's gathered parameters), ``memory`` (tensors saved
+for backward and the memory lines), ``communication`` (collectives per step), ``report``
 (config reading, ``PlanReport``, ``format_plan``, ``plan_main``).
 """
 
-from polymodal.train.parallel.planner.communication import Collective, collectives
+from polymodal.train.parallel.planner.communication import Collective, collectives, data_parallel_collectives
 from polymodal.train.parallel.planner.memory import (
-    MemoryLine,
     SavedTensor,
     batch_bytes,
     block_input_bytes,
@@ -39,11 +39,14 @@ from polymodal.train.parallel.planner.shapes import (
     ModelShape,
     ParamShape,
     Precision,
+    TokenLayout,
     Wrapper,
     fsdp_shard_numel,
     model_shape,
+    param_shapes,
     tp_local_shape,
 )
+from polymodal.train.parallel.planner.states import MemoryLine, state_lines
 
 __all__ = [
     "DEFAULT_GPUS",
@@ -59,17 +62,21 @@ __all__ = [
     "PlanReport",
     "Precision",
     "SavedTensor",
+    "TokenLayout",
     "Wrapper",
     "batch_bytes",
     "block_input_bytes",
     "block_saved_tensors",
     "collectives",
+    "data_parallel_collectives",
     "format_plan",
     "fsdp_shard_numel",
     "memory_lines",
     "model_shape",
     "outside_saved_tensors",
+    "param_shapes",
     "plan_main",
     "plan_report",
+    "state_lines",
     "tp_local_shape",
 ]

@@ -1,7 +1,7 @@
 """The plan of a config: reading it, the ``PlanReport``, its text tables and the ``polymodal plan`` entry point.
 
 ``plan_report`` reads the experiment config (mesh degrees, precision, micro-batch, accumulation, activation
-checkpointing, resharding, loss parallelism) into a ``Layout``, builds the model on the meta device, and collects
+checkpointing, resharding, loss parallelism) into a ``TokenLayout``, builds the model on the meta device, and collects
 the saved tensors, memory lines and collectives into a ``PlanReport`` together with the per-GPU budget
 (``gpu_memory_gb·(1 - headroom) - reserved_gib``) that decides whether the run fits. ``format_plan`` renders the
 report as plain-text tables and ``plan_main`` prints it, exiting 1 when the configured run does not fit.
@@ -15,18 +15,19 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from polymodal.config import ConfigError, experiment_config, instantiate, load_config
 from polymodal.train.parallel.mesh import ParallelDims
 from polymodal.train.parallel.planner.communication import Collective, collectives
 from polymodal.train.parallel.planner.memory import (
-    MemoryLine,
     SavedTensor,
     block_saved_tensors,
     memory_lines,
     outside_saved_tensors,
 )
-from polymodal.train.parallel.planner.shapes import FP32, Layout, ModelShape, Precision, Wrapper, model_shape
+from polymodal.train.parallel.planner.shapes import FP32, ModelShape, Precision, TokenLayout, Wrapper, model_shape
+from polymodal.train.parallel.planner.states import MemoryLine
 
 GIB = 1024**3
 DEFAULT_GPUS = 8
@@ -36,7 +37,7 @@ DEFAULT_GPUS = 8
 class PlanReport:
     name: str
     model: ModelShape
-    layout: Layout
+    layout: TokenLayout
     block_saved: tuple[SavedTensor, ...]  # one block's tensors saved for backward, per GPU
     outside_saved: tuple[SavedTensor, ...]  # embedding, final norm, head and loss
     memory: tuple[MemoryLine, ...]
@@ -86,7 +87,7 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     return value
 
 
-def _check_divisible(model: ModelShape, layout: Layout) -> None:
+def _check_divisible(model: ModelShape, layout: TokenLayout) -> None:
     dims = layout.dims
     if layout.seq_len % (dims.cp * dims.tp):
         raise ConfigError(
@@ -124,19 +125,20 @@ def plan_report(
         raise ValueError(f"gpus must be >= 1, got {gpus}")
     dims = ParallelDims.from_config(settings, gpus)
     wrapper = _wrapper(dims, gpus)
-    layout = Layout(
+    layout = TokenLayout(
         dims=dims,
         wrapper=wrapper,
         precision=_precision(exp.precision, wrapper),
         batch_size=_positive_int(cfg, "data.batch_size"),
-        seq_len=_positive_int(cfg, "data.seq_len"),
         grad_accum_steps=exp.grad_accum_steps,
         activation_checkpointing=exp.activation_checkpointing,
         reshard_after_forward=settings.reshard_after_forward,
         loss_parallel=settings.loss_parallel,
+        seq_len=_positive_int(cfg, "data.seq_len"),
     )
     with torch.device("meta"):
-        model = model_shape(instantiate(cfg.model))
+        built = instantiate(cfg.model)
+    model = model_shape(built, _trainable(cfg, built))
     _check_divisible(model, layout)
     block_saved = tuple(block_saved_tensors(model.block, layout))
     outside_saved = tuple(outside_saved_tensors(model, layout))
@@ -151,6 +153,15 @@ def plan_report(
         gpu_memory_gib=gpu_memory_gb,
         budget_bytes=int((gpu_memory_gb * (1 - headroom) - reserved_gib) * GIB),
     )
+
+
+def _trainable(cfg: DictConfig, model: nn.Module) -> set[int]:
+    """The ids of the parameters the configured optimizer trains (``build_optimizer`` leaves frozen ones out),
+    from the optimizer built over the meta-device model."""
+    optimizer = instantiate(cfg.optim.optimizer, model=model)
+    if type(optimizer) is not torch.optim.AdamW or any(group["amsgrad"] for group in optimizer.param_groups):
+        raise ConfigError(f"the planner counts AdamW's state; optim.optimizer builds {type(optimizer).__name__}")
+    return {id(param) for group in optimizer.param_groups for param in group["params"]}
 
 
 def _gib(size: float) -> str:
