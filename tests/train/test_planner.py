@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from small_llm import SMALL, TINY
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_leaves
@@ -40,15 +41,6 @@ from polymodal.train.parallel.plans import plan_for, split_sequence
 
 fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg")
 
-TINY = "configs/llm/tiny.yaml"
-SMALL = [
-    "constants.dim=64",
-    "constants.depth=2",
-    "constants.seq_len=64",
-    "constants.batch_size=2",
-    "constants.vocab_size=256",
-    "constants.multiple_of=32",
-]
 # The only tensors autograd saves that the planner leaves out are a few scalars of the loss (12 bytes) and, under
 # context parallelism, the int64 query positions of the mask rows (8·T/cp bytes per block); 1% covers both.
 ACTIVATION_TOLERANCE = 0.01

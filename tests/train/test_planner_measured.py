@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from small_llm import SMALL, TINY
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._pytree import tree_leaves
@@ -236,16 +237,6 @@ def test_checkpointed_activations_equal_real_checkpointed_runs(single_thread):
 # ------------------------------------------------------------------------------------- the two paths agree
 
 
-LLM_SMALL = [
-    "constants.dim=64",
-    "constants.depth=2",
-    "constants.seq_len=64",
-    "constants.batch_size=2",
-    "constants.vocab_size=256",
-    "constants.multiple_of=32",
-]
-
-
 @pytest.mark.parametrize(
     ("gpus", "overrides"),
     [(1, []), (1, ["experiment.precision=bf16"]), (4, ["experiment.precision=bf16"])],  # FSDP mixed precision
@@ -253,7 +244,7 @@ LLM_SMALL = [
 def test_measuring_a_transformer_lm_agrees_with_its_analytic_plan(gpus, overrides):
     """The analytic formulas are checked against real runs in test_planner.py; measured, the same LM saves the
     same, except that the token and target ids count as the batch and the loss's scalars as activations."""
-    cfg = load_config("configs/llm/tiny.yaml", [*LLM_SMALL, *overrides])
+    cfg = load_config(TINY, [*SMALL, *overrides])
     analytic = plan_report(cfg, gpus=gpus)
     lines = memory_of(analytic)
     with torch.device("meta"):
