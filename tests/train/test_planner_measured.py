@@ -336,6 +336,9 @@ def test_shapes_that_follow_integer_values_resolve_on_fake_tensors():
         assert int(selected.sum()) == 4
         assert torch.bincount(hidden.argmax(-1).flatten(), minlength=7).shape == (7,)  # unknown: read as zeros
         assert not bool((hidden > 0).any())
+        assert values.value(torch.empty(3, dtype=torch.long)) is None  # uninitialised memory is no value
+        with pytest.raises(ConfigError, match="cannot be planned"):  # a shape autograd sees, from activations
+            hidden.requires_grad_()[hidden.sum(-1) > 0]
 
 
 def test_live_bytes_counts_new_storages_until_their_last_tensor_dies():

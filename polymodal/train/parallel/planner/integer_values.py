@@ -9,8 +9,10 @@ real values, and keeps the result beside the fake tensor.
 
 An operation the fake tensors cannot run for want of values is then run on the known values, and boolean index
 tensors are replaced by the index lists of their true elements (so the indexed tensor needs no values). A value
-that follows floating-point activations is not known; where one is needed anyway (a metric's ``bincount`` of
-codes, a check's ``.item()``) it is read as zeros (``False``): the run then stands for all-zero activations there.
+that follows floating-point activations (or uninitialised memory) is not known. Where one is needed outside
+autograd (a metric's ``bincount`` of codes, a check's ``.item()``) it is read as zeros (``False``): the run then
+stands for all-zero activations there, which changes nothing autograd saves. Where it would decide a shape that
+autograd sees (routing tokens by their activations), the model cannot be planned this way: a ConfigError says so.
 """
 
 from __future__ import annotations
@@ -24,14 +26,29 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
+from polymodal.config import ConfigError
+
 aten = torch.ops.aten
 
 INDEX_OPS = (aten.index.Tensor, aten.index_put.default, aten.index_put_.default, aten._index_put_impl_.default)
-MAX_FILLED_BYTES = 2**30  # zeros made up for unknown values; more means the model's shapes follow its activations
+UNINITIALISED = (
+    aten.empty.memory_format,
+    aten.empty_like.default,
+    aten.empty_strided.default,
+    aten.new_empty.default,
+    aten.new_empty_strided.default,
+)
 
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
+
+
+def _differentiable(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """Whether autograd records the operation: its output shapes are then the shapes of saved tensors."""
+    return torch.is_grad_enabled() and any(
+        leaf.requires_grad for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)
+    )
 
 
 def _mutated(func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
@@ -58,13 +75,13 @@ class IntegerValues(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in INDEX_OPS:
-            args = (args[0], self._index_lists(args[1]), *args[2:])
+            args = (args[0], self._index_lists(args[1], _differentiable(args, kwargs)), *args[2:])
         try:
             output = func(*args, **kwargs)
         except (DynamicOutputShapeException, DataDependentOutputException):
-            return self._run_on_values(func, args, kwargs)
+            return self._run_on_values(func, args, kwargs, _differentiable(args, kwargs))
         inputs = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)]
-        if all(self.value(tensor) is not None for tensor in inputs):
+        if func not in UNINITIALISED and all(self.value(tensor) is not None for tensor in inputs):
             if any(_is_integer(leaf) for leaf in tree_flatten(output)[0]):
                 self._remember(output, self._on_values(func, args, kwargs, fill=False))
         else:
@@ -72,12 +89,13 @@ class IntegerValues(TorchDispatchMode):
                 self._forget_storage(tensor)
         return output
 
-    def _on_values(self, func: Callable, args: Sequence[Any], kwargs: dict[str, Any], fill: bool) -> Any:
-        """``func`` on the CPU values of its tensors (zeros for unknown ones when ``fill``)."""
-        filled = 0
+    def _on_values(
+        self, func: Callable, args: Sequence[Any], kwargs: dict[str, Any], fill: bool, differentiable: bool = False
+    ) -> Any:
+        """``func`` on the CPU values of its tensors; unknown ones are zeros when ``fill``, unless the operation is
+        ``differentiable`` (module docstring)."""
 
         def real(leaf: Any) -> Any:
-            nonlocal filled
             if isinstance(leaf, torch.device):
                 return torch.device("cpu")
             if not isinstance(leaf, torch.Tensor):
@@ -85,11 +103,10 @@ class IntegerValues(TorchDispatchMode):
             known = self.value(leaf)
             if known is not None or not fill:
                 return known
-            filled += leaf.numel() * leaf.element_size()
-            if filled > MAX_FILLED_BYTES:
-                raise RuntimeError(
-                    f"{func}: the shapes of this model follow {filled / 2**30:.1f} GiB of floating-point values, "
-                    "which a run on the meta device does not have"
+            if differentiable:
+                raise ConfigError(
+                    f"{func} takes a shape from values computed from the model's activations, which a run on the "
+                    "meta device does not have: this model cannot be planned"
                 )
             return torch.zeros(leaf.shape, dtype=leaf.dtype)
 
@@ -97,10 +114,10 @@ class IntegerValues(TorchDispatchMode):
             real_args, real_kwargs = tree_map(real, (tuple(args), kwargs))
             return func(*real_args, **real_kwargs)
 
-    def _run_on_values(self, func: Callable, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
+    def _run_on_values(self, func: Callable, args: Sequence[Any], kwargs: dict[str, Any], differentiable: bool) -> Any:
         """An operation whose output shape (or Python value) follows values: run on the values, outputs faked."""
         device = next(leaf.device for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor))
-        result = self._on_values(func, args, kwargs, fill=True)
+        result = self._on_values(func, args, kwargs, fill=True, differentiable=differentiable)
         fake = tree_map(
             lambda leaf: (
                 torch.empty_strided(leaf.shape, leaf.stride(), dtype=leaf.dtype, device=device)
@@ -112,14 +129,14 @@ class IntegerValues(TorchDispatchMode):
         self._remember(fake, result)
         return fake
 
-    def _index_lists(self, indices: Sequence[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    def _index_lists(self, indices: Sequence[torch.Tensor | None], differentiable: bool) -> list[torch.Tensor | None]:
         """Boolean index tensors as the index lists of their true elements (what indexing does with them)."""
         lists: list[torch.Tensor | None] = []
         for index in indices:
             if index is None or index.dtype not in (torch.bool, torch.uint8):
                 lists.append(index)
                 continue
-            positions = self._run_on_values(aten.nonzero.default, (index,), {})
+            positions = self._run_on_values(aten.nonzero.default, (index,), {}, differentiable)
             columns = positions.unbind(1)
             with _disable_current_modes():
                 self._remember(columns, self.value(positions).unbind(1))
