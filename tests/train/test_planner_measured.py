@@ -347,7 +347,7 @@ def test_live_bytes_counts_new_storages_until_their_last_tensor_dies():
     activation = 8 * 64 * 4
     with FakeTensorMode():
         weight = torch.empty(64, 64)
-        with LiveBytes([weight]) as live:
+        with LiveBytes() as live:
             view = weight.t()  # a view of a storage made before: not counted
             inputs = torch.empty(8, 64)
             product = inputs @ view

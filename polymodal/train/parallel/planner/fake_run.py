@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_map_only
 from polymodal.models.meta import call_block
 from polymodal.train.parallel.planner.integer_values import IntegerValues
 from polymodal.train.parallel.planner.live_bytes import LiveBytes
-from polymodal.train.parallel.planner.saved_storages import SavedStorages, SavedTensors, tensors_in
+from polymodal.train.parallel.planner.saved_storages import SavedStorages, SavedTensors
 
 DEVICE = "cpu"
 
@@ -159,8 +159,7 @@ def measure_step(
             inputs, loss_block = batch(DEVICE), objective()
             model.train()
             recorder = SavedStorages(units)
-            existing = [*model.parameters(), *model.buffers(), *tensors_in(inputs)]
-            with LiveBytes(existing) as live:
+            with LiveBytes() as live:
                 for param in model.parameters():
                     if param.requires_grad:
                         param.register_post_accumulate_grad_hook(lambda param: live.gradient(param.grad))

@@ -81,12 +81,16 @@ class IntegerValues(TorchDispatchMode):
         except (DynamicOutputShapeException, DataDependentOutputException):
             return self._run_on_values(func, args, kwargs, _differentiable(args, kwargs))
         inputs = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)]
-        if func not in UNINITIALISED and all(self.value(tensor) is not None for tensor in inputs):
-            if any(_is_integer(leaf) for leaf in tree_flatten(output)[0]):
+        known = func not in UNINITIALISED and all(self.value(tensor) is not None for tensor in inputs)
+        if known and any(_is_integer(leaf) for leaf in tree_flatten(output)[0]):
+            try:
                 self._remember(output, self._on_values(func, args, kwargs, fill=False))
-        else:
+            except (RuntimeError, NotImplementedError):  # not on the CPU, or not for these dtypes: unknown
+                known = False
+        if not known:
             for tensor in _mutated(func, args, kwargs):
-                self._forget_storage(tensor)
+                if _is_integer(tensor):
+                    self._forget_storage(tensor)
         return output
 
     def _on_values(
