@@ -283,24 +283,34 @@ def test_fsdp_states_are_rank_0_shards_of_every_parameter():
     assert all(c.bytes_per_step == 2 * FP32 * shard for c in gathers)
 
 
+FOURM = "configs/fourm/tiny.yaml"
+
+
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("path", "overrides", "message"),
     [
-        (["experiment.distributed.tp=2"], "error: no tensor-parallel plan for FourM; set experiment.distributed.tp=1"),
-        (["experiment.distributed.cp=2"], "error: no context-parallel plan for FourM; set experiment.distributed.cp=1"),
+        (FOURM, ["experiment.distributed.tp=2"], "no tensor-parallel plan for FourM; set experiment.distributed.tp=1"),
+        (FOURM, ["experiment.distributed.cp=2"], "no context-parallel plan for FourM; set experiment.distributed.cp=1"),
         (
+            FOURM,
             ["data._target_=polymodal.data.multimodal.imagefolder.ImageFolderDataset"],
-            "error: polymodal.data.multimodal.imagefolder.ImageFolderDataset has no largest_batch(): the planner "
-            "cannot make a micro-batch of its data",
+            "polymodal.data.multimodal.imagefolder.ImageFolderDataset has no largest_batch(): the planner cannot make "
+            "a micro-batch of its data",
+        ),
+        (
+            "configs/tokenizers/rgb_tiny.yaml",
+            ["constants.image_size=60"],
+            "measuring ImageTokenizer on the meta device failed: ValueError: rgb image size 60x60 is not a positive "
+            "multiple of the tokenizer's downsampling factor 8",
         ),
     ],
 )
-def test_what_cannot_be_planned_is_one_error_line(overrides, message, capsys):
-    assert cli.main(["plan", "--config", "configs/fourm/tiny.yaml", "--gpus", "2", *overrides]) == 2
+def test_what_cannot_be_planned_is_one_error_line(path, overrides, message, capsys):
+    assert cli.main(["plan", "--config", path, "--gpus", "2", *overrides]) == 2
     out, err = capsys.readouterr()
-    assert (out, err) == ("", message + "\n")
+    assert (out, err) == ("", f"error: {message}\n")
     with pytest.raises(ConfigError):
-        plan_report(load_config("configs/fourm/tiny.yaml", overrides), gpus=2)
+        plan_report(load_config(path, overrides), gpus=2)
 
 
 def test_a_run_that_does_not_fit_exits_1(capsys):

@@ -47,20 +47,19 @@ class MeasuredModel:
 
 def refuse_tensor_and_context_parallel(model: nn.Module, dims: ParallelDims) -> None:
     """A one-line ConfigError for ``tp > 1`` or ``cp > 1``: the trainer's words when the model has no plan for
-    them; the planner's limit when it has one."""
+    them, the planner's limit when it has one."""
     name, plan = type(model).__name__, plan_for(model)
-    for degree, what, has_plan in (
-        (dims.tp, "tp", plan.tensor_parallel is not None),
-        (dims.cp, "cp", bool(plan.sequence_keys)),
+    for degree, key, kind, planned in (
+        (dims.tp, "tp", "tensor", plan.tensor_parallel is not None),
+        (dims.cp, "cp", "context", bool(plan.sequence_keys)),
     ):
         if degree > 1:
-            kind = "tensor" if what == "tp" else "context"
             reason = (
                 f"the planner models {kind} parallelism for transformer LMs only"
-                if has_plan
+                if planned
                 else f"no {kind}-parallel plan for {name}"
             )
-            raise ConfigError(f"{reason}; set experiment.distributed.{what}=1")
+            raise ConfigError(f"{reason}; set experiment.distributed.{key}=1")
 
 
 def largest_batch(cfg: DictConfig, device: str) -> LargestBatch:
@@ -92,14 +91,20 @@ def measure_model(cfg: DictConfig, model: nn.Module, trainable: set[int], layout
         return made[-1].batch
 
     precision, sharded = layout.precision, layout.wrapper in ("fsdp", "hsdp")
-    step = measure_step(
-        model,
-        units,
-        objective=lambda: instantiate(cfg.loss),
-        batch=batch,
-        param_dtype=torch.bfloat16 if sharded and precision.param != FP32 else None,
-        autocast=precision.compute != FP32,
-    )
+    try:
+        step = measure_step(
+            model,
+            units,
+            objective=lambda: instantiate(cfg.loss),
+            batch=batch,
+            param_dtype=torch.bfloat16 if sharded and precision.param != FP32 else None,
+            autocast=precision.compute != FP32,
+        )
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError, NotImplementedError) as error:  # the model refuses the batch, no meta kernel
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"measuring {kind} on the meta device failed: {type(error).__name__}: {reason}") from error
     return MeasuredModel(kind, params, len(units), buffer_bytes, step, made[-1].description)
 
 
