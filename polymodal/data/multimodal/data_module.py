@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 
+from polymodal.data.largest import LargestBatch
 from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.loader import MapDataset, Sample
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
-from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, AlignedAugment
+from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, AlignedAugment, parse_modalities_spec
 
 FORMATS = ("shards", "imagefolder")
 IMAGEFOLDER_MODALITIES = ("rgb", "label", "caption")
@@ -134,6 +135,30 @@ class MultimodalData(SourcedData):
             train_transform=PrepareSample(train_augment, self.modality_names),
             eval_transform=PrepareSample(eval_augment, self.modality_names),
         )
+
+    @classmethod
+    def largest_batch(
+        cls,
+        modalities: list[str],
+        image_size: int,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        **sources_and_loading: Any,
+    ) -> LargestBatch:
+        """A batch of the shape ``train`` yields, every modality present (zeros; class 0), from the config alone: no
+        source is opened (``sources_and_loading``: the other arguments, which change no shape). Captions and
+        detections are text of any length and have no largest shape. See :mod:`polymodal.data.largest`."""
+        resolutions = parse_modalities_spec(modalities, image_size)
+        specs = batch_specs(resolutions)
+        shapeless = [name for name in resolutions if name not in specs]
+        if shapeless:
+            raise ValueError(f"modalities {shapeless} are text of any length: a batch of them has no largest shape")
+        batch: dict[str, Any] = {"sample_id": torch.arange(batch_size, device=device)}
+        for name, (shape, dtype) in specs.items():
+            batch[name] = torch.zeros(batch_size, *shape, dtype=dtype, device=device)
+            batch[f"{name}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
+        shapes = ", ".join(f"{name} {'x'.join(map(str, shape))}".strip() for name, (shape, _) in specs.items())
+        return LargestBatch(batch, f"{batch_size} samples of {shapes}")
 
     def _missing_modalities(self, sources: Mapping[str, MapDataset]) -> list[str]:
         provided = {name for source in sources.values() for name in self._provided(source)}

@@ -13,9 +13,12 @@ import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import torch
 
 from polymodal import files
+from polymodal.data.largest import LargestBatch
 from polymodal.data.text.corpus import expand_document_paths, in_val_split, read_documents, stdlib_docstrings
 from polymodal.data.text.packed import Batch, PackedSequenceLoader, count_windows, eval_batches
 from polymodal.data.text.tokens import TokenCorpus, load_or_build_corpus, tokenize_documents, unigram_entropy
@@ -132,6 +135,22 @@ class LMData:
                 f"the val split has only {len(self.val_corpus)} tokens, not enough for one window of seq_len={seq_len}"
             )
         self.train = PackedSequenceLoader(self.train_corpus, seq_len, batch_size, seed, dp_rank, dp_world)
+
+    @classmethod
+    def largest_batch(
+        cls, seq_len: int, batch_size: int, device: torch.device | str = "cpu", **corpus_and_tokenizer: Any
+    ) -> LargestBatch:
+        """A batch of the shape ``train`` yields (one document per row; every batch has this shape), from the
+        config alone: no tokenizer is trained and no text read (``corpus_and_tokenizer``: the other arguments,
+        which change no shape). See :mod:`polymodal.data.largest`."""
+        zeros = torch.zeros(batch_size, seq_len, dtype=torch.long, device=device)
+        batch = {
+            "input_ids": zeros,
+            "target_ids": zeros.clone(),
+            "document_ids": zeros.clone(),
+            "position_ids": torch.arange(seq_len, device=device).repeat(batch_size, 1),
+        }
+        return LargestBatch(batch, f"{batch_size} x {seq_len} tokens")
 
     def _tokenized(self, split: SplitName) -> TokenCorpus:
         description = self._docs.describe(split)

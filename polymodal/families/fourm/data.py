@@ -41,12 +41,14 @@ from typing import Any
 
 import torch
 
+from polymodal.data.largest import LargestBatch
 from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.loader import Batch, MapDataset
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
 from polymodal.families.fourm.masking.alphas import DirichletMixture
+from polymodal.families.fourm.masking.largest import largest_masked_batch, largest_token_counts
 from polymodal.families.fourm.masking.masker import FourMMasking
 from polymodal.families.fourm.modalities import CROP_SETTINGS, ModalityRegistry
 from polymodal.families.fourm.samples import FourMSample
@@ -213,6 +215,31 @@ class FourMData(SourcedData):
             batch_transform=MaskBatch(self.masking),
             multiprocessing_context=multiprocessing_context,
         )
+
+    @classmethod
+    def largest_batch(
+        cls,
+        in_domains: Sequence[str],
+        out_domains: Sequence[str],
+        batch_size: int,
+        input_tokens: TokenBudget,
+        target_tokens: TokenBudget,
+        modalities: Mapping[str, Mapping[str, Any]] | None = None,
+        device: torch.device | str = "cpu",
+        **sources_and_loading: Any,
+    ) -> LargestBatch:
+        """A masked batch of the largest shape ``train`` yields (:mod:`polymodal.families.fourm.masking.largest`:
+        full budgets, targets in the largest vocabularies), from the config alone: no shard or tokenizer is read
+        (``sources_and_loading``: the other arguments, which change no shape). See :mod:`polymodal.data.largest`."""
+        registry = fourm_registry(list(in_domains), list(out_domains), modalities)
+        counts = largest_token_counts(registry, _upper(input_tokens), _upper(target_tokens))
+        batch = largest_masked_batch(registry, batch_size, counts, device)
+        targets = ", ".join(f"{name} {target}" for name, (_, target) in counts.items() if target)
+        description = (
+            f"{batch_size} samples of {_upper(input_tokens)} input + {_upper(target_tokens)} target tokens "
+            f"(targets in the largest vocabularies: {targets})"
+        )
+        return LargestBatch({**batch, "sample_id": torch.arange(batch_size, device=device)}, description)
 
     def _check_text_vocab(self, tokenizer_vocab: int) -> None:
         for spec in self.modalities.values():

@@ -182,3 +182,18 @@ def test_bad_configuration_is_a_clear_error(trees, tmp_path):
         make(trees, tmp_path, modalities=["rgb", "sound"])
     with pytest.raises(ValueError, match="weights name"):
         make(trees, tmp_path, train={"full": trees["full"]}, weights={"other": 1.0})
+
+
+def test_the_largest_batch_is_shaped_like_training_batches_without_reading_a_file(trees, tmp_path):
+    """What ``polymodal plan`` measures: every tensor modality present, made from the config alone."""
+    spec = ["rgb@32", "depth@16", "semseg", "label"]
+    real = next(make(trees, tmp_path, modalities=spec).train)
+    largest = MultimodalData.largest_batch(
+        train="/no/such/shards", val=None, modalities=spec, image_size=32, batch_size=4
+    )
+    assert {key: (value.shape, value.dtype) for key, value in largest.batch.items()} == {
+        key: (value.shape, value.dtype) for key, value in real.items()
+    }
+    assert largest.description == "4 samples of rgb 3x32x32, depth 1x16x16, semseg 32x32, label"
+    with pytest.raises(ValueError, match=r"\['caption'\] are text of any length"):
+        MultimodalData.largest_batch(modalities=SPEC, image_size=32, batch_size=4)

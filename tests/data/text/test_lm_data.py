@@ -150,3 +150,14 @@ def test_your_own_text_as_the_readme_says(tmp_path, monkeypatch):
     assert [path.name.split("-")[0] for path in tokenizers] == ["files"]
     assert "résumé" in data.tokenizer.decode(data.tokenizer.encode("résumé").ids)
     assert int((data.train_corpus.tokens == EOS_ID).sum()) + int((data.val_corpus.tokens == EOS_ID).sum()) == 300
+
+
+def test_the_largest_batch_is_shaped_like_training_batches_without_reading_a_file(files_setup):
+    """What ``polymodal plan`` measures: made from the config alone, no tokenizer trained and no text read."""
+    real = next(LMData(**files_setup).train)
+    missing = {**files_setup, "paths": ["/no/such/docs.jsonl"], "tokenizer_path": "/no/such/bpe.json"}
+    largest = LMData.largest_batch(**missing)
+    assert {key: (value.shape, value.dtype) for key, value in largest.batch.items()} == {
+        key: (value.shape, value.dtype) for key, value in real.items()
+    }
+    assert largest.description == "4 x 32 tokens"

@@ -22,6 +22,7 @@ from polymodal.data.synth.scene import SHAPES
 from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.data.synth.writers import write_shards
 from polymodal.families.fourm.data import FourMData, fourm_alphas, fourm_registry
+from polymodal.families.fourm.masking.largest import largest_token_counts
 from polymodal.families.fourm.pretokenize import CropOptions, pretokenize_4m
 from polymodal.families.fourm.samples import IMAGENET_MEAN, IMAGENET_STD, FourMSample, crop_boxes, text_ids
 from polymodal.tokenizers.carried import record_image_tokenizer
@@ -396,3 +397,40 @@ def test_the_trainer_builds_it_from_a_config_node(world):
     batch = next(data.train)
     assert batch["sample_id"].shape == (2,) and batch["caption"]["tensor"].shape == (2, 2 * (24 + 1))
     assert data.train.state_dict()["global_batch"] == 4
+
+
+def test_the_largest_batch_is_shaped_like_training_batches_with_full_budgets(world):
+    """What ``polymodal plan`` measures, made from the config alone (no shard or tokenizer read): the training
+    batch's keys, shapes and dtypes, every sample using the whole budgets, the targets in the largest
+    vocabularies (the text modalities: caption up to its 24 tokens, then det) and never on an input position."""
+    real = next(make_data(world).train)
+    largest = FourMData.largest_batch(
+        train="/no/such/shards",
+        val=None,
+        in_domains=IN_DOMAINS,
+        out_domains=OUT_DOMAINS,
+        alphas="/no/such/alphas.yaml",
+        tokenizer_path="/no/such/wordpiece.json",
+        batch_size=4,
+        input_tokens=[8, 24],
+        target_tokens=24,
+        modalities=OVERRIDES,
+    )
+    batch = largest.batch
+    assert batch.keys() == real.keys() and batch["sample_id"].shape == real["sample_id"].shape
+    for name in IN_DOMAINS:
+        for field in ("tensor", "is_input", "is_target"):
+            assert (batch[name][field].shape, batch[name][field].dtype) == (
+                real[name][field].shape,
+                real[name][field].dtype,
+            )
+        assert not (batch[name]["is_input"] & batch[name]["is_target"]).any()
+    assert (sum(batch[name]["is_input"].sum(1) for name in IN_DOMAINS) == 24).all()
+    targets = {name: batch[name]["is_target"].sum(1).tolist() for name in IN_DOMAINS}
+    assert targets == {"rgb@32": [0] * 4, "tok_rgb@32": [0] * 4, "tok_depth@32": [0] * 4, "caption": [24] * 4,
+                       "det": [0] * 4}  # fmt: skip
+    assert largest.description == (
+        "4 samples of 24 input + 24 target tokens (targets in the largest vocabularies: caption 24)"
+    )
+    spilled = largest_token_counts(small_registry(), input_tokens=8, target_tokens=40)
+    assert {name: target for name, (_, target) in spilled.items() if target} == {"caption": 24, "det": 16}

@@ -166,6 +166,25 @@ def _token_range(value: int | tuple[int, int], what: str) -> tuple[int, int]:
     return low, high
 
 
+def input_cap(spec: ModalitySpec) -> int:
+    """The most input tokens of a modality in one sample. Images: the grid; sequences: ``max_tokens`` (an input
+    never holds more); 0 for modalities the encoder does not take."""
+    if not spec.encoder:
+        return 0
+    return spec.num_positions() if spec.is_image else spec.max_tokens
+
+
+def target_cap(spec: ModalitySpec, target_budget: bool) -> int:
+    """The most target tokens of a modality in one sample. Images: the grid (less the input, in the budgets);
+    sequences: ``max_tokens``, or the whole row without a target budget; 0 for modalities the decoder does not
+    predict."""
+    if not spec.decoder:
+        return 0
+    if spec.is_image or not target_budget:
+        return spec.num_positions()
+    return spec.max_tokens
+
+
 class FourMMasking:
     """4M's random masking of a batch (module docstring): Dirichlet-mixture budgets, random image positions, T5
     span masking of sequences.
@@ -203,29 +222,13 @@ class FourMMasking:
         self.first_sentinel_id = layout.sentinel_id(0)
         specs = list(modalities.values())
         self._is_image = torch.tensor([spec.is_image for spec in specs])
-        self._input_caps = torch.tensor([self._input_cap(spec) for spec in specs])
-        self._target_caps = torch.tensor([self._target_cap(spec) for spec in specs])
+        self._input_caps = torch.tensor([input_cap(spec) for spec in specs])
+        self._target_caps = torch.tensor([target_cap(spec, self.target_tokens is not None) for spec in specs])
         self._keep_scheme = {  # (K,) index into KEEP_SCHEMES per sequence modality
             spec.name: torch.tensor([KEEP_SCHEMES.index(s) for s in alphas.keep_schemes(spec.name)])
             for spec in specs
             if spec.is_sequence
         }
-
-    @staticmethod
-    def _input_cap(spec: ModalitySpec) -> int:
-        """Images: the grid; sequences: ``max_tokens`` (an input never holds more)."""
-        if not spec.encoder:
-            return 0
-        return spec.num_positions() if spec.is_image else spec.max_tokens
-
-    def _target_cap(self, spec: ModalitySpec) -> int:
-        """Images: the grid (less the input, in the budgets); sequences: ``max_tokens``, or the whole row without
-        a target budget; 0 for modalities the decoder does not predict."""
-        if not spec.decoder:
-            return 0
-        if spec.is_image or self.target_tokens is None:
-            return spec.num_positions()
-        return spec.max_tokens
 
     def __call__(self, raw_batch: Mapping[str, torch.Tensor], generator: torch.Generator) -> MaskedBatch:
         raw = parse_raw_batch(self.modalities, raw_batch)

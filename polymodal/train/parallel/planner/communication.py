@@ -10,9 +10,11 @@ values and their gradients); groups of one rank are left out.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from polymodal.train.parallel.planner.shapes import FP32, Layout, ModelShape, _numel, tp_local_shape
+from polymodal.train.parallel.planner.shapes import FP32, Layout, ModelShape, ParamShape, TokenLayout
+from polymodal.train.parallel.planner.states import local_numel
 
 
 @dataclass(frozen=True)
@@ -37,32 +39,36 @@ def _collective(name: str, group: str, size: int, calls: int, sent: float) -> li
     return [Collective(name, group, size, calls, round(sent))] if size > 1 else []
 
 
-def _data_parallel_collectives(model: ModelShape, layout: Layout, local: list[tuple[int, ...]]) -> list[Collective]:
-    """FSDP: every unit (blocks and the root) is all-gathered in each forward and, when resharded after forward,
-    again in each backward; gradients are reduce-scattered once per step (no sync between micro-steps), and under
-    HSDP their shards all-reduced across replicas. DDP: one bucketed all-reduce of fp32 gradients per step."""
+def data_parallel_collectives(params: Sequence[ParamShape], num_units: int, layout: Layout) -> list[Collective]:
+    """FSDP: every unit (``num_units`` of them, and the root) is all-gathered in each forward and, when resharded
+    after forward, again in each backward; gradients of the trainable parameters are reduce-scattered once per step
+    (no sync between micro-steps), and under HSDP their shards all-reduced across replicas. DDP: one bucketed
+    all-reduce of fp32 gradients per step."""
     dims, precision, micro = layout.dims, layout.precision, layout.grad_accum_steps
-    units = model.depth + 1
+    units = num_units + 1
+    trainable = [param for param in params if param.trainable]
     if layout.wrapper == "ddp":
         group = dims.dp * dims.cp
-        return _collective("DDP all-reduce grads", "dp·cp", group, 1, _ring_all_reduce(FP32 * _numel(local), group))
+        grads = FP32 * local_numel(trainable, layout)
+        return _collective("DDP all-reduce grads", "dp·cp", group, 1, _ring_all_reduce(grads, group))
     if layout.wrapper not in ("fsdp", "hsdp"):
         return []
     group = layout.shard_group
-    shard = _numel(local, group)  # a rank sends its shard to every all-gather, receives its shard of a reduce-scatter
+    # a rank sends its shard to every all-gather, and receives its shard of a reduce-scatter
+    shard, trained = local_numel(params, layout, group), local_numel(trainable, layout, group)
     gather = micro * (group - 1) * shard * precision.param
     found = _collective("FSDP all-gather params (forward)", "dp_shard·cp", group, micro * units, gather)
     if layout.reshard_after_forward:
         found += _collective("FSDP all-gather params (backward)", "dp_shard·cp", group, micro * units, gather)
-    scatter = (group - 1) * shard * precision.reduce
+    scatter = (group - 1) * trained * precision.reduce
     found += _collective("FSDP reduce-scatter grads", "dp_shard·cp", group, units, scatter)
     if layout.wrapper == "hsdp":
-        replicas = _ring_all_reduce(shard * precision.reduce, dims.dp_replicate)
+        replicas = _ring_all_reduce(trained * precision.reduce, dims.dp_replicate)
         found += _collective("HSDP all-reduce grads", "dp_replicate", dims.dp_replicate, units, replicas)
     return found
 
 
-def _tensor_parallel_collectives(model: ModelShape, layout: Layout) -> list[Collective]:
+def _tensor_parallel_collectives(model: ModelShape, layout: TokenLayout) -> list[Collective]:
     """Per block, forward: 2 all-gathers of norm outputs (residual dtype) and 2 reduce-scatters of the o_proj and
     fc2 outputs (compute dtype); backward: the opposite collective on each gradient. Recomputation (torch's
     non-reentrant checkpoint stops once the last saved tensor is rebuilt, before fc2) repeats the 2 all-gathers and
@@ -92,7 +98,7 @@ def _tensor_parallel_collectives(model: ModelShape, layout: Layout) -> list[Coll
     return found + _collective("TP all-reduce replicated grads", "tp", tp, reductions * len(replicated), sent)
 
 
-def _context_parallel_collectives(model: ModelShape, layout: Layout) -> list[Collective]:
+def _context_parallel_collectives(model: ModelShape, layout: TokenLayout) -> list[Collective]:
     """Per block, keys and values (rotated, this rank's heads) are all-gathered along the sequence in forward and
     again when recomputed; in backward their gradients are all-reduced whole (``all_gather_with_grad``)."""
     dims, micro, depth, block = layout.dims, layout.grad_accum_steps, model.depth, model.block
@@ -107,11 +113,11 @@ def _context_parallel_collectives(model: ModelShape, layout: Layout) -> list[Col
     return found + _collective("CP all-reduce key/value grads", "cp", dims.cp, micro * depth * 2, sent)
 
 
-def collectives(model: ModelShape, layout: Layout) -> list[Collective]:
-    """Each collective of one optimizer step with the bytes one GPU sends (groups of one rank are left out)."""
-    local = [tp_local_shape(p, layout.dims.tp) for p in model.params]
+def collectives(model: ModelShape, layout: TokenLayout) -> list[Collective]:
+    """Each collective of one optimizer step of a transformer LM with the bytes one GPU sends (groups of one rank
+    are left out)."""
     return (
-        _data_parallel_collectives(model, layout, local)
+        data_parallel_collectives(model.params, model.depth, layout)
         + _tensor_parallel_collectives(model, layout)
         + _context_parallel_collectives(model, layout)
     )

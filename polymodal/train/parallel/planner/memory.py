@@ -3,9 +3,9 @@
 ``block_saved_tensors`` lists, in bytes on one GPU, every tensor one transformer block saves for backward
 (``tests/train/test_planner.py`` checks the list against autograd's saved-tensor hooks), ``outside_saved_tensors``
 those of the embedding, final norm, LM head and loss; ``block_input_bytes`` is what activation checkpointing keeps
-of a block and ``batch_bytes`` the batch and attention mask. ``memory_lines`` adds parameters, gradients, AdamW
-state, DDP buckets or FSDP gathered parameters and unsharded gradients, activations and logits into the lines of
-the report, each with and without activation checkpointing.
+of a block and ``batch_bytes`` the batch and attention mask. ``memory_lines`` adds the training state
+(``states.state_lines``), FSDP's unsharded gradients or autocast's weight copies, activations and logits into the
+lines of the report, each with and without activation checkpointing.
 """
 
 from __future__ import annotations
@@ -13,15 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from polymodal.train.parallel.planner.shapes import (
-    FP32,
-    INT64,
-    BlockShape,
-    Layout,
-    ModelShape,
-    _numel,
-    tp_local_shape,
-)
+from polymodal.train.parallel.planner.shapes import FP32, INT64, BlockShape, ModelShape, TokenLayout
+from polymodal.train.parallel.planner.states import MemoryLine, local_numel, same, state_lines, unit_numels
 
 
 @dataclass(frozen=True)
@@ -30,18 +23,10 @@ class SavedTensor:
     bytes: int
 
 
-@dataclass(frozen=True)
-class MemoryLine:
-    category: str
-    without_ac: int
-    with_ac: int
-    note: str = ""
-
-
 # ---------------------------------------------------------------------------------------------------- activations
 
 
-def _rms_norm_saved(prefix: str, width: int, rows: int, layout: Layout) -> list[SavedTensor]:
+def _rms_norm_saved(prefix: str, width: int, rows: int, layout: TokenLayout) -> list[SavedTensor]:
     """``F.rms_norm`` on an fp32 copy of its input saves that input, 1/rms and the normalised input (all fp32);
     with non-fp32 parameters also the fp32 copy of the weight. Its output is saved by whatever consumes it."""
     saved = [
@@ -54,14 +39,14 @@ def _rms_norm_saved(prefix: str, width: int, rows: int, layout: Layout) -> list[
     return saved
 
 
-def _norm_output(prefix: str, width: int, consumers: int, layout: Layout) -> SavedTensor:
+def _norm_output(prefix: str, width: int, consumers: int, layout: TokenLayout) -> SavedTensor:
     """The norm output as its linears save it: gathered over the sequence under TP, and under autocast with
     fp32 parameters cast to bf16 separately by each of the ``consumers`` linears."""
     copies = consumers if layout.precision.autocast_casts else 1
     return SavedTensor(f"{prefix}: output (linear input)", layout.precision.compute * width * layout.tokens * copies)
 
 
-def block_saved_tensors(block: BlockShape, layout: Layout) -> list[SavedTensor]:
+def block_saved_tensors(block: BlockShape, layout: TokenLayout) -> list[SavedTensor]:
     """The tensors one transformer block saves for backward, in bytes on one GPU.
 
     Pre-norm RMSNorm, q/k/v/o projections with RoPE (cos/sin gathered by position ids) and GQA, SDPA with the
@@ -103,7 +88,7 @@ def block_saved_tensors(block: BlockShape, layout: Layout) -> list[SavedTensor]:
     return saved
 
 
-def outside_saved_tensors(model: ModelShape, layout: Layout) -> list[SavedTensor]:
+def outside_saved_tensors(model: ModelShape, layout: TokenLayout) -> list[SavedTensor]:
     """Tensors saved for backward outside the blocks: embedding input, final norm, LM head input and the loss
     (next-token cross-entropy and z-loss on fp32 logits)."""
     tokens = layout.tokens
@@ -121,12 +106,12 @@ def outside_saved_tensors(model: ModelShape, layout: Layout) -> list[SavedTensor
     return saved
 
 
-def block_input_bytes(model: ModelShape, layout: Layout) -> int:
+def block_input_bytes(model: ModelShape, layout: TokenLayout) -> int:
     """What activation checkpointing keeps of one block: its input (residual stream, sequence-parallel)."""
     return layout.precision.param * model.block.dim * layout.sequence_parallel_tokens
 
 
-def batch_bytes(layout: Layout) -> int:
+def batch_bytes(layout: TokenLayout) -> int:
     """Document ids (whole sequence: the mask is built from all of them), this rank's position ids and the
     boolean ``B×T×T`` document mask, alive for the whole micro-step."""
     full = layout.batch_size * layout.seq_len
@@ -137,41 +122,16 @@ def batch_bytes(layout: Layout) -> int:
 
 
 def memory_lines(
-    model: ModelShape, layout: Layout, block_saved: Sequence[SavedTensor], outside_saved: Sequence[SavedTensor]
+    model: ModelShape, layout: TokenLayout, block_saved: Sequence[SavedTensor], outside_saved: Sequence[SavedTensor]
 ) -> list[MemoryLine]:
-    precision, group, tp = layout.precision, layout.shard_group, layout.dims.tp
-    local = [tp_local_shape(p, tp) for p in model.params]
-    block_local = _numel([shape for p, shape in zip(model.params, local, strict=True) if p.in_block]) // model.depth
-    root_local = _numel([shape for p, shape in zip(model.params, local, strict=True) if not p.in_block])
-    held = _numel(local, group)
-    how = f"sharded over dp_shard·cp={group}" if group > 1 else "replicated" if layout.wrapper == "ddp" else "whole"
-    if tp > 1:
-        how += f", tp={tp}"
-
-    def same(category: str, size: int, note: str = "") -> MemoryLine:
-        return MemoryLine(category, size, size, note)
-
-    sharded = layout.wrapper in ("fsdp", "hsdp")
-    # FSDP2 without gradient sync keeps the accumulated gradients unsharded (in the reduce dtype) until the last
-    # micro-step reduce-scatters them; their shards replace them unit by unit, so the unsharded size is the peak.
-    accumulates_unsharded = sharded and layout.grad_accum_steps > 1
-    lines = [
-        same("parameters", FP32 * held, f"fp32, {how}"),
-        same("gradients", FP32 * _numel(local), "fp32, unsharded: accumulated without sync between micro-steps")
-        if accumulates_unsharded
-        else same("gradients", FP32 * held, f"fp32, {how}"),
-        same("optimizer state (AdamW)", 2 * FP32 * held + FP32 * len(model.params), "exp_avg, exp_avg_sq fp32, step"),
-    ]
-    if layout.wrapper == "ddp":
-        lines.append(same("DDP gradient buckets", FP32 * _numel(local), "gradient_as_bucket_view=False"))
-    if sharded:
-        alive_blocks = min(2, model.depth) if layout.reshard_after_forward else model.depth
-        gathered = precision.param * (root_local + alive_blocks * block_local)
-        lines.append(same("gathered parameters (FSDP)", gathered, f"root + {alive_blocks} block(s) unsharded"))
+    precision, tp = layout.precision, layout.dims.tp
+    lines = state_lines(model.params, layout, unit="block")
+    if layout.wrapper in ("fsdp", "hsdp"):
+        _, (block_local, *_) = unit_numels(model.params, layout)
         block_grads = (precision.param + precision.reduce) * block_local
         lines.append(same("unsharded gradients of one block", block_grads, "before reduce-scatter / accumulation"))
     elif precision.autocast_casts:
-        matmul = _numel([shape for p, shape in zip(model.params, local, strict=True) if p.matmul])
+        matmul = local_numel([p for p in model.params if p.matmul], layout)
         lines.append(same("bf16 weight copies (autocast)", 2 * matmul, "held for backward"))
 
     per_layer = sum(t.bytes for t in block_saved)

@@ -1,10 +1,12 @@
 """The plan of a config: reading it, the ``PlanReport``, its text tables and the ``polymodal plan`` entry point.
 
 ``plan_report`` reads the experiment config (mesh degrees, precision, micro-batch, accumulation, activation
-checkpointing, resharding, loss parallelism) into a ``Layout``, builds the model on the meta device, and collects
-the saved tensors, memory lines and collectives into a ``PlanReport`` together with the per-GPU budget
-(``gpu_memory_gb·(1 - headroom) - reserved_gib``) that decides whether the run fits. ``format_plan`` renders the
-report as plain-text tables and ``plan_main`` prints it, exiting 1 when the configured run does not fit.
+checkpointing, resharding, loss parallelism) into a ``Layout`` and builds the model on the meta device. A
+transformer LM (``model_shape`` reads it) is planned with the analytic formulas of ``memory`` and
+``communication``; any other model is measured (``measured``: one forward + loss of the data's largest batch on
+fake tensors). Either way the memory lines and collectives go into a ``PlanReport`` together with the per-GPU
+budget (``gpu_memory_gb·(1 - headroom) - reserved_gib``) that decides whether the run fits. ``format_plan``
+renders the report as plain-text tables and ``plan_main`` prints it, exiting 1 when the configured run does not fit.
 """
 
 from __future__ import annotations
@@ -12,37 +14,65 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
 from polymodal.config import ConfigError, experiment_config, instantiate, load_config
 from polymodal.train.parallel.mesh import ParallelDims
-from polymodal.train.parallel.planner.communication import Collective, collectives
+from polymodal.train.parallel.planner.communication import Collective, collectives, data_parallel_collectives
+from polymodal.train.parallel.planner.measured import (
+    MeasuredModel,
+    measure_model,
+    measured_memory_lines,
+    refuse_tensor_and_context_parallel,
+)
 from polymodal.train.parallel.planner.memory import (
-    MemoryLine,
     SavedTensor,
     block_saved_tensors,
     memory_lines,
     outside_saved_tensors,
 )
-from polymodal.train.parallel.planner.shapes import FP32, Layout, ModelShape, Precision, Wrapper, model_shape
+from polymodal.train.parallel.planner.shapes import (
+    FP32,
+    Layout,
+    ModelShape,
+    Precision,
+    TokenLayout,
+    Wrapper,
+    model_shape,
+)
+from polymodal.train.parallel.planner.states import MemoryLine
 
 GIB = 1024**3
 DEFAULT_GPUS = 8
 
 
+ANALYTIC = "analytic transformer LM"
+MEASURED = "measured on the meta device"
+
+
 @dataclass(frozen=True)
 class PlanReport:
+    """A plan: the model (a transformer LM's ``ModelShape``, or a ``MeasuredModel``), the run's layout, the memory
+    lines and collectives; for a transformer LM also its saved tensors, one block's and those outside the blocks."""
+
     name: str
-    model: ModelShape
+    model: ModelShape | MeasuredModel
     layout: Layout
-    block_saved: tuple[SavedTensor, ...]  # one block's tensors saved for backward, per GPU
-    outside_saved: tuple[SavedTensor, ...]  # embedding, final norm, head and loss
     memory: tuple[MemoryLine, ...]
     collectives: tuple[Collective, ...]
     gpu_memory_gib: float
     budget_bytes: int
+    block_saved: tuple[SavedTensor, ...] = ()  # one block's tensors saved for backward, per GPU
+    outside_saved: tuple[SavedTensor, ...] = ()  # embedding, final norm, head and loss
+
+    @property
+    def method(self) -> str:
+        """How the activations were found: ``ANALYTIC`` formulas or ``MEASURED`` on the meta device."""
+        return ANALYTIC if isinstance(self.model, ModelShape) else MEASURED
 
     def total(self, activation_checkpointing: bool) -> int:
         return sum(line.with_ac if activation_checkpointing else line.without_ac for line in self.memory)
@@ -86,7 +116,7 @@ def _positive_int(cfg: DictConfig, key: str) -> int:
     return value
 
 
-def _check_divisible(model: ModelShape, layout: Layout) -> None:
+def _check_divisible(model: ModelShape, layout: TokenLayout) -> None:
     dims = layout.dims
     if layout.seq_len % (dims.cp * dims.tp):
         raise ConfigError(
@@ -129,28 +159,55 @@ def plan_report(
         wrapper=wrapper,
         precision=_precision(exp.precision, wrapper),
         batch_size=_positive_int(cfg, "data.batch_size"),
-        seq_len=_positive_int(cfg, "data.seq_len"),
         grad_accum_steps=exp.grad_accum_steps,
         activation_checkpointing=exp.activation_checkpointing,
         reshard_after_forward=settings.reshard_after_forward,
         loss_parallel=settings.loss_parallel,
     )
     with torch.device("meta"):
-        model = model_shape(instantiate(cfg.model))
-    _check_divisible(model, layout)
-    block_saved = tuple(block_saved_tensors(model.block, layout))
-    outside_saved = tuple(outside_saved_tensors(model, layout))
-    return PlanReport(
-        name=exp.name,
-        model=model,
-        layout=layout,
+        model = instantiate(cfg.model)
+    trainable = _trainable(cfg, model)
+    budget = int((gpu_memory_gb * (1 - headroom) - reserved_gib) * GIB)
+    report = partial(PlanReport, name=exp.name, gpu_memory_gib=gpu_memory_gb, budget_bytes=budget)
+    try:
+        shape = model_shape(model, trainable)
+    except ConfigError:  # not a transformer LM
+        shape = None
+    if shape is None:
+        refuse_tensor_and_context_parallel(model, dims)
+        measured = measure_model(cfg, model, trainable, layout)
+        return report(
+            model=measured,
+            layout=layout,
+            memory=tuple(measured_memory_lines(measured, layout)),
+            collectives=tuple(data_parallel_collectives(measured.params, measured.num_units, layout)),
+        )
+    token_layout = TokenLayout(**vars(layout), seq_len=_positive_int(cfg, "data.seq_len"))
+    _check_divisible(shape, token_layout)
+    block_saved = tuple(block_saved_tensors(shape.block, token_layout))
+    outside_saved = tuple(outside_saved_tensors(shape, token_layout))
+    return report(
+        model=shape,
+        layout=token_layout,
+        memory=tuple(memory_lines(shape, token_layout, block_saved, outside_saved)),
+        collectives=tuple(collectives(shape, token_layout)),
         block_saved=block_saved,
         outside_saved=outside_saved,
-        memory=tuple(memory_lines(model, layout, block_saved, outside_saved)),
-        collectives=tuple(collectives(model, layout)),
-        gpu_memory_gib=gpu_memory_gb,
-        budget_bytes=int((gpu_memory_gb * (1 - headroom) - reserved_gib) * GIB),
     )
+
+
+def _trainable(cfg: DictConfig, model: nn.Module) -> set[int]:
+    """The ids of the parameters the configured optimizer trains (``build_optimizer`` leaves frozen ones out),
+    from the optimizer built over the meta-device model."""
+    optimizer = instantiate(cfg.optim.optimizer, model=model)
+    if type(optimizer) is not torch.optim.AdamW or any(group["amsgrad"] for group in optimizer.param_groups):
+        raise ConfigError(f"the planner counts AdamW's state; optim.optimizer builds {type(optimizer).__name__}")
+    return {id(param) for group in optimizer.param_groups for param in group["params"]}
+
+
+def _billions(count: int) -> str:
+    """``6.74 B``, ``0.00583 B``: three significant digits, so that small models do not read as 0."""
+    return f"{count / 1e9:.3g} B"
 
 
 def _gib(size: float) -> str:
@@ -161,7 +218,15 @@ def format_plan(report: PlanReport) -> str:
     """The report as plain-text tables: memory per GPU (without / with activation checkpointing), the verdict,
     and the collectives of one optimizer step."""
     layout, model, dims = report.layout, report.model, report.layout.dims
-    block_params = sum(math.prod(p.shape) for p in model.params if p.in_block)
+    in_units = _billions(sum(math.prod(p.shape) for p in model.params if p.in_block))
+    if isinstance(model, ModelShape):
+        what = f"{_billions(model.num_params)} parameters ({in_units} in {model.depth} blocks), "
+        what += f"vocabulary {model.vocab_size}"
+        batch = f"{layout.batch_size} x {layout.seq_len} tokens"
+    else:
+        units = f"{in_units} in {model.num_units} FSDP units" if model.num_units else "no FSDP units"
+        what = f"{model.kind}, {_billions(model.num_params)} parameters ({units})"
+        batch = model.batch
     precision = (
         "fp32"
         if layout.precision.compute == FP32
@@ -172,12 +237,11 @@ def format_plan(report: PlanReport) -> str:
         )
     )
     lines = [
-        f"plan for {report.name}: {model.num_params / 1e9:.3f} B parameters ({block_params / 1e9:.3f} B in "
-        f"{model.depth} blocks), vocabulary {model.vocab_size}",
+        f"plan for {report.name} ({report.method}): {what}",
         f"mesh: {dims.world_size} GPU(s), {layout.wrapper} (dp_replicate={dims.dp_replicate} dp_shard={dims.dp_shard} "
         f"cp={dims.cp} tp={dims.tp}), reshard_after_forward={layout.reshard_after_forward}",
-        f"micro-batch {layout.batch_size} x {layout.seq_len} tokens, {layout.grad_accum_steps} accumulation step(s), "
-        f"{precision}",
+        f"micro-batch: {batch}",
+        f"{layout.grad_accum_steps} accumulation step(s), {precision}",
         "",
         f"{'memory per GPU (GiB)':40s} {'AC off':>9s} {'AC on':>9s}  note",
     ]

@@ -1,17 +1,19 @@
 """The shapes the planner reasons about: the model's and the run's.
 
-``model_shape`` reads a model built on the meta device (so counts are exact and cost no memory) into a
-``ModelShape``: the widths of its identical transformer blocks (``BlockShape``), its vocabulary and every distinct
-parameter (``ParamShape``) with the dim tensor parallelism splits, whether it lives in a block (an FSDP unit) and
-whether a matmul uses it. ``tp_local_shape`` and ``fsdp_shard_numel`` give what one rank holds of a parameter under
-tensor parallelism and FSDP2 sharding. ``Layout`` and ``Precision`` describe the run the formulas are applied to:
-mesh, data-parallel wrapper, bytes per element and micro-batch; ``FP32`` and ``INT64`` are element sizes in bytes.
+``param_shapes`` reads every distinct parameter of a model built on the meta device (so counts are exact and cost
+no memory) into a ``ParamShape``: the dim tensor parallelism splits, the FSDP unit that holds it (None: the root),
+whether a matmul uses it and whether the optimizer trains it. ``model_shape`` reads a transformer LM into a
+``ModelShape``: the widths of its identical transformer blocks (``BlockShape``), its vocabulary and its parameters.
+``tp_local_shape`` and ``fsdp_shard_numel`` give what one rank holds of a parameter under tensor parallelism and
+FSDP2 sharding. ``Layout`` and ``Precision`` describe the run the formulas are applied to: mesh, data-parallel
+wrapper, bytes per element and micro-batch (``TokenLayout`` adds the sequence length of a transformer LM's batch);
+``FP32`` and ``INT64`` are element sizes in bytes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,14 +48,20 @@ class BlockShape:
 
 @dataclass(frozen=True)
 class ParamShape:
-    """One distinct parameter: its shape, the dim tensor parallelism splits (None: replicated), whether it
-    lives in a transformer block (an FSDP unit) and whether a matmul uses it (autocast keeps a bf16 copy)."""
+    """One distinct parameter: its shape, the dim tensor parallelism splits (None: replicated), the FSDP unit
+    holding it (its index; None: the root), whether a matmul uses it (autocast keeps a bf16 copy) and whether the
+    optimizer trains it (it then has a gradient and optimizer state)."""
 
     name: str
     shape: tuple[int, ...]
     tp_dim: int | None
-    in_block: bool
+    unit: int | None
     matmul: bool
+    trainable: bool = True
+
+    @property
+    def in_block(self) -> bool:
+        return self.unit is not None
 
 
 @dataclass(frozen=True)
@@ -82,17 +90,28 @@ class Precision:
 
 @dataclass(frozen=True)
 class Layout:
-    """Everything the formulas need about a run: the mesh, the data-parallel wrapper, the micro-batch."""
+    """What the planner needs about a run: the mesh, the data-parallel wrapper, the micro-batch."""
 
     dims: ParallelDims
     wrapper: Wrapper
     precision: Precision
     batch_size: int
-    seq_len: int
     grad_accum_steps: int
     activation_checkpointing: bool
     reshard_after_forward: bool
     loss_parallel: bool
+
+    @property
+    def shard_group(self) -> int:
+        """Ranks that one FSDP unit is sharded over (1 when parameters are not sharded)."""
+        return self.dims.dp_shard * self.dims.cp if self.wrapper in ("fsdp", "hsdp") else 1
+
+
+@dataclass(frozen=True)
+class TokenLayout(Layout):
+    """A transformer LM's run: the micro-batch is ``batch_size`` sequences of ``seq_len`` tokens."""
+
+    seq_len: int
 
     @property
     def tokens(self) -> int:
@@ -103,11 +122,6 @@ class Layout:
     def sequence_parallel_tokens(self) -> int:
         """Tokens of this rank in sequence-parallel regions (norms, residual stream) under tensor parallelism."""
         return self.tokens // self.dims.tp
-
-    @property
-    def shard_group(self) -> int:
-        """Ranks that one FSDP unit is sharded over (1 when parameters are not sharded)."""
-        return self.dims.dp_shard * self.dims.cp if self.wrapper in ("fsdp", "hsdp") else 1
 
 
 # ---------------------------------------------------------------------------------------------------- model shape
@@ -155,8 +169,34 @@ def _block_shape(block: TransformerBlock, where: str) -> BlockShape:
     )
 
 
-def model_shape(model: nn.Module) -> ModelShape:
-    """Read the block widths, vocabulary and every distinct parameter (tied weights once) of a built model."""
+def param_shapes(
+    model: nn.Module,
+    units: Sequence[nn.Module],
+    trainable: Container[int] | None = None,
+    tp_dims: Mapping[int, int] | None = None,
+) -> tuple[ParamShape, ...]:
+    """Every distinct parameter of ``model`` (tied weights once) with the index of the unit in ``units`` holding it,
+    whether the optimizer trains it (``trainable``: parameter ids; None: all) and the dim tensor parallelism splits
+    (``tp_dims``: parameter id -> dim; None: not split)."""
+    unit_of = {id(param): index for index, unit in enumerate(units) for param in unit.parameters()}
+    matmul = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    tp_dims = tp_dims or {}
+    return tuple(
+        ParamShape(
+            name,
+            tuple(p.shape),
+            tp_dims.get(id(p)),
+            unit_of.get(id(p)),
+            id(p) in matmul,
+            trainable is None or id(p) in trainable,
+        )
+        for name, p in model.named_parameters()
+    )
+
+
+def model_shape(model: nn.Module, trainable: Container[int] | None = None) -> ModelShape:
+    """Read the block widths, vocabulary and every distinct parameter (tied weights once) of a built transformer
+    LM; ``trainable``: the ids of the parameters the optimizer trains (None: all)."""
     blocks = [(name, m) for name, m in model.named_modules() if isinstance(m, TransformerBlock)]
     if not blocks:
         raise ConfigError(f"{type(model).__name__} has no TransformerBlock: the planner models transformer LMs")
@@ -169,13 +209,7 @@ def model_shape(model: nn.Module) -> ModelShape:
     if len(heads) != 1:
         raise ConfigError(f"{type(model).__name__}: expected one LinearHead (the LM head), found {len(heads)}")
 
-    in_block = {id(p) for _, block in blocks for p in block.parameters()}
-    matmul = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    tp_dims = _tensor_parallel_dims(model)
-    params = tuple(
-        ParamShape(name, tuple(p.shape), tp_dims.get(id(p)), id(p) in in_block, id(p) in matmul)
-        for name, p in model.named_parameters()
-    )
+    params = param_shapes(model, [block for _, block in blocks], trainable, _tensor_parallel_dims(model))
     return ModelShape(shapes.pop(), len(blocks), heads[0].proj.out_features, params)
 
 
