@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -300,6 +300,15 @@ class ResumableLoader:
         loader = self._data_loader(view, keys)
         # A separate generator, so the argument check above runs at call time rather than on the first next().
         return _budgeted(loader, BadSamples(self.bad_samples.budget))
+
+
+def merge_rank_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One state for a checkpoint from every rank's :meth:`ResumableLoader.state_dict`: the (shared) position of
+    the first, with the bad samples any rank found, so a resume on any number of ranks keeps counting them all."""
+    merged = BadSamples(budget=0)
+    for state in reversed(states):  # a sample found on several ranks keeps the first rank's reason
+        merged.reasons.update(BadSamples.parse_state(state.get(BAD_SAMPLES_KEY, {})))
+    return {**states[0], BAD_SAMPLES_KEY: merged.state_dict()}
 
 
 def _record(bad_samples: BadSamples, skips: tuple[SkipRecord, ...]) -> None:

@@ -112,5 +112,10 @@ class BadSamples:
         return {reason: sorted(ids) for reason, ids in sorted(ids_by_reason.items())}
 
     def load_state_dict(self, ids_by_reason: Mapping[str, Sequence[int]]) -> None:
-        """Replace the recorded samples by a saved :meth:`state_dict` (several merged ones may overlap)."""
-        self.reasons = {int(i): reason for reason, ids in ids_by_reason.items() for i in ids}
+        """Replace the recorded samples by a saved :meth:`state_dict`."""
+        self.reasons = self.parse_state(ids_by_reason)
+
+    @staticmethod
+    def parse_state(ids_by_reason: Mapping[str, Sequence[int]]) -> dict[int, str]:
+        """A saved :meth:`state_dict` as ``{sample id: reason}``."""
+        return {int(i): reason for reason, ids in ids_by_reason.items() for i in ids}

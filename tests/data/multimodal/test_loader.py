@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from polymodal.data.multimodal.loader import GlobalOrder, ResumableLoader
+from polymodal.data.multimodal.loader import GlobalOrder, ResumableLoader, merge_rank_states
 from polymodal.data.multimodal.skips import ErrorBudgetExceeded, SampleError
 
 
@@ -184,6 +184,21 @@ def test_bad_samples_survive_a_resume_and_count_against_the_budget():
     assert resumed.skip_counts() == {"decode": 1, "missing": 1}
     with pytest.raises(ErrorBudgetExceeded, match="3 distinct bad samples, budget 2 \\(decode=2, missing=1\\)"):
         take_ids(resumed, 6)
+
+
+def test_merged_rank_states_resume_on_another_dp_world_with_every_bad_sample():
+    order = np.random.default_rng([3, 0]).permutation(16)
+    bad = {int(order[0]): "decode", int(order[2]): "missing"}  # rows of rank 0 resp. rank 1 (batch_size 2)
+    ranks = [ResumableLoader(IdDataset(16, bad), 2, seed=3, dp_rank=r, dp_world=2) for r in range(2)]
+    for loader in ranks:
+        take_ids(loader, 1)
+    assert [loader.skip_counts() for loader in ranks] == [{"decode": 1}, {"missing": 1}]
+    state = json.loads(json.dumps(merge_rank_states([loader.state_dict() for loader in ranks])))
+    single = ResumableLoader(IdDataset(16, bad), 4, seed=3)
+    single.load_state_dict(state)
+    assert single.skip_counts() == {"decode": 1, "missing": 1}
+    assert single.state_dict() == state
+    assert take_ids(single, 1)[0] == take_ids(ranks[0], 1)[0] + take_ids(ranks[1], 1)[0]
 
 
 def test_a_state_without_bad_samples_still_loads():
