@@ -442,7 +442,19 @@ class Trainer:
             summary["tokens_per_s"] = samples * tokens_per_sample / elapsed
         if flops:
             summary["mfu"] = mfu(flops, elapsed, peak, num_devices=world)
-        if hasattr(self.data, "skip_counts"):  # unreadable samples the loader replaced, summed over ranks
-            skipped = torch.tensor(float(sum(self.data.skip_counts().values())), device=self.env.device)
-            summary["skipped_samples"] = all_reduce_mean(skipped).item() * self.dp_world  # TP/CP peers read alike
+        if hasattr(self.data, "skip_counts"):
+            summary["skipped_samples"] = self._skipped_samples()
         return summary
+
+    def _skipped_samples(self) -> float:
+        """Unreadable samples the loader replaced, each counted once however many ranks and epochs met it (every
+        rank's bad samples are gathered), plus the other skips (truncated tars) summed over data-parallel ranks."""
+        skipped = float(sum(self.data.skip_counts().values()))
+        state = self.data.train.state_dict()
+        distinct = 0
+        if BAD_SAMPLES_KEY in state:
+            skipped -= sum(len(ids) for ids in state[BAD_SAMPLES_KEY].values())
+            merged = merge_rank_states(gather_objects(state))
+            distinct = sum(len(ids) for ids in merged[BAD_SAMPLES_KEY].values())
+        others = all_reduce_mean(torch.tensor(skipped, device=self.env.device)).item() * self.dp_world
+        return others + distinct  # TP/CP peers read alike, hence the mean times dp_world
