@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 logger = logging.getLogger(__name__)
+IDS_IN_MESSAGE = 5
 
 
 class SampleError(Exception):
@@ -97,9 +98,9 @@ class BadSamples:
         """Distinct bad samples per reason."""
         return dict(Counter(self.reasons.values()))
 
-    def message(self, max_ids: int = 5) -> str:
+    def message(self) -> str:
         reasons = ", ".join(f"{reason}={n}" for reason, n in sorted(self.counts().items())) or "none"
-        first = list(self.reasons)[:max_ids]
+        first = list(self.reasons)[:IDS_IN_MESSAGE]
         return (
             f"data error budget exceeded: {len(self)} distinct bad samples, budget {self.budget} ({reasons}); "
             f"first bad sample ids {first}"
