@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -123,6 +124,15 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's picklable ``value``, in rank order (``[value]`` in a single process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values
+    return [value]
 
 
 @contextlib.contextmanager

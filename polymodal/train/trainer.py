@@ -32,7 +32,15 @@ from polymodal.checkpoint.dcp import Checkpointer
 from polymodal.checkpoint.rng import seed_everything
 from polymodal.checkpoint.weights import load_pretrained
 from polymodal.config import ConfigError, experiment_config, instantiate
-from polymodal.distributed.env import all_reduce_mean, gradient_sync, main_process_first, setup_distributed
+from polymodal.data.multimodal.loader import BAD_SAMPLES_KEY, merge_rank_states
+from polymodal.data.multimodal.skips import ErrorBudgetExceeded
+from polymodal.distributed.env import (
+    all_reduce_mean,
+    gather_objects,
+    gradient_sync,
+    main_process_first,
+    setup_distributed,
+)
 from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
@@ -204,8 +212,14 @@ class Trainer:
             seed_everything(zlib.crc32(f"{self.exp.seed}/{self.env.rank}/{self.progress.step}".encode()))
         log.info("resumed from %s at step %d", checkpoint, self.progress.step)
 
-    def save_checkpoint(self) -> Path:
-        state = {"skipped_steps": self.progress.skipped_steps, "data": self.data.train.state_dict()}
+    def save_checkpoint(self, data_state: dict[str, Any] | None = None) -> Path:
+        """Checkpoint this step; ``data_state`` (default: the loader's now) is where the data continues. A loader
+        that keeps bad samples gets every rank's in the checkpoint (a collective: all ranks must call this)."""
+        if data_state is None:
+            data_state = self.data.train.state_dict()
+            if BAD_SAMPLES_KEY in data_state:
+                data_state = merge_rank_states(gather_objects(data_state))
+        state = {"skipped_steps": self.progress.skipped_steps, "data": data_state}
         return self.checkpointer.save(self.progress.step, self.model, self.optimizer, state, self.config_yaml)
 
     def _loss_context(self) -> contextlib.AbstractContextManager:
@@ -353,7 +367,7 @@ class Trainer:
             window: dict[str, torch.Tensor | float] = defaultdict(float)
             window_steps, window_start = 0, time.perf_counter()
             while self.progress.step < exp.total_steps:
-                for name, value in self.train_step().items():
+                for name, value in self._checked_train_step().items():
                     window[name] = window[name] + value
                 window_steps += 1
                 step = self.progress.step
@@ -374,11 +388,38 @@ class Trainer:
             plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
         return {"train": last_train, "val": last_val, "step": self.progress.step}
 
+    def _checked_train_step(self) -> dict[str, torch.Tensor | float]:
+        """:meth:`train_step`, stopping the run with one line when the data error budget is exceeded.
+
+        In a single process the stop first checkpoints the last finished step with the data position before the
+        failed step (and its bad samples), so raising ``data.error_budget`` and resuming goes on from there. With
+        several ranks only the rank that met the bad samples knows, so no (collective) checkpoint can be written:
+        the last periodic one is the resume point.
+        """
+        data_state = self.data.train.state_dict()
+        try:
+            return self.train_step()
+        except ErrorBudgetExceeded as error:
+            if self.env.world_size > 1:
+                where = "no checkpoint written (other ranks cannot join); resume from the last periodic one"
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                where = f"checkpoint of step {self.progress.step} in {self._checkpoint_this_step(data_state)}"
+            raise TrainingStopped(
+                f"{error} at step {self.progress.step + 1}; {where}. Fix or remove the bad samples, or raise "
+                "data.error_budget, then resume."
+            ) from error
+
+    def _checkpoint_this_step(self, data_state: dict[str, Any] | None = None) -> Path:
+        """The checkpoint of the current step: the one just written on the cadence, else a new one."""
+        latest = self.checkpointer.latest()
+        if latest is not None and latest.name == f"step_{self.progress.step:08d}":
+            return latest
+        return self.save_checkpoint(data_state)
+
     def _save_and_stop(self, step: int, received: signal.Signals | None) -> None:
         """Pre-empted or out of time: checkpoint this step (unless just done) and stop; a requeue resumes here."""
-        latest = self.checkpointer.latest()
-        if latest is None or latest.name != f"step_{step:08d}":
-            self.save_checkpoint()
+        self._checkpoint_this_step()
         why = received.name if received is not None else "a stop signal on another rank"
         raise TrainingPreempted(f"{why} at step {step}: checkpoint saved; run again (or requeue) to resume")
 
@@ -417,7 +458,19 @@ class Trainer:
             summary["tokens_per_s"] = samples * tokens_per_sample / elapsed
         if flops:
             summary["mfu"] = mfu(flops, elapsed, peak, num_devices=world)
-        if hasattr(self.data, "skip_counts"):  # unreadable samples the loader replaced, summed over ranks
-            skipped = torch.tensor(float(sum(self.data.skip_counts().values())), device=self.env.device)
-            summary["skipped_samples"] = all_reduce_mean(skipped).item() * self.dp_world  # TP/CP peers read alike
+        if hasattr(self.data, "skip_counts"):
+            summary["skipped_samples"] = self._skipped_samples()
         return summary
+
+    def _skipped_samples(self) -> float:
+        """Unreadable samples the loader replaced, each counted once however many ranks and epochs met it (every
+        rank's bad samples are gathered), plus the other skips (truncated tars) summed over data-parallel ranks."""
+        skipped = float(sum(self.data.skip_counts().values()))
+        state = self.data.train.state_dict()
+        distinct = 0
+        if BAD_SAMPLES_KEY in state:
+            skipped -= sum(len(ids) for ids in state[BAD_SAMPLES_KEY].values())
+            merged = merge_rank_states(gather_objects(state))
+            distinct = sum(len(ids) for ids in merged[BAD_SAMPLES_KEY].values())
+        others = all_reduce_mean(torch.tensor(skipped, device=self.env.device)).item() * self.dp_world
+        return others + distinct  # TP/CP peers read alike, hence the mean times dp_world

@@ -84,7 +84,7 @@ def test_classifier_trains_counts_corrupt_samples_and_resumes_exactly(tmp_path):
     full.fit()
     train = [r for r in records(tmp_path / "full") if r["split"] == "train"]
     assert [r["step"] for r in train] == list(range(1, 7))
-    assert train[-1]["skipped_samples"] >= 1  # the corrupt image was read, counted and replaced
+    assert train[-1]["skipped_samples"] == 1  # the corrupt image was read, counted once and replaced
     assert {"loss", "accuracy", "samples_per_s"} <= set(train[-1])
     assert not {"tokens_per_s", "mfu"} & set(train[-1])  # images are not tokens; the model counts no FLOPs
 
@@ -98,6 +98,7 @@ def test_classifier_trains_counts_corrupt_samples_and_resumes_exactly(tmp_path):
     assert resumed.progress.step == 3
     for _ in range(3):
         resumed.train_step()
+    assert resumed.data.skip_counts() == full.data.skip_counts() == {"corrupt_image": 1}
     for name, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0)
 

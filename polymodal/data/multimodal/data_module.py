@@ -88,7 +88,7 @@ class MultimodalData(SourcedData):
         weights: mixture weights by source name (only with dict locations); default proportional to size.
         format: ``"shards"`` (4M shard patterns) or ``"imagefolder"`` (ImageFolder roots).
         num_workers: decoding worker processes per rank.
-        error_budget: unreadable samples tolerated before the loader stops with an error.
+        error_budget: distinct bad samples tolerated before the loader stops with an error.
         cache_dir: the cache root (default: the user cache, :func:`polymodal.files.cache_root`); shard
             indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards (e.g. S3 endpoint and credentials source).

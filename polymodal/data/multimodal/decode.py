@@ -6,9 +6,10 @@ refines images, arrays and text by its suffix:
 =============  ==========================================================================================
 extension      value
 =============  ==========================================================================================
-png/jpg/jpeg   uint8 ``[C,H,W]`` (grey -> ``[1,H,W]``, colour -> ``[3,H,W]``). Names ending in ``semseg``:
-               int64 class map ``[H,W]``. Names ending in ``normal``: float32 ``[3,H,W]`` in [-1, 1]
-               (stored as ``(n + 1) / 2 * 255``).
+png/jpg/jpeg   uint8 ``[C,H,W]`` (grey -> ``[1,H,W]``, colour -> ``[3,H,W]``). Names ending in ``rgb``: always
+               ``[3,H,W]`` (a grey or palette image is converted, not skipped: it is still a valid picture).
+               Names ending in ``semseg``: int64 class map ``[H,W]``. Names ending in ``normal``: float32
+               ``[3,H,W]`` in [-1, 1] (stored as ``(n + 1) / 2 * 255``).
 npy            the array as a tensor (``allow_pickle=False``); names ending in ``depth``: a ``[H,W]``
                map becomes float32 ``[1,H,W]``.
 json           the JSON value; names ending in ``det``: ``{"boxes": float32 [N,4], "labels": int64 [N]}``.
@@ -18,14 +19,18 @@ txt            the stripped string; names ending in ``label``: an int64 scalar t
 Arrays in pre-tokenized folders (``tok_<modality>``) are codes: ``tok_depth`` arrays stay as stored.
 
 Undecodable bytes raise :class:`DecodeError` with a reason tag; an unknown extension is a ``ValueError``
-(a configuration problem, not a bad sample).
+(a configuration problem, not a bad sample). An image whose header declares more than :data:`MAX_IMAGE_PIXELS`
+pixels is ``too_large`` and is never decoded (nor is a decompression bomb, which PIL refuses to open): one such
+image would hold a worker's memory and time for a few dozen output pixels; pre-resize such data. A colour image
+where a class map is expected is ``wrong_mode``.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -34,6 +39,7 @@ from PIL import Image
 TOKEN_FOLDER_PREFIX = "tok_"
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg")
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 class DecodeError(ValueError):
@@ -44,18 +50,30 @@ class DecodeError(ValueError):
         self.reason = reason
 
 
-def decode_image(modality: str, data: bytes) -> torch.Tensor:
+def decode_pixels(source: str | Path | IO[bytes], where: str, mode: str | None = None) -> np.ndarray:
+    """The pixels of an image file as ``[H,W]`` (grey) or ``[H,W,3]`` uint8, converted to ``mode`` if given (else
+    grey stays grey and any other mode becomes RGB); images over :data:`MAX_IMAGE_PIXELS` are not decoded."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(source) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                detail = f"{image.width}x{image.height} pixels is more than MAX_IMAGE_PIXELS={MAX_IMAGE_PIXELS}"
+                raise DecodeError("too_large", f"{where}: {detail}")
             image.load()
-            if image.mode not in ("L", "RGB"):
-                image = image.convert("RGB")
-            pixels = np.asarray(image)
+            target = mode or (image.mode if image.mode in ("L", "RGB") else "RGB")
+            return np.asarray(image if image.mode == target else image.convert(target))
+    except Image.DecompressionBombError as error:
+        raise DecodeError("too_large", f"{where}: {error}") from error
+    except DecodeError:
+        raise
     except (OSError, SyntaxError, ValueError) as error:  # PIL reports damage through all three
-        raise DecodeError("corrupt_image", f"{modality}: {error}") from error
+        raise DecodeError("corrupt_image", f"{where}: {error}") from error
+
+
+def decode_image(modality: str, data: bytes) -> torch.Tensor:
+    pixels = decode_pixels(io.BytesIO(data), modality, "RGB" if modality.endswith("rgb") else None)
     if modality.endswith("semseg"):
         if pixels.ndim != 2:
-            raise DecodeError("corrupt_image", f"{modality}: class map must be a grey image, got {pixels.shape}")
+            raise DecodeError("wrong_mode", f"{modality}: class map must be a grey image, got {pixels.shape}")
         return torch.from_numpy(pixels.astype(np.int64))
     tensor = torch.from_numpy(pixels.copy())
     tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()

@@ -11,8 +11,8 @@ Class ids. Label ``i`` is the ``i``-th entry of the class list, taken from (firs
 Samples are ordered by class id, then file name, so sample ids are stable across runs and machines. Files
 with other extensions are ignored. A listed class may lack a folder in a split (a small val split may miss
 a class), but an existing class folder without images, or a split without any image, is a ``ValueError``.
-A file that cannot be decoded raises :class:`SampleError` (``"corrupt_image"``) for the loader to count
-and skip.
+A file that cannot be decoded raises :class:`SampleError` (``"corrupt_image"``, or ``"too_large"``, see
+:func:`~polymodal.data.multimodal.decode.decode_pixels`) for the loader to count and skip.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from polymodal.data.multimodal.decode import DecodeError, decode_pixels
 from polymodal.data.multimodal.skips import SampleError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -48,10 +47,9 @@ def read_class_names(root: Path, split_dir: Path) -> list[str]:
 def decode_rgb_file(path: Path, sample_id: int) -> torch.Tensor:
     """uint8 ``[3, H, W]`` pixels of an image file (grey and palette images are converted to RGB)."""
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as error:  # PIL reports damage through all three
-        raise SampleError("corrupt_image", sample_id, f"{path}: {error}") from error
+        pixels = decode_pixels(path, str(path), "RGB")
+    except DecodeError as error:
+        raise SampleError(error.reason, sample_id, str(error)) from error
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 

@@ -12,36 +12,38 @@ row of the following global batches: position ``p = k*G + j`` tries ``(p + m*G) 
 skipping positions inside global batch ``k``, until one loads. The rule uses only global positions, so the
 result is the same for any number of workers or ranks, and rows of one global batch never pick the same
 replacement unless the search wraps around the epoch end. A replacement is a sample of a later batch, so it
-is seen twice in that epoch. Every failed read is counted per reason; more than ``error_budget`` in total
-raises a ``RuntimeError``.
+is seen twice in that epoch. The budget counts *distinct* bad sample ids (per reason in :meth:`skip_counts`),
+not failed reads: a bad sample is read again every epoch, and as a candidate for several rows, but counts once.
+More than ``error_budget`` of them raises :class:`ErrorBudgetExceeded` (one line: counts and first ids).
 
 Batch randomness. An optional ``batch_transform(batch, generator)`` runs in the worker right after collation
 (e.g. 4M's input/target masking) with a generator seeded from ``(seed, epoch, position of the batch's first
 row)``: like the per-sample streams it does not depend on the worker count, and a resumed run redraws it exactly.
 
-Resuming. :meth:`ResumableLoader.state_dict` is the position of the next global batch (JSON). Loading it only
-rebuilds the ``DataLoader`` iterator from that position; no earlier sample is read.
+Resuming. :meth:`ResumableLoader.state_dict` is the position of the next global batch and the bad samples found
+so far (JSON). Loading it only rebuilds the ``DataLoader`` iterator from that position; no earlier sample is read,
+and the budget goes on counting from the saved bad samples.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from polymodal.data.multimodal.collate import Batch, Sample, collate_samples
-from polymodal.data.multimodal.skips import SampleError, SkipCounter
+from polymodal.data.multimodal.skips import BadSamples, SampleError
 from polymodal.data.order import GlobalOrder, checked_resume_position
 
 SampleTransform = Callable[[Sample, torch.Generator], Sample]
 BatchTransform = Callable[[Batch, torch.Generator], Batch]
-MAX_IDS_IN_ERROR = 5
+BAD_SAMPLES_KEY = "bad_samples"
 
 
 class MapDataset(Protocol):
@@ -63,24 +65,6 @@ class _LoadedSample:
     sample: Sample
     skips: tuple[SkipRecord, ...]
     key: tuple[int, int]  # (epoch, position) of the row this sample fills
-
-
-class _BudgetedSkips:
-    """A :class:`SkipCounter` that also keeps the first skipped sample ids and raises once over budget."""
-
-    def __init__(self, error_budget: int) -> None:
-        self.counter = SkipCounter(error_budget)
-        self.first_ids: list[int] = []
-
-    def add(self, skips: tuple[SkipRecord, ...]) -> None:
-        for skip in skips:
-            self.counter.add(skip.reason, f"sample {skip.sample_id}")
-            if len(self.first_ids) < MAX_IDS_IN_ERROR:
-                self.first_ids.append(skip.sample_id)
-        if self.counter.over_budget():
-            raise RuntimeError(
-                f"data error budget exceeded: {self.counter.message()}; first skipped ids {self.first_ids}"
-            )
 
 
 def sample_generator(seed: int, epoch: int, sample_id: int) -> torch.Generator:
@@ -239,7 +223,7 @@ class ResumableLoader:
         self.batches_per_epoch = self.order.batches_per_epoch(self.global_batch)
         self._view = _PositionView(dataset, self.order, self.global_batch, transform)
         self._collate = _CollateWithSkips(collate, batch_transform, seed)
-        self._skips = _BudgetedSkips(error_budget)
+        self.bad_samples = BadSamples(error_budget)
         self.epoch = 0
         self.batch_in_epoch = 0
         self._iterator: Iterator[tuple[Batch, tuple[SkipRecord, ...]]] | None = None
@@ -266,32 +250,36 @@ class ResumableLoader:
             )
             self._iterator = iter(self._data_loader(self._view, sampler))
         batch, skips = next(self._iterator)
-        self._skips.add(skips)
+        _record(self.bad_samples, skips)
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         return batch
 
     def skip_counts(self) -> dict[str, int]:
-        """Skipped samples per reason on this rank since construction (not part of the resumable state)."""
-        return dict(self._skips.counter.counts)
+        """Distinct bad samples per reason: those this rank found, plus those of the state it resumed from."""
+        return self.bad_samples.counts()
 
-    def state_dict(self) -> dict[str, int]:
-        """JSON-able position: the next batch is global batch ``batch_in_epoch`` of ``epoch``."""
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position (the next batch is global batch ``batch_in_epoch`` of ``epoch``) and the bad sample
+        ids by reason."""
         return {
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "seed": self.seed,
             "global_batch": self.global_batch,
             "num_samples": self.num_samples,
+            BAD_SAMPLES_KEY: self.bad_samples.state_dict(),
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue exactly after the last batch taken by the loader (of any dp_world) that saved ``state``."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly after the last batch taken by the loader (of any dp_world) that saved ``state``, with
+        its bad samples (a state saved before they were kept has none)."""
         expected = {"seed": self.seed, "num_samples": self.num_samples, "global_batch": self.global_batch}
         self.epoch, self.batch_in_epoch = checked_resume_position(
             state, expected, self.batches_per_epoch - 1, "samples", self.batch_size, self.dp_world
         )
+        self.bad_samples.load_state_dict(state.get(BAD_SAMPLES_KEY, {}))
         self._iterator = None  # dropping the iterator shuts its workers down; the next batch rebuilds it
 
     def val_batches(self, max_batches: int | None = None) -> Iterator[Batch]:
@@ -311,10 +299,25 @@ class ResumableLoader:
         view = _PositionView(self.dataset, order, self.global_batch, self._view.transform)
         loader = self._data_loader(view, keys)
         # A separate generator, so the argument check above runs at call time rather than on the first next().
-        return _budgeted(loader, _BudgetedSkips(self._skips.counter.budget))
+        return _budgeted(loader, BadSamples(self.bad_samples.budget))
 
 
-def _budgeted(loader: DataLoader, skips: _BudgetedSkips) -> Iterator[Batch]:
-    for batch, batch_skips in loader:
-        skips.add(batch_skips)
+def merge_rank_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One state for a checkpoint from every rank's :meth:`ResumableLoader.state_dict`: the (shared) position of
+    the first, with the bad samples any rank found, so a resume on any number of ranks keeps counting them all."""
+    merged = BadSamples(budget=0)
+    for state in reversed(states):  # a sample found on several ranks keeps the first rank's reason
+        merged.reasons.update(BadSamples.parse_state(state.get(BAD_SAMPLES_KEY, {})))
+    return {**states[0], BAD_SAMPLES_KEY: merged.state_dict()}
+
+
+def _record(bad_samples: BadSamples, skips: tuple[SkipRecord, ...]) -> None:
+    for skip in skips:
+        bad_samples.add(skip.reason, skip.sample_id)
+    bad_samples.check_budget()
+
+
+def _budgeted(loader: DataLoader, bad_samples: BadSamples) -> Iterator[Batch]:
+    for batch, skips in loader:
+        _record(bad_samples, skips)
         yield batch

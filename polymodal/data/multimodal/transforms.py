@@ -19,6 +19,12 @@ Interpolation per modality (overridable with ``interpolation=``):
   modality present in the sample but missing from the spec is an error (it would come out unaligned);
   a spec modality missing from the sample is simply skipped.
 
+Sizes: any source size works. An image smaller than a target resolution is upscaled (the crop is drawn inside
+the image, then resized up), a larger one downscaled; only the image modalities of one sample must agree on their
+(H, W). Bad samples: image modalities of different sizes (``wrong_shape``), or of the wrong channel count or dtype
+(``wrong_mode``; e.g. a colour depth map) raise :class:`SampleError` for the loader to skip; a wrong ``det`` or a
+modality missing from the spec is a ``ValueError``.
+
 Randomness: per sample, the crop parameters are drawn first (:func:`sample_resized_crop`), then one
 uniform number decides the flip, all from the ``generator`` passed to ``__call__`` (global RNG if None).
 
@@ -36,6 +42,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
+
+from polymodal.data.multimodal.skips import SampleError
 
 IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg", "edges")
 PASSTHROUGH_MODALITIES = ("caption", "label")
@@ -216,7 +224,7 @@ class AlignedAugment:
                 raise ValueError("'det' needs an image modality in the sample to define its canvas size")
             return None
         if len(set(sizes.values())) > 1:
-            raise ValueError(f"image modalities disagree on their size (H, W): {sizes}")
+            raise SampleError("wrong_shape", None, f"image modalities disagree on their size (H, W): {sizes}")
         return next(iter(sizes.values()))
 
     def augment_image(self, name: str, image: torch.Tensor, crop: CropBox, flip: bool) -> torch.Tensor:
@@ -261,15 +269,17 @@ class AlignedAugment:
 
 
 def _validated_image_size(name: str, image: Any) -> tuple[int, int]:
+    """(H, W) of one image modality; a valid image of the wrong channel layout or dtype is a ``wrong_mode``
+    :class:`SampleError` (a property of the data, so the loader skips the sample)."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"modality {name!r} must be a torch.Tensor, got {type(image).__name__}")
     channels = EXPECTED_CHANNELS[name]
     expected_ndim = 2 if channels is None else 3
     if image.ndim != expected_ndim or (channels is not None and image.shape[0] != channels):
         layout = "[H, W]" if channels is None else f"[{channels}, H, W]"
-        raise ValueError(f"modality {name!r} must have shape {layout}, got {tuple(image.shape)}")
+        raise SampleError("wrong_mode", None, f"modality {name!r} must have shape {layout}, got {tuple(image.shape)}")
     if name == "rgb" and image.dtype != torch.uint8:
-        raise ValueError(f"modality 'rgb' must be uint8, got {image.dtype}")
+        raise SampleError("wrong_mode", None, f"modality 'rgb' must be uint8, got {image.dtype}")
     return int(image.shape[-2]), int(image.shape[-1])
 
 

@@ -160,7 +160,7 @@ class FourMData(SourcedData):
         modalities: per-modality field overrides (vocab sizes of our tokenizers, patch sizes, max_tokens, ...).
         weights: mixture weights by source name (only with dict sources); default proportional to size.
         num_workers, multiprocessing_context: loader worker processes per rank and their start method.
-        error_budget: unreadable samples tolerated before the loader stops with an error.
+        error_budget: distinct bad samples tolerated before the loader stops with an error.
         cache_dir: the cache root (default: the user cache, :func:`polymodal.files.cache_root`); shard
             indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards.

@@ -1,11 +1,12 @@
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from polymodal.data.multimodal.loader import GlobalOrder, ResumableLoader
-from polymodal.data.multimodal.skips import SampleError
+from polymodal.data.multimodal.loader import GlobalOrder, ResumableLoader, merge_rank_states
+from polymodal.data.multimodal.skips import ErrorBudgetExceeded, SampleError
 
 
 class IdDataset:
@@ -66,7 +67,14 @@ def test_batches_follow_global_order_and_drop_epoch_tail():
         perm = np.random.default_rng([3, epoch]).permutation(11)
         expected.append(perm[batch * 4 + 2 : batch * 4 + 4].tolist())
     assert ids == expected
-    assert loader.state_dict() == {"epoch": 2, "batch_in_epoch": 1, "seed": 3, "global_batch": 4, "num_samples": 11}
+    assert loader.state_dict() == {
+        "epoch": 2,
+        "batch_in_epoch": 1,
+        "seed": 3,
+        "global_batch": 4,
+        "num_samples": 11,
+        "bad_samples": {},
+    }
 
 
 def test_order_is_independent_of_workers():
@@ -141,17 +149,63 @@ def test_skips_are_replaced_deterministically_and_counted():
         assert sum(global_ids, []) == expected
     loader = ResumableLoader(IdDataset(size, bad), 4, seed=seed)
     take_ids(loader, 2)
-    assert loader.skip_counts() == {"decode": 4, "missing": 2}
+    assert loader.skip_counts() == {"decode": 3, "missing": 1}  # distinct samples, not failed reads
     assert set(expected).isdisjoint(bad)
 
 
-def test_error_budget_exceeded_names_counts_and_ids():
+def test_error_budget_exceeded_is_one_line_with_counts_and_ids():
     loader = ResumableLoader(IdDataset(30, {i: "decode" for i in range(0, 30, 2)}), 4, seed=0, error_budget=3)
-    with pytest.raises(
-        RuntimeError,
-        match=r"budget exceeded.*skipped \d+ samples \(budget 3\): decode=\d+; first skipped ids \[\d+, \d+",
-    ):
+    with pytest.raises(ErrorBudgetExceeded) as caught:
         take_ids(loader, 10)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert re.fullmatch(
+        r"data error budget exceeded: (\d+) distinct bad samples, budget 3 \(decode=\1\); "
+        r"first bad sample ids \[\d+(, \d+){3,4}\]",
+        message,
+    )
+
+
+def test_a_bad_sample_visited_every_epoch_counts_once():
+    """One corrupt sample among 64, 100 epochs (the run that stopped at step 404 with "first ids [5, 5, ...]")."""
+    loader = ResumableLoader(IdDataset(64, {5: "corrupt_image"}), 8, seed=0, error_budget=1)
+    take_ids(loader, 800)
+    assert loader.skip_counts() == {"corrupt_image": 1}
+    assert loader.state_dict()["bad_samples"] == {"corrupt_image": [5]}
+
+
+def test_bad_samples_survive_a_resume_and_count_against_the_budget():
+    first = ResumableLoader(IdDataset(24, {3: "decode", 7: "missing"}), 4, seed=1, error_budget=2)
+    take_ids(first, 12)  # two epochs: both bad samples were met
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["bad_samples"] == {"decode": [3], "missing": [7]}
+    resumed = ResumableLoader(IdDataset(24, {3: "decode", 7: "missing", 11: "decode"}), 4, seed=1, error_budget=2)
+    resumed.load_state_dict(state)
+    assert resumed.skip_counts() == {"decode": 1, "missing": 1}
+    with pytest.raises(ErrorBudgetExceeded, match="3 distinct bad samples, budget 2 \\(decode=2, missing=1\\)"):
+        take_ids(resumed, 6)
+
+
+def test_merged_rank_states_resume_on_another_dp_world_with_every_bad_sample():
+    order = np.random.default_rng([3, 0]).permutation(16)
+    bad = {int(order[0]): "decode", int(order[2]): "missing"}  # rows of rank 0 resp. rank 1 (batch_size 2)
+    ranks = [ResumableLoader(IdDataset(16, bad), 2, seed=3, dp_rank=r, dp_world=2) for r in range(2)]
+    for loader in ranks:
+        take_ids(loader, 1)
+    assert [loader.skip_counts() for loader in ranks] == [{"decode": 1}, {"missing": 1}]
+    state = json.loads(json.dumps(merge_rank_states([loader.state_dict() for loader in ranks])))
+    single = ResumableLoader(IdDataset(16, bad), 4, seed=3)
+    single.load_state_dict(state)
+    assert single.skip_counts() == {"decode": 1, "missing": 1}
+    assert single.state_dict() == state
+    assert take_ids(single, 1)[0] == take_ids(ranks[0], 1)[0] + take_ids(ranks[1], 1)[0]
+
+
+def test_a_state_without_bad_samples_still_loads():
+    loader = ResumableLoader(IdDataset(10), 2, seed=0)
+    state = {key: value for key, value in loader.state_dict().items() if key != "bad_samples"}
+    loader.load_state_dict(state)
+    assert loader.skip_counts() == {}
 
 
 def test_val_batches_are_sequential_per_rank():

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 
+from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.multimodal.transforms import (
     AlignedAugment,
     centre_square_crop,
@@ -263,14 +264,35 @@ def test_bad_arguments_raise(kwargs, message):
         AlignedAugment(64, ["rgb"], **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("sample", "reason", "message"),
+    [
+        ({"rgb": torch.zeros(64, 64, 3, dtype=torch.uint8)}, "wrong_mode", "'rgb' must have shape"),
+        ({"rgb": torch.zeros(1, 64, 64, dtype=torch.uint8)}, "wrong_mode", "'rgb' must have shape"),
+        ({"rgb": torch.zeros(3, 64, 64)}, "wrong_mode", "'rgb' must be uint8"),
+        ({"depth": torch.zeros(3, 64, 64)}, "wrong_mode", "'depth' must have shape"),
+        ({"rgb": blocky_rgb(64, 64, 0), "depth": torch.zeros(1, 32, 32)}, "wrong_shape", "disagree"),
+        ({"rgb": blocky_rgb(320, 320, 0), "depth": torch.zeros(1, 64, 64)}, "wrong_shape", "disagree"),
+    ],
+)
+def test_valid_images_of_the_wrong_mode_or_shape_are_sample_errors(sample, reason, message):
+    with pytest.raises(SampleError, match=message) as caught:
+        AlignedAugment(64, ["rgb", "depth"])(sample)
+    assert caught.value.reason == reason
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("size", [32, 5, 512])
+def test_images_smaller_or_larger_than_the_target_are_resized_not_skipped(train, size):
+    out = AlignedAugment(64, ["rgb", "depth"], train=train)(
+        {"rgb": blocky_rgb(size, size, 0), "depth": torch.ones(1, size, size)}, seeded(0)
+    )
+    assert out["rgb"].shape == (3, 64, 64) and out["depth"].shape == (1, 64, 64)
+    assert torch.equal(out["depth"], torch.ones(1, 64, 64))
+
+
 def test_bad_samples_raise():
     augment = AlignedAugment(32, ["rgb", "depth", "det"])
-    with pytest.raises(ValueError, match="'rgb' must have shape"):
-        augment({"rgb": torch.zeros(64, 64, 3, dtype=torch.uint8)})
-    with pytest.raises(ValueError, match="'rgb' must be uint8"):
-        augment({"rgb": torch.zeros(3, 64, 64)})
-    with pytest.raises(ValueError, match="disagree"):
-        augment({"rgb": blocky_rgb(64, 64, 0), "depth": torch.zeros(1, 32, 32)})
     with pytest.raises(ValueError, match=r"\['semseg'\]"):
         augment({"rgb": blocky_rgb(64, 64, 0), "semseg": torch.zeros(64, 64, dtype=torch.int64)})
     with pytest.raises(ValueError, match="canvas"):
