@@ -230,7 +230,8 @@ class TopTokenAgreement(Objective):
         return agreement, {"copy_rate": agreement}
 
 
-def test_metrics_blocks_run_at_evaluation_and_are_logged(tiny_config, tmp_path):
+def test_metrics_blocks_run_at_evaluation_and_are_logged(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("POLYMODAL_TRUSTED_TARGETS", __name__)  # a metrics block of the user's own code
     trainer = make_trainer(
         tiny_config, f"metrics={{_target_: {__name__}.TopTokenAgreement}}", "experiment.total_steps=4"
     )
