@@ -1,0 +1,93 @@
+"""Opening a checkpoint never unpickles: a crafted ``.metadata`` pickle is never loaded by export, resume or
+``load_trained_model``; a checkpoint without the JSON metadata is refused in one line."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+
+from polymodal.checkpoint.dcp import Checkpointer
+from polymodal.checkpoint.errors import CheckpointError
+from polymodal.checkpoint.safe_metadata import METADATA_JSON, read_json_metadata
+from polymodal.checkpoint.weights import load_trained_model
+from polymodal.distributed.env import DistEnv
+
+ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+MODEL_YAML = "model:\n  _target_: torch.nn.Linear\n  in_features: 3\n  out_features: 2\n"
+
+
+class CreatesMarker:
+    """Unpickling this creates the file named by ``marker``: proof that something unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mknod, (self.marker,))
+
+
+def save_run(run_dir) -> tuple[nn.Module, torch.optim.Optimizer, Checkpointer]:
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    checkpointer = Checkpointer(run_dir / "checkpoints", keep_last=1, env=ENV)
+    checkpointer.save(1, model, optimizer, {"skipped_steps": 0, "data": {}}, MODEL_YAML)
+    return model, optimizer, checkpointer
+
+
+def plant_malicious_metadata(checkpoint, marker) -> None:
+    (checkpoint / ".metadata").write_bytes(pickle.dumps(CreatesMarker(str(marker))))
+
+
+def test_json_metadata_rebuilds_what_torch_pickled(tmp_path):
+    _, _, checkpointer = save_run(tmp_path)
+    checkpoint = checkpointer.latest()
+    pickled = FileSystemReader(checkpoint).read_metadata()  # our own fresh checkpoint: safe to unpickle here
+    rebuilt = read_json_metadata(checkpoint)
+    assert rebuilt.state_dict_metadata == pickled.state_dict_metadata
+    assert rebuilt.storage_data == pickled.storage_data
+    assert rebuilt.planner_data == pickled.planner_data
+
+
+def test_a_planted_metadata_pickle_is_never_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+    model, optimizer, checkpointer = save_run(tmp_path / "run")
+    checkpoint = checkpointer.latest()
+    plant_malicious_metadata(checkpoint, marker)
+    (checkpoint / "checksums.json").unlink()  # the attacker rewrites the checksums too: rehash the planted file
+    from polymodal.checkpoint.integrity import write_checksums
+
+    write_checksums(checkpoint)
+
+    checkpointer.load(checkpointer.latest(), model, optimizer)  # what a resume=auto train does
+    load_trained_model(tmp_path / "run")  # what generate, eval-4m and pretokenize-4m do
+    export = subprocess.run(
+        [sys.executable, "-m", "polymodal", "export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    assert not marker.exists()
+
+
+def test_a_checkpoint_without_json_metadata_is_refused_in_one_line_not_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    model, optimizer, checkpointer = save_run(tmp_path / "run")
+    checkpoint = checkpointer.latest()
+    (checkpoint / METADATA_JSON).unlink()  # as written by an older polymodal
+    plant_malicious_metadata(checkpoint, marker)
+
+    with pytest.raises(CheckpointError, match="could only be read by unpickling"):
+        checkpointer.load(checkpointer.latest(), model, optimizer)
+    with pytest.raises(CheckpointError, match="could only be read by unpickling"):
+        load_trained_model(tmp_path / "run")
+    export = subprocess.run(
+        [sys.executable, "-m", "polymodal", "export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert export.returncode != 0
+    assert export.stderr.strip().count("\n") == 0 and "unpickling" in export.stderr, export.stderr
+    assert not marker.exists()
