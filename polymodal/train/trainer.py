@@ -355,13 +355,21 @@ class Trainer:
                 if stop.stop_requested(self.env.device):
                     self._save_and_stop(step, stop.received)
         if self.env.is_main:
-            plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
+            self._plot_loss()
         return {"train": last_train, "val": last_val, "step": self.progress.step}
+
+    def _plot_loss(self) -> None:
+        """loss.png of the run; a picture never fails a run whose checkpoint is saved (e.g. a resume that logged no
+        finite loss), so a failure is a warning."""
+        try:
+            plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
+        except Exception as error:
+            log.warning("no loss plot: %s", error)
 
     def _save_and_stop(self, step: int, received: signal.Signals | None) -> None:
         """Pre-empted or out of time: checkpoint this step (unless just done) and stop; a requeue resumes here."""
-        latest = self.checkpointer.latest()
-        if latest is None or latest.name != f"step_{step:08d}":
+        complete = self.checkpointer.complete_checkpoints()
+        if not complete or complete[-1].name != f"step_{step:08d}":
             self.save_checkpoint()
         why = received.name if received is not None else "a stop signal on another rank"
         raise TrainingPreempted(f"{why} at step {step}: checkpoint saved; run again (or requeue) to resume")

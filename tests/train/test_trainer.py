@@ -246,3 +246,18 @@ def test_move_to_device_reaches_nested_modality_dicts():
     moved = move_to_device(batch, torch.device("meta"))
     assert moved["ids"].device.type == "meta" and moved["tok_rgb"]["tensor"].device.type == "meta"
     assert moved["name"] == "x"
+
+
+def test_a_run_without_a_finite_loss_to_plot_still_succeeds(tiny_config, tmp_path, monkeypatch, caplog):
+    original = Trainer.forward_loss
+
+    def forward_loss(self, batch):  # every loss, training and validation, is NaN
+        loss, metrics, output = original(self, batch)
+        return loss * float("nan"), metrics, output
+
+    monkeypatch.setattr(Trainer, "forward_loss", forward_loss)
+    trainer = make_trainer(tiny_config, "experiment.nonfinite.max_skips=100")
+    with caplog.at_level("WARNING", logger="polymodal"):
+        result = trainer.fit()
+    assert result["step"] == 8 and trainer.checkpointer.latest().name == "step_00000008"
+    assert "no loss plot" in caplog.text and not (tmp_path / "run" / "loss.png").exists()
