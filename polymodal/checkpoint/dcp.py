@@ -196,7 +196,8 @@ class Checkpointer:
             shutil.rmtree(staging, ignore_errors=True)
         complete = self.complete_checkpoints()
         previous = f"the previous checkpoint step {step_of(complete[-1])} is intact" if complete else "no earlier one"
-        raise CheckpointError(f"no space left on device while saving step {step} to {self.directory}; {previous}") from error
+        message = f"no space left on device while saving step {step} to {self.directory}; {previous}"
+        raise CheckpointError(message) from error
 
     def _prune(self) -> None:
         for old in self.complete_checkpoints()[: -self.keep_last]:

@@ -13,6 +13,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from polymodal.checkpoint.dcp import Checkpointer
 from polymodal.checkpoint.errors import CheckpointError
+from polymodal.checkpoint.integrity import write_checksums
 from polymodal.checkpoint.safe_metadata import METADATA_JSON, read_json_metadata
 from polymodal.checkpoint.weights import load_trained_model
 from polymodal.distributed.env import DistEnv
@@ -39,6 +40,12 @@ def save_run(run_dir) -> tuple[nn.Module, torch.optim.Optimizer, Checkpointer]:
     return model, optimizer, checkpointer
 
 
+def export_run(run_dir, out) -> subprocess.CompletedProcess:
+    """``polymodal export`` of ``run_dir``, as a user runs it."""
+    command = [sys.executable, "-m", "polymodal", "export", "--checkpoint", str(run_dir), "--out", str(out)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def plant_malicious_metadata(checkpoint, marker) -> None:
     (checkpoint / ".metadata").write_bytes(pickle.dumps(CreatesMarker(str(marker))))
 
@@ -58,17 +65,11 @@ def test_a_planted_metadata_pickle_is_never_loaded(tmp_path):
     model, optimizer, checkpointer = save_run(tmp_path / "run")
     checkpoint = checkpointer.latest()
     plant_malicious_metadata(checkpoint, marker)
-    (checkpoint / "checksums.json").unlink()  # the attacker rewrites the checksums too: rehash the planted file
-    from polymodal.checkpoint.integrity import write_checksums
-
-    write_checksums(checkpoint)
+    write_checksums(checkpoint)  # the attacker rewrites the checksums too
 
     checkpointer.load(checkpointer.latest(), model, optimizer)  # what a resume=auto train does
     load_trained_model(tmp_path / "run")  # what generate, eval-4m and pretokenize-4m do
-    export = subprocess.run(
-        [sys.executable, "-m", "polymodal", "export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    export = export_run(tmp_path / "run", tmp_path / "export")
     assert export.returncode == 0, export.stderr
     assert not marker.exists()
 
@@ -84,10 +85,7 @@ def test_a_checkpoint_without_json_metadata_is_refused_in_one_line_not_unpickled
         checkpointer.load(checkpointer.latest(), model, optimizer)
     with pytest.raises(CheckpointError, match="could only be read by unpickling"):
         load_trained_model(tmp_path / "run")
-    export = subprocess.run(
-        [sys.executable, "-m", "polymodal", "export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    export = export_run(tmp_path / "run", tmp_path / "export")
     assert export.returncode != 0
     assert export.stderr.strip().count("\n") == 0 and "unpickling" in export.stderr, export.stderr
     assert not marker.exists()

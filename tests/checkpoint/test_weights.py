@@ -57,7 +57,6 @@ def test_exports_are_readable_like_any_written_file(tmp_path):
         assert stat.S_IMODE((tmp_path / "export" / name).stat().st_mode) == 0o644, name
 
 
-
 EXPORT_IN_A_FRESH_PROCESS = """
 import sys, torch
 from torch import nn
