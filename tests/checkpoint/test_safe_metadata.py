@@ -1,13 +1,12 @@
 """Opening a checkpoint never unpickles: a crafted ``.metadata`` pickle is never loaded by export, resume or
 ``load_trained_model``; a checkpoint without the JSON metadata is refused in one line."""
 
-import os
-import pickle
 import subprocess
 import sys
 
 import pytest
 import torch
+from malicious_pickles import plant_malicious_metadata
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 
@@ -22,16 +21,6 @@ ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 MODEL_YAML = "model:\n  _target_: torch.nn.Linear\n  in_features: 3\n  out_features: 2\n"
 
 
-class CreatesMarker:
-    """Unpickling this creates the file named by ``marker``: proof that something unpickled."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mknod, (self.marker,))
-
-
 def save_run(run_dir) -> tuple[nn.Module, torch.optim.Optimizer, Checkpointer]:
     model = nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -44,10 +33,6 @@ def export_run(run_dir, out) -> subprocess.CompletedProcess:
     """``polymodal export`` of ``run_dir``, as a user runs it."""
     command = [sys.executable, "-m", "polymodal", "export", "--checkpoint", str(run_dir), "--out", str(out)]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
-
-
-def plant_malicious_metadata(checkpoint, marker) -> None:
-    (checkpoint / ".metadata").write_bytes(pickle.dumps(CreatesMarker(str(marker))))
 
 
 def test_json_metadata_rebuilds_what_torch_pickled(tmp_path):
