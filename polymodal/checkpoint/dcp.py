@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -191,11 +191,14 @@ class Checkpointer:
         if self.env.is_main:
             write_checksums(staging)
 
-    def _raise_disk_full(self, step: int, staging: Path, error: BaseException) -> None:
+    def _raise_disk_full(self, step: int, staging: Path, error: BaseException) -> NoReturn:
+        """One line instead of torch's long traceback (which never says the disk is full); the partial save goes."""
         if self.env.is_main:
             shutil.rmtree(staging, ignore_errors=True)
         complete = self.complete_checkpoints()
-        previous = f"the previous checkpoint step {step_of(complete[-1])} is intact" if complete else "no earlier one"
+        previous = "there is no earlier one"
+        if complete:
+            previous = f"the previous checkpoint step {step_of(complete[-1])} is intact"
         message = f"no space left on device while saving step {step} to {self.directory}; {previous}"
         raise CheckpointError(message) from error
 
