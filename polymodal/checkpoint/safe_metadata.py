@@ -3,7 +3,8 @@
 torch's ``FileSystemReader`` reads a checkpoint's ``.metadata`` with ``pickle.load``: a crafted file runs code.
 :class:`JsonMetadataWriter` writes the same description as ``metadata.json`` beside it, and
 :class:`JsonMetadataReader` rebuilds torch's ``Metadata`` from that JSON and never opens ``.metadata``. The tensor
-payload (``*.distcp``) is read by torch with ``torch.load(weights_only=True)``, which only rebuilds tensors.
+payload (``*.distcp``) is read by torch with ``torch.load(weights_only=True)``, which only rebuilds tensors; the JSON
+can describe nothing but tensors, as DCP reads any other entry with ``torch.load(weights_only=False)``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def _storage_to_json(meta: TensorStorageMetadata | BytesStorageMetadata) -> dict[str, Any]:
-    if isinstance(meta, BytesStorageMetadata):
-        return {"bytes": True}
+def _storage_to_json(fqn: str, meta: TensorStorageMetadata | BytesStorageMetadata) -> dict[str, Any]:
+    if not isinstance(meta, TensorStorageMetadata):  # polymodal puts only tensors through DCP
+        raise TypeError(f"{fqn} is not a tensor; only tensors are checkpointed through DCP")
     return {
         "dtype": str(meta.properties.dtype),
         "size": list(meta.size),
@@ -47,9 +48,9 @@ def _storage_to_json(meta: TensorStorageMetadata | BytesStorageMetadata) -> dict
     }
 
 
-def _storage_from_json(entry: dict[str, Any]) -> TensorStorageMetadata | BytesStorageMetadata:
-    if entry.get("bytes"):
-        return BytesStorageMetadata()
+def _storage_from_json(entry: dict[str, Any]) -> TensorStorageMetadata:
+    """Always a tensor: DCP loads a non-tensor (``BytesStorageMetadata``) entry with ``torch.load(weights_only=False)``,
+    so a description that could yield one is refused (a missing field raises KeyError)."""
     chunks = [ChunkStorageMetadata(torch.Size(c["offsets"]), torch.Size(c["sizes"])) for c in entry["chunks"]]
     return TensorStorageMetadata(TensorProperties(dtype=_dtype(entry["dtype"])), torch.Size(entry["size"]), chunks)
 
@@ -58,7 +59,7 @@ def metadata_to_json(metadata: Metadata) -> dict[str, Any]:
     """What loading needs of DCP's ``Metadata``: tensors, their chunks, and where each chunk is stored."""
     return {
         "version": metadata.version,
-        "tensors": {fqn: _storage_to_json(meta) for fqn, meta in metadata.state_dict_metadata.items()},
+        "tensors": {fqn: _storage_to_json(fqn, meta) for fqn, meta in metadata.state_dict_metadata.items()},
         "planner_data": {fqn: list(path) for fqn, path in (metadata.planner_data or {}).items()},
         "storage": [
             {

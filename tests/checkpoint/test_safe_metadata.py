@@ -1,16 +1,17 @@
 """Opening a checkpoint never unpickles: a crafted ``.metadata`` pickle is never loaded by export, resume or
 ``load_trained_model``; a checkpoint without the JSON metadata is refused in one line."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from malicious_pickles import plant_malicious_metadata
+from malicious_pickles import plant_malicious_metadata, torch_saved_marker
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader
 
-from polymodal.checkpoint.dcp import Checkpointer
+from polymodal.checkpoint.dcp import Checkpointer, load_model_weights
 from polymodal.checkpoint.errors import CheckpointError
 from polymodal.checkpoint.integrity import write_checksums
 from polymodal.checkpoint.safe_metadata import METADATA_JSON, read_json_metadata
@@ -73,4 +74,24 @@ def test_a_checkpoint_without_json_metadata_is_refused_in_one_line_not_unpickled
     export = export_run(tmp_path / "run", tmp_path / "export")
     assert export.returncode != 0
     assert export.stderr.strip().count("\n") == 0 and "unpickling" in export.stderr, export.stderr
+    assert not marker.exists()
+
+
+def test_json_metadata_describing_a_non_tensor_is_refused(tmp_path):
+    """DCP reads a non-tensor entry with torch.load(weights_only=False): the JSON cannot ask for one."""
+    marker = tmp_path / "pwned"
+    model, _, checkpointer = save_run(tmp_path / "run")
+    checkpoint = checkpointer.latest()
+    payload = torch_saved_marker(marker)
+    (checkpoint / "__evil.distcp").write_bytes(payload)
+    metadata = json.loads((checkpoint / METADATA_JSON).read_text())
+    metadata["tensors"]["model.weight"] = {"bytes": True}
+    storage = [entry for entry in metadata["storage"] if entry["fqn"] != "model.weight"]
+    metadata["storage"] = [*storage, {"fqn": "model.weight", "offset": None, "index": None, "file": "__evil.distcp",
+                                      "start": 0, "length": len(payload), "transforms": []}]  # fmt: skip
+    (checkpoint / METADATA_JSON).write_text(json.dumps(metadata))
+    write_checksums(checkpoint)
+
+    with pytest.raises(CheckpointError, match="is not valid checkpoint metadata"):
+        load_model_weights(checkpoint, model)  # what export does (a resume's shape check would stop it earlier)
     assert not marker.exists()
