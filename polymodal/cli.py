@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from polymodal import __version__
+from polymodal.checkpoint.errors import CheckpointError
 from polymodal.config.errors import ConfigError, did_you_mean
 
 EXIT_CONFIG_ERROR = 2
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     run = getattr(importlib.import_module(module), function)
     try:
         return run(argv[1:])
-    except (ConfigError, FileNotFoundError) as error:  # the user's input, said in one line
+    except (ConfigError, CheckpointError, FileNotFoundError) as error:  # said in one line
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except BrokenPipeError:  # `polymodal configs list | head`: the reader has what it wanted

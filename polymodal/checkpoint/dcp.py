@@ -3,12 +3,15 @@
 Layout of ``<output_dir>/checkpoints/step_00000100/``::
 
     .metadata, __*_*.distcp   model and optimizer tensors (DCP: sharded per rank, resharded on load)
+    metadata.json             DCP's metadata as JSON: loading reads this, never the pickled .metadata
+    checksums.json            SHA-256 of every other file, checked before loading
     trainer_state.json        step, skip counter, data-loader position, world size, library version
     rng/rank<R>.json          every RNG of rank R
     config.yaml               the resolved config of the run
 
 Only tensors go through DCP. Everything else is JSON, because DCP stores non-tensor values as pickles and loads
-them with ``weights_only=False``; a checkpoint must be safe to open even when it came from someone else.
+them with ``weights_only=False``; a checkpoint must be safe to open even when it came from someone else. For the
+same reason DCP's own pickled ``.metadata`` is never read (:mod:`polymodal.checkpoint.safe_metadata`).
 
 Every rank writes into ``.tmp-step_*``; after a barrier rank 0 renames it to ``step_*``. The rename is the commit:
 a crash at any earlier point leaves the previous checkpoint as the newest complete one, and the stale temp
@@ -17,6 +20,7 @@ directory is removed by the next save.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import re
@@ -25,12 +29,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
@@ -39,7 +44,16 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from polymodal import __version__
+from polymodal.checkpoint.errors import CheckpointError
+from polymodal.checkpoint.integrity import damage, verify, write_checksums
 from polymodal.checkpoint.rng import capture_rng_state, restore_rng_state
+from polymodal.checkpoint.safe_metadata import (
+    METADATA_JSON,
+    JsonMetadataReader,
+    JsonMetadataWriter,
+    read_json_metadata,
+    refuse_without_json_metadata,
+)
 from polymodal.config.errors import ConfigError
 from polymodal.distributed.env import DistEnv, barrier
 
@@ -115,8 +129,18 @@ class Checkpointer:
         return sorted(found, key=step_of)
 
     def latest(self) -> Path | None:
+        """The newest complete checkpoint whose files are intact; newer damaged ones are skipped with a warning."""
         complete = self.complete_checkpoints()
-        return complete[-1] if complete else None
+        for checkpoint in reversed(complete):
+            if not (checkpoint / METADATA_JSON).is_file():
+                return checkpoint  # from an older polymodal, without checksums: loading refuses it in one line
+            problem = damage(checkpoint)
+            if problem is None:
+                return checkpoint
+            log.warning("checkpoint %s is damaged (%s): falling back to an older one", checkpoint, problem)
+        if complete:
+            raise CheckpointError(f"every checkpoint in {self.directory} is damaged; start a new run")
+        return None
 
     def save(
         self,
@@ -136,15 +160,13 @@ class Checkpointer:
 
         model_state, optim_state = get_state_dict(model, optimizer)
         tensors, others = _partition({"model": model_state, "optim": optim_state})
-        with _single_process_quiet():
-            dcp.save(tensors, checkpoint_id=staging)
-        _write_json(staging / "rng" / f"rank{self.env.rank}.json", capture_rng_state())
-        if self.env.is_main:
-            state = dict(trainer_state, step=step, world_size=self.env.world_size, version=__version__)
-            _write_json(staging / "non_tensor_state.json", others)
-            _write_json(staging / TRAINER_STATE, state)
-            (staging / "config.yaml").write_text(config_yaml)
-        barrier()
+        state = dict(trainer_state, step=step, world_size=self.env.world_size, version=__version__)
+        try:
+            self._write(staging, tensors, others, state, config_yaml)
+        except (OSError, RuntimeError, CheckpointException) as error:
+            if not _disk_full(error):
+                raise
+            self._raise_disk_full(step, staging, error)
         if self.env.is_main:
             if final.exists():  # a re-save of the same step (e.g. after a resume) replaces it
                 shutil.rmtree(final)
@@ -154,6 +176,32 @@ class Checkpointer:
         log.info("saved checkpoint %s", final)
         return final
 
+    def _write(
+        self, staging: Path, tensors: dict[str, Any], others: dict[str, Any], state: dict[str, Any], config_yaml: str
+    ) -> None:
+        """Every file of the checkpoint into ``staging``, the checksums of all ranks' files last."""
+        with _single_process_quiet():
+            dcp.save(tensors, storage_writer=JsonMetadataWriter(staging))
+        _write_json(staging / "rng" / f"rank{self.env.rank}.json", capture_rng_state())
+        if self.env.is_main:
+            _write_json(staging / "non_tensor_state.json", others)
+            _write_json(staging / TRAINER_STATE, state)
+            (staging / "config.yaml").write_text(config_yaml)
+        barrier()
+        if self.env.is_main:
+            write_checksums(staging)
+
+    def _raise_disk_full(self, step: int, staging: Path, error: BaseException) -> NoReturn:
+        """One line instead of torch's long traceback (which never says the disk is full); the partial save goes."""
+        if self.env.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        complete = self.complete_checkpoints()
+        previous = "there is no earlier one"
+        if complete:
+            previous = f"the previous checkpoint step {step_of(complete[-1])} is intact"
+        message = f"no space left on device while saving step {step} to {self.directory}; {previous}"
+        raise CheckpointError(message) from error
+
     def _prune(self) -> None:
         for old in self.complete_checkpoints()[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
@@ -162,15 +210,15 @@ class Checkpointer:
         """Restore model, optimizer and this rank's RNGs in place; return the trainer state."""
         checkpoint = Path(checkpoint)
         state_file = checkpoint / TRAINER_STATE
-        if not state_file.is_file() or not (checkpoint / ".metadata").is_file():
+        if not state_file.is_file():
             raise FileNotFoundError(f"{checkpoint} is not a complete polymodal checkpoint (no {TRAINER_STATE})")
+        metadata = open_checkpoint(checkpoint)
         trainer_state = json.loads(state_file.read_text())
 
         model_state, optim_state = get_state_dict(model, optimizer)
         tensors, _ = _partition({"model": model_state, "optim": optim_state})
-        check_same_shapes(checkpoint, tensors)
-        with _single_process_quiet():
-            dcp.load(tensors, checkpoint_id=checkpoint)
+        check_same_shapes(checkpoint, metadata, tensors)
+        _load_tensors(tensors, checkpoint)
         others = json.loads((checkpoint / "non_tensor_state.json").read_text())
         restored = _merge(tensors, others)
         set_state_dict(model, optimizer, model_state_dict=restored["model"], optim_state_dict=restored.get("optim", {}))
@@ -199,12 +247,45 @@ def _flat_shapes(tree: dict[str, Any], prefix: str = "") -> dict[str, tuple[int,
     return shapes
 
 
-def check_same_shapes(checkpoint: Path, tensors: dict[str, Any]) -> None:
+def _disk_full(error: BaseException) -> bool:
+    """Whether a save failed for want of space: ENOSPC anywhere in the exception chain (DCP wraps each rank's error
+    in a CheckpointException), or torch's zip writer's short write (``unexpected pos ...``), which carries no errno."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return True
+        if "unexpected pos" in str(current):
+            return True
+        pending += [current.__cause__, current.__context__]
+        if isinstance(current, CheckpointException):
+            pending += [failure for failure, _ in current.failures.values()]
+    return False
+
+
+def open_checkpoint(checkpoint: Path) -> Metadata:
+    """The DCP metadata of ``checkpoint``, after refusing in one line one that could only be opened by unpickling
+    or whose files are damaged."""
+    refuse_without_json_metadata(checkpoint)
+    verify(checkpoint)
+    return read_json_metadata(checkpoint)
+
+
+def _load_tensors(tensors: dict[str, Any], checkpoint: Path) -> None:
+    """DCP's load (resharding) of ``tensors`` in place, reading metadata from JSON only."""
+    with _single_process_quiet():
+        dcp.load(tensors, storage_reader=JsonMetadataReader(checkpoint))
+
+
+def check_same_shapes(checkpoint: Path, metadata: Metadata, tensors: dict[str, Any]) -> None:
     """Refuse, in one line, a checkpoint whose tensors differ in name or shape from the model/optimizer about to
     be loaded (a resume after changing the model), before DCP fails deep inside with a long traceback."""
     stored = {
         key: tuple(meta.size)
-        for key, meta in dcp.FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata.items()
+        for key, meta in metadata.state_dict_metadata.items()
         if isinstance(meta, TensorStorageMetadata)
     }
     wanted = _flat_shapes(tensors)
@@ -226,9 +307,9 @@ def check_same_shapes(checkpoint: Path, tensors: dict[str, Any]) -> None:
 
 def load_model_weights(checkpoint: Path, model: nn.Module) -> None:
     """Load only the model part of a checkpoint (for export and evaluation)."""
+    open_checkpoint(Path(checkpoint))
     tensors, _ = _partition({"model": get_model_state_dict(model)})
-    with _single_process_quiet():
-        dcp.load(tensors, checkpoint_id=checkpoint)
+    _load_tensors(tensors, checkpoint)
     others = json.loads((Path(checkpoint) / "non_tensor_state.json").read_text())
     restored = _merge(tensors, {"model": others.get("model", {})})
     set_model_state_dict(model, restored["model"])

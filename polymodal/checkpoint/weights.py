@@ -51,7 +51,9 @@ def export_weights(model: nn.Module, out_dir: Path, config_yaml: str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
-    save_model(model, str(weights), metadata={"format": "pt", "library": "polymodal"})
+    # One metadata key: safetensors writes __metadata__ from a hash map, so two keys come out in varying order and
+    # the same weights would give different bytes.
+    save_model(model, str(weights), metadata={"format": "pt"})
     usual_permissions(weights)
     (out_dir / "config.yaml").write_text(config_yaml)
     return weights

@@ -385,8 +385,16 @@ class Trainer:
                 if stop.stop_requested(self.env.device):
                     self._save_and_stop(step, stop.received)
         if self.env.is_main:
-            plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
+            self._plot_loss()
         return {"train": last_train, "val": last_val, "step": self.progress.step}
+
+    def _plot_loss(self) -> None:
+        """loss.png of the run; a picture never fails a run whose checkpoint is saved (e.g. a resume that logged no
+        finite loss), so a failure is a warning."""
+        try:
+            plot_loss_curves(self.output_dir / "metrics.jsonl", self.output_dir / "loss.png")
+        except Exception as error:
+            log.warning("no loss plot: %s", error)
 
     def _checked_train_step(self) -> dict[str, torch.Tensor | float]:
         """:meth:`train_step`, stopping the run with one line when the data error budget is exceeded.
@@ -412,9 +420,9 @@ class Trainer:
 
     def _checkpoint_this_step(self, data_state: dict[str, Any] | None = None) -> Path:
         """The checkpoint of the current step: the one just written on the cadence, else a new one."""
-        latest = self.checkpointer.latest()
-        if latest is not None and latest.name == f"step_{self.progress.step:08d}":
-            return latest
+        complete = self.checkpointer.complete_checkpoints()  # no hashing: it was just written by this run
+        if complete and complete[-1].name == f"step_{self.progress.step:08d}":
+            return complete[-1]
         return self.save_checkpoint(data_state)
 
     def _save_and_stop(self, step: int, received: signal.Signals | None) -> None:

@@ -1,3 +1,4 @@
+import errno
 import json
 import random
 
@@ -5,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from polymodal.checkpoint.dcp import Checkpointer, load_model_weights
+from polymodal.checkpoint.errors import CheckpointError
+from polymodal.checkpoint.safe_metadata import JsonMetadataWriter, read_json_metadata
 from polymodal.distributed.env import DistEnv
 
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
@@ -50,7 +52,7 @@ def test_round_trip_restores_model_optimizer_rngs_and_state(tmp_path):
 def test_dcp_payload_is_tensors_only_so_loading_never_unpickles(tmp_path):
     model, optimizer = model_and_optimizer()
     path = Checkpointer(tmp_path, keep_last=1, env=ENV).save(1, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
-    metadata = FileSystemReader(path).read_metadata()
+    metadata = read_json_metadata(path)
     assert metadata.state_dict_metadata
     assert all(isinstance(m, TensorStorageMetadata) for m in metadata.state_dict_metadata.values())
     groups = json.loads((path / "non_tensor_state.json").read_text())["optim"]["param_groups"]
@@ -101,3 +103,28 @@ def test_a_checkpoint_of_another_model_is_refused_before_loading(tmp_path):
     wider = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 2))
     with pytest.raises(ConfigError, match=r"cannot resume from .*\(4, 3\) there, \(8, 3\) now"):
         Checkpointer(tmp_path, keep_last=1, env=ENV).load(path, wider, torch.optim.AdamW(wider.parameters()))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 704 vs 598"),  # torch's short write
+    ],
+)
+def test_a_full_disk_says_so_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    model, optimizer = model_and_optimizer()
+    checkpointer = Checkpointer(tmp_path, keep_last=1, env=ENV)
+    checkpointer.save(1, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+
+    def disk_full(self, plan, planner):
+        raise failure
+
+    monkeypatch.setattr(JsonMetadataWriter, "write_data", disk_full)
+    with pytest.raises(CheckpointError) as raised:
+        checkpointer.save(2, model, optimizer, {"skipped_steps": 0, "data": {}}, "")
+    assert str(raised.value) == (
+        f"no space left on device while saving step 2 to {tmp_path}; the previous checkpoint step 1 is intact"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001"]  # staging cleaned, previous kept
+    assert checkpointer.load(checkpointer.latest(), *model_and_optimizer(seed=1))["step"] == 1

@@ -55,3 +55,24 @@ def test_exports_are_readable_like_any_written_file(tmp_path):
         os.umask(umask)
     for name in ("model.safetensors", "config.yaml"):
         assert stat.S_IMODE((tmp_path / "export" / name).stat().st_mode) == 0o644, name
+
+
+EXPORT_IN_A_FRESH_PROCESS = """
+import sys, torch
+from torch import nn
+from polymodal.checkpoint.weights import export_weights
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+for attempt in range(4):  # the metadata order varied from one write to the next, in one process too
+    export_weights(model, f"{sys.argv[1]}-{attempt}", "a: 1\\n")
+"""
+
+
+def test_the_same_weights_export_to_the_same_bytes_in_separate_processes(tmp_path):
+    import subprocess
+    import sys
+
+    for name in ("first", "second"):
+        subprocess.run([sys.executable, "-c", EXPORT_IN_A_FRESH_PROCESS, str(tmp_path / name)], check=True, timeout=120)
+    exports = {path.read_bytes() for path in tmp_path.glob("*/model.safetensors")}
+    assert len(list(tmp_path.glob("*/model.safetensors"))) == 8 and len(exports) == 1

@@ -6,8 +6,10 @@ import shutil
 
 import pytest
 import torch
+from malicious_pickles import plant_malicious_metadata
 
 from polymodal.checkpoint import dcp as checkpoint_module
+from polymodal.checkpoint.integrity import write_checksums
 from polymodal.config import load_config
 from polymodal.models.meta import Objective
 from polymodal.train.trainer import Trainer, TrainingStopped, move_to_device
@@ -247,3 +249,38 @@ def test_move_to_device_reaches_nested_modality_dicts():
     moved = move_to_device(batch, torch.device("meta"))
     assert moved["ids"].device.type == "meta" and moved["tok_rgb"]["tensor"].device.type == "meta"
     assert moved["name"] == "x"
+
+
+def test_a_run_without_a_finite_loss_to_plot_still_succeeds(tiny_config, tmp_path, monkeypatch, caplog):
+    original = Trainer.forward_loss
+
+    def forward_loss(self, batch):  # every loss, training and validation, is NaN
+        loss, metrics, output = original(self, batch)
+        return loss * float("nan"), metrics, output
+
+    monkeypatch.setattr(Trainer, "forward_loss", forward_loss)
+    trainer = make_trainer(tiny_config, "experiment.nonfinite.max_skips=100")
+    with caplog.at_level("WARNING", logger="polymodal"):
+        result = trainer.fit()
+    assert result["step"] == 8 and trainer.checkpointer.latest().name == "step_00000008"
+    assert "no loss plot" in caplog.text and not (tmp_path / "run" / "loss.png").exists()
+
+
+def test_resume_never_unpickles_a_planted_metadata_file(tiny_config, tmp_path):
+    make_trainer(tiny_config, "experiment.total_steps=4").fit()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step_00000004"
+    plant_malicious_metadata(checkpoint, tmp_path / "pwned")
+    write_checksums(checkpoint)  # the attacker rewrites the checksums too
+    resumed = make_trainer(tiny_config)
+    resumed.resume()
+    assert resumed.progress.step == 4 and not (tmp_path / "pwned").exists()
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tiny_config, tmp_path, caplog):
+    make_trainer(tiny_config).fit()
+    shard = next((tmp_path / "run" / "checkpoints" / "step_00000008").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-1])
+    resumed = make_trainer(tiny_config)
+    with caplog.at_level("WARNING", logger="polymodal"):
+        resumed.resume()
+    assert resumed.progress.step == 4 and "step_00000008 is damaged" in caplog.text
