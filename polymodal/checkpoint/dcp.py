@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -201,6 +202,27 @@ class Checkpointer:
             previous = f"the previous checkpoint step {step_of(complete[-1])} is intact"
         message = f"no space left on device while saving step {step} to {self.directory}; {previous}"
         raise CheckpointError(message) from error
+
+    def branch_from(self, step: int) -> Path | None:
+        """Training continues from ``step``: move this directory's newer checkpoints aside (into
+        ``abandoned-after-step_N-<time>/``, returned) so that pruning and ``latest()`` follow the new branch
+        instead of the old run's later steps. Collective: every rank calls it; the main one moves."""
+        newer = [p for p in self.complete_checkpoints() if step_of(p) > step]
+        aside = None
+        if newer:
+            aside = self.directory / f"abandoned-after-step_{step:08d}-{time.strftime('%Y%m%d-%H%M%S')}"
+            if self.env.is_main:
+                aside.mkdir()
+                for checkpoint in newer:
+                    checkpoint.rename(aside / checkpoint.name)
+                log.warning(
+                    "resumed from step %d: the newer checkpoints %s were moved to %s (this run is a new branch)",
+                    step,
+                    [p.name for p in newer],
+                    aside,
+                )
+        barrier()
+        return aside
 
     def _prune(self) -> None:
         for old in self.complete_checkpoints()[: -self.keep_last]:

@@ -210,6 +210,8 @@ class Trainer:
             raise ConfigError(f"{checkpoint}: {error}") from error
         if state["world_size"] != self.env.world_size:
             seed_everything(zlib.crc32(f"{self.exp.seed}/{self.env.rank}/{self.progress.step}".encode()))
+        if self.exp.resume != "auto":  # an explicit, possibly earlier, step: the run goes on from there
+            self.checkpointer.branch_from(self.progress.step)
         log.info("resumed from %s at step %d", checkpoint, self.progress.step)
 
     def save_checkpoint(self, data_state: dict[str, Any] | None = None) -> Path:
