@@ -69,17 +69,28 @@ def mask_image(
     return is_input, is_target
 
 
+def draw_token_uniforms(valid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) float64 uniforms at the ``valid`` tokens, 1.0 at padding.
+
+    Only real tokens consume draws (row by row), so a row's draws do not depend on how far it is padded: a
+    caption gets the same mask whether ``samples.text_ids`` padded it to 12 or to 256 columns.
+    """
+    uniforms = torch.ones(valid.shape, dtype=torch.float64, device=valid.device)
+    uniforms[valid] = draw_uniform((int(valid.sum()),), generator).to(valid.device)
+    return uniforms
+
+
 def draw_dropped(
     valid: torch.Tensor, keep_prob: torch.Tensor, input_budget: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """(B, T) bool dropped tokens: each kept with probability ``keep_prob`` (B,), the whole row dropped where
-    ``input_budget`` is 0, and redrawn with ``keep_prob *= 0.9`` while the input would exceed its budget.
+    """(B, T) bool dropped tokens, False at padding: each real token kept with probability ``keep_prob`` (B,),
+    the whole row dropped where ``input_budget`` is 0, and redrawn with ``keep_prob *= 0.9`` while the input
+    would exceed its budget (4M's per-sample rule, decided on the unpadded sequence).
 
     Bound: after :data:`MAX_KEEP_PROB_DECAYS` redraws a row still too long drops every token, so its input is
     the single sentinel ``[S_1]``, which fits any budget >= 1.
     """
-    batch_size, length = valid.shape
-    dropped = (draw_uniform((batch_size, length), generator) >= keep_prob[:, None]) | (input_budget == 0)[:, None]
+    dropped = valid & ((draw_token_uniforms(valid, generator) >= keep_prob[:, None]) | (input_budget == 0)[:, None])
     too_long = (input_budget > 0) & (input_lengths(dropped, valid) > input_budget)
     keep_prob = keep_prob.clone()
     for _ in range(MAX_KEEP_PROB_DECAYS):
@@ -87,9 +98,9 @@ def draw_dropped(
         if rows.numel() == 0:
             return dropped
         keep_prob[rows] *= KEEP_PROB_DECAY
-        dropped[rows] = draw_uniform((rows.numel(), length), generator) >= keep_prob[rows, None]
+        dropped[rows] = valid[rows] & (draw_token_uniforms(valid[rows], generator) >= keep_prob[rows, None])
         too_long[rows] = input_lengths(dropped[rows], valid[rows]) > input_budget[rows]
-    dropped[too_long] = True
+    dropped[too_long] = valid[too_long]
     return dropped
 
 
