@@ -22,7 +22,12 @@ i predicts i + 1), so the first token of the block is never itself predicted.
 
 Randomness: every draw comes from the ``torch.Generator`` passed to the call (no python ``random``, no numpy,
 no torch global RNG), so a batch is a function of (generator seed, raw batch). Draw order: budgets, then each
-modality in registry order.
+modality in registry order, then the order of the modalities in the returned dict.
+
+Modality order: the model concatenates modalities in batch-dict order and keeps the first ``num_decoder_tokens``
+targets, so a fixed order would starve the same modalities every step when the targets overflow. 4M shuffles its
+modality order every forward pass; :class:`FourMMasking` returns its modalities in a random order per batch,
+drawn from the same generator (so a resumed run replays it).
 
 Vectorisation: budgets, image masks, span corruption and target truncation are batched tensor ops. The only
 Python loops are over modalities, Gamma rejection rounds, budget redistribution rounds and the keep-probability
@@ -152,6 +157,13 @@ def embedding_output(
     tensor = embeddings[torch.arange(batch_size, device=device)[:, None], source.clamp(min=0)]
     tensor.masked_fill_((source < 0)[..., None], 0)
     return {"tensor": tensor, "is_input": is_input, "is_target": torch.zeros_like(is_input)}
+
+
+def shuffle_modalities(masked: MaskedBatch, generator: torch.Generator) -> MaskedBatch:
+    """``masked`` with its modalities in a random order (module docstring, "Modality order")."""
+    names = list(masked)
+    order = torch.randperm(len(names), generator=generator, device=generator.device).tolist()
+    return {names[index]: masked[names[index]] for index in order}
 
 
 def _span_ids(raw: RawModality) -> torch.Tensor:
@@ -293,7 +305,7 @@ class FourMMasking:
             choice = draw_uniform((input_budget.shape[0],), generator).to(device)
             window = target_window(corruption, target_budget, choice)
             masked[name] = _layout_sequence(modality, corruption, input_length, window)
-        return masked
+        return shuffle_modalities(masked, generator)
 
     def _keep_prob(self, name: str, component: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B,) keep probability of each sample: U(0, 1), 1 or a fair 0/1 by its component's keep scheme."""
