@@ -142,20 +142,16 @@ def embedding_output(
 ) -> MaskedModality:
     """Lay out ``seq_emb`` rows: the input's embedding rows first, a zero vector at each sentinel; no target.
 
-    The (B, num_positions, E) output is the only block allocated (T5 states are 4096 wide, 323 MB at B=256,
-    T=77): the rows are indexed straight out of ``embeddings`` and the others zeroed in place.
+    T5 states are 4096 wide (323 MB per block at B=256, T=77), so the zeroed output is the only full block: only
+    the kept rows (a budget's worth) are copied into it.
     """
     batch_size, length, width = embeddings.shape
-    device = embeddings.device
-    is_input = torch.zeros(batch_size, num_positions, dtype=torch.bool, device=device)
-    is_input[:, :length] = torch.arange(length, device=device) < input_length[:, None]
-    if length == 0:
-        return {"tensor": embeddings.new_zeros(batch_size, num_positions, width), "is_input": is_input,
-                "is_target": torch.zeros_like(is_input)}  # fmt: skip
-    source = torch.full((batch_size, num_positions), -1, dtype=torch.long, device=device)
-    source[:, :length] = torch.where(is_input[:, :length], corruption.input_source, -1)
-    tensor = embeddings[torch.arange(batch_size, device=device)[:, None], source.clamp(min=0)]
-    tensor.masked_fill_((source < 0)[..., None], 0)
+    is_input = torch.zeros(batch_size, num_positions, dtype=torch.bool, device=embeddings.device)
+    is_input[:, :length] = torch.arange(length, device=embeddings.device) < input_length[:, None]
+    kept = (corruption.input_source >= 0) & is_input[:, :length]
+    rows, positions = kept.nonzero(as_tuple=True)
+    tensor = embeddings.new_zeros(batch_size, num_positions, width)
+    tensor[rows, positions] = embeddings[rows, corruption.input_source[rows, positions]]
     return {"tensor": tensor, "is_input": is_input, "is_target": torch.zeros_like(is_input)}
 
 
