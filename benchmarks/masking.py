@@ -2,7 +2,8 @@
 
 Both sides run the same algorithm on the same raw batch of a 4M-7-like registry (six 14x14 token modalities,
 caption and det of ``--seq-tokens`` tokens; with ``--t5-caption`` also 4M's ``t5_caption``, 77 x 4096 float32 vectors
-per sample, a ``seq_emb`` input) with 4M's budgets (input and target ``--tokens``, one Dirichlet with
+per sample, a ``seq_emb`` input: upstream copies each sample's kept vectors into a zero block, ours hands the
+vectors over uncopied with a row index) with 4M's budgets (input and target ``--tokens``, one Dirichlet with
 alpha 0.5, budget above a cap dropped as upstream: ``redistribute_capped_budget=False``):
 
 * (A) ours: ``FourMMasking(...)(raw_batch, generator)``: budgets for the whole batch, argsort image masks, span

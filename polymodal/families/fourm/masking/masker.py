@@ -9,7 +9,8 @@ Masked batch out: ``{name: {"tensor", "is_input", "is_target"}}`` for every regi
   (kept tokens, one sentinel per dropped span) sits at positions ``0 .. n_in - 1``, and the target
   (``[S_a] span [S_b] span ... [S_z]``) **right after it**, at ``n_in .. n_in + n_tg - 1`` (4M puts it at offset =
   the input budget, leaving a PAD gap; we don't). Everything else is PAD = 0;
-* ``seq_emb``: ``tensor`` (B, max_tokens, E): the input rows first, a zero vector at each sentinel; input only.
+* ``seq_emb``: ``tensor`` the raw vectors (B, T, E), not copied, and ``row_index`` (B, max_tokens): the row of
+  ``tensor`` at each input position (the input rows first), -1 for a sentinel's zero vector; input only.
 
 Mask conventions
 ----------------
@@ -140,19 +141,16 @@ def sequence_output(
 def embedding_output(
     corruption: SpanCorruption, input_length: torch.Tensor, embeddings: torch.Tensor, num_positions: int
 ) -> MaskedModality:
-    """Lay out ``seq_emb`` rows: the input's embedding rows first, a zero vector at each sentinel; no target.
-
-    T5 states are 4096 wide (323 MB per block at B=256, T=77), so the zeroed output is the only full block: only
-    the kept rows (a budget's worth) are copied into it.
-    """
-    batch_size, length, width = embeddings.shape
+    """Lay out ``seq_emb`` rows without copying them: ``tensor`` is ``embeddings`` as given and ``row_index``
+    (B, num_positions) says which of its rows each input position holds (-1: a sentinel's zero vector, or not an
+    input); no target. T5 states are 4096 wide (323 MB per batch at B=256, T=77): the model projects them first
+    and indexes the narrow result."""
+    batch_size, length, _ = embeddings.shape
     is_input = torch.zeros(batch_size, num_positions, dtype=torch.bool, device=embeddings.device)
     is_input[:, :length] = torch.arange(length, device=embeddings.device) < input_length[:, None]
-    kept = (corruption.input_source >= 0) & is_input[:, :length]
-    rows, positions = kept.nonzero(as_tuple=True)
-    tensor = embeddings.new_zeros(batch_size, num_positions, width)
-    tensor[rows, positions] = embeddings[rows, corruption.input_source[rows, positions]]
-    return {"tensor": tensor, "is_input": is_input, "is_target": torch.zeros_like(is_input)}
+    row_index = torch.full((batch_size, num_positions), -1, dtype=torch.long, device=embeddings.device)
+    row_index[:, :length] = torch.where(is_input[:, :length], corruption.input_source, -1)
+    return {"tensor": embeddings, "is_input": is_input, "is_target": torch.zeros_like(is_input), "row_index": row_index}
 
 
 def shuffle_modalities(masked: MaskedBatch, generator: torch.Generator) -> MaskedBatch:

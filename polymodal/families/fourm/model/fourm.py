@@ -243,7 +243,8 @@ class FourM(ReadWriteBlock):
         tokens, embs, valids = [], [], []
         for name in self._present(data, self.encoder_embeddings):
             entry = data[name]
-            x, emb = self.encoder_embeddings[name](entry["tensor"], entry["is_input"])
+            layout = {"row_index": entry["row_index"]} if "row_index" in entry else {}  # seq_emb from the masking
+            x, emb = self.encoder_embeddings[name](entry["tensor"], entry["is_input"], **layout)
             tokens.append(x)
             embs.append(emb)
             valids.append(_check_selection(name, "is_input", entry["is_input"], x.shape[:2]))
