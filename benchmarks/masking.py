@@ -1,7 +1,9 @@
 """4M masking: our batched, vectorised :class:`FourMMasking` against a per-sample Python loop (as 4M does it).
 
 Both sides run the same algorithm on the same raw batch of a 4M-7-like registry (six 14x14 token modalities,
-caption and det of ``--seq-tokens`` tokens) with 4M's budgets (input and target ``--tokens``, one Dirichlet with
+caption and det of ``--seq-tokens`` tokens; with ``--t5-caption`` also 4M's ``t5_caption``, 77 x 4096 float32 vectors
+per sample, a ``seq_emb`` input: upstream copies each sample's kept vectors into a zero block, ours hands the
+vectors over uncopied with a row index) with 4M's budgets (input and target ``--tokens``, one Dirichlet with
 alpha 0.5, budget above a cap dropped as upstream: ``redistribute_capped_budget=False``):
 
 * (A) ours: ``FourMMasking(...)(raw_batch, generator)``: budgets for the whole batch, argsort image masks, span
@@ -17,6 +19,7 @@ which torch limits to one thread each; on a shared 2-core machine, 2 threads mad
 through OpenMP contention).
 
     python benchmarks/masking.py                 # batch 256, ~1 minute on 2 cores
+    python benchmarks/masking.py --t5-caption    # with a seq_emb modality
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ from polymodal.tokenizers.text.wordpiece import EOS_ID, sentinel_id
 IMAGE_MODALITIES = ("tok_rgb@224", "tok_depth@224", "tok_semseg@224", "tok_normal@224", "tok_clip@224",
                     "tok_sam_edge@224")  # fmt: skip
 SEQUENCE_MODALITIES = ("caption", "det")
+EMBEDDING_MODALITY = "t5_caption"
 SEED = 0
 KEEP_PROB_DECAY = 0.9
 
 
-def build_registry(seq_tokens: int) -> ModalityRegistry:
+def build_registry(seq_tokens: int, t5_caption: bool = False) -> ModalityRegistry:
     overrides = {name: {"max_tokens": seq_tokens} for name in SEQUENCE_MODALITIES}
-    return ModalityRegistry.from_config([*IMAGE_MODALITIES, *SEQUENCE_MODALITIES], overrides)
+    embeddings = (EMBEDDING_MODALITY,) if t5_caption else ()
+    return ModalityRegistry.from_config([*IMAGE_MODALITIES, *SEQUENCE_MODALITIES, *embeddings], overrides)
 
 
 def build_masking(registry: ModalityRegistry, tokens: int) -> FourMMasking:
@@ -53,12 +58,16 @@ def build_masking(registry: ModalityRegistry, tokens: int) -> FourMMasking:
 
 
 def synthetic_batch(registry: ModalityRegistry, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random codes, and sequences of random length (>= 1) ending in EOS, right-padded with 0."""
+    """Random codes, random vectors (every row valid), and sequences of random length (>= 1) ending in EOS,
+    right-padded with 0."""
     g = torch.Generator().manual_seed(seed)
     raw = {}
     for name, spec in registry.items():
         if spec.is_image:
             raw[name] = torch.randint(0, spec.vocab_size, (batch_size, spec.num_positions()), generator=g)
+            continue
+        if spec.kind == "seq_emb":
+            raw[name] = torch.randn(batch_size, spec.max_tokens, spec.embedding_dim, generator=g)
             continue
         lengths = torch.randint(1, spec.max_tokens + 1, (batch_size,), generator=g)
         positions = torch.arange(spec.max_tokens)
@@ -90,7 +99,7 @@ def baseline_budgets(registry: ModalityRegistry, tokens: int, batch_size: int, r
         rng.randint(0, 0)  # the component draw of a one-component mixture
         input_budget = baseline_split(tokens, dirichlet, input_caps)
         caps = [
-            spec.num_positions() - b if spec.is_image else spec.max_tokens
+            0 if not spec.decoder else spec.num_positions() - b if spec.is_image else spec.max_tokens
             for spec, b in zip(specs, input_budget, strict=True)
         ]
         inputs.append(input_budget)
@@ -117,16 +126,21 @@ def baseline_span_masking(ids: list[int], keep_prob: float) -> tuple[list[int], 
     return inputs, targets
 
 
+def baseline_input_masking(ids: list[int], input_budget: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """4M's span masking of one sample (keep ``random``) with the keep-probability decay."""
+    if input_budget == 0:
+        return [], baseline_span_masking(ids, 0.0)[1]
+    keep_prob = rng.random()
+    inputs, targets = baseline_span_masking(ids, keep_prob)
+    while len(inputs) > input_budget:
+        keep_prob *= KEEP_PROB_DECAY
+        inputs, targets = baseline_span_masking(ids, keep_prob)
+    return inputs, targets
+
+
 def baseline_sequence(ids: list[int], input_budget: int, target_budget: int, length: int, rng: random.Random):
     """4M's ``sequence_mask`` for one sample (keep ``random``), laid out with the target right after the input."""
-    if input_budget == 0:
-        inputs, (_, targets) = [], baseline_span_masking(ids, 0.0)
-    else:
-        keep_prob = rng.random()
-        inputs, targets = baseline_span_masking(ids, keep_prob)
-        while len(inputs) > input_budget:
-            keep_prob *= KEEP_PROB_DECAY
-            inputs, targets = baseline_span_masking(ids, keep_prob)
+    inputs, targets = baseline_input_masking(ids, input_budget, rng)
     if len(targets) > target_budget:
         sentinels = [i for i, token in enumerate(targets) if sentinel_id(0) < token <= sentinel_id(199)]
         picked = sentinels[rng.randrange(max(1, len(sentinels) - 1))]
@@ -143,6 +157,21 @@ def baseline_sequence(ids: list[int], input_budget: int, target_budget: int, len
     tensor[len(inputs) : end] = torch.tensor(targets, dtype=torch.long)
     is_target[len(inputs) : end] = True
     return tensor, is_input, is_target
+
+
+def baseline_embedding(vectors: torch.Tensor, input_budget: int, length: int, rng: random.Random):
+    """4M's ``sequence_emb_mask_span`` for one sample: span-mask stand-in ids (positions past the sentinel ids),
+    then copy each kept vector into a zero (length, E) block (a zero vector at each sentinel)."""
+    first_id = sentinel_id(199) + 1
+    inputs, _ = baseline_input_masking(list(range(first_id, first_id + len(vectors))), input_budget, rng)
+    rows = {first_id + i: vectors[i, :] for i in range(len(vectors))}
+    tensor = torch.zeros(length, vectors.shape[1])
+    for position, token in enumerate(inputs):
+        if token in rows:
+            tensor[position, :] = rows[token]
+    is_input = torch.zeros(length, dtype=torch.bool)
+    is_input[: len(inputs)] = True
+    return tensor, is_input, torch.zeros(length, dtype=torch.bool)
 
 
 def baseline_image(num_positions: int, input_budget: int, target_budget: int):
@@ -165,6 +194,8 @@ def baseline_mask(
             input_budget, target_budget = int(budgets.input[b, column]), int(budgets.target[b, column])
             if spec.is_image:
                 rows[name].append(baseline_image(spec.num_positions(), input_budget, target_budget))
+            elif spec.kind == "seq_emb":
+                rows[name].append(baseline_embedding(raw[name][b], input_budget, spec.max_tokens, rng))
             else:
                 ids = [token for token in raw[name][b].tolist() if token]
                 rows[name].append(baseline_sequence(ids, input_budget, target_budget, spec.num_positions(), rng))
@@ -222,6 +253,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     parser.add_argument("--batches", type=int, default=4, help="timed batches per side and round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads during the run")
+    parser.add_argument("--t5-caption", action="store_true", help="add t5_caption (77 x 4096 float32, seq_emb)")
     args = parser.parse_args(argv)
     for name in ("batch_size", "tokens", "seq_tokens", "rounds", "batches", "threads"):
         if getattr(args, name) < 1:
@@ -242,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> Comparison:
 
 def run(args: argparse.Namespace) -> Comparison:
     print(platform_line(), flush=True)
-    registry = build_registry(args.seq_tokens)
+    registry = build_registry(args.seq_tokens, args.t5_caption)
     masking = build_masking(registry, args.tokens)
     raw = synthetic_batch(registry, args.batch_size, SEED)
     rng = random.Random(SEED)
@@ -258,7 +290,8 @@ def run(args: argparse.Namespace) -> Comparison:
     result = compare(ours, baseline, args.rounds)
     print(
         f"registry: {len(IMAGE_MODALITIES)} x 14x14 token grids + {'/'.join(SEQUENCE_MODALITIES)} of "
-        f"{args.seq_tokens} tokens; budgets {args.tokens}/{args.tokens}, alpha 0.5",
+        f"{args.seq_tokens} tokens{' + t5_caption 77 x 4096' if args.t5_caption else ''}; budgets "
+        f"{args.tokens}/{args.tokens}, alpha 0.5",
         flush=True,
     )
     print(report(result, args.batch_size, args.batches), flush=True)

@@ -21,6 +21,20 @@ def test_tiny_run_prints_both_sides_and_the_ratio(benchmark, capsys):
     assert len(result.ours_s) == len(result.baseline_s) == 2 and min(result.ours_s + result.baseline_s) > 0
 
 
+def test_t5_caption_inputs_follow_the_budget_on_both_sides(benchmark):
+    registry = benchmark.build_registry(8, t5_caption=True)
+    masking = benchmark.build_masking(registry, 24)
+    raw = benchmark.synthetic_batch(registry, 16, seed=1)
+    budgets = masking.sample_budgets(benchmark.parse_raw_batch(registry, raw), torch.Generator().manual_seed(1))
+    has_input = budgets.input[:, list(registry).index("t5_caption")] > 0
+    ours = benchmark.ours_with_budgets(masking, raw, budgets, seed=2)["t5_caption"]
+    baseline = benchmark.baseline_mask(registry, raw, budgets, random.Random(3))["t5_caption"]
+    for masked in (ours, baseline):
+        assert torch.equal(masked["is_input"].any(1), has_input) and not masked["is_target"].any()
+    assert ours["tensor"] is raw["t5_caption"] and (ours["row_index"][~ours["is_input"]] == -1).all()
+    assert (baseline["tensor"][~baseline["is_input"]] == 0).all()
+
+
 def sequence_parts(masked, b):
     n_in, n_tg = int(masked["is_input"][b].sum()), int(masked["is_target"][b].sum())
     assert masked["is_input"][b, :n_in].all() and masked["is_target"][b, n_in : n_in + n_tg].all()

@@ -9,7 +9,8 @@ Masked batch out: ``{name: {"tensor", "is_input", "is_target"}}`` for every regi
   (kept tokens, one sentinel per dropped span) sits at positions ``0 .. n_in - 1``, and the target
   (``[S_a] span [S_b] span ... [S_z]``) **right after it**, at ``n_in .. n_in + n_tg - 1`` (4M puts it at offset =
   the input budget, leaving a PAD gap; we don't). Everything else is PAD = 0;
-* ``seq_emb``: ``tensor`` (B, max_tokens, E): the input rows first, a zero vector at each sentinel; input only.
+* ``seq_emb``: ``tensor`` the raw vectors (B, T, E), not copied, and ``row_index`` (B, max_tokens): the row of
+  ``tensor`` at each input position (the input rows first), -1 for a sentinel's zero vector; input only.
 
 Mask conventions
 ----------------
@@ -22,7 +23,12 @@ i predicts i + 1), so the first token of the block is never itself predicted.
 
 Randomness: every draw comes from the ``torch.Generator`` passed to the call (no python ``random``, no numpy,
 no torch global RNG), so a batch is a function of (generator seed, raw batch). Draw order: budgets, then each
-modality in registry order.
+modality in registry order, then the order of the modalities in the returned dict.
+
+Modality order: the model concatenates modalities in batch-dict order and keeps the first ``num_decoder_tokens``
+targets, so a fixed order would starve the same modalities every step when the targets overflow. 4M shuffles its
+modality order every forward pass; :class:`FourMMasking` returns its modalities in a random order per batch,
+drawn from the same generator (so a resumed run replays it).
 
 Vectorisation: budgets, image masks, span corruption and target truncation are batched tensor ops. The only
 Python loops are over modalities, Gamma rejection rounds, budget redistribution rounds and the keep-probability
@@ -69,17 +75,28 @@ def mask_image(
     return is_input, is_target
 
 
+def draw_token_uniforms(valid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) float64 uniforms at the ``valid`` tokens, 1.0 at padding.
+
+    Only real tokens consume draws (row by row), so a row's draws do not depend on how far it is padded: a
+    caption gets the same mask whether ``samples.text_ids`` padded it to 12 or to 256 columns.
+    """
+    uniforms = torch.ones(valid.shape, dtype=torch.float64, device=valid.device)
+    uniforms[valid] = draw_uniform((int(valid.sum()),), generator).to(valid.device)
+    return uniforms
+
+
 def draw_dropped(
     valid: torch.Tensor, keep_prob: torch.Tensor, input_budget: torch.Tensor, generator: torch.Generator
 ) -> torch.Tensor:
-    """(B, T) bool dropped tokens: each kept with probability ``keep_prob`` (B,), the whole row dropped where
-    ``input_budget`` is 0, and redrawn with ``keep_prob *= 0.9`` while the input would exceed its budget.
+    """(B, T) bool dropped tokens, False at padding: each real token kept with probability ``keep_prob`` (B,),
+    the whole row dropped where ``input_budget`` is 0, and redrawn with ``keep_prob *= 0.9`` while the input
+    would exceed its budget (4M's per-sample rule, decided on the unpadded sequence).
 
     Bound: after :data:`MAX_KEEP_PROB_DECAYS` redraws a row still too long drops every token, so its input is
     the single sentinel ``[S_1]``, which fits any budget >= 1.
     """
-    batch_size, length = valid.shape
-    dropped = (draw_uniform((batch_size, length), generator) >= keep_prob[:, None]) | (input_budget == 0)[:, None]
+    dropped = valid & ((draw_token_uniforms(valid, generator) >= keep_prob[:, None]) | (input_budget == 0)[:, None])
     too_long = (input_budget > 0) & (input_lengths(dropped, valid) > input_budget)
     keep_prob = keep_prob.clone()
     for _ in range(MAX_KEEP_PROB_DECAYS):
@@ -87,9 +104,9 @@ def draw_dropped(
         if rows.numel() == 0:
             return dropped
         keep_prob[rows] *= KEEP_PROB_DECAY
-        dropped[rows] = draw_uniform((rows.numel(), length), generator) >= keep_prob[rows, None]
+        dropped[rows] = valid[rows] & (draw_token_uniforms(valid[rows], generator) >= keep_prob[rows, None])
         too_long[rows] = input_lengths(dropped[rows], valid[rows]) > input_budget[rows]
-    dropped[too_long] = True
+    dropped[too_long] = valid[too_long]
     return dropped
 
 
@@ -124,15 +141,23 @@ def sequence_output(
 def embedding_output(
     corruption: SpanCorruption, input_length: torch.Tensor, embeddings: torch.Tensor, num_positions: int
 ) -> MaskedModality:
-    """Lay out ``seq_emb`` rows: the input's embedding rows first, a zero vector at each sentinel; no target."""
-    batch_size, length, width = embeddings.shape
+    """Lay out ``seq_emb`` rows without copying them: ``tensor`` is ``embeddings`` as given and ``row_index``
+    (B, num_positions) says which of its rows each input position holds (-1: a sentinel's zero vector, or not an
+    input); no target. T5 states are 4096 wide (323 MB per batch at B=256, T=77): the model projects them first
+    and indexes the narrow result."""
+    batch_size, length, _ = embeddings.shape
     is_input = torch.zeros(batch_size, num_positions, dtype=torch.bool, device=embeddings.device)
     is_input[:, :length] = torch.arange(length, device=embeddings.device) < input_length[:, None]
-    source = corruption.input_source
-    rows = embeddings.gather(1, source.clamp(min=0)[..., None].expand(-1, -1, width))
-    tensor = embeddings.new_zeros(batch_size, num_positions, width)
-    tensor[:, :length] = rows * ((source >= 0) & is_input[:, :length])[..., None]
-    return {"tensor": tensor, "is_input": is_input, "is_target": torch.zeros_like(is_input)}
+    row_index = torch.full((batch_size, num_positions), -1, dtype=torch.long, device=embeddings.device)
+    row_index[:, :length] = torch.where(is_input[:, :length], corruption.input_source, -1)
+    return {"tensor": embeddings, "is_input": is_input, "is_target": torch.zeros_like(is_input), "row_index": row_index}
+
+
+def shuffle_modalities(masked: MaskedBatch, generator: torch.Generator) -> MaskedBatch:
+    """``masked`` with its modalities in a random order (module docstring, "Modality order")."""
+    names = list(masked)
+    order = torch.randperm(len(names), generator=generator, device=generator.device).tolist()
+    return {names[index]: masked[names[index]] for index in order}
 
 
 def _span_ids(raw: RawModality) -> torch.Tensor:
@@ -277,7 +302,7 @@ class FourMMasking:
             choice = draw_uniform((input_budget.shape[0],), generator).to(device)
             window = target_window(corruption, target_budget, choice)
             masked[name] = _layout_sequence(modality, corruption, input_length, window)
-        return masked
+        return shuffle_modalities(masked, generator)
 
     def _keep_prob(self, name: str, component: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B,) keep probability of each sample: U(0, 1), 1 or a fair 0/1 by its component's keep scheme."""

@@ -54,7 +54,9 @@ def span_starts(dropped: torch.Tensor) -> torch.Tensor:
 
 
 def input_lengths(dropped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) length of each row's corrupted input: kept tokens plus one sentinel per span."""
+    """(B,) length of each row's corrupted input: kept tokens plus one sentinel per span; dropped padding is not
+    a span."""
+    dropped = dropped & valid
     return ((valid & ~dropped) | span_starts(dropped)).sum(1)
 
 

@@ -139,17 +139,25 @@ class SequenceEncoderEmbedding(ModalityEmbedding):
 
 
 class SequenceVectorEncoderEmbedding(ModalityEmbedding):
-    """Precomputed vectors ``[B, L, E]`` (``seq_emb``, e.g. T5 caption states) -> ``proj``; positions as sequences."""
+    """Precomputed vectors ``[B, L, E]`` (``seq_emb``, e.g. T5 caption states) -> ``proj``; positions as sequences.
+
+    With ``row_index`` ``[B, P]`` (the masking's layout, module :mod:`polymodal.families.fourm.masking.masker`),
+    position p holds row ``row_index[:, p]`` of the vectors, or a zero vector where it is -1: the wide vectors are
+    projected as they come and the narrow result is indexed, instead of laying out a ``[B, P, E]`` copy."""
 
     def __init__(self, spec: ModalitySpec, dim: int) -> None:
         super().__init__(spec, dim)
         self.proj = nn.Linear(spec.embedding_dim, dim)
 
-    def forward(self, tensor: Tensor, is_input: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, tensor: Tensor, is_input: Tensor, row_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if tensor.dim() != 3 or tensor.shape[-1] != self.spec.embedding_dim:
             raise ValueError(f"modality {self.spec.name!r}: vectors must be [B, L, {self.spec.embedding_dim}], "
                              f"got {tuple(tensor.shape)}")  # fmt: skip
-        return self.proj(tensor), self.counted_emb(is_input)
+        x = self.proj(tensor)
+        if row_index is not None:
+            rows = x.gather(1, row_index.clamp(min=0)[..., None].expand(-1, -1, x.shape[-1]))
+            x = torch.where((row_index >= 0)[..., None], rows, self.proj(tensor.new_zeros(tensor.shape[-1])))
+        return x, self.counted_emb(is_input)
 
 
 class ImageTokenDecoderEmbedding(ModalityEmbedding):

@@ -10,7 +10,9 @@ A batch is a dict keyed by modality name; ``batch[m] = {"tensor", "is_input", "i
     logits, targets = model.predict(hidden, queries)   # {modality: [n_m, V_m]}, {modality: [n_m]}
 
 Selection keeps, per sample, the selected tokens first in concatenation order (batch dict order, then position)
-and cuts the sequence at ``num_encoder_tokens`` / ``num_decoder_tokens`` (None: no cut). Rows with fewer selected
+and cuts the sequence at ``num_encoder_tokens`` / ``num_decoder_tokens`` (None: no cut). Which targets survive a
+cut therefore follows the dict order; ``FourMMasking`` shuffles it per batch from its generator, as upstream
+shuffles its modality order every forward pass. Rows with fewer selected
 tokens are padded: padding is zeroed, never attended as a key, and padded query rows stay finite.
 
 Decoder self-attention is built from each kept token's modality index and kind: a token attends the valid tokens
@@ -241,7 +243,8 @@ class FourM(ReadWriteBlock):
         tokens, embs, valids = [], [], []
         for name in self._present(data, self.encoder_embeddings):
             entry = data[name]
-            x, emb = self.encoder_embeddings[name](entry["tensor"], entry["is_input"])
+            layout = {"row_index": entry["row_index"]} if "row_index" in entry else {}  # seq_emb from the masking
+            x, emb = self.encoder_embeddings[name](entry["tensor"], entry["is_input"], **layout)
             tokens.append(x)
             embs.append(emb)
             valids.append(_check_selection(name, "is_input", entry["is_input"], x.shape[:2]))
