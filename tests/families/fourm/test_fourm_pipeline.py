@@ -63,7 +63,7 @@ def test_demo_pipeline_runs_end_to_end(tmp_path: Path) -> None:
         *QUICK_RUN,
     )
     carried = sorted(path.name for path in (fourm / "tokenizers").iterdir())
-    assert carried == ["text.json", *(f"tok_{m}@64" for m in TOKENIZERS)]  # pretokenize-4m recorded them
+    assert carried == sorted(["text.json", *(f"tok_{m}@64" for m in TOKENIZERS)])  # pretokenize-4m recorded them
     folders = "rgb,tok_rgb,tok_depth,tok_normal,tok_semseg,caption,det,crop_settings"
     shards = f"{scenes}/[{folders}]/shard-{{00003..00003}}.tar"
     for schedule in ("rgb2all_tiny", "caption2rgb_tiny"):  # with the tokenizers the run carries
