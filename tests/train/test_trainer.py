@@ -221,6 +221,28 @@ def test_resume_from_explicit_path_and_missing_path(tiny_config, tmp_path):
         make_trainer(tiny_config, f"experiment.resume={tmp_path}/nope").resume()
 
 
+def test_resuming_an_earlier_step_starts_a_branch_that_later_resumes_follow(tiny_config, tmp_path):
+    """Resume step 4 of a run that reached step 8 (keep_last=1 after): the new step 6 is not pruned in favour of the
+    old step 8, and a later resume=auto continues the branch."""
+    make_trainer(tiny_config, "experiment.ckpt_every=2", "experiment.keep_last=4").fit()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in sorted(checkpoints.glob("step_*"))][-1] == "step_00000008"
+    branch = make_trainer(
+        tiny_config,
+        f"experiment.resume={checkpoints}/step_00000004",
+        "experiment.total_steps=6",
+        "experiment.ckpt_every=2",
+        "experiment.keep_last=1",
+    )
+    branch.fit()
+    assert [p.name for p in checkpoints.glob("step_*")] == ["step_00000006"]
+    (aside,) = checkpoints.glob("abandoned-after-step_00000004-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["step_00000006", "step_00000008"]  # the old run's, kept
+    follow = make_trainer(tiny_config, "experiment.total_steps=8")
+    follow.resume()
+    assert follow.progress.step == 6
+
+
 class TopTokenAgreement(Objective):
     """An evaluation metric block: how often the arg-max of the logits equals the input token (a copy rate)."""
 
