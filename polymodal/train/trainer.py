@@ -72,6 +72,13 @@ class Progress:
     skipped_steps: int = 0
 
 
+def _persistent_float_buffers(model: nn.Module) -> list[torch.Tensor]:
+    """The floating-point buffers a checkpoint keeps: the state a forward pass may update in place (EMA codebooks,
+    running statistics), which a non-finite step must not leave behind."""
+    persistent = set(model.state_dict(keep_vars=True))
+    return [buffer for name, buffer in model.named_buffers() if name in persistent and buffer.is_floating_point()]
+
+
 def move_to_device(batch: DataDict, device: torch.device) -> DataDict:
     """The batch with every tensor on ``device``, also inside nested dicts (4M's ``{modality: {...}}``)."""
     return {
@@ -124,6 +131,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", self.exp.keep_last, self.env)
         self.mesh = self._build_mesh()
         self.model, self.train_model = self._build_model(cfg)
+        self._forward_state = _persistent_float_buffers(self.model)
         seed_everything(self.exp.seed + self.env.rank)  # dropout and data-side randomness differ per rank
 
         dp_rank, dp_world = (self.mesh.dp_rank, self.mesh.dims.dp) if self.mesh else (0, 1)
@@ -246,6 +254,7 @@ class Trainer:
         """One optimizer step over ``grad_accum_steps`` micro-batches; tensors in the result stay on device."""
         exp = self.exp
         self.schedule.apply(self.optimizer, self.progress.step, exp.total_steps)
+        buffers_before = [buffer.clone() for buffer in self._forward_state]
         losses: list[torch.Tensor] = []
         values: dict[str, list[torch.Tensor]] = defaultdict(list)
         data_wait = flops = samples = 0.0
@@ -271,6 +280,9 @@ class Trainer:
         finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
         if finite:
             self.optimizer.step()
+        else:  # the forward's own updates (EMA codebooks, running statistics) saw the bad batch too: undo them
+            for buffer, before in zip(self._forward_state, buffers_before, strict=True):
+                buffer.copy_(before)
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         if not finite:

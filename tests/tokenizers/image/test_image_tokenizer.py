@@ -24,7 +24,7 @@ from polymodal.tokenizers.image.tokenizer import (
     build_image_tokenizer,
     fit_log_depth_statistics,
 )
-from polymodal.train.trainer import Trainer
+from polymodal.train.trainer import Trainer, TrainingStopped
 
 REPO = Path(__file__).resolve().parents[3]
 NUM_CLASSES = 5
@@ -290,3 +290,56 @@ def test_tiny_recipe_trains_logs_psnr_and_exported_weights_give_the_same_codes(t
     trained = trainer.model.eval()
     assert torch.equal(reloaded.eval().encode(images), trained.encode(images))
     torch.testing.assert_close(reloaded.decode(trained.encode(images)), trained.decode(trained.encode(images)))
+
+
+class PoisonedLoader:
+    """The training loader, with NaN depth maps in the batches numbered ``poisoned`` (1-based)."""
+
+    def __init__(self, loader, poisoned: set[int]):
+        self.loader, self.poisoned, self.served = loader, poisoned, 0
+
+    def __next__(self):
+        batch = next(self.loader)
+        self.served += 1
+        if self.served in self.poisoned:
+            batch["depth"] = torch.full_like(batch["depth"], float("nan"))
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_nan_batch_leaves_the_ema_codebook_as_it_was(policy, tmp_path):
+    """The VQ codebook's EMA statistics update inside forward: a non-finite step must not commit them."""
+    root = tmp_path / "scenes"
+    write_shards(root, num_samples=16, samples_per_shard=4, seed=3, size=SIZE, modalities=("depth",))
+    config = tmp_path / "depth.yaml"
+    config.write_text(
+        RECIPE.format(repo=REPO, root=root, out=tmp_path / "run").replace("rgb_tiny", "depth_tiny")
+        + f"  nonfinite: {{policy: {policy}, max_skips: 5}}\n"
+    )
+    trainer = Trainer(load_config(config))
+    trainer.data.train = PoisonedLoader(trainer.data.train, {3, 4})
+    quantizer_state = {}
+
+    def remember_before_step_3(step=trainer.train_step):
+        if trainer.progress.step == 2:
+            quantizer_state.update({k: v.clone() for k, v in trainer.model.state_dict().items() if "ema" in k})
+        return step()
+
+    trainer.train_step = remember_before_step_3
+    if policy == "stop":
+        with pytest.raises(TrainingStopped, match="non-finite"):
+            trainer.fit()
+        reloaded = Trainer(load_config(config))  # resumes the stop checkpoint (step 3)
+        reloaded.resume()
+        assert reloaded.progress.step == 3
+        state = reloaded.model.state_dict()
+    else:
+        trainer.fit()
+        assert trainer.progress.skipped_steps == 2
+        state = trainer.model.state_dict()
+    assert quantizer_state and all(torch.isfinite(state[k]).all() for k in quantizer_state)
+    if policy == "stop":
+        assert all(torch.equal(state[k], v) for k, v in quantizer_state.items())  # the last finite state
