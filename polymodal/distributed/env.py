@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -124,6 +124,15 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
+
+
+def on_any_rank(flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """Each flag OR-ed over every rank, in one all-reduce (the flags themselves in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(flags)
+    values = torch.tensor([float(flag) for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
 
 
 def gather_objects(value: Any) -> list[Any]:

@@ -13,9 +13,6 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
-import torch
-import torch.distributed as dist
-
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -43,11 +40,3 @@ class StopSignals:
     def _record(self, number: int, frame: FrameType | None) -> None:
         if self.received is None:
             self.received = signal.Signals(number)
-
-    def stop_requested(self, device: torch.device) -> bool:
-        """True on every rank once any rank has received a stop signal."""
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.received is not None
-        flag = torch.tensor(float(self.received is not None), device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())

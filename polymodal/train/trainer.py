@@ -33,12 +33,12 @@ from polymodal.checkpoint.rng import seed_everything
 from polymodal.checkpoint.weights import load_pretrained
 from polymodal.config import ConfigError, experiment_config, instantiate
 from polymodal.data.multimodal.loader import BAD_SAMPLES_KEY, merge_rank_states
-from polymodal.data.multimodal.skips import ErrorBudgetExceeded
 from polymodal.distributed.env import (
     all_reduce_mean,
     gather_objects,
     gradient_sync,
     main_process_first,
+    on_any_rank,
     setup_distributed,
 )
 from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
@@ -138,6 +138,8 @@ class Trainer:
         self.dp_world = dp_world
         with main_process_first(self.env):  # rank 0 trains the tokenizer / fills caches, then the rest read them
             self.data = instantiate(cfg.data, seed=self.exp.seed, dp_rank=dp_rank, dp_world=dp_world)
+        if hasattr(self.data.train, "defer_budget_check"):  # checked on every rank at once after each step
+            self.data.train.defer_budget_check()
         self.objective: nn.Module = instantiate(cfg.loss).to(self.env.device)
         self.metrics: nn.Module | None = instantiate(cfg.metrics)  # evaluation-only Objective blocks, or None
         if self.metrics is not None:
@@ -222,13 +224,12 @@ class Trainer:
             self.checkpointer.branch_from(self.progress.step)
         log.info("resumed from %s at step %d", checkpoint, self.progress.step)
 
-    def save_checkpoint(self, data_state: dict[str, Any] | None = None) -> Path:
-        """Checkpoint this step; ``data_state`` (default: the loader's now) is where the data continues. A loader
-        that keeps bad samples gets every rank's in the checkpoint (a collective: all ranks must call this)."""
-        if data_state is None:
-            data_state = self.data.train.state_dict()
-            if BAD_SAMPLES_KEY in data_state:
-                data_state = merge_rank_states(gather_objects(data_state))
+    def save_checkpoint(self) -> Path:
+        """Checkpoint this step (a collective: all ranks call it). A loader that keeps bad samples gets every
+        rank's in the checkpoint, so a resume on any number of ranks keeps counting them all."""
+        data_state = self.data.train.state_dict()
+        if BAD_SAMPLES_KEY in data_state:
+            data_state = merge_rank_states(gather_objects(data_state))
         state = {"skipped_steps": self.progress.skipped_steps, "data": data_state}
         return self.checkpointer.save(self.progress.step, self.model, self.optimizer, state, self.config_yaml)
 
@@ -381,7 +382,7 @@ class Trainer:
             window: dict[str, torch.Tensor | float] = defaultdict(float)
             window_steps, window_start = 0, time.perf_counter()
             while self.progress.step < exp.total_steps:
-                for name, value in self._checked_train_step().items():
+                for name, value in self.train_step().items():
                     window[name] = window[name] + value
                 window_steps += 1
                 step = self.progress.step
@@ -396,7 +397,13 @@ class Trainer:
                     run_logger.log(step, "val", last_val)
                 if step % exp.ckpt_every == 0 or step == exp.total_steps:
                     self.save_checkpoint()
-                if stop.stop_requested(self.env.device):
+                over_budget = self._data_over_budget()
+                signalled, any_over_budget = on_any_rank(
+                    [stop.received is not None, over_budget is not None], self.env.device
+                )
+                if any_over_budget:
+                    self._stop_over_budget(step, over_budget)
+                if signalled:
                     self._save_and_stop(step, stop.received)
         if self.env.is_main:
             self._plot_loss()
@@ -410,34 +417,26 @@ class Trainer:
         except Exception as error:
             log.warning("no loss plot: %s", error)
 
-    def _checked_train_step(self) -> dict[str, torch.Tensor | float]:
-        """:meth:`train_step`, stopping the run with one line when the data error budget is exceeded.
+    def _data_over_budget(self) -> str | None:
+        """This rank's data error budget message, if its loader keeps a budget and is over it."""
+        over_budget = getattr(self.data.train, "over_budget", None)
+        return over_budget() if over_budget is not None else None
 
-        In a single process the stop first checkpoints the last finished step with the data position before the
-        failed step (and its bad samples), so raising ``data.error_budget`` and resuming goes on from there. With
-        several ranks only the rank that met the bad samples knows, so no (collective) checkpoint can be written:
-        the last periodic one is the resume point.
-        """
-        data_state = self.data.train.state_dict()
-        try:
-            return self.train_step()
-        except ErrorBudgetExceeded as error:
-            if self.env.world_size > 1:
-                where = "no checkpoint written (other ranks cannot join); resume from the last periodic one"
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-                where = f"checkpoint of step {self.progress.step} in {self._checkpoint_this_step(data_state)}"
-            raise TrainingStopped(
-                f"{error} at step {self.progress.step + 1}; {where}. Fix or remove the bad samples, or raise "
-                "data.error_budget, then resume."
-            ) from error
+    def _stop_over_budget(self, step: int, message: str | None) -> None:
+        """Some rank's data is over its error budget: every rank checkpoints this (complete) step and stops."""
+        checkpoint = self._checkpoint_this_step()
+        raise TrainingStopped(
+            f"{message or 'data error budget exceeded on another rank (its log names the bad samples)'} at step "
+            f"{step}; checkpoint in {checkpoint}. Fix or remove the bad samples, or raise data.error_budget, then "
+            "resume."
+        )
 
-    def _checkpoint_this_step(self, data_state: dict[str, Any] | None = None) -> Path:
+    def _checkpoint_this_step(self) -> Path:
         """The checkpoint of the current step: the one just written on the cadence, else a new one."""
         complete = self.checkpointer.complete_checkpoints()  # no hashing: it was just written by this run
         if complete and complete[-1].name == f"step_{self.progress.step:08d}":
             return complete[-1]
-        return self.save_checkpoint(data_state)
+        return self.save_checkpoint()
 
     def _save_and_stop(self, step: int, received: signal.Signals | None) -> None:
         """Pre-empted or out of time: checkpoint this step (unless just done) and stop; a requeue resumes here."""

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from polymodal.distributed.env import on_any_rank
 from polymodal.train.preemption import StopSignals
 
 
@@ -54,10 +55,10 @@ def _agreement_worker(rank: int, port: int, results) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         with StopSignals() as stop:
-            before = stop.stop_requested(torch.device("cpu"))
+            (before,) = on_any_rank([stop.received is not None], torch.device("cpu"))
             if rank == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # only one rank is told
-            after = stop.stop_requested(torch.device("cpu"))
+            (after,) = on_any_rank([stop.received is not None], torch.device("cpu"))
         results[rank] = (before, after, stop.received)
     finally:
         dist.destroy_process_group()

@@ -224,6 +224,7 @@ class ResumableLoader:
         self._view = _PositionView(dataset, self.order, self.global_batch, transform)
         self._collate = _CollateWithSkips(collate, batch_transform, seed)
         self.bad_samples = BadSamples(error_budget)
+        self._raise_over_budget = True
         self.epoch = 0
         self.batch_in_epoch = 0
         self._iterator: Iterator[tuple[Batch, tuple[SkipRecord, ...]]] | None = None
@@ -250,11 +251,20 @@ class ResumableLoader:
             )
             self._iterator = iter(self._data_loader(self._view, sampler))
         batch, skips = next(self._iterator)
-        _record(self.bad_samples, skips)
+        _record(self.bad_samples, skips, check=self._raise_over_budget)
         self.batch_in_epoch += 1
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
         return batch
+
+    def defer_budget_check(self) -> None:
+        """Stop raising :class:`ErrorBudgetExceeded` from ``next()``: the caller asks :meth:`over_budget` itself.
+        The trainer does, on every rank at once, so that all ranks checkpoint and stop together."""
+        self._raise_over_budget = False
+
+    def over_budget(self) -> str | None:
+        """The one-line budget message once more distinct samples are bad than the budget, else None."""
+        return self.bad_samples.message() if self.bad_samples.over_budget() else None
 
     def skip_counts(self) -> dict[str, int]:
         """Distinct bad samples per reason: those this rank found, plus those of the state it resumed from."""
@@ -311,10 +321,11 @@ def merge_rank_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {**states[0], BAD_SAMPLES_KEY: merged.state_dict()}
 
 
-def _record(bad_samples: BadSamples, skips: tuple[SkipRecord, ...]) -> None:
+def _record(bad_samples: BadSamples, skips: tuple[SkipRecord, ...], check: bool = True) -> None:
     for skip in skips:
         bad_samples.add(skip.reason, skip.sample_id)
-    bad_samples.check_budget()
+    if check:
+        bad_samples.check_budget()
 
 
 def _budgeted(loader: DataLoader, bad_samples: BadSamples) -> Iterator[Batch]:

@@ -86,9 +86,12 @@ class BadSamples:
             "skipped sample %d (%s) [%d distinct bad samples, budget %d]", sample_id, reason, len(self), self.budget
         )
 
+    def over_budget(self) -> bool:
+        return len(self) > self.budget
+
     def check_budget(self) -> None:
         """Raise :class:`ErrorBudgetExceeded` once more distinct samples are bad than the budget."""
-        if len(self) > self.budget:
+        if self.over_budget():
             raise ErrorBudgetExceeded(self.message())
 
     def __len__(self) -> int:

@@ -174,6 +174,16 @@ def test_a_bad_sample_visited_every_epoch_counts_once():
     assert loader.state_dict()["bad_samples"] == {"corrupt_image": [5]}
 
 
+def test_a_deferred_budget_is_reported_instead_of_raised():
+    """Under the trainer the loader does not raise mid-step: the trainer asks every rank after the step."""
+    loader = ResumableLoader(IdDataset(30, {i: "decode" for i in range(0, 30, 2)}), 4, seed=0, error_budget=3)
+    loader.defer_budget_check()
+    assert loader.over_budget() is None
+    for _ in range(8):  # 32 samples read, about half of them bad and replaced
+        next(loader)
+    assert loader.over_budget().startswith("data error budget exceeded: ") and "budget 3" in loader.over_budget()
+
+
 def test_bad_samples_survive_a_resume_and_count_against_the_budget():
     first = ResumableLoader(IdDataset(24, {3: "decode", 7: "missing"}), 4, seed=1, error_budget=2)
     take_ids(first, 12)  # two epochs: both bad samples were met
