@@ -63,7 +63,7 @@ def check_trusted_targets(node: Any) -> None:
     for path, target in _targets(node, where):
         if isinstance(target, str) and not is_trusted(target, prefixes):
             raise ConfigError(
-                f"{path}: _target_ {target!r} is not trusted; configs may build objects from "
-                f"{', '.join(prefixes)}. Trust your own code outside the config: {TRUSTED_TARGETS_ENV}=mylab. "
+                f"{path}: _target_ {target!r} is not trusted (configs may build objects under "
+                f"{', '.join(prefixes)} only); trust your own code outside the config: {TRUSTED_TARGETS_ENV}=mylab. "
                 "or polymodal.config.trust_targets('mylab.')"
             )
