@@ -127,12 +127,19 @@ def export_fingerprint(export: Path) -> str:
 def check_recorded_tokenizer(source: str | Path, codes_folder: str | Path) -> None:
     """Refuse to add codes of the image tokenizer at ``source`` to ``codes_folder`` when another tokenizer is
     recorded there: the codes already in it were written by that one."""
-    from polymodal.checkpoint.weights import load_trained_model, read_weights
+    from polymodal.checkpoint.weights import load_trained_model
+
+    if (Path(codes_folder) / RECORDED_TOKENIZER / "config.yaml").is_file():
+        _refuse_another(load_trained_model(source)[0], source, codes_folder)
+
+
+def _refuse_another(model: torch.nn.Module, source: str | Path, codes_folder: str | Path) -> None:
+    from polymodal.checkpoint.weights import read_weights
 
     recorded = Path(codes_folder) / RECORDED_TOKENIZER
     if not (recorded / "config.yaml").is_file():
         return
-    own = load_trained_model(source)[0].state_dict()
+    own = model.state_dict()
     weights = read_weights(recorded)
     if weights.keys() - own.keys() or any(not torch.equal(value, own[key]) for key, value in weights.items()):
         raise ValueError(
@@ -143,12 +150,12 @@ def check_recorded_tokenizer(source: str | Path, codes_folder: str | Path) -> No
 
 def record_image_tokenizer(source: str | Path, codes_folder: str | Path) -> Path:
     """Write the image tokenizer at ``source`` (a run, checkpoint or export directory) as an export into
-    ``codes_folder/tokenizer``, after :func:`check_recorded_tokenizer`."""
+    ``codes_folder/tokenizer``, refusing (as :func:`check_recorded_tokenizer`) if another one is recorded there."""
     from polymodal.checkpoint.weights import export_weights, load_trained_model
 
-    check_recorded_tokenizer(source, codes_folder)
     codes_folder = Path(codes_folder)
     model, config_yaml = load_trained_model(source)
+    _refuse_another(model, source, codes_folder)
     with tempfile.TemporaryDirectory(dir=codes_folder, prefix=f".{RECORDED_TOKENIZER}.") as staged:
         export_weights(model, Path(staged), config_yaml)
         return _copy_directory(Path(staged), codes_folder / RECORDED_TOKENIZER)
