@@ -68,7 +68,7 @@ defaults:
   - {REPO}/configs/llm/model.yaml
   - {REPO}/configs/optim/adamw_cosine.yaml
 constants:
-  vocab_size: 512
+  vocab_size: 800
   seq_len: 32
   batch_size: 4
   dim: 32

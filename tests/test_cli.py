@@ -143,7 +143,7 @@ def test_rename_rules_map_checkpoint_keys(tiny_config, tmp_path):
 
 def test_tokenizer_train_text_command(tmp_path, text_corpus):
     output = tmp_path / "tok" / "tokenizer.json"
-    result = run_cli("tokenizer", "train-text", str(text_corpus), "--output", str(output), "--vocab-size", "400")
+    result = run_cli("tokenizer", "train-text", str(text_corpus), "--output", str(output), "--vocab-size", "700")
     assert result.returncode == 0, result.stderr
     from polymodal.tokenizers.text.bpe import load_tokenizer
 

@@ -31,9 +31,9 @@ def test_train_text_tokenizer_from_files(tmp_path, capsys):
     docs_dir.mkdir()
     for i, doc in enumerate(f"document {i}: the model reads tokens and returns values." for i in range(50)):
         (docs_dir / f"{i:03d}.txt").write_text(doc, encoding="utf-8")
-    out = train_text_tokenizer("bpe", [str(docs_dir)], tmp_path / "text_bpe.json", vocab_size=512, min_frequency=2)
+    out = train_text_tokenizer("bpe", [str(docs_dir)], tmp_path / "text_bpe.json", vocab_size=800, min_frequency=2)
     summary = capsys.readouterr().out.strip()
-    assert summary.count("\n") == 0 and "50 docs" in summary and "requested 512" in summary
+    assert summary.count("\n") == 0 and "50 docs" in summary and "requested 800" in summary
     tok = load_tokenizer(out)
     assert tok.token_to_id("<|eoi|>") == SPECIAL_TOKENS.index("<|eoi|>")
 

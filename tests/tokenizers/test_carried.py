@@ -24,7 +24,7 @@ from polymodal.tokenizers.text.bpe import train_bpe
 def sources(tmp_path):
     text = tmp_path / "elsewhere" / "bpe.json"
     text.parent.mkdir()
-    train_bpe(["some text to learn from", "more text, more words"] * 20, vocab_size=420).save(str(text))
+    train_bpe(["some text to learn from", "more text, more words"] * 20, vocab_size=700).save(str(text))
     text.chmod(0o600)  # the user cache may be private: copies are not
     image = export_tiny_tokenizer(tmp_path / "elsewhere" / "tok-rgb", "rgb")
     return {"text": text, "tok_rgb@64": image}

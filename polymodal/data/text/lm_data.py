@@ -23,7 +23,7 @@ from polymodal.data.text.corpus import expand_document_paths, in_val_split, read
 from polymodal.data.text.packed import Batch, PackedSequenceLoader, count_windows, eval_batches
 from polymodal.data.text.tokens import TokenCorpus, load_or_build_corpus, tokenize_documents, unigram_entropy
 from polymodal.tokenizers.carried import TEXT
-from polymodal.tokenizers.text.bpe import EOS_ID, load_or_train_bpe, tokenizer_fingerprint
+from polymodal.tokenizers.text.bpe import EOS_ID, load_or_train_bpe, special_tokens_fingerprint, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class LMData:
         self._docs = _DocumentSource(source, paths, val_paths, val_fraction)
         if tokenizer_path is None:  # one tokenizer per corpus and vocabulary size, trained on its train split
             corpus_name = hashlib.sha256(self._docs.identity().encode()).hexdigest()[:12]
-            name = f"{source}-bpe{vocab_size}-{corpus_name}.json"
+            name = f"{source}-bpe{vocab_size}-{corpus_name}-{special_tokens_fingerprint()}.json"
             tokenizer_path = str(files.cache_dir("tokenizers", cache_dir) / name)
         self.tokenizer = load_or_train_bpe(tokenizer_path, vocab_size, corpus=lambda: self._docs.documents("train"))
         self._tokenizer_path = tokenizer_path

@@ -20,7 +20,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from polymodal.files import atomic_output, exclusive_lock
 
-MAX_IMAGE_SIDE_TOKENS = 64
+MAX_IMAGE_SIDE_TOKENS = 128  # code rows/columns: 2048 px at 16x downsampling (Lumina's largest buckets)
+NUM_RESERVED_TOKENS = 16  # room for future specials without moving any id
 NUM_BYTE_TOKENS = 256
 
 SPECIAL_TOKENS: list[str] = [
@@ -35,8 +36,9 @@ SPECIAL_TOKENS: list[str] = [
     "<|boi|>",  # begin of image tokens
     "<|eoi|>",  # end of image tokens
     "<|eor|>",  # end of one row of image tokens
-    *(f"<|h_{k}|>" for k in range(1, MAX_IMAGE_SIDE_TOKENS + 1)),  # image height in tokens
-    *(f"<|w_{k}|>" for k in range(1, MAX_IMAGE_SIDE_TOKENS + 1)),  # image width in tokens
+    *(f"<|h_{k}|>" for k in range(1, MAX_IMAGE_SIDE_TOKENS + 1)),  # image height in code rows
+    *(f"<|w_{k}|>" for k in range(1, MAX_IMAGE_SIDE_TOKENS + 1)),  # image width in code columns
+    *(f"<|reserved_{k}|>" for k in range(NUM_RESERVED_TOKENS)),
 ]
 
 PAD_ID = SPECIAL_TOKENS.index("<|pad|>")
@@ -89,7 +91,15 @@ def check_special_token_ids(
     for expected_id, token in enumerate(special_tokens):
         actual = tokenizer.token_to_id(token)
         if actual != expected_id:
-            raise ValueError(f"{source}: special token {token!r} has id {actual}, expected {expected_id}")
+            raise ValueError(
+                f"{source}: special token {token!r} has id {actual}, expected {expected_id} (it was trained with "
+                "another special-token layout; train it again)"
+            )
+
+
+def special_tokens_fingerprint(special_tokens: Sequence[str] = SPECIAL_TOKENS) -> str:
+    """A short hash of the special-token layout, for naming cached tokenizers (a new layout trains anew)."""
+    return hashlib.sha256("\n".join(special_tokens).encode()).hexdigest()[:8]
 
 
 def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:

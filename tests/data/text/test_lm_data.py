@@ -12,7 +12,7 @@ from polymodal.data.text.lm_data import LMData
 from polymodal.data.text.tokens import unigram_entropy
 from polymodal.tokenizers.text.bpe import EOS_ID, SPECIAL_TOKENS, tokenizer_fingerprint
 
-VOCAB = 512
+VOCAB = 800
 
 
 def write_jsonl(path, docs):
@@ -142,7 +142,7 @@ def test_your_own_text_as_the_readme_says(tmp_path, monkeypatch):
         "data.source=files",
         "data.paths=[corpus/]",
         f"constants.cache_dir={tmp_path}/cache",
-        "constants.vocab_size=512",
+        "constants.vocab_size=800",
     ]
     cfg = load_config(repo / "configs" / "llm" / "tiny.yaml", overrides)
     data = instantiate(cfg.data, seed=0, dp_rank=0, dp_world=1)

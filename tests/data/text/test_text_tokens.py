@@ -18,7 +18,7 @@ DOCS = ["hello world", "", "naïve 🤗 code:\n    return x", "hello again world
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe(DOCS * 4, 512)
+    return train_bpe(DOCS * 4, 800)
 
 
 def test_tokenize_documents_matches_per_document_encoding(tokenizer):

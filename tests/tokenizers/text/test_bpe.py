@@ -16,7 +16,7 @@ from polymodal.tokenizers.text.bpe import (
     train_bpe,
 )
 
-VOCAB = 512
+VOCAB = 800
 
 
 def synthetic_docs(n: int = 300, seed: int = 0) -> list[str]:
@@ -48,10 +48,10 @@ def tokenizer():
 
 
 def test_special_token_layout():
-    assert len(SPECIAL_TOKENS) == len(set(SPECIAL_TOKENS)) == 11 + 2 * 64
+    assert len(SPECIAL_TOKENS) == len(set(SPECIAL_TOKENS)) == 11 + 2 * 128 + 16
     assert SPECIAL_TOKENS[:3] == ["<|pad|>", "<|bos|>", "<|eos|>"]
     assert (PAD_ID, BOS_ID, EOS_ID) == (0, 1, 2)
-    assert "<|h_1|>" in SPECIAL_TOKENS and "<|w_64|>" in SPECIAL_TOKENS and "<|h_65|>" not in SPECIAL_TOKENS
+    assert "<|h_1|>" in SPECIAL_TOKENS and "<|w_128|>" in SPECIAL_TOKENS and "<|h_129|>" not in SPECIAL_TOKENS
     assert not any("unk" in t for t in SPECIAL_TOKENS)
     assert min_vocab_size() == len(SPECIAL_TOKENS) + 256
 
