@@ -17,10 +17,25 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--format", choices=FORMATS, default="shards", help="output layout")
     parser.add_argument("--num-samples", type=int, default=1000, help="scenes to render")
     parser.add_argument("--seed", type=int, default=0, help="scene i is a function of (seed, i)")
-    parser.add_argument("--size", type=int, default=64, help="image height = width in pixels")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="image height = width in pixels (conversations: the longer side, a multiple of 16)",
+    )
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="shards format only")
     parser.add_argument("--modalities", help="comma-separated (default: all of them), shards format only")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="imagefolder format only")
+    parser.add_argument(
+        "--bad-fraction",
+        type=float,
+        default=0.0,
+        help="conversations format only: share of items made deliberately bad, each listed with its reason in "
+        "bad_items.json (to test a reader's error report)",
+    )
+    parser.add_argument(
+        "--jsonl", action="store_true", help="conversations format only: write conversations.jsonl, an item a line"
+    )
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="worker processes")
     parser.add_argument("--preview", help="also write a PNG grid of a few scenes here")
     parser.add_argument("--preview-rows", type=int, default=4, help="scenes in the preview grid")
@@ -42,8 +57,9 @@ def synth_main(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from polymodal.data.synth.conversations import write_conversations
     from polymodal.data.synth.preview import write_preview
-    from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_conversations, write_imagefolder, write_shards
+    from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_imagefolder, write_shards
 
     if args.out is None and args.preview is None:
         raise ValueError("nothing to do: give --out and/or --preview")
@@ -56,7 +72,9 @@ def _generate(args: argparse.Namespace) -> int:
         elif args.format == "imagefolder":
             write_imagefolder(out, args.num_samples, args.val_fraction, args.seed, args.size, args.workers)
         else:
-            write_conversations(out, args.num_samples, args.seed, args.size, args.workers)
+            write_conversations(
+                out, args.num_samples, args.seed, args.size, args.workers, args.bad_fraction, args.jsonl
+            )
         print(f"wrote {args.num_samples} samples ({args.format}) to {out}")
     if args.preview is not None:
         if args.preview_rows < 1:

@@ -1,4 +1,5 @@
 import argparse
+import json
 
 import pytest
 from PIL import Image
@@ -39,7 +40,14 @@ def test_shards_and_preview(tmp_path):
 
 def test_conversations_format(tmp_path):
     assert _run("--out", str(tmp_path), "--format", "conversations", "--num-samples", "1", "--workers", "1") == 0
-    assert (tmp_path / "conversations.json").is_file()
+    assert (tmp_path / "conversations.json").is_file() and not (tmp_path / "bad_items.json").exists()
+
+
+def test_conversations_with_bad_items_as_jsonl(tmp_path):
+    argv = ["--out", str(tmp_path), "--format", "conversations", "--num-samples", "4", "--size", "32", "--workers", "1"]
+    assert _run(*argv, "--bad-fraction", "0.5", "--jsonl") == 0
+    lines = (tmp_path / "conversations.jsonl").read_bytes().splitlines()
+    assert len(lines) == 4 * 3 and json.loads((tmp_path / "bad_items.json").read_text())
 
 
 @pytest.mark.parametrize(
@@ -49,6 +57,8 @@ def test_conversations_format(tmp_path):
         (["--preview", "x.png", "--preview-rows", "0"], "preview-rows"),
         (["--out", "x", "--num-samples", "0"], "num_samples"),
         (["--out", "x", "--workers", "-1"], "workers"),
+        (["--out", "x", "--format", "conversations", "--bad-fraction", "1.5"], "bad_fraction"),
+        (["--out", "x", "--format", "conversations", "--size", "40"], "multiple of 16"),
     ],
 )
 def test_bad_arguments(tmp_path, monkeypatch, argv, message):

@@ -4,6 +4,7 @@ Conventions: world x right, y up, z towards the camera; the ground is the plane 
 y up, z towards the camera. ``depth`` is the distance along the camera's viewing axis (planar z-depth) in metres;
 background (sky, and ground farther than ``FAR``) has depth ``FAR``. Background normals face the camera (0, 0, 1).
 Detection boxes are ``[x0, y0, x1, y1]`` pixel edges: the box covers columns x0..x1-1 and rows y0..y1-1.
+Images may be non-square: pixels stay square and the shorter side keeps the field of view (:func:`camera_rays`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _EDGE_DEPTH_JUMP = 0.08  # relative depth change between neighbours that counts 
 _EPS = 1e-4
 _HEIGHT_OVER_RADIUS = {"sphere": 2.0, "cube": 2.0, "cylinder": 1.8, "cone": 2.4}
 
+ImageSize = int | tuple[int, int]  # the side of a square image, or (height, width)
+
 
 @dataclass
 class RayHits:
@@ -51,23 +54,53 @@ def camera_basis() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return right, np.cross(right, forward), forward
 
 
-def camera_rays(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Origin [3] and unit directions [size*size, 3] of one ray through each pixel centre (row-major)."""
+def image_shape(size: ImageSize) -> tuple[int, int]:
+    """``(height, width)`` of ``size``: the side of a square image, or ``(height, width)``, each side in
+    [``MIN_SIZE``, ``MAX_SIZE``]."""
+    shape = (size, size) if isinstance(size, int) else size
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) == 2
+        and all(isinstance(side, int) and MIN_SIZE <= side <= MAX_SIZE for side in shape)
+    ):
+        raise ValueError(
+            f"image size must be an int or a (height, width) tuple of ints in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}"
+        )
+    return shape
+
+
+def _pixel_centres(count: int, shorter: int) -> np.ndarray:
+    """Centres of ``count`` pixels along one side in units of the half field of view: the shorter side spans
+    [-1, 1] and a longer one, with the same pixel pitch, reaches beyond. (Scaling by ``count / shorter`` last keeps
+    a square image's rays bit-identical to before non-square images.)"""
+    return ((np.arange(count) + 0.5) / count * 2 - 1) * (count / shorter)
+
+
+def camera_rays(size: ImageSize) -> tuple[np.ndarray, np.ndarray]:
+    """Origin [3] and unit directions [height*width, 3] of one ray through each pixel centre (row-major).
+
+    Pixels are square: the shorter side of the image keeps the field of view, the longer side sees more.
+    """
+    height, width = image_shape(size)
     right, up, forward = camera_basis()
     half = np.tan(_FIELD_OF_VIEW / 2)
-    centres = (np.arange(size) + 0.5) / size * 2 - 1
-    ndc_y, ndc_x = np.meshgrid(-centres * half, centres * half, indexing="ij")
+    shorter = min(height, width)
+    ndc_y, ndc_x = np.meshgrid(
+        -_pixel_centres(height, shorter) * half, _pixel_centres(width, shorter) * half, indexing="ij"
+    )
     dirs = ndc_x.reshape(-1, 1) * right + ndc_y.reshape(-1, 1) * up + forward
     return _CAMERA_POSITION.copy(), dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
 
 
-def project_point(point: np.ndarray, size: int) -> tuple[float, float]:
+def project_point(point: np.ndarray, size: ImageSize) -> tuple[float, float]:
     """(column, row) in continuous pixel coordinates of a world point in front of the camera."""
+    height, width = image_shape(size)
     right, up, forward = camera_basis()
     rel = np.asarray(point, dtype=np.float64) - _CAMERA_POSITION
     half = np.tan(_FIELD_OF_VIEW / 2)
     ndc_x, ndc_y = rel @ right / (rel @ forward) / half, rel @ up / (rel @ forward) / half
-    return (ndc_x + 1) / 2 * size, (1 - ndc_y) / 2 * size
+    shorter = min(height, width)
+    return (ndc_x * (shorter / width) + 1) / 2 * width, (1 - ndc_y * (shorter / height)) / 2 * height
 
 
 def object_height(obj: SceneObject) -> float:
@@ -189,11 +222,10 @@ def _sky_colour(dirs: np.ndarray) -> np.ndarray:
     return (1 - elevation) * np.array([200.0, 220, 240]) + elevation * np.array([90.0, 140, 215])
 
 
-def render(scene: Scene, size: int) -> RayHits:
+def render(scene: Scene, size: ImageSize) -> RayHits:
     """Cast one ray per pixel through the scene; rgb, depth, normals and labels all come from the same hits."""
-    if not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"image size must be an int in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
-    origin, dirs = camera_rays(size)
+    height, width = image_shape(size)
+    origin, dirs = camera_rays((height, width))
     right, up, forward = camera_basis()
     t_object, object_normal, instance = _closest_object_hits(origin, dirs, scene)
     t_ground = ground_distance(origin, dirs)
@@ -226,13 +258,12 @@ def render(scene: Scene, size: int) -> RayHits:
     camera_normal = np.stack([world_normal @ right, world_normal @ up, -(world_normal @ forward)], axis=1)
     camera_normal[~surface] = (0.0, 0.0, 1.0)
     class_ids = np.array([0] + [o.class_id for o in scene.objects], dtype=np.int64)
-    shape2 = (size, size)
     return RayHits(
-        rgb=np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(size, size, 3),
-        depth=depth.astype(np.float32).reshape(shape2),
-        normal=camera_normal.astype(np.float32).reshape(size, size, 3),
-        instance=instance.reshape(shape2),
-        semseg=class_ids[instance + 1].reshape(shape2),
+        rgb=np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(height, width, 3),
+        depth=depth.astype(np.float32).reshape(height, width),
+        normal=camera_normal.astype(np.float32).reshape(height, width, 3),
+        instance=instance.reshape(height, width),
+        semseg=class_ids[instance + 1].reshape(height, width),
     )
 
 
@@ -266,7 +297,7 @@ def visible_boxes(instance: np.ndarray, count: int) -> dict[int, list[float]]:
     return boxes
 
 
-def _visible_scene(seed: int, index: int, size: int) -> tuple[Scene, RayHits, dict[int, list[float]]]:
+def _visible_scene(seed: int, index: int, size: ImageSize) -> tuple[Scene, RayHits, dict[int, list[float]]]:
     """Redraw until every object shows; if none of the attempts manage it, keep only the visible objects."""
     for attempt in range(_SCENE_ATTEMPTS):
         scene = sample_scene(seed, index, attempt)
@@ -280,8 +311,11 @@ def _visible_scene(seed: int, index: int, size: int) -> tuple[Scene, RayHits, di
     return scene, hits, visible_boxes(hits.instance, len(visible))
 
 
-def render_scene(seed: int, index: int, size: int = 64) -> dict:
-    """One sample with every modality of the shared contract, a pure function of ``(seed, index, size)``."""
+def render_scene(seed: int, index: int, size: ImageSize = 64) -> dict:
+    """One sample with every modality of the shared contract, a pure function of ``(seed, index, size)``.
+
+    ``size`` is the side of a square image or ``(height, width)`` (see :func:`camera_rays` for the field of view).
+    """
     scene, hits, boxes = _visible_scene(seed, index, size)
     order = sorted(boxes)
     labels = [scene.objects[i].class_id for i in order]
@@ -300,7 +334,7 @@ def render_scene(seed: int, index: int, size: int = 64) -> dict:
     }
 
 
-def render_scenes(seed: int, count: int, size: int = 64, description: str = "rendering scenes") -> list[dict]:
+def render_scenes(seed: int, count: int, size: ImageSize = 64, description: str = "rendering scenes") -> list[dict]:
     """Scenes ``0 .. count - 1`` of ``seed`` (:func:`render_scene`), reporting progress as ``description``."""
     scenes = []
     with progress(description, total=count) as advance:

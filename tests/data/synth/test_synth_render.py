@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from polymodal.data.synth.det_text import det_to_text, text_to_det
 from polymodal.data.synth.render import (
     FAR,
     camera_basis,
@@ -173,7 +174,47 @@ def test_size_256_renders():
     assert render_scene(0, 0, 256)["depth"].shape == (1, 256, 256)
 
 
-@pytest.mark.parametrize("size", [8, 2000, 64.0, "64"])
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48)])
+@pytest.mark.parametrize("index", range(3))
+def test_non_square_image_extends_the_square_view(shape, index):
+    """Pixels stay square and the shorter side keeps the field of view, so the centre of a 48x80 (or 80x48) render
+    is the 48x48 render of the same scene."""
+    scene = sample_scene(0, index)
+    square, wide = render(scene, 48), render(scene, shape)
+    assert wide.rgb.shape == (*shape, 3) and wide.depth.shape == wide.semseg.shape == shape
+    top, left = (shape[0] - 48) // 2, (shape[1] - 48) // 2
+    centre = (slice(top, top + 48), slice(left, left + 48))
+    assert (wide.semseg[centre] == square.semseg).mean() > 0.99
+    assert np.allclose(wide.depth[centre], square.depth, atol=1e-3)
+
+
+def test_the_longer_side_sees_more():
+    scene = _one_object_scene("cube", x=3.2, z=0.0)  # right of the square view
+    assert not (render(scene, 48).instance >= 0).any()
+    wide = render(scene, (48, 80)).instance >= 0
+    assert wide.sum() > 100 and not wide[:, :64].any()
+
+
+@pytest.mark.parametrize("size", [(32, 64), (64, 32)])
+def test_non_square_projection_and_boxes(size):
+    height, width = size
+    scene = _one_object_scene("sphere", x=0.4, z=-0.5)
+    obj = scene.objects[0]
+    col, row = project_point(np.array([obj.x, obj.radius, obj.z]), size)
+    assert render(scene, size).semseg[int(row), int(col)] == 1
+    ray = camera_rays(size)[1].reshape(height, width, 3)[int(row), int(col)]
+    towards = np.array([obj.x, obj.radius, obj.z]) - camera_rays(size)[0]
+    assert ray @ towards / np.linalg.norm(towards) > 0.999  # within about a pixel of the sphere's centre
+    for index in range(3):
+        sample = render_scene(9, index, size)
+        assert sample["rgb"].shape == (3, *size) and sample["edges"].shape == (1, *size)
+        boxes = sample["det"]["boxes"]
+        assert (boxes[:, [0, 2]] <= width).all() and (boxes[:, [1, 3]] <= height).all()
+        objects = text_to_det(det_to_text(boxes, sample["det"]["labels"], size), size)
+        assert len(objects) == len(boxes)
+
+
+@pytest.mark.parametrize("size", [8, 2000, 64.0, "64", (64,), (64, 8), [48, 64], (48.0, 64)])
 def test_bad_size_is_rejected(size):
     with pytest.raises(ValueError, match="image size"):
         render_scene(0, 0, size)

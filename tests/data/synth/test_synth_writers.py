@@ -9,12 +9,7 @@ from PIL import Image
 
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import CLASS_NAMES
-from polymodal.data.synth.writers import (
-    MODALITY_EXTENSIONS,
-    write_conversations,
-    write_imagefolder,
-    write_shards,
-)
+from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_imagefolder, write_shards
 
 
 def _members(path):
@@ -77,20 +72,3 @@ def test_imagefolder_layout(tmp_path):
         assert path.parent.name == CLASS_NAMES[int(render_scene(1, index)["label"])]
     with pytest.raises(ValueError, match="val_fraction"):
         write_imagefolder(tmp_path, 10, val_fraction=1.0)
-
-
-def test_conversations_records(tmp_path):
-    out = write_conversations(tmp_path, num_samples=2, seed=3)
-    records = json.loads(out.read_text())
-    assert len(records) == 8
-    kinds = {r["id"].split("-", 1)[1] for r in records}
-    assert kinds == {"text_to_image", "image_to_caption", "depth_to_rgb", "semseg_to_rgb"}
-    for record in records:
-        turns = record["conversations"]
-        assert [t["from"] for t in turns] == ["human", "gpt"]
-        placeholders = sum(t["value"].count("<|image|>") for t in turns)
-        assert placeholders == len(record["image"]) >= 1
-        for path in record["image"]:
-            assert Image.open(tmp_path / path).size == (64, 64)
-    caption_record = next(r for r in records if r["id"] == "00000000-image_to_caption")
-    assert caption_record["conversations"][1]["value"] in render_scene(3, 0)["caption"]
