@@ -39,6 +39,9 @@ VERBS: dict[str, Verb] = {
     "pretokenize-4m": Verb(
         "polymodal.families.fourm.cli:pretokenize", "4M: image modalities -> tok_<modality> shards + crop settings"
     ),
+    "lumina": Verb(
+        "polymodal.families.lumina.cli:main", "Lumina-mGPT: conversations -> token records (pretokenize, concat)"
+    ),
     "eval-4m": Verb("polymodal.families.fourm.cli:evaluate", "4M: the same as `polymodal eval` of a 4M run"),
 }
 

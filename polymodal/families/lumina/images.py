@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image
 
+from polymodal.families.lumina.rejections import Rejected
+
 ImageSource = str | Path | bytes
 
 REJECTION_REASONS = ("missing_image", "unreadable_image", "image_too_large", "image_too_small")
@@ -46,13 +48,8 @@ _UPRIGHT = {
 _SWAPS_SIDES = (5, 6, 7, 8)
 
 
-class ImageRejected(Exception):
+class ImageRejected(Rejected):
     """An image that cannot be used; ``reason`` is one of :data:`REJECTION_REASONS`, ``detail`` says why."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def resolution_buckets(target_size: int, patch_size: int, max_ratio: float = 4.0) -> list[tuple[int, int]]:

@@ -209,7 +209,8 @@ def _relative(path: Path, start: Path) -> str:
 class RecordSet:
     """The items of a merged ``record.json``: token ids and label masks by global item number, memory-mapped.
 
-    ``lengths[i]`` is item ``i``'s token count; items are numbered shard by shard in record order.
+    ``lengths[i]`` is item ``i``'s token count and ``input_index[i]`` its position in the input file; items are
+    numbered shard by shard in record order.
     """
 
     def __init__(self, record_path: str | Path) -> None:
@@ -231,6 +232,8 @@ class RecordSet:
         self._shards = [MappedShard(self._resolve(s["path"])) for s in record["shards"]]
         lengths = [shard.lengths for shard in self._shards]
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+        inputs = [shard.item_index for shard in self._shards]
+        self.input_index = np.concatenate(inputs) if inputs else np.zeros(0, dtype=np.int64)
         self._starts = np.cumsum([0] + [len(shard) for shard in self._shards])
 
     def _resolve(self, path: str) -> Path:

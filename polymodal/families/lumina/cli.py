@@ -1,0 +1,71 @@
+"""``polymodal lumina pretokenize`` and ``polymodal lumina concat-records``: Lumina-mGPT's two pre-tokenization
+commands with its flags (``--splits --rank --in_filename --out_dir --target_size``; ``--sub_record_dir
+--save_path``). Like every verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from polymodal.commands import DefaultsHelpFormatter, lazy_runner, run_command
+
+
+def main(argv: list[str]) -> int:
+    return run_command("polymodal lumina", __doc__, add_arguments, argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    verbs = parser.add_subparsers(dest="lumina", required=True)
+    pretokenize = verbs.add_parser(
+        "pretokenize",
+        formatter_class=DefaultsHelpFormatter,
+        help="one rank's share of a conversation file -> token shards, a record and an error report",
+    )
+    add_pretokenize_arguments(pretokenize)
+    pretokenize.set_defaults(run=lazy_runner("polymodal.families.lumina.pretokenize:pretokenize_main"))
+    concat = verbs.add_parser(
+        "concat-records",
+        formatter_class=DefaultsHelpFormatter,
+        help="merge the ranks' records into one record file, checking that all are there, alike and disjoint",
+    )
+    concat.add_argument("--sub_record_dir", type=Path, required=True, help="the --out_dir of the ranks")
+    concat.add_argument("--save_path", type=Path, required=True, help="record file to write, e.g. <dir>/record.json")
+    concat.set_defaults(run=_concat)
+
+
+def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--in_filename", type=Path, required=True, help="conversations: a JSON list or JSONL file")
+    parser.add_argument("--out_dir", type=Path, required=True, help="where every rank writes (shared by the ranks)")
+    parser.add_argument("--splits", type=int, default=1, help="number of ranks; item i goes to rank i mod splits")
+    parser.add_argument("--rank", type=int, default=0, help="this process's rank, 0 .. splits-1")
+    parser.add_argument("--target_size", type=int, default=512, help="image side the resolution buckets are made for")
+    parser.add_argument("--text_tokenizer", type=Path, required=True, help="byte-level BPE tokenizer JSON")
+    parser.add_argument("--image_tokenizer", type=Path, required=True, help="rgb image tokenizer (run/export)")
+    parser.add_argument(
+        "--text_vocab_size", type=int, help="first image-code id (default: the text tokenizer's vocabulary size)"
+    )
+    parser.add_argument("--patch_size", type=int, help="bucket grid in pixels (default: 2 x tokenizer downsampling)")
+    parser.add_argument("--max_tokens", type=int, default=4096, help="longer sequences are rejected, never truncated")
+    parser.add_argument("--max_pixels", type=int, default=64 * 1024 * 1024, help="larger images are rejected")
+    parser.add_argument("--min_image_side", type=int, default=8, help="images with a shorter side are rejected")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the crop offsets")
+    parser.add_argument("--chunk_size", type=int, default=256, help="items per shard (the unit of resuming)")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per image-tokenizer forward pass")
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding and resizing images")
+    parser.add_argument("--device", default="cpu", help="device of the image tokenizer, e.g. cpu or cuda:0")
+
+
+def _concat(args: argparse.Namespace) -> int:
+    from polymodal.config import ConfigError
+    from polymodal.families.lumina.records import RecordError, concat_records
+
+    try:
+        merged = concat_records(args.sub_record_dir, args.save_path)
+    except RecordError as error:
+        raise ConfigError(str(error)) from error
+    errors = ", ".join(f"{reason} {count}" for reason, count in merged["errors"].items())
+    print(
+        f"{args.save_path}: {merged['items']:,} items, {merged['tokens']:,} tokens in {len(merged['shards'])} shards"
+        + (f"; left out: {errors}" if errors else "")
+    )
+    return 0
