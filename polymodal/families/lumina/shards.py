@@ -12,8 +12,8 @@ tensor         dtype, shape                 meaning
 
 The file is the safetensors format, written here rather than by the ``safetensors`` package because that one orders
 its header from a hash map, so the bytes would differ from run to run; ours sorts it, which makes a shard a pure
-function of its chunk. The metadata holds the manifest hash, the chunk's place (rank, splits, chunk) and the chunk's per-item errors as
-JSON. A shard is written atomically once its chunk is finished, so its existence marks the chunk done. About
+function of its chunk. The metadata holds the manifest hash, the chunk's place (rank, chunk) and the chunk's per-item
+errors as JSON. A shard is written atomically once its chunk is finished, so its existence marks the chunk done. About
 ``2 + 1/8`` bytes per token when ids fit in 16 bits.
 
 Reading maps the file once and hands out numpy views (no copy, no parse per item); the header layout is the

@@ -96,7 +96,7 @@ def test_good_items_hold_their_text_and_the_codes_of_their_cropped_images(lumina
             codes = parse_image_block(tokens[start : end + 1], layout)
             image = open_image(lumina_inputs["conversations"].parent / item["image"][k], 1 << 26, 8)
             bucket = closest_bucket(image.height, image.width, buckets)
-            fitted = np.asarray(fit_to_bucket(image, bucket, crop_rng(0, index, k)))
+            fitted = np.array(fit_to_bucket(image, bucket, crop_rng(0, index, k)))
             pixels = torch.from_numpy(fitted).permute(2, 0, 1)[None].float() / 255
             np.testing.assert_array_equal(codes, image_tokenizer.encode(pixels)[0].numpy())
             plain.append(np.array([layout.image_placeholder]))
