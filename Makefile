@@ -5,7 +5,7 @@ VENV := .venv
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo llm-demo test venv tokenizers
+.PHONY: demo llm-demo lumina-records test venv tokenizers
 
 venv: $(STAMP)
 
@@ -77,6 +77,29 @@ demo: $(STAMP)
 	@echo "pictures: $(FOURM)/generations/rgb2all/generations.png $(FOURM)/generations/caption2rgb/generations.png"
 	@echo "          $(FOURM)/eval/samples.png $(FOURM)/loss.png runs/tokenizer-*-tiny/eval/reconstructions.png"
 	@echo "numbers:  $(FOURM)/eval/eval.json runs/tokenizer-*-tiny/eval/eval.json"
+
+# Lumina-mGPT's pre-tokenization on the synthetic conversations (a sprinkle of bad items shows the error report):
+# two ranks in parallel, then their records merged into one record file.
+CONVERSATIONS := data/conversations
+BPE := data/tokenizers/bpe-4096.json
+LUMINA_RECORDS := data/lumina-records
+LUMINA_INPUTS := --in_filename $(CONVERSATIONS)/conversations.json --out_dir $(LUMINA_RECORDS) --target_size 64 \
+	--text_vocab_size 4096 --text_tokenizer $(BPE) --image_tokenizer runs/tokenizer-rgb-tiny
+
+$(CONVERSATIONS)/.done: | $(STAMP)
+	$(BIN)/polymodal synth --out $(CONVERSATIONS) --format conversations --num-samples 2000 --bad-fraction 0.01
+	touch $@
+
+$(BPE): | $(STAMP)
+	$(BIN)/polymodal tokenizer train-text --output $@ --vocab-size 4096
+
+$(LUMINA_RECORDS)/record.json: $(CONVERSATIONS)/.done $(BPE) runs/tokenizer-rgb-tiny/.done
+	$(BIN)/polymodal lumina pretokenize --splits=2 --rank=0 $(LUMINA_INPUTS) & rank0=$$!; \
+	$(BIN)/polymodal lumina pretokenize --splits=2 --rank=1 $(LUMINA_INPUTS) & rank1=$$!; \
+	wait $$rank0 && wait $$rank1
+	$(BIN)/polymodal lumina concat-records --sub_record_dir $(LUMINA_RECORDS) --save_path $@
+
+lumina-records: $(LUMINA_RECORDS)/record.json
 
 # The tiny LLM on built-in data (this Python's standard-library docstrings).
 llm-demo: $(STAMP)

@@ -23,13 +23,15 @@ SBATCH_SCRIPT = "examples/slurm/train.sbatch"
 
 
 def shell_commands(text: str) -> list[list[str]]:
-    """The commands of the ```bash blocks: continuations joined, comments dropped, ``NAME="..."`` variables of the
-    block substituted into the commands after them."""
+    """The commands of the ```bash blocks: continuations joined, comments and a trailing ``&`` dropped,
+    ``NAME="..."`` variables of the block substituted into the commands after them."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         variables: dict[str, str] = {}
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
+            if words[-1:] == ["&"]:  # run in the background: the command is the same
+                words = words[:-1]
             if not words:
                 continue
             if len(words) == 1 and re.fullmatch(r"[A-Z_]+=.*", words[0]):
