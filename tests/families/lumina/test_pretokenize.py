@@ -14,6 +14,7 @@ import pytest
 import torch
 from lumina_corpus import CODEBOOK, TEXT_VOCAB
 
+from polymodal.data.synth.conversations import write_conversations
 from polymodal.families.lumina.conversations import PLACEHOLDER
 from polymodal.families.lumina.images import closest_bucket, crop_rng, fit_to_bucket, open_image
 from polymodal.families.lumina.pretokenize import Settings, pretokenize_rank
@@ -227,3 +228,17 @@ def test_concat_refuses_mismatched_splits_changed_shards_and_duplicates(lumina_i
     (copy / "manifest.json").write_text(json.dumps({**manifest, "seed": 7}))
     with pytest.raises(RecordError, match="other settings"):
         concat_records(copy, copy / "record.json")
+
+
+def test_a_jsonl_corpus_is_streamed_and_its_bad_lines_reported(lumina_inputs, tmp_path):
+    corpus = write_conversations(tmp_path / "corpus", 12, seed=2, size=64, bad_fraction=0.3, jsonl=True)
+    inputs = {**lumina_inputs, "conversations": corpus}
+    merged = run_all_ranks(inputs, tmp_path / "records")
+    reported = {
+        error["id"]: error["reason"]
+        for report in (tmp_path / "records").glob("*-errors.jsonl")
+        for error in map(json.loads, report.read_text().splitlines())
+    }
+    assert reported == json.loads((tmp_path / "corpus/bad_items.json").read_text())
+    assert {"non_utf8", "malformed_item"} <= set(reported.values())  # a line that is not UTF-8, one that is not JSON
+    assert merged["items"] + len(reported) == len(corpus.read_bytes().splitlines())
