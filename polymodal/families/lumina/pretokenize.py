@@ -54,6 +54,7 @@ from polymodal.families.lumina.images import (
     resolution_buckets,
 )
 from polymodal.families.lumina.records import (
+    FORMAT,
     MANIFEST,
     RankRecord,
     file_sha256,
@@ -67,6 +68,7 @@ from polymodal.files import exclusive_lock
 from polymodal.progress import progress
 from polymodal.tokenizers.carried import TEXT, TOKENIZERS_DIR, copy_tokenizers, export_fingerprint
 from polymodal.tokenizers.image.tokenizer import ImageTokenizer
+from polymodal.tokenizers.loading import load_image_tokenizer
 from polymodal.tokenizers.text.bpe import load_tokenizer, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
@@ -223,7 +225,7 @@ def _chunks(raws: Iterable[RawItem], rank: int, splits: int, chunk_size: int) ->
 
 def _manifest(settings: Settings, encoder: _Encoder, fingerprints: dict[str, str]) -> dict[str, Any]:
     return {
-        "format": "polymodal-lumina-records",
+        "format": FORMAT,
         "input": {"name": settings.in_filename.name, "sha256": file_sha256(settings.in_filename)},
         "layout": encoder.layout.to_dict(),
         "tokenizers": {
@@ -260,8 +262,6 @@ def prepare_out_dir(settings: Settings) -> tuple[_Encoder, str]:
     with tempfile.TemporaryDirectory(prefix="polymodal-lumina-") as staging:
         export = _image_tokenizer_export(settings.image_tokenizer, Path(staging))
         text_tokenizer = load_tokenizer(settings.text_tokenizer)
-        from polymodal.tokenizers.loading import load_image_tokenizer
-
         encoder = _Encoder(settings, text_tokenizer, load_image_tokenizer(export).to(settings.device))
         fingerprints = {TEXT: tokenizer_fingerprint(text_tokenizer), IMAGE: export_fingerprint(export)}
         manifest = _manifest(settings, encoder, fingerprints)
