@@ -1,17 +1,48 @@
 """The global sample order every resumable loader follows.
 
-Epoch ``e`` visits items in the order ``numpy.random.default_rng([seed, e]).permutation(N)`` (``arange(N)``
-without shuffling). Global batch ``k`` is positions ``[k*G, (k+1)*G)`` of it, ``G = batch_size * dp_world``, and
-rank ``r`` takes rows ``[r*B, (r+1)*B)``. The order is a pure function of ``(seed, epoch, G)``: a loader's state is
-just ``(epoch, batch)``, and a resume may change ``dp_world`` as long as ``G`` is unchanged.
+An order lists the rows of every epoch in visiting order (:class:`EpochOrder`). Global batch ``k`` of an epoch is
+rows ``[k*G, (k+1)*G)`` of it, ``G = batch_size * dp_world``, and rank ``r`` takes rows ``[r*B, (r+1)*B)`` of that
+(:func:`rank_rows`); the rows after the last full global batch are dropped for that epoch. The order is a pure
+function of ``(seed, epoch, G)``: a loader's state is just ``(epoch, batch)``, and a resume may change ``dp_world``
+as long as ``G`` is unchanged.
+
+The default, :class:`GlobalOrder`, visits sample ids in the order ``numpy.random.default_rng([seed, e]).permutation(N)``
+in epoch ``e`` (``arange(N)`` without shuffling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class EpochOrder(Protocol):
+    """The order of an epoch: what a resumable loader asks of its order.
+
+    ``epoch_order(epoch)`` is the epoch's rows in visiting order (a sample id each for :class:`GlobalOrder`; a
+    row may also be several items packed together). It must not depend on anything but the epoch and settings
+    fixed for the run (seed, global batch size), so that a position ``(epoch, batch_in_epoch)`` names one batch.
+    """
+
+    def epoch_order(self, epoch: int) -> Sequence[Any]: ...
+
+
+def batches_in_epoch(order: EpochOrder, epoch: int, global_batch: int) -> int:
+    """Full global batches of ``epoch`` (ValueError when it has fewer rows than one)."""
+    rows = len(order.epoch_order(epoch))
+    if rows < global_batch:
+        raise ValueError(f"epoch {epoch} has {rows} rows, fewer than one global batch of {global_batch}")
+    return rows // global_batch
+
+
+def rank_rows(
+    order: EpochOrder, epoch: int, batch_in_epoch: int, batch_size: int, dp_rank: int, dp_world: int
+) -> Sequence[Any]:
+    """The rows rank ``dp_rank`` gets in global batch ``batch_in_epoch`` of ``epoch``."""
+    start = (batch_in_epoch * dp_world + dp_rank) * batch_size
+    return order.epoch_order(epoch)[start : start + batch_size]
 
 
 class GlobalOrder:
@@ -43,20 +74,20 @@ class GlobalOrder:
 
     def rank_ids(self, epoch: int, batch_in_epoch: int, batch_size: int, dp_rank: int, dp_world: int) -> np.ndarray:
         """Sample ids that rank ``dp_rank`` gets in global batch ``batch_in_epoch`` of ``epoch``."""
-        start = batch_in_epoch * batch_size * dp_world + dp_rank * batch_size
-        return self.epoch_order(epoch)[start : start + batch_size]
+        return np.asarray(rank_rows(self, epoch, batch_in_epoch, batch_size, dp_rank, dp_world))
 
 
 def checked_resume_position(
     state: Mapping[str, Any],
     expected: Mapping[str, Any],
-    last_batch_in_epoch: int,
+    last_batch_in_epoch: int | Callable[[int], int],
     unit: str,
     batch_size: int,
     dp_world: int,
 ) -> tuple[int, int]:
     """Check a saved loader ``state`` against this loader's ``expected`` settings (which must include
-    ``global_batch``); return the ``(epoch, batch_in_epoch)`` to continue from."""
+    ``global_batch``); return the ``(epoch, batch_in_epoch)`` to continue from. ``last_batch_in_epoch`` is the
+    largest valid ``batch_in_epoch``, or a function of the epoch when epochs differ in length."""
     required = ["epoch", "batch_in_epoch", *expected]
     missing = [key for key in required if key not in state]
     if missing:
@@ -74,9 +105,11 @@ def checked_resume_position(
                 "the order would differ"
             )
     epoch, batch = state["epoch"], state["batch_in_epoch"]
-    if epoch < 0 or not 0 <= batch <= last_batch_in_epoch:
+    if epoch < 0:
+        raise ValueError(f"invalid loader position epoch={epoch}, batch_in_epoch={batch} (epochs count from 0)")
+    last = last_batch_in_epoch(epoch) if callable(last_batch_in_epoch) else last_batch_in_epoch
+    if not 0 <= batch <= last:
         raise ValueError(
-            f"invalid loader position epoch={epoch}, batch_in_epoch={batch} "
-            f"(valid batch positions are 0..{last_batch_in_epoch})"
+            f"invalid loader position epoch={epoch}, batch_in_epoch={batch} (valid batch positions are 0..{last})"
         )
     return int(epoch), int(batch)

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from polymodal.data.multimodal.collate import Batch, Sample, collate_samples
 from polymodal.data.multimodal.skips import BadSamples, SampleError
-from polymodal.data.order import GlobalOrder, checked_resume_position
+from polymodal.data.order import EpochOrder, GlobalOrder, batches_in_epoch, checked_resume_position
 
 SampleTransform = Callable[[Sample, torch.Generator], Sample]
 BatchTransform = Callable[[Batch, torch.Generator], Batch]
@@ -84,17 +84,23 @@ class _PositionView:
     """Map-style view for the DataLoader: key ``(epoch, position)`` -> the (possibly replaced) sample."""
 
     def __init__(
-        self, dataset: MapDataset, order: GlobalOrder, global_batch: int, transform: SampleTransform | None
+        self,
+        dataset: MapDataset,
+        order: EpochOrder,
+        global_batch: int,
+        transform: SampleTransform | None,
+        seed: int,
     ) -> None:
         self.dataset = dataset
         self.order = order
         self.global_batch = global_batch
         self.transform = transform
+        self.seed = seed
 
     def _load(self, epoch: int, sample_id: int) -> Sample:
         sample = dict(self.dataset[sample_id])
         if self.transform is not None:
-            sample = self.transform(sample, sample_generator(self.order.seed, epoch, sample_id))
+            sample = self.transform(sample, sample_generator(self.seed, epoch, sample_id))
         sample["sample_id"] = sample_id
         return sample
 
@@ -123,7 +129,7 @@ class _RankBatchSampler:
     """Yields this rank's keys for global batches from a start position onwards, across epochs, forever."""
 
     def __init__(
-        self, order: GlobalOrder, batch_size: int, dp_rank: int, dp_world: int, start_epoch: int, start_batch: int
+        self, order: EpochOrder, batch_size: int, dp_rank: int, dp_world: int, start_epoch: int, start_batch: int
     ) -> None:
         self.order = order
         self.batch_size = batch_size
@@ -134,10 +140,11 @@ class _RankBatchSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, batch = self.start_epoch, self.start_batch
-        per_epoch = self.order.batches_per_epoch(self.global_batch)
+        per_epoch = batches_in_epoch(self.order, epoch, self.global_batch)
         while True:
             if batch == per_epoch:
                 epoch, batch = epoch + 1, 0
+                per_epoch = batches_in_epoch(self.order, epoch, self.global_batch)
             first = batch * self.global_batch + self.dp_rank * self.batch_size
             yield [(epoch, p) for p in range(first, first + self.batch_size)]
             batch += 1
@@ -178,6 +185,7 @@ class ResumableLoader:
     so augmented batches do not depend on the number of workers or ranks either. ``batch_transform(batch,
     generator)`` maps each collated batch in the worker (see the module docstring for its seeding).
     ``multiprocessing_context`` is the workers' start method (``"spawn"``, ...; default: torch's).
+    ``order`` replaces the shuffled permutation with any :class:`~polymodal.data.order.EpochOrder` of sample ids.
     """
 
     def __init__(
@@ -195,6 +203,7 @@ class ResumableLoader:
         shuffle: bool = True,
         batch_transform: BatchTransform | None = None,
         multiprocessing_context: str | None = None,
+        order: EpochOrder | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -214,14 +223,13 @@ class ResumableLoader:
         self.multiprocessing_context = multiprocessing_context
         self.global_batch = batch_size * dp_world
         self.num_samples = len(dataset)
-        self.order = GlobalOrder(self.num_samples, seed, shuffle)
+        self.order = order if order is not None else GlobalOrder(self.num_samples, seed, shuffle)
         if self.num_samples < self.global_batch:
             raise ValueError(
                 f"dataset has {self.num_samples} samples, fewer than one global batch of {self.global_batch} "
                 f"(batch_size={batch_size} x dp_world={dp_world})"
             )
-        self.batches_per_epoch = self.order.batches_per_epoch(self.global_batch)
-        self._view = _PositionView(dataset, self.order, self.global_batch, transform)
+        self._view = _PositionView(dataset, self.order, self.global_batch, transform, seed)
         self._collate = _CollateWithSkips(collate, batch_transform, seed)
         self.bad_samples = BadSamples(error_budget)
         self._raise_over_budget = True
@@ -240,6 +248,11 @@ class ResumableLoader:
             prefetch_factor=self.prefetch_factor if workers else None,
             multiprocessing_context=self.multiprocessing_context if workers else None,
         )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches in the current epoch."""
+        return batches_in_epoch(self.order, self.epoch, self.global_batch)
 
     def __iter__(self) -> ResumableLoader:
         return self
@@ -287,7 +300,12 @@ class ResumableLoader:
         its bad samples (a state saved before they were kept has none)."""
         expected = {"seed": self.seed, "num_samples": self.num_samples, "global_batch": self.global_batch}
         self.epoch, self.batch_in_epoch = checked_resume_position(
-            state, expected, self.batches_per_epoch - 1, "samples", self.batch_size, self.dp_world
+            state,
+            expected,
+            lambda epoch: batches_in_epoch(self.order, epoch, self.global_batch) - 1,
+            "samples",
+            self.batch_size,
+            self.dp_world,
         )
         self.bad_samples.load_state_dict(state.get(BAD_SAMPLES_KEY, {}))
         self._iterator = None  # dropping the iterator shuts its workers down; the next batch rebuilds it
@@ -306,7 +324,7 @@ class ResumableLoader:
             count = min(count, max_batches)
         first_row = self.dp_rank * self.batch_size
         keys = [[(0, k * self.global_batch + first_row + row) for row in range(self.batch_size)] for k in range(count)]
-        view = _PositionView(self.dataset, order, self.global_batch, self._view.transform)
+        view = _PositionView(self.dataset, order, self.global_batch, self._view.transform, self.seed)
         loader = self._data_loader(view, keys)
         # A separate generator, so the argument check above runs at call time rather than on the first next().
         return _budgeted(loader, BadSamples(self.bad_samples.budget))

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal.data.order import GlobalOrder, checked_resume_position
+from polymodal.data.order import EpochOrder, GlobalOrder, batches_in_epoch, checked_resume_position, rank_rows
 from polymodal.data.text.tokens import TokenCorpus
 
 Batch = dict[str, torch.Tensor]
@@ -70,7 +70,8 @@ class PackedSequenceLoader:
 
     Because the order depends only on ``(seed, epoch, global batch size)``, resuming from
     :meth:`state_dict` is O(1) and exact, and the same global order is kept when the number of ranks
-    changes as long as ``batch_size * dp_world`` does not.
+    changes as long as ``batch_size * dp_world`` does not. ``order`` replaces that permutation with any
+    :class:`~polymodal.data.order.EpochOrder` of window ids.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class PackedSequenceLoader:
         dp_rank: int = 0,
         dp_world: int = 1,
         shuffle: bool = True,
+        order: EpochOrder | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -101,14 +103,18 @@ class PackedSequenceLoader:
                 f"corpus too short: {len(corpus)} tokens give {self._num_windows} windows of seq_len={seq_len}, "
                 f"fewer than one global batch of {self.global_batch} (batch_size={batch_size} x dp_world={dp_world})"
             )
-        self.batches_per_epoch = self._num_windows // self.global_batch
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.order = GlobalOrder(self._num_windows, seed, shuffle)
+        self.order = order if order is not None else GlobalOrder(self._num_windows, seed, shuffle)
 
     @property
     def num_windows(self) -> int:
         return self._num_windows
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches in the current epoch."""
+        return batches_in_epoch(self.order, self.epoch, self.global_batch)
 
     @property
     def tokens_per_batch(self) -> int:
@@ -122,7 +128,9 @@ class PackedSequenceLoader:
         if self.batch_in_epoch == self.batches_per_epoch:
             self.epoch += 1
             self.batch_in_epoch = 0
-        window_ids = self.order.rank_ids(self.epoch, self.batch_in_epoch, self.batch_size, self.dp_rank, self.dp_world)
+        window_ids = rank_rows(
+            self.order, self.epoch, self.batch_in_epoch, self.batch_size, self.dp_rank, self.dp_world
+        )
         self.batch_in_epoch += 1
         return make_batch(self.corpus, window_ids, self.seq_len)
 
@@ -144,7 +152,12 @@ class PackedSequenceLoader:
             name: self.state_dict()[name] for name in ("seed", "seq_len", "global_batch", "num_windows", "shuffle")
         }
         self.epoch, self.batch_in_epoch = checked_resume_position(
-            state, expected, self.batches_per_epoch, "windows", self.batch_size, self.dp_world
+            state,
+            expected,
+            lambda epoch: batches_in_epoch(self.order, epoch, self.global_batch),
+            "windows",
+            self.batch_size,
+            self.dp_world,
         )
 
 
