@@ -3,8 +3,9 @@ plan, validation batches and a summary for the log.
 
 Validation items come from a separate data config (``val_data_config``: every item of its sets once) and/or are
 held out of the training sets (``val_fraction``): item ``i`` of the set written ``path`` in the data config is held
-out when a hash of ``(path, i)`` falls below the fraction, so the split is the same on every rank and run, and
-growing a set does not move its old items between train and val.
+out when a hash of ``(path, i)`` falls below the fraction — ``i`` being the item's position in the conversation
+file it was pre-tokenized from — so the split is the same on every rank and run, whatever ``--splits`` the records
+were made with, and growing a set does not move its old items between train and val.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ from polymodal.families.lumina.rows import Rows, bucket_rows, pack_rows
 log = logging.getLogger(__name__)
 
 
-def held_out(name: str, count: int, fraction: float) -> np.ndarray:
-    """Which of the ``count`` items of the set named ``name`` are held out for validation: the splitmix64 finalizer
-    of (item index + a hash of the name), as a number in [0, 1), below ``fraction``."""
+def held_out(name: str, input_index: np.ndarray, fraction: float) -> np.ndarray:
+    """Which items of the set named ``name`` are held out for validation, given their positions in the input file
+    (stable whatever ``--splits`` ordered the records by): the splitmix64 finalizer of (input position + a hash of
+    the name), as a number in [0, 1), below ``fraction``."""
     key = np.uint64(int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little"))
-    z = np.arange(count, dtype=np.uint64) + key
+    z = np.asarray(input_index, dtype=np.uint64) + key
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
@@ -92,7 +94,7 @@ class LuminaData:
         sets, val_items = [], []
         for index, entry in enumerate(self.records.entries):
             items = self.records.set_items(index)
-            held = held_out(entry.name, len(items), val_fraction)
+            held = held_out(entry.name, self.records.sets[index].input_index, val_fraction)
             sets.append(PlanSet(items[~held], entry.ratio, entry.type))
             val_items.append(items[held])
         self.plan = EpochPlan(
@@ -138,6 +140,10 @@ class LuminaData:
             raise ValueError("no validation data: set data.val_data_config or data.val_fraction")
         length = self.seq_len if self.plan.mode == "pack" else None
         return eval_batches(self.val_records, self.val_rows, self.eval_batch_size, length, max_batches)
+
+    def tokenizer_paths(self) -> dict[str, str]:
+        """The tokenizers the records were made with (a run carries copies): ``text`` and ``image``."""
+        return {name: str(path) for name, path in self.records.sets[0].tokenizer_paths().items()}
 
     def info(self) -> dict[str, float | int | str]:
         """Epoch 0 of the plan in numbers (later epochs differ a little), skipped items and the sets' ratios."""

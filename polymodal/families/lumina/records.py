@@ -172,6 +172,11 @@ def concat_records(sub_record_dir: str | Path, save_path: str | Path) -> dict[st
                 raise RecordError(f"shard {path} holds items outside rank {rank}'s partition")
             seen = np.concatenate([seen, item_index])
             shards.append({**entry, "path": _relative(path, Path(save_path).parent)})
+    tokenizers = {  # where the tokenizers the manifest names are, seen from the merged record
+        name: _relative(root / entry["path"], Path(save_path).parent)
+        for name, entry in manifest["tokenizers"].items()
+        if "path" in entry
+    }
     values, counts = np.unique(seen, return_counts=True)
     if (counts > 1).any():
         raise RecordError(f"input items {values[counts > 1][:10].tolist()} appear more than once; refusing duplicates")
@@ -181,6 +186,7 @@ def concat_records(sub_record_dir: str | Path, save_path: str | Path) -> dict[st
         "manifest": manifest,
         "manifest_sha256": expected_sha,
         "shards": [{k: s[k] for k in ("path", "items", "tokens", "sha256")} for s in shards],
+        "tokenizers": tokenizers,
         "items": int(len(seen)),
         "tokens": int(sum(s["tokens"] for s in shards)),
         "errors": dict(sorted(errors.items())),
@@ -228,6 +234,7 @@ class RecordSet:
         if record.get("version") != VERSION:
             raise RecordError(f"{self.path} has record format version {record.get('version')}, expected {VERSION}")
         self.manifest: dict[str, Any] = record["manifest"]
+        self._tokenizers: dict[str, str] = record.get("tokenizers", {})
         self.layout = VocabularyLayout.from_dict(self.manifest["layout"])
         self._shards = [MappedShard(self._resolve(s["path"])) for s in record["shards"]]
         lengths = [shard.lengths for shard in self._shards]
@@ -243,6 +250,10 @@ class RecordSet:
     @property
     def tokenizer_hashes(self) -> dict[str, str]:
         return {name: entry["sha256"] for name, entry in self.manifest["tokenizers"].items()}
+
+    def tokenizer_paths(self) -> dict[str, Path]:
+        """The copies of the tokenizers the records were made with (``text``: BPE JSON, ``image``: an export)."""
+        return {name: self._resolve(path) for name, path in self._tokenizers.items()}
 
     def __len__(self) -> int:
         return int(self._starts[-1])

@@ -110,10 +110,10 @@ def test_val_fraction_holds_out_items_by_identity(two_sets):
     train_items = set(np.concatenate([s.items for s in data.plan.sets]).tolist())
     assert val_items and not val_items & train_items
     assert len(val_items | train_items) == len(data.records)  # every item fits seq_len 64
-    expected = sorted(
-        offset + i
-        for name, offset, count in (("a/record.json", 0, 60), ("b/record.json", 60, 30))
-        for i in np.flatnonzero(held_out(name, count, 0.25))
+    expected = sorted(  # by position in the input, whatever the order of the records
+        offset + position
+        for name, offset, record_set in zip(("a/record.json", "b/record.json"), (0, 60), data.records.sets, strict=True)
+        for position in np.flatnonzero(held_out(name, np.arange(len(record_set)), 0.25)[record_set.input_index])
     )
     assert sorted(val_items) == expected
     assert set(lumina_data(two_sets, val_fraction=0.25, seed=0).val_rows.items.tolist()) == val_items
@@ -122,7 +122,17 @@ def test_val_fraction_holds_out_items_by_identity(two_sets):
     assert len(first) == -(-len(data.val_rows) // 3) and len(list(data.val_batches(1))) == 1
     tokens = sum(int(data.records.lengths[row].sum()) for row in data.val_rows)
     assert sum((torch.tensor(b["document_ids"]) >= 0).sum().item() for b in first) == tokens
-    assert 0.15 < np.mean(held_out("x", 10_000, 0.25)) < 0.35
+    assert 0.15 < np.mean(held_out("x", np.arange(10_000), 0.25)) < 0.35
+
+
+def test_the_val_split_does_not_depend_on_how_many_ranks_made_the_records(record_set, data_config):
+    held = []
+    for splits in (1, 3):
+        record_set(f"s{splits}/a", [20] * 40, splits=splits)
+        config = data_config("META:\n  - path: a/record.json\n", name=f"s{splits}/data.yaml")
+        data = LuminaData(config, seq_len=64, batch_size=2, vocab_size=VOCAB, val_fraction=0.3)
+        held.append(sorted(data.records.sets[0].input_index[data.val_rows.items].tolist()))
+    assert held[0] == held[1] and 0 < len(held[0]) < 40
 
 
 def test_val_data_config_and_no_validation(two_sets, record_set, data_config):

@@ -84,6 +84,10 @@ def test_good_items_hold_their_text_and_the_codes_of_their_cropped_images(lumina
     layout = record_set.layout
     buckets = [tuple(b) for b in record_set.manifest["buckets"]]
     assert len(record_set) > 40 and set(record_set.lengths) and record_set.layout.vocab_size == TEXT_VOCAB + CODEBOOK
+    carried = record_set.tokenizer_paths()
+    assert carried["text"].read_bytes() == lumina_inputs["text"].read_bytes()
+    copy = load_image_tokenizer(carried["image"]).state_dict()
+    assert all(torch.equal(copy[name], value) for name, value in image_tokenizer.state_dict().items())
     for i in range(len(record_set)):
         tokens, _ = record_set.item(i)
         index = int(record_set.input_index[i])
