@@ -16,6 +16,7 @@ from lumina_corpus import CODEBOOK, TEXT_VOCAB
 
 from polymodal.data.synth.conversations import write_conversations
 from polymodal.families.lumina.conversations import PLACEHOLDER
+from polymodal.families.lumina.data import LuminaData
 from polymodal.families.lumina.images import closest_bucket, crop_rng, fit_to_bucket, open_image
 from polymodal.families.lumina.pretokenize import Settings, pretokenize_rank
 from polymodal.families.lumina.records import RecordError, RecordSet, concat_records
@@ -246,3 +247,22 @@ def test_a_jsonl_corpus_is_streamed_and_its_bad_lines_reported(lumina_inputs, tm
     assert reported == json.loads((tmp_path / "corpus/bad_items.json").read_text())
     assert {"non_utf8", "malformed_item"} <= set(reported.values())  # a line that is not UTF-8, one that is not JSON
     assert merged["items"] + len(reported) == len(corpus.read_bytes().splitlines())
+
+
+def test_the_synthetic_records_pack_over_90_percent_full_and_train_on_the_assistant_turns(records, tmp_path):
+    config = tmp_path / "data.yaml"
+    config.write_text(f"META:\n  - path: {records / 'record.json'}\n    type: synthetic\n")
+    data = LuminaData(str(config), seq_len=512, batch_size=2, vocab_size=TEXT_VOCAB + CODEBOOK)
+    assert data.info()["fill_percent"] >= 90
+    record_set = RecordSet(records / "record.json")
+    epoch_tokens = epoch_targets = 0
+    for _ in range(data.train.batches_per_epoch):
+        batch = next(data.train)
+        assert batch["input_ids"].shape == (2, 512)
+        epoch_tokens += int((batch["document_ids"] >= 0).sum())
+        epoch_targets += int((batch["target_ids"] != -100).sum())
+    rows = data.plan.epoch_order(0)
+    visited = np.concatenate([rows[k] for k in range(data.train.batches_per_epoch * 2)])
+    assert epoch_tokens == int(record_set.lengths[visited].sum())
+    # an item's first token is never a target; every labelled one after it is (targets are the next token)
+    assert epoch_targets == sum(int(record_set.item(int(i))[1][1:].sum()) for i in visited)
