@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
+from polymodal.models.layers.attention import QKNorm
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
@@ -122,11 +123,19 @@ def build_llm(
     mlp_ratio: float = 4.0,
     multiple_of: int = 256,
     rope_theta: float = 10000.0,
-    qk_norm: bool = False,
+    qk_norm: QKNorm = False,
     tie_embeddings: bool = False,
     init_std: float = 0.02,
+    ffn_dim: int | None = None,
+    norm_eps: float = 1e-6,
+    residual_dropout: float = 0.0,
+    res_post_norm: bool = False,
 ) -> CausalLM:
-    """Build and initialise the model (trunc-normal init with GPT-2 depth scaling of residual projections)."""
+    """Build and initialise the model (trunc-normal init with GPT-2 depth scaling of residual projections).
+
+    The SwiGLU width is ``ffn_dim``, else :func:`~polymodal.models.layers.mlp.swiglu_hidden_dim` of ``mlp_ratio``
+    and ``multiple_of``; ``qk_norm``, ``norm_eps``, ``residual_dropout`` and ``res_post_norm`` are as in
+    :func:`~polymodal.models.layers.block.build_transformer`."""
     transformer = build_transformer(
         dim,
         depth,
@@ -135,11 +144,15 @@ def build_llm(
         mlp="swiglu",
         mlp_ratio=mlp_ratio,
         multiple_of=multiple_of,
+        ffn_dim=ffn_dim,
         norm="rmsnorm",
+        norm_eps=norm_eps,
         qk_norm=qk_norm,
         rope="1d",
         max_seq_len=max_seq_len,
         rope_theta=rope_theta,
+        residual_dropout=residual_dropout,
+        res_post_norm=res_post_norm,
     )
     model = CausalLM(
         TokenEmbedding(vocab_size, dim),

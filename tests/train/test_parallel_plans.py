@@ -113,6 +113,54 @@ def test_tensor_parallel_plan_shards_weights_and_matches_one_process():
     assert tied.head.proj.weight is tied.preprocessor.blocks[0].embedding.weight
 
 
+def randomised_norms(model):
+    """Norms start at weight 1 / bias 0, where sharding them wrongly would go unnoticed: give them values."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model
+
+
+QK_NORM_LAYOUTS = {
+    "shared-rmsnorm": dict(qk_norm="rmsnorm"),
+    "per-head-layernorm-swin": dict(qk_norm="per_head_layernorm", res_post_norm=True),
+}
+
+
+def qk_norm_tensor_parallel_worker(rank, world, settings):
+    exp = experiment(tp=2)
+    mesh = Mesh.build(ParallelDims.from_config(exp.distributed, world), "cpu")
+    model, _ = parallelize(randomised_norms(tiny_llm(**settings)), mesh, exp, torch.device("cpu"))
+    loss = loss_of(model, lm_batch())
+    loss.backward()
+    q_norm = model.trunk.transformer.blocks[0].attn.q_norm.weight
+    return {
+        "q_norm": ([str(p) for p in q_norm.placements], tuple(q_norm.to_local().shape)),
+        "loss": loss.item(),
+        "grads": {name: p.grad.full_tensor() for name, p in model.named_parameters()},
+    }
+
+
+@pytest.mark.parametrize("settings", QK_NORM_LAYOUTS.values(), ids=QK_NORM_LAYOUTS.keys())
+def test_tensor_parallel_with_qk_norm_matches_one_process(settings):
+    """A shared QK-norm is replicated (its gradient summed over the ranks' heads), a per-head one sharded with the
+    heads; both in pre-norm and Chameleon's res-post-norm ("swin norm") block order."""
+    results = spawn(qk_norm_tensor_parallel_worker, 2, settings)
+    reference = randomised_norms(tiny_llm(**settings))
+    loss = loss_of(reference, lm_batch())
+    loss.backward()
+    per_head = settings["qk_norm"] == "per_head_layernorm"
+    q_norm = ([str(Shard(0))], (2, 8)) if per_head else ([str(Replicate())], (8,))  # 4 heads of 8 dims, tp=2
+    for rank in range(2):
+        got = results[rank]
+        assert got["q_norm"] == q_norm
+        assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
+        for name, parameter in reference.named_parameters():
+            torch.testing.assert_close(got["grads"][name], parameter.grad, msg=name)
+
+
 def context_parallel_worker(rank, world):
     model, mesh = parallel_model(world, cp=2)
     kernels = {type(m.kernel).__name__ for m in model.modules() if hasattr(m, "kernel")}

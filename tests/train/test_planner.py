@@ -199,6 +199,7 @@ def measure_state_bytes(cfg, world: int) -> dict[str, int]:
         (1, ["constants.tie_embeddings=false", "experiment.precision=bf16"]),
         (3, ["constants.vocab_size=250", "constants.tie_embeddings=false"]),  # uneven shards: rank 0 is the largest
         (4, ["experiment.precision=bf16", "experiment.distributed.tp=2"]),
+        (4, ["experiment.distributed.tp=2", "+model.qk_norm=per_head_layernorm"]),  # norms sharded with the heads
         (4, ["experiment.distributed.strategy=hsdp", "experiment.distributed.dp_replicate=2"]),
         (4, ["experiment.distributed.cp=2"]),
     ],

@@ -9,12 +9,13 @@ attend itself, so SDPA never sees an empty row and never returns NaN.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.models.layers.norm import RMSNorm
+from polymodal.models.layers.norm import PerHeadLayerNorm, RMSNorm
 
 
 def _sdpa_supports_enable_gqa() -> bool:
@@ -35,6 +36,26 @@ SDPA_SUPPORTS_ENABLE_GQA = _sdpa_supports_enable_gqa()
 
 
 AttentionKernel = Callable[[Tensor, Tensor, Tensor, "Tensor | None", bool, float], Tensor]
+QKNorm: TypeAlias = bool | Literal["rmsnorm", "per_head_layernorm"] | Callable[[int], nn.Module]
+
+
+def qk_norms(
+    qk_norm: QKNorm, num_heads: int, num_kv_heads: int, head_dim: int
+) -> tuple[nn.Module, nn.Module] | tuple[None, None]:
+    """The query and key norms over ``head_dim`` that ``qk_norm`` names; ``(None, None)`` for no QK-norm.
+
+    ``True`` / ``"rmsnorm"``: one RMSNorm weight shared by all heads (Qwen3, OLMo 2); ``"per_head_layernorm"``:
+    a LayerNorm with a weight and bias per head (Chameleon, :class:`PerHeadLayerNorm`); a factory
+    ``norm(head_dim) -> nn.Module``: that norm, shared by all heads (4M uses a bias-free LayerNorm).
+    """
+    if not qk_norm:
+        return None, None
+    if qk_norm == "per_head_layernorm":
+        return PerHeadLayerNorm(num_heads, head_dim), PerHeadLayerNorm(num_kv_heads, head_dim)
+    factory = RMSNorm if qk_norm is True or qk_norm == "rmsnorm" else qk_norm
+    if not callable(factory):
+        raise ValueError(f"qk_norm must be a bool, 'rmsnorm', 'per_head_layernorm' or a factory, got {qk_norm!r}")
+    return factory(head_dim), factory(head_dim)
 
 
 def masked_attention(
@@ -101,8 +122,8 @@ class Attention(nn.Module):
         num_kv_heads: key/value heads (grouped-query attention); defaults to ``num_heads``.
         head_dim: per-head width; defaults to ``dim // num_heads``.
         qkv_bias / out_bias: biases of the input / output projections.
-        qk_norm: normalise queries and keys over ``head_dim`` (``q_norm``, ``k_norm``) before RoPE: ``True`` for
-            RMSNorm, or a factory ``norm(head_dim) -> nn.Module`` (4M uses a bias-free LayerNorm).
+        qk_norm: normalise queries and keys over ``head_dim`` (``q_norm``, ``k_norm``) before RoPE, as
+            :func:`qk_norms` builds them.
         rope: a module called as ``rope(q, k, position_ids) -> (q, k)`` on ``[B, H, T, head_dim]``.
         dropout: attention-probability dropout, applied in training mode only.
     """
@@ -115,7 +136,7 @@ class Attention(nn.Module):
         head_dim: int | None = None,
         qkv_bias: bool = False,
         out_bias: bool = False,
-        qk_norm: bool | Callable[[int], nn.Module] = False,
+        qk_norm: QKNorm = False,
         rope: nn.Module | None = None,
         dropout: float = 0.0,
     ) -> None:
@@ -142,9 +163,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, num_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=out_bias)
-        qk_norm_factory = RMSNorm if qk_norm is True else qk_norm or None
-        self.q_norm = qk_norm_factory(head_dim) if qk_norm_factory else None
-        self.k_norm = qk_norm_factory(head_dim) if qk_norm_factory else None
+        self.q_norm, self.k_norm = qk_norms(qk_norm, num_heads, num_kv_heads, head_dim)
         self.rope = rope
         self.kernel: AttentionKernel | None = None  # None: masked_attention; a parallelize plan may install another
 

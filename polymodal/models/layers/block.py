@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from polymodal.models.layers.attention import Attention
+from polymodal.models.layers.attention import Attention, QKNorm
 from polymodal.models.layers.drop_path import DropPath
 from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
 from polymodal.models.layers.norm import LayerNorm, RMSNorm
@@ -16,7 +16,14 @@ from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
 
 class TransformerBlock(nn.Module):
-    """``x + attn(attn_norm(x))`` then ``x + mlp(mlp_norm(x))``, each branch through stochastic depth."""
+    """Two residual branches, attention then MLP, each ``x + drop_path(dropout(branch))`` where the branch is
+
+    * ``attn(attn_norm(x))`` / ``mlp(mlp_norm(x))``: pre-norm (Llama, the default);
+    * ``attn_norm(attn(x))`` / ``mlp_norm(mlp(x))`` with ``res_post_norm``: the branch output is normalised before
+      it joins the residual stream (Swin v2's res-post-norm; Chameleon-34B's ``swin_norm``).
+
+    ``residual_dropout`` (standard dropout on each branch output) and stochastic depth act in training mode only.
+    """
 
     def __init__(
         self,
@@ -25,13 +32,19 @@ class TransformerBlock(nn.Module):
         mlp: nn.Module,
         norm: Callable[[int], nn.Module] = RMSNorm,
         drop_path: float = 0.0,
+        residual_dropout: float = 0.0,
+        res_post_norm: bool = False,
     ) -> None:
         super().__init__()
+        if not 0.0 <= residual_dropout < 1.0:
+            raise ValueError(f"residual_dropout must be in [0, 1), got {residual_dropout}")
         self.attn_norm = norm(dim)
         self.attn = attention
         self.mlp_norm = norm(dim)
         self.mlp = mlp
         self.drop_path = DropPath(drop_path)
+        self.residual_dropout = nn.Dropout(residual_dropout) if residual_dropout else nn.Identity()
+        self.res_post_norm = res_post_norm
 
     def forward(
         self,
@@ -40,8 +53,13 @@ class TransformerBlock(nn.Module):
         is_causal: bool = False,
         position_ids: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.drop_path(self.attn(self.attn_norm(x), mask, is_causal, position_ids))
-        return x + self.drop_path(self.mlp(self.mlp_norm(x)))
+        if self.res_post_norm:
+            attended = self.attn_norm(self.attn(x, mask, is_causal, position_ids))
+        else:
+            attended = self.attn(self.attn_norm(x), mask, is_causal, position_ids)
+        x = x + self.drop_path(self.residual_dropout(attended))
+        transformed = self.mlp_norm(self.mlp(x)) if self.res_post_norm else self.mlp(self.mlp_norm(x))
+        return x + self.drop_path(self.residual_dropout(transformed))
 
 
 class Transformer(nn.Module):
@@ -80,7 +98,8 @@ def build_transformer(
     multiple_of: int = 256,
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm",
     norm_bias: bool = True,
-    qk_norm: bool = False,
+    norm_eps: float = 1e-6,
+    qk_norm: QKNorm = False,
     rope: Literal["1d", "2d"] | None = "1d",
     max_seq_len: int = 2048,
     grid_size: tuple[int, int] | None = None,
@@ -89,15 +108,20 @@ def build_transformer(
     drop_path: float = 0.0,
     final_norm: bool = True,
     num_prefix_tokens: int = 0,
+    ffn_dim: int | None = None,
+    residual_dropout: float = 0.0,
+    res_post_norm: bool = False,
 ) -> Transformer:
-    """Build a pre-norm transformer.
+    """Build a transformer (pre-norm unless ``res_post_norm``).
 
     ``mlp="swiglu"`` uses the Llama width :func:`swiglu_hidden_dim` (``mlp_ratio``, ``multiple_of``);
-    ``"gelu"`` a biased GELU MLP of width ``int(mlp_ratio * dim)``. ``norm_bias`` only concerns
-    LayerNorm. ``rope="1d"`` covers ``max_seq_len`` positions; ``"2d"`` needs ``grid_size`` and takes
-    ``num_prefix_tokens`` unrotated leading tokens. One rotary module (tables only, no parameters) is
-    shared by all blocks. Stochastic depth grows linearly from 0 at the first block to ``drop_path``
-    at the last.
+    ``"gelu"`` a biased GELU MLP of width ``int(mlp_ratio * dim)``; ``ffn_dim`` sets the hidden width of
+    either directly. ``norm_bias`` only concerns LayerNorm; ``norm_eps`` is the epsilon of the block and
+    final norms (QK-norms: see :func:`~polymodal.models.layers.attention.qk_norms`). ``rope="1d"`` covers
+    ``max_seq_len`` positions; ``"2d"`` needs ``grid_size`` and takes ``num_prefix_tokens`` unrotated
+    leading tokens. One rotary module (tables only, no parameters) is shared by all blocks. Stochastic
+    depth grows linearly from 0 at the first block to ``drop_path`` at the last; ``residual_dropout`` and
+    ``res_post_norm`` are the same in every :class:`TransformerBlock`.
     """
     _choice("mlp", mlp, ("swiglu", "gelu"))
     _choice("norm", norm, ("rmsnorm", "layernorm"))
@@ -116,12 +140,14 @@ def build_transformer(
             raise ValueError("rope='2d' needs grid_size=(h, w)")
         rotary = AxialRotaryEmbedding2D(head_dim, grid_size, theta=rope_theta, num_prefix_tokens=num_prefix_tokens)
 
-    norm_factory: Callable[[int], nn.Module] = RMSNorm if norm == "rmsnorm" else partial(LayerNorm, bias=norm_bias)
+    norm_factory: Callable[[int], nn.Module] = (
+        partial(RMSNorm, eps=norm_eps) if norm == "rmsnorm" else partial(LayerNorm, eps=norm_eps, bias=norm_bias)
+    )
 
     def make_mlp() -> nn.Module:
         if mlp == "swiglu":
-            return SwiGLU(dim, swiglu_hidden_dim(dim, mlp_ratio, multiple_of))
-        return MLP(dim, int(mlp_ratio * dim))
+            return SwiGLU(dim, ffn_dim or swiglu_hidden_dim(dim, mlp_ratio, multiple_of))
+        return MLP(dim, ffn_dim or int(mlp_ratio * dim))
 
     blocks = [
         TransformerBlock(
@@ -130,6 +156,8 @@ def build_transformer(
             make_mlp(),
             norm=norm_factory,
             drop_path=drop_path * index / (depth - 1) if depth > 1 else 0.0,
+            residual_dropout=residual_dropout,
+            res_post_norm=res_post_norm,
         )
         for index in range(depth)
     ]

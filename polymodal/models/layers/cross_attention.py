@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from polymodal.models.layers.attention import Attention, masked_attention
+from polymodal.models.layers.attention import Attention, QKNorm, masked_attention, qk_norms
 from polymodal.models.layers.drop_path import DropPath
 from polymodal.models.layers.norm import RMSNorm
 
@@ -24,7 +24,7 @@ class CrossAttention(nn.Module):
         dim: width of ``x``, of ``context`` and of the output.
         num_heads: attention heads; ``head_dim = dim // num_heads``.
         qkv_bias / out_bias: biases of the input / output projections.
-        qk_norm: as in :class:`~polymodal.models.layers.attention.Attention` (``True`` = RMSNorm, or a factory).
+        qk_norm: as in :class:`~polymodal.models.layers.attention.Attention` (see ``qk_norms``).
     """
 
     def __init__(
@@ -33,7 +33,7 @@ class CrossAttention(nn.Module):
         num_heads: int,
         qkv_bias: bool = False,
         out_bias: bool = False,
-        qk_norm: bool | Callable[[int], nn.Module] = False,
+        qk_norm: QKNorm = False,
     ) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
@@ -44,9 +44,7 @@ class CrossAttention(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.o_proj = nn.Linear(dim, dim, bias=out_bias)
-        qk_norm_factory = RMSNorm if qk_norm is True else qk_norm or None
-        self.q_norm = qk_norm_factory(self.head_dim) if qk_norm_factory else None
-        self.k_norm = qk_norm_factory(self.head_dim) if qk_norm_factory else None
+        self.q_norm, self.k_norm = qk_norms(qk_norm, num_heads, num_heads, self.head_dim)
 
     def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
         if x.dim() != 3 or context.dim() != 3:

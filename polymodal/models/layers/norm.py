@@ -40,3 +40,33 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+class PerHeadLayerNorm(nn.Module):
+    """LayerNorm over ``head_dim`` with a weight and bias of its own for every head (Chameleon's QK-norm).
+
+    Normalises ``[..., num_heads, head_dim]``: statistics over the last dim only, then the affine of each head,
+    ``weight`` and ``bias`` of shape ``[num_heads, head_dim]``. Chameleon trained its heads split over
+    model-parallel ranks with no reduction between them, hence one affine per head rather than one shared.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.empty(num_heads, head_dim))
+        self.bias = nn.Parameter(torch.empty(num_heads, head_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            normalised = F.layer_norm(x.float(), (self.head_dim,), eps=self.eps)
+            out = normalised * self.weight.float() + self.bias.float()
+        return out.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.weight.shape[0]}, head_dim={self.head_dim}, eps={self.eps}"

@@ -5,7 +5,8 @@ context-parallel attention kernel and the FSDP units. Nothing here knows a model
 Tensor parallelism (Megatron-style, with sequence parallelism) inside every :class:`TransformerBlock`:
 ``q/k/v_proj`` and ``mlp.fc1/fc3`` are column-parallel, ``o_proj`` and ``mlp.fc2`` row-parallel with their
 output reduce-scattered along the sequence, the norms run sequence-parallel on a sequence shard. Between blocks
-activations stay sharded along the sequence (``Shard(1)``).
+activations stay sharded along the sequence (``Shard(1)``). QK-norms see each rank's heads: a norm shared by all
+heads is replicated (its gradient summed over the ranks' heads), a per-head norm is sharded with the heads.
 
 Context parallelism: the sequence keys of the batch are split into ``cp`` contiguous chunks; each rank embeds
 and attends with its chunk of queries against keys/values all-gathered from the CP group (the mask is built from
@@ -20,9 +21,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
+    ParallelStyle,
     PrepareModuleInput,
     RowwiseParallel,
     SequenceParallel,
@@ -33,14 +35,46 @@ from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.models.layers.attention import Attention, masked_attention
 from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttentionBlock
+from polymodal.models.layers.norm import PerHeadLayerNorm
 from polymodal.models.meta import DataDict
 from polymodal.models.protocol import DecoderLayout, ParallelPlan
 
+HEAD_DIM = 2  # of the [B, T, heads, head_dim] queries and keys the QK-norms see
 
-def transformer_block_plan() -> dict[str, object]:
-    """Tensor + sequence parallel styles for one block; its input and output are ``Shard(1)`` local tensors."""
-    return {
-        "attn_norm": SequenceParallel(),
+
+class HeadParallel(ParallelStyle):
+    """A module with one row of parameters per head (``[num_heads, ...]``) run on the heads of a column-parallel
+    projection: its parameters sharded along the heads (``Shard(0)``), its input ``[B, T, heads, head_dim]``, this
+    rank's heads, annotated ``Shard(2)``, its output local again."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        def shard_heads(name: str, submodule: nn.Module, mesh: DeviceMesh) -> None:
+            for param_name, param in list(submodule.named_parameters(recurse=False)):
+                sharded = distribute_tensor(param, mesh, [Shard(0)], src_data_rank=self.src_data_rank)
+                submodule.register_parameter(param_name, nn.Parameter(sharded))
+
+        def annotate_heads(_module: nn.Module, inputs: tuple, mesh: DeviceMesh) -> tuple:
+            return (DTensor.from_local(inputs[0], mesh, [Shard(HEAD_DIM)], run_check=False), *inputs[1:])
+
+        def to_local(_module: nn.Module, output: DTensor, _mesh: DeviceMesh) -> torch.Tensor:
+            return output.to_local()
+
+        return distribute_module(module, device_mesh, shard_heads, annotate_heads, to_local)
+
+
+def qk_norm_style(norm: nn.Module) -> ParallelStyle:
+    """Per-head norms are sharded with the heads; a norm shared by all heads is replicated and runs on the local
+    heads as SequenceParallel runs a norm on a sequence shard (the "sequence" dim being the heads')."""
+    if isinstance(norm, PerHeadLayerNorm):
+        return HeadParallel()
+    return SequenceParallel(sequence_dim=HEAD_DIM, use_local_output=True)
+
+
+def transformer_block_plan(block: TransformerBlock) -> dict[str, object]:
+    """Tensor + sequence parallel styles for one block; its input and output are ``Shard(1)`` local tensors (the
+    norms return local tensors, so the residual adds work in pre-norm and res-post-norm order alike)."""
+    plan: dict[str, object] = {
+        "attn_norm": SequenceParallel(use_local_output=True),
         "attn": PrepareModuleInput(
             input_layouts=(Shard(1), None, None, None), desired_input_layouts=(Replicate(), None, None, None)
         ),
@@ -48,21 +82,22 @@ def transformer_block_plan() -> dict[str, object]:
         "attn.k_proj": ColwiseParallel(),
         "attn.v_proj": ColwiseParallel(),
         "attn.o_proj": RowwiseParallel(output_layouts=Shard(1)),
-        "mlp_norm": SequenceParallel(),
+        "mlp_norm": SequenceParallel(use_local_output=True),
         "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
         "mlp.fc1": ColwiseParallel(),
         "mlp.fc3": ColwiseParallel(),
         "mlp.fc2": RowwiseParallel(output_layouts=Shard(1)),
     }
+    if block.attn.q_norm is not None:
+        plan["attn.q_norm"] = qk_norm_style(block.attn.q_norm)
+        plan["attn.k_norm"] = qk_norm_style(block.attn.k_norm)
+    return plan
 
 
 def _check_tp_divides(model: nn.Module, tp: int) -> None:
     for name, module in model.named_modules():
-        if isinstance(module, Attention):
-            if module.q_norm is not None:
-                raise ValueError(f"{name}: tensor parallelism with qk_norm is not supported yet")
-            if module.num_kv_heads % tp:
-                raise ValueError(f"{name}: tp={tp} must divide num_kv_heads={module.num_kv_heads}")
+        if isinstance(module, Attention) and module.num_kv_heads % tp:
+            raise ValueError(f"{name}: tp={tp} must divide num_kv_heads={module.num_kv_heads}")
 
 
 def decoder_tensor_parallel(model: nn.Module, layout: DecoderLayout, tp_mesh: DeviceMesh, loss_parallel: bool) -> None:
@@ -87,7 +122,7 @@ def decoder_tensor_parallel(model: nn.Module, layout: DecoderLayout, tp_mesh: De
         },
     )
     for block in model.get_submodule(layout.blocks):
-        parallelize_module(block, tp_mesh, transformer_block_plan())
+        parallelize_module(block, tp_mesh, transformer_block_plan(block))
     if tied:
         head.weight = embedding.weight
 

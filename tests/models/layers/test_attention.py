@@ -4,6 +4,7 @@ import torch
 from polymodal.models.layers import attention as attention_module
 from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.masks import causal_mask, document_mask, padding_mask
+from polymodal.models.layers.norm import PerHeadLayerNorm
 from polymodal.models.layers.rope import RotaryEmbedding
 
 
@@ -17,7 +18,15 @@ def naive_attention(attn: Attention, x: torch.Tensor, mask: torch.Tensor | None 
         return out.view(batch, seq_len, num, head_dim)
 
     q, k, v = project(attn.q_proj, heads), project(attn.k_proj, kv_heads), project(attn.v_proj, kv_heads)
-    if attn.q_norm is not None:
+    if isinstance(attn.q_norm, PerHeadLayerNorm):  # Chameleon: per-head weight and bias [heads, head_dim]
+
+        def standardise(t: torch.Tensor) -> torch.Tensor:
+            centred = t - t.mean(-1, keepdim=True)
+            return centred * torch.rsqrt((centred**2).mean(-1, keepdim=True) + 1e-5)
+
+        q = standardise(q) * attn.q_norm.weight + attn.q_norm.bias
+        k = standardise(k) * attn.k_norm.weight + attn.k_norm.bias
+    elif attn.q_norm is not None:
         q = q * torch.rsqrt((q**2).mean(-1, keepdim=True) + 1e-6) * attn.q_norm.weight
         k = k * torch.rsqrt((k**2).mean(-1, keepdim=True) + 1e-6) * attn.k_norm.weight
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -52,6 +61,9 @@ def make_attention(**kwargs) -> Attention:
         {"qk_norm": True},
         {"head_dim": 12},
         {"num_kv_heads": 2, "rope": RotaryEmbedding(8, 32), "qk_norm": True},
+        {"qk_norm": "rmsnorm"},
+        {"qk_norm": "per_head_layernorm"},
+        {"num_kv_heads": 2, "rope": RotaryEmbedding(8, 32), "qk_norm": "per_head_layernorm"},
     ],
 )
 def test_attention_matches_naive_reference(kwargs):
@@ -150,6 +162,7 @@ def test_dropout_only_in_training():
         ({"num_heads": 4, "rope": RotaryEmbedding(16, 8)}, "head_dim"),
         ({"num_heads": 4, "dropout": 1.0}, "dropout"),
         ({"num_heads": 0}, "num_heads"),
+        ({"num_heads": 4, "qk_norm": "layernorm"}, "qk_norm"),
     ],
 )
 def test_attention_rejects_bad_construction(kwargs, message):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from polymodal.models.layers.norm import LayerNorm, RMSNorm
+from polymodal.models.layers.norm import LayerNorm, PerHeadLayerNorm, RMSNorm
 
 
 def _randomise(module: torch.nn.Module) -> None:
@@ -57,3 +57,19 @@ def test_reset_parameters_restores_identity_affine(norm_class):
     assert torch.equal(norm.weight, torch.ones(4))
     if getattr(norm, "bias", None) is not None:
         assert torch.equal(norm.bias, torch.zeros(4))
+
+
+def test_per_head_layernorm_normalises_each_head_with_its_own_affine():
+    torch.manual_seed(0)
+    norm = PerHeadLayerNorm(3, 8)
+    assert norm.weight.shape == norm.bias.shape == (3, 8)
+    _randomise(norm)
+    x = torch.randn(2, 5, 3, 8) * 3 + 1  # [B, T, heads, head_dim]
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * norm.weight + norm.bias
+    torch.testing.assert_close(norm(x), expected)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x.bfloat16()).dtype == torch.bfloat16
+    norm.reset_parameters()
+    assert torch.equal(norm.weight, torch.ones(3, 8)) and torch.equal(norm.bias, torch.zeros(3, 8))

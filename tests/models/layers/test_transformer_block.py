@@ -5,7 +5,7 @@ from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import Transformer, TransformerBlock, build_transformer
 from polymodal.models.layers.masks import document_mask
 from polymodal.models.layers.mlp import MLP, SwiGLU
-from polymodal.models.layers.norm import LayerNorm, RMSNorm
+from polymodal.models.layers.norm import LayerNorm, PerHeadLayerNorm, RMSNorm
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
 
@@ -24,6 +24,38 @@ def test_block_is_pre_norm_residual_composition():
     expected = hidden + block.mlp(block.mlp_norm(hidden))
     torch.testing.assert_close(block(x, is_causal=True), expected)
     assert isinstance(block.attn_norm, LayerNorm) and isinstance(block.mlp_norm, LayerNorm)
+
+
+def test_res_post_norm_block_normalises_each_branch_output():
+    block = randomise(TransformerBlock(16, Attention(16, 2), MLP(16, 32), res_post_norm=True))
+    x = torch.randn(2, 5, 16)
+    hidden = x + block.attn_norm(block.attn(x, is_causal=True))
+    expected = hidden + block.mlp_norm(block.mlp(hidden))
+    torch.testing.assert_close(block(x, is_causal=True), expected)
+
+
+class Doubling(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("res_post_norm", [False, True])
+def test_residual_dropout_acts_on_branch_outputs_in_training_only(res_post_norm):
+    def block(**kwargs):
+        return randomise(TransformerBlock(16, Attention(16, 2), MLP(16, 32), res_post_norm=res_post_norm, **kwargs))
+
+    x = torch.randn(2, 5, 16)
+    dropped = block(residual_dropout=0.5)
+    assert isinstance(dropped.residual_dropout, torch.nn.Dropout) and dropped.residual_dropout.p == 0.5
+    torch.testing.assert_close(dropped(x), block()(x))  # eval: no dropout
+    assert not torch.allclose(dropped.train()(x), block()(x))
+
+    spied = block()
+    spied.residual_dropout = Doubling()  # where the dropout sits: on each branch output, before the residual add
+    attended = spied.attn_norm(spied.attn(x)) if res_post_norm else spied.attn(spied.attn_norm(x))
+    hidden = x + 2 * attended
+    transformed = spied.mlp_norm(spied.mlp(hidden)) if res_post_norm else spied.mlp(spied.mlp_norm(hidden))
+    torch.testing.assert_close(spied(x), hidden + 2 * transformed)
 
 
 def test_transformer_runs_blocks_in_order_then_final_norm():
@@ -65,6 +97,19 @@ def test_build_transformer_variants(kwargs):
         assert isinstance(first.mlp, SwiGLU) and first.mlp.hidden_dim == 96
     rope_class = {None: type(None), "2d": AxialRotaryEmbedding2D}.get(kwargs.get("rope", "1d"), RotaryEmbedding)
     assert isinstance(first.attn.rope, rope_class)
+
+
+def test_build_transformer_chameleon_options():
+    model = build_transformer(
+        32, depth=2, num_heads=4, num_kv_heads=2, qk_norm="per_head_layernorm", norm_eps=1e-5, ffn_dim=40,
+        residual_dropout=0.1, res_post_norm=True,
+    )  # fmt: skip
+    first = model.blocks[0]
+    assert isinstance(first.attn.q_norm, PerHeadLayerNorm) and first.attn.k_norm.weight.shape == (2, 8)
+    assert first.attn_norm.eps == model.final_norm.eps == 1e-5
+    assert first.mlp.hidden_dim == 40 and first.res_post_norm and first.residual_dropout.p == 0.1
+    assert build_transformer(32, depth=1, num_heads=4, mlp="gelu", ffn_dim=40).blocks[0].mlp.fc1.out_features == 40
+    assert isinstance(build_transformer(32, depth=1, num_heads=4).blocks[0].residual_dropout, torch.nn.Identity)
 
 
 def test_build_transformer_drop_path_grows_linearly_and_final_norm_optional():
@@ -112,6 +157,7 @@ def test_block_bf16_autocast_forward_on_cpu():
         ({"rope": "2d"}, "grid_size"),
         ({"depth": 0}, "depth"),
         ({"num_heads": 3}, "divisible"),
+        ({"residual_dropout": 1.0}, "residual_dropout"),
     ],
 )
 def test_build_transformer_rejects_bad_options(kwargs, message):

@@ -23,7 +23,7 @@ from polymodal.config import ConfigError
 from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.mlp import SwiGLU
-from polymodal.models.layers.norm import RMSNorm
+from polymodal.models.layers.norm import PerHeadLayerNorm, RMSNorm
 from polymodal.models.parts import LinearHead
 from polymodal.train.parallel.mesh import ParallelDims
 
@@ -130,12 +130,15 @@ class TokenLayout(Layout):
 def _tensor_parallel_dims(model: nn.Module) -> dict[int, int]:
     """Parameter id -> the dim tensor parallelism splits, following ``train.parallel.plans``: q/k/v and fc1/fc3
     and the LM head column-wise (dim 0 of the weight), o_proj and fc2 row-wise (dim 1), the embedding over the
-    vocabulary (dim 0). Everything else (norms) is replicated."""
+    vocabulary (dim 0), per-head QK-norms with their heads (dim 0). Everything else (norms) is replicated."""
     split: dict[int, int] = {}
     for module in model.modules():
         if isinstance(module, Attention):
             for linear in (module.q_proj, module.k_proj, module.v_proj):
                 split.update({id(p): 0 for p in linear.parameters()})
+            for norm in (module.q_norm, module.k_norm):
+                if isinstance(norm, PerHeadLayerNorm):
+                    split.update({id(p): 0 for p in norm.parameters()})
             split[id(module.o_proj.weight)] = 1
         elif isinstance(module, SwiGLU):
             for linear in (module.fc1, module.fc3):

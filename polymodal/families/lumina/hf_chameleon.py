@@ -1,0 +1,147 @@
+"""Hugging Face ``ChameleonForConditionalGeneration`` weights in and out of :func:`build_chameleon` models.
+
+Plain state dicts and config dicts only: nothing here imports ``transformers``. A config is a ``ChameleonConfig``
+(anything with ``to_dict()``) or its dict (a checkpoint's ``config.json``). Names map one to one, no tensor is
+transposed or permuted (HF's RoPE pairs dims by halves, as ours does); :func:`key_map` is the one table and
+docs/lumina_checkpoints.md explains it. The checkpoint's ``model.vqmodel.*`` tensors (the VQ-VAE image tokenizer,
+which a model over pre-tokenized images never runs) are left out on import and can be passed back on export.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from polymodal.families.lumina.model import build_chameleon
+from polymodal.models.llm import CausalLM
+
+log = logging.getLogger(__name__)
+
+VQMODEL_PREFIX = "model.vqmodel."
+GLOBAL_KEYS = {
+    "model.embed_tokens.weight": "preprocessor.blocks.0.embedding.weight",
+    "model.norm.weight": "trunk.transformer.final_norm.weight",
+    "lm_head.weight": "head.proj.weight",
+}
+LAYER_KEYS = {  # under model.layers.{i}. / trunk.transformer.blocks.{i}.
+    "input_layernorm.weight": "attn_norm.weight",  # with swin_norm: the norm of the attention output
+    "self_attn.q_proj.weight": "attn.q_proj.weight",
+    "self_attn.k_proj.weight": "attn.k_proj.weight",
+    "self_attn.v_proj.weight": "attn.v_proj.weight",
+    "self_attn.o_proj.weight": "attn.o_proj.weight",
+    "self_attn.q_norm.weight": "attn.q_norm.weight",
+    "self_attn.q_norm.bias": "attn.q_norm.bias",
+    "self_attn.k_norm.weight": "attn.k_norm.weight",
+    "self_attn.k_norm.bias": "attn.k_norm.bias",
+    "post_attention_layernorm.weight": "mlp_norm.weight",  # with swin_norm: the norm of the MLP output
+    "mlp.gate_proj.weight": "mlp.fc1.weight",
+    "mlp.up_proj.weight": "mlp.fc3.weight",
+    "mlp.down_proj.weight": "mlp.fc2.weight",
+}
+
+
+def _config_dict(config: Mapping[str, Any] | Any) -> Mapping[str, Any]:
+    return config if isinstance(config, Mapping) else config.to_dict()
+
+
+def chameleon_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The :func:`build_chameleon` arguments of a ``ChameleonConfig``; a ValueError for what the model cannot do.
+
+    ``num_key_value_heads`` defaults to ``num_attention_heads``; Lumina-mGPT's ``dropout`` becomes
+    ``residual_dropout``. The QK-norm epsilon is 1e-5, hard-coded in HF's Chameleon as in ours.
+    """
+    config = _config_dict(config)
+    rope = dict(config.get("rope_parameters") or {})
+    unsupported = {
+        "hidden_act": config.get("hidden_act", "silu") != "silu",
+        "attention_bias": bool(config.get("attention_bias")),
+        "mlp_bias": bool(config.get("mlp_bias")),
+        "attention_dropout": bool(config.get("attention_dropout")),
+        "tie_word_embeddings": bool(config.get("tie_word_embeddings")),
+        "rope_parameters.rope_type": rope.get("rope_type", "default") != "default",
+        "rope_scaling": bool(config.get("rope_scaling")),  # transformers 4.x
+    }
+    if any(unsupported.values()):
+        settings = {name: config.get(name.split(".")[0]) for name, bad in unsupported.items() if bad}
+        raise ValueError(f"Chameleon config settings the model does not support: {settings}")
+    num_heads = config["num_attention_heads"]
+    return {
+        "vocab_size": config["vocab_size"],
+        "dim": config["hidden_size"],
+        "depth": config["num_hidden_layers"],
+        "num_heads": num_heads,
+        "num_kv_heads": config.get("num_key_value_heads") or num_heads,
+        "ffn_dim": config["intermediate_size"],
+        "max_seq_len": config.get("max_position_embeddings", 4096),
+        "rope_theta": rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        "norm_eps": config.get("rms_norm_eps", 1e-5),
+        "swin_norm": bool(config.get("swin_norm")),
+        "residual_dropout": config.get("dropout", 0.0),
+    }
+
+
+def build_from_chameleon_config(config: Mapping[str, Any] | Any) -> CausalLM:
+    """Our model with the shapes of a ``ChameleonConfig`` (randomly initialised: load converted weights into it)."""
+    return build_chameleon(**chameleon_arguments(config))
+
+
+def key_map(num_layers: int) -> dict[str, str]:
+    """HF name -> our name for every tensor of a ``num_layers`` Chameleon, VQ-VAE aside."""
+    names = dict(GLOBAL_KEYS)
+    for layer in range(num_layers):
+        for theirs, ours in LAYER_KEYS.items():
+            names[f"model.layers.{layer}.{theirs}"] = f"trunk.transformer.blocks.{layer}.{ours}"
+    return names
+
+
+def chameleon_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> dict[str, Tensor]:
+    """A ``ChameleonForConditionalGeneration`` state dict as ours (same tensors, renamed), checked against the
+    shapes ``config`` gives; its ``model.vqmodel.*`` tensors are left out (logged once, at INFO)."""
+    names = key_map(_config_dict(config)["num_hidden_layers"])
+    vqmodel = [name for name in state_dict if name.startswith(VQMODEL_PREFIX)]
+    _check_names("Chameleon state dict", set(state_dict) - set(vqmodel), set(names))
+    converted = {ours: state_dict[theirs] for theirs, ours in names.items()}
+    _check_shapes(converted, config)
+    if vqmodel:
+        log.info("left out the %d %s* tensors (the VQ-VAE image tokenizer)", len(vqmodel), VQMODEL_PREFIX)
+    return converted
+
+
+def polymodal_to_chameleon(
+    state_dict: Mapping[str, Tensor],
+    config: Mapping[str, Any] | Any,
+    vqmodel: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Our state dict as a ``ChameleonForConditionalGeneration`` one (same tensors, renamed). ``vqmodel``: the
+    ``model.vqmodel.*`` tensors to add (e.g. those of the imported checkpoint), without which HF's model, which
+    always holds a VQ-VAE, loads the result only with ``strict=False``."""
+    names = key_map(_config_dict(config)["num_hidden_layers"])
+    _check_names("state dict", set(state_dict), set(names.values()))
+    _check_shapes(state_dict, config)
+    foreign = [name for name in vqmodel or {} if not name.startswith(VQMODEL_PREFIX)]
+    if foreign:
+        raise ValueError(f"vqmodel holds names outside {VQMODEL_PREFIX}*: {sorted(foreign)[:5]}")
+    return {theirs: state_dict[ours] for theirs, ours in names.items()} | dict(vqmodel or {})
+
+
+def _check_names(what: str, found: set[str], expected: set[str]) -> None:
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{what}: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+
+
+def _check_shapes(ours: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> None:
+    """Compare with the model ``config`` builds, on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        expected = {name: tensor.shape for name, tensor in build_from_chameleon_config(config).state_dict().items()}
+    wrong = {
+        name: (tuple(ours[name].shape), tuple(shape)) for name, shape in expected.items() if ours[name].shape != shape
+    }
+    if wrong:
+        raise ValueError(f"shapes (found, expected by the config) differ: {wrong}")
