@@ -43,10 +43,13 @@ class SetEntry:
 
 
 def load_data_config(path: str | Path) -> list[SetEntry]:
-    """The ``META`` entries of a data config file (ConfigError naming the key or entry that is wrong)."""
+    """The ``META`` entries of a data config file (ConfigError naming the key or entry that is wrong). A record file
+    (``.json``) stands for a data config of that one set."""
     source = Path(path)
     if not source.is_file():
         raise ConfigError(f"data config {source} not found")
+    if source.suffix == ".json":
+        return [SetEntry(name=str(path), path=source)]
     try:
         tree = yaml.safe_load(source.read_text())
     except yaml.YAMLError as error:

@@ -97,3 +97,8 @@ def test_bad_loader_settings(record_set, data_config):
         LuminaData(config, seq_len=16, batch_size=2, vocab_size=768, dp_world=2)  # 40 tokens: 3 rows of 16
     with pytest.raises(ValueError, match=r"do not fill 8 rows .* x batches_per_step 2, for some type\)"):
         LuminaData(config, seq_len=16, batch_size=2, vocab_size=768, dp_world=2, group_by_type=True, batches_per_step=2)
+
+
+def test_a_record_file_is_a_data_config_of_one_set(record_set):
+    record = record_set("one", [10, 20, 30])
+    assert load_data_config(record) == [SetEntry(name=str(record), path=record)]
