@@ -14,6 +14,7 @@ ids meet in one model.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 from collections.abc import Sequence
@@ -95,6 +96,7 @@ class RecordSets:
             _check_compatible(self.entries[0], self.sets[0], entry, record_set)
         self.layout: VocabularyLayout = self.sets[0].layout
         self.offsets = np.cumsum([0] + [len(s) for s in self.sets])
+        self._starts = self.offsets.tolist()  # Python ints: item() is on the loader's hot path
         self.lengths = np.concatenate([s.lengths for s in self.sets]).astype(np.int64)
 
     @classmethod
@@ -114,8 +116,8 @@ class RecordSets:
 
     def item(self, item_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (int64) and bool label mask of global item ``item_id``."""
-        index = int(np.searchsorted(self.offsets, item_id, side="right")) - 1
-        return self.sets[index].item(int(item_id - self.offsets[index]))
+        index = bisect.bisect_right(self._starts, item_id) - 1
+        return self.sets[index].item(item_id - self._starts[index])
 
     def fingerprint(self) -> str:
         """What the sets are, for a loader state: paths as written, ratios, types and item counts."""

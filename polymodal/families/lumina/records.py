@@ -14,7 +14,9 @@ the bytes of an uninterrupted run.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import re
 from collections import Counter
@@ -240,8 +242,8 @@ class RecordSet:
         lengths = [shard.lengths for shard in self._shards]
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
         inputs = [shard.item_index for shard in self._shards]
-        self.input_index = np.concatenate(inputs) if inputs else np.zeros(0, dtype=np.int64)
-        self._starts = np.cumsum([0] + [len(shard) for shard in self._shards])
+        self.input_index = np.concatenate(inputs).astype(np.int64) if inputs else np.zeros(0, dtype=np.int64)
+        self._starts = list(itertools.accumulate((len(shard) for shard in self._shards), initial=0))
 
     def _resolve(self, path: str) -> Path:
         candidate = Path(path)
@@ -256,12 +258,12 @@ class RecordSet:
         return {name: self._resolve(path) for name, path in self._tokenizers.items()}
 
     def __len__(self) -> int:
-        return int(self._starts[-1])
+        return self._starts[-1]
 
     def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (int64) and bool label mask of item ``index``."""
-        if not 0 <= index < len(self):
+        if not 0 <= index < self._starts[-1]:
             raise IndexError(f"item {index} of a record set of {len(self)}")
-        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        tokens, labels = self._shards[shard].item(index - int(self._starts[shard]))
+        shard = bisect.bisect_right(self._starts, index) - 1
+        tokens, labels = self._shards[shard].item(index - self._starts[shard])
         return tokens.astype(np.int64), labels

@@ -6,8 +6,8 @@ tensor         dtype, shape                 meaning
 ``tokens``     uint16 or uint32 ``[T]``     every item's token ids, one after the other
 ``labels``     uint8 ``[ceil(T / 8)]``      ``numpy.packbits`` of the label mask: bit ``t`` is set when
                                             token ``t`` is a training target (assistant turns)
-``offsets``    int64 ``[n + 1]``            item ``k`` is ``tokens[offsets[k]:offsets[k + 1]]``
-``item_index`` int64 ``[n]``                each item's position in the input file
+``offsets``    uint32 ``[n + 1]``           item ``k`` is ``tokens[offsets[k]:offsets[k + 1]]``
+``item_index`` uint32 ``[n]``               each item's position in the input file
 =============  ===========================  ============================================================
 
 The file is the safetensors format, written here rather than by the ``safetensors`` package because that one orders
@@ -34,9 +34,10 @@ import numpy as np
 
 from polymodal.files import atomic_output
 
-_SAFETENSORS_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "I64": np.int64}
+_SAFETENSORS_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32}
 _DTYPE_NAMES = {np.dtype(dtype): name for name, dtype in _SAFETENSORS_DTYPES.items()}
 _TENSORS = ("tokens", "labels", "offsets", "item_index")
+_INDEX_MAX = np.iinfo(np.uint32).max
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,16 @@ def write_shard(
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     tokens = np.concatenate([s.tokens for s in sequences]) if sequences else np.zeros(0, np.int64)
     labels = np.concatenate([s.labels for s in sequences]) if sequences else np.zeros(0, bool)
+    item_index = np.array([s.item_index for s in sequences], dtype=np.int64)
     if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(token_dtype).max):
         raise ValueError(f"token ids [{tokens.min()}, {tokens.max()}] do not fit {token_dtype}")
+    if offsets[-1] > _INDEX_MAX or (len(item_index) and item_index.max() > _INDEX_MAX):
+        raise ValueError(f"a shard indexes at most {_INDEX_MAX} tokens and input positions (uint32)")
     arrays = {
         "tokens": tokens.astype(token_dtype),
         "labels": np.packbits(labels.astype(bool)),
-        "offsets": offsets,
-        "item_index": np.array([s.item_index for s in sequences], dtype=np.int64),
+        "offsets": offsets.astype(np.uint32),
+        "item_index": item_index.astype(np.uint32),
     }
     errors_json = json.dumps([e.to_dict() for e in errors], ensure_ascii=False)
     target = Path(path)
@@ -124,6 +128,7 @@ class MappedShard:
             raise ValueError(f"token shard {self.path} is damaged or not a shard: {error}") from error
         self.tokens, self._label_bits, self.offsets, self.item_index = (arrays[name] for name in _TENSORS)
         self._check()
+        self._offsets = memoryview(self.offsets).cast("B").cast("I")  # Python ints without a copy: fast item()
 
     def _header(self) -> tuple[dict[str, Any], int]:
         (length,) = struct.unpack("<Q", self._map[:8])
@@ -152,7 +157,7 @@ class MappedShard:
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        return np.diff(self.offsets.astype(np.int64))
 
     @property
     def errors(self) -> list[ItemError]:
@@ -160,10 +165,10 @@ class MappedShard:
 
     def item(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (a view) and the bool label mask of the shard's ``k``-th item."""
-        begin, end = int(self.offsets[k]), int(self.offsets[k + 1])
+        begin, end = self._offsets[k], self._offsets[k + 1]
         first_byte = begin >> 3
         bits = np.unpackbits(self._label_bits[first_byte : (end + 7) >> 3])
-        return self.tokens[begin:end], bits[begin - (first_byte << 3) : end - (first_byte << 3)].astype(bool)
+        return self.tokens[begin:end], bits[begin - (first_byte << 3) : end - (first_byte << 3)].view(bool)
 
     def all_labels(self) -> np.ndarray:
         return np.unpackbits(self._label_bits, count=len(self.tokens)).astype(bool)
