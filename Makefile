@@ -81,17 +81,17 @@ demo: $(STAMP)
 # Lumina-mGPT's pre-tokenization on the synthetic conversations (a sprinkle of bad items shows the error report):
 # two ranks in parallel, then their records merged into one record file.
 CONVERSATIONS := data/conversations
-BPE := data/tokenizers/bpe-4096.json
+BPE := data/tokenizers/lumina-bpe-1024.json
 LUMINA_RECORDS := data/lumina-records
 LUMINA_INPUTS := --in_filename $(CONVERSATIONS)/conversations.json --out_dir $(LUMINA_RECORDS) --target_size 64 \
-	--text_vocab_size 4096 --text_tokenizer $(BPE) --image_tokenizer runs/tokenizer-rgb-tiny
+	--text_vocab_size 1024 --text_tokenizer $(BPE) --image_tokenizer runs/tokenizer-rgb-tiny
 
 $(CONVERSATIONS)/.done: | $(STAMP)
 	$(BIN)/polymodal synth --out $(CONVERSATIONS) --format conversations --num-samples 2000 --bad-fraction 0.01
 	touch $@
 
-$(BPE): | $(STAMP)
-	$(BIN)/polymodal tokenizer train-text --output $@ --vocab-size 4096
+$(BPE): $(CONVERSATIONS)/.done
+	$(BIN)/polymodal lumina train-text --in_filename $(CONVERSATIONS)/conversations.json --output $@ --vocab-size 1024
 
 $(LUMINA_RECORDS)/record.json: $(CONVERSATIONS)/.done $(BPE) runs/tokenizer-rgb-tiny/.done
 	$(BIN)/polymodal lumina pretokenize --splits=2 --rank=0 $(LUMINA_INPUTS) & rank0=$$!; \

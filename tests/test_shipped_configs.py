@@ -1,6 +1,6 @@
 """``polymodal train --config NAME --debug`` on every shipped experiment config, exactly as printed, from a folder
 laid out as the README leaves it (scenes, pre-tokenized codes with their tokenizers, the WordPiece file, an export
-of a 4M): the CPU-sized configs run their 20 debug steps; the GPU-sized ones, on a machine without a GPU, stop
+of a 4M, Lumina records of the synthetic conversations): the CPU-sized configs run their 20 debug steps; the GPU-sized ones, on a machine without a GPU, stop
 with one line that says so."""
 
 import os
@@ -41,6 +41,15 @@ def readme_folder(tmp_path_factory) -> Path:
         save_tokenizer(wordpiece, root / "data" / "tokenizers" / "4m-wordpiece.json")
         fourm = OmegaConf.to_container(load_config("fourm/tiny").model, resolve=True)
         export(root / "exported" / "fourm-tiny", fourm)
+        conversations = ["synth", "--out", "data/conversations", "--format", "conversations", "--num-samples", "64"]
+        assert main(conversations) == 0
+        bpe = ["--output", "data/tokenizers/lumina-bpe-1024.json", "--vocab-size", "1024"]
+        assert main(["lumina", "train-text", "--in_filename", "data/conversations/conversations.json", *bpe]) == 0
+        records = ["--in_filename", "data/conversations/conversations.json", "--out_dir", "data/lumina-records"]
+        records += ["--target_size", "64", "--text_vocab_size", "1024", "--text_tokenizer", bpe[1]]
+        assert main(["lumina", "pretokenize", *records, "--image_tokenizer", str(root / "tok-rgb")]) == 0
+        concat = ["--sub_record_dir", "data/lumina-records", "--save_path", "data/lumina-records/record.json"]
+        assert main(["lumina", "concat-records", *concat]) == 0
     finally:
         os.chdir(previous)
     return root
@@ -48,7 +57,7 @@ def readme_folder(tmp_path_factory) -> Path:
 
 def test_every_shipped_experiment_is_covered():
     assert len(CPU_SIZED) >= 7 and len(GPU_SIZED) >= 9
-    assert {"llm/tiny", "fourm/tiny", "fourm/vit_classify_tiny", "tokenizers/rgb_tiny"} <= set(CPU_SIZED)
+    assert {"llm/tiny", "fourm/tiny", "fourm/vit_classify_tiny", "tokenizers/rgb_tiny", "lumina/tiny"} <= set(CPU_SIZED)
 
 
 @pytest.mark.slow

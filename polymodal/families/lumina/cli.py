@@ -1,6 +1,6 @@
 """``polymodal lumina pretokenize`` and ``polymodal lumina concat-records``: Lumina-mGPT's two pre-tokenization
 commands with its flags (``--splits --rank --in_filename --out_dir --target_size``; ``--sub_record_dir
---save_path``). Like every verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
+--save_path``); ``polymodal lumina train-text``: a BPE for them, trained on a conversation file's turns. Like every verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     concat.add_argument("--sub_record_dir", type=Path, required=True, help="the --out_dir of the ranks")
     concat.add_argument("--save_path", type=Path, required=True, help="record file to write, e.g. <dir>/record.json")
     concat.set_defaults(run=_concat)
+    text = verbs.add_parser(
+        "train-text",
+        formatter_class=DefaultsHelpFormatter,
+        help="a byte-level BPE with the family's special tokens, trained on the turns of a conversation file",
+    )
+    text.add_argument("--in_filename", type=Path, required=True, help="conversations: a JSON list or JSONL file")
+    text.add_argument("--output", type=Path, required=True, help="tokenizer JSON to write")
+    text.add_argument("--vocab-size", type=int, default=1024, help="tokens in the vocabulary, specials included")
+    text.add_argument("--min-frequency", type=int, default=2, help="fewest occurrences of a learnt piece")
+    text.set_defaults(run=_train_text)
 
 
 def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +63,23 @@ def add_pretokenize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="images per image-tokenizer forward pass")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding and resizing images")
     parser.add_argument("--device", default="cpu", help="device of the image tokenizer, e.g. cpu or cuda:0")
+
+
+def _train_text(args: argparse.Namespace) -> int:
+    from polymodal.config import ConfigError
+    from polymodal.families.lumina.conversations import conversation_texts
+    from polymodal.tokenizers.text.bpe import save_tokenizer, train_bpe
+
+    texts = list(conversation_texts(args.in_filename))
+    if not texts:
+        raise ConfigError(f"{args.in_filename} holds no usable conversation to learn from")
+    try:
+        tokenizer = train_bpe(texts, args.vocab_size, args.min_frequency)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    save_tokenizer(tokenizer, args.output)
+    print(f"trained BPE tokenizer: vocab {tokenizer.get_vocab_size()} on {len(texts):,} turn texts -> {args.output}")
+    return 0
 
 
 def _concat(args: argparse.Namespace) -> int:
