@@ -1,7 +1,7 @@
 """``polymodal train --config NAME --debug`` on every shipped experiment config, exactly as printed, from a folder
 laid out as the README leaves it (scenes, pre-tokenized codes with their tokenizers, the WordPiece file, an export
-of a 4M, Lumina records of the synthetic conversations): the CPU-sized configs run their 20 debug steps; the GPU-sized ones, on a machine without a GPU, stop
-with one line that says so."""
+of a 4M, Lumina records of the synthetic conversations): the CPU-sized configs run their 20 debug steps; the
+GPU-sized ones, on a machine without a GPU, stop with one line that says so."""
 
 import os
 from pathlib import Path

@@ -1,6 +1,7 @@
 """``polymodal lumina pretokenize`` and ``polymodal lumina concat-records``: Lumina-mGPT's two pre-tokenization
 commands with its flags (``--splits --rank --in_filename --out_dir --target_size``; ``--sub_record_dir
---save_path``); ``polymodal lumina train-text``: a BPE for them, trained on a conversation file's turns. Like every verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
+--save_path``); ``polymodal lumina train-text``: a BPE for them, trained on a conversation file's turns. Like every
+verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
 
 from __future__ import annotations
 
