@@ -99,9 +99,10 @@ def test_a_documented_command_parses_and_its_config_loads(where, argv, monkeypat
         return
     assert argv[0] in VERBS, f"{where}: no verb {argv[0]!r}"
     module_name = VERBS[argv[0]].target.split(":")[0]
-    for name in (module_name, "polymodal.families.fourm.cli"):  # generate/eval dispatch to the family's parser
+    families = ("polymodal.families.fourm.cli", "polymodal.families.lumina.cli")  # generate/eval dispatch to these
+    for name in (module_name, *families):
         monkeypatch.setattr(importlib.import_module(name), "run_command", parse_only, raising=False)
-    monkeypatch.setattr("polymodal.commands.family.family_of", lambda model: "fourm")
+    monkeypatch.setattr("polymodal.commands.family.family_of", lambda model: "lumina" if "lumina" in model else "fourm")
     with pytest.raises(Parsed) as parsed:
         main(argv)
     args = parsed.value.namespace

@@ -12,15 +12,16 @@ from polymodal.config import instantiate
 from polymodal.distributed.env import DistEnv
 
 
-def _built(model_config: dict) -> tuple[torch.nn.Module, str]:
-    config_yaml = OmegaConf.to_yaml(OmegaConf.create({"model": model_config}))
+def _built(model_config: dict, sections: dict | None = None) -> tuple[torch.nn.Module, str]:
+    config_yaml = OmegaConf.to_yaml(OmegaConf.create({"model": model_config, **(sections or {})}))
     torch.manual_seed(0)
     return instantiate(OmegaConf.create(config_yaml).model), config_yaml
 
 
-def export(directory: Path, model_config: dict) -> Path:
-    """An export directory (``model.safetensors`` + ``config.yaml``) of the model ``model_config`` builds."""
-    model, config_yaml = _built(model_config)
+def export(directory: Path, model_config: dict, sections: dict | None = None) -> Path:
+    """An export directory (``model.safetensors`` + ``config.yaml``) of the model ``model_config`` builds; the
+    config also holds ``sections`` (say the run's ``data``)."""
+    model, config_yaml = _built(model_config, sections)
     export_weights(model, directory, config_yaml)
     return directory
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from polymodal.models.decoding import IncrementalDecoder
 from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
 from polymodal.models.layers.attention import QKNorm
 from polymodal.models.layers.block import build_transformer
@@ -82,8 +83,9 @@ class CausalLM(MetaModel):
         tokens; returns ``[B, T + max_new_tokens]``. Sampling as :func:`polymodal.models.sampling.sample_tokens`
         (temperature 0: greedy). A row that has produced ``stop_id`` repeats it to the end.
 
-        Each step runs the whole window again, at most the last ``max_seq_len`` tokens (no key/value cache: simple
-        and exact, and fast enough for the model sizes one samples from interactively on a CPU)."""
+        Each new token is computed once, with a key/value cache (:class:`~polymodal.models.decoding.IncrementalDecoder`)
+        while the rows fit in ``max_seq_len``; past that, each step runs the last ``max_seq_len`` tokens again (the
+        window slides, so every position moves and nothing cached stays valid)."""
         if input_ids.ndim != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [batch, tokens] with at least one token, got {tuple(input_ids.shape)}")
         if max_new_tokens < 0:
@@ -91,17 +93,27 @@ class CausalLM(MetaModel):
         generator = generator or torch.Generator(device=input_ids.device).manual_seed(0)
         tokens = input_ids
         stopped = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
-        for _ in range(max_new_tokens):
-            window = tokens[:, -self.max_seq_len :]
-            positions = torch.arange(window.shape[1], device=window.device).expand_as(window)
-            batch = {"input_ids": window, "document_ids": torch.zeros_like(window), "position_ids": positions}
-            logits = self(batch)["logits"][:, -1]
+        decoder = IncrementalDecoder(self)
+        room = max(0, min(max_new_tokens, self.max_seq_len - input_ids.shape[1]))
+        for step in range(max_new_tokens):
+            if tokens.shape[1] > self.max_seq_len:
+                logits = self._window_logits(tokens[:, -self.max_seq_len :])
+            elif step == 0:
+                logits = decoder.prefill(list(tokens), room)
+            else:
+                logits = decoder.extend(tokens[:, -1:])
             next_token, _ = sample_tokens(logits, temperature, generator, top_k, top_p)
             if stop_id is not None:
                 next_token = torch.where(stopped, stop_id, next_token)
                 stopped |= next_token == stop_id
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         return tokens
+
+    def _window_logits(self, window: Tensor) -> Tensor:
+        """The next-token logits after ``window`` (``[B, T]``, one document per row), computed from scratch."""
+        positions = torch.arange(window.shape[1], device=window.device).expand_as(window)
+        batch = {"input_ids": window, "document_ids": torch.zeros_like(window), "position_ids": positions}
+        return self(batch)["logits"][:, -1]
 
     def parallel_plan(self) -> ParallelPlan:
         layout = DecoderLayout(

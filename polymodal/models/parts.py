@@ -1,6 +1,13 @@
-"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders, a linear head."""
+"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders, a linear head.
+
+A batch may carry a :class:`~polymodal.models.layers.kv_cache.KVCache` under ``kv_cache`` (decoding: see
+:mod:`polymodal.models.decoding`); the mask and the trunk then extend it. It is an optional read: training batches
+do not hold it, and without it nothing changes.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from torch import nn
 
@@ -8,15 +15,26 @@ from polymodal.models.layers.block import Transformer
 from polymodal.models.layers.masks import document_mask
 from polymodal.models.meta import DataDict, ReadWriteBlock
 
+KV_CACHE = "kv_cache"
+
+
+def _optional(data: DataDict, key: str | None) -> Any:
+    return data[key] if key is not None and key in data else None
+
 
 class DocumentCausalMask(ReadWriteBlock):
-    """Writes a causal, block-diagonal mask: a token attends earlier tokens of its own document only."""
+    """Writes a causal, block-diagonal mask: a token attends earlier tokens of its own document only (with a
+    cache: earlier tokens of its document, cached or new)."""
 
-    def __init__(self, read_key: str = "document_ids", write_key: str = "attn_mask"):
-        super().__init__(read_key, write_key)
+    def __init__(self, read_key: str = "document_ids", write_key: str = "attn_mask", cache_key: str | None = KV_CACHE):
+        super().__init__([read_key] + ([cache_key] if cache_key else []), write_key)
+        self.cache_key = cache_key
 
     def forward(self, data: DataDict) -> DataDict:
-        data[self.write_keys[0]] = document_mask(data[self.read_keys[0]], causal=True)
+        documents, cache = data[self.read_keys[0]], _optional(data, self.cache_key)
+        data[self.write_keys[0]] = (
+            document_mask(documents, causal=True) if cache is None else cache.extend_mask(documents)
+        )
         return data
 
 
@@ -31,11 +49,13 @@ class TransformerTrunk(ReadWriteBlock):
         mask_key: str | None = "attn_mask",
         position_key: str | None = "position_ids",
         is_causal: bool = False,
+        cache_key: str | None = KV_CACHE,
     ):
-        reads = [read_key] + [key for key in (mask_key, position_key) if key is not None]
+        reads = [read_key] + [key for key in (mask_key, position_key, cache_key) if key is not None]
         super().__init__(reads, write_key)
         self.transformer = transformer
         self.mask_key, self.position_key, self.is_causal = mask_key, position_key, is_causal
+        self.cache_key = cache_key
 
     @property
     def depth(self) -> int:
@@ -44,7 +64,8 @@ class TransformerTrunk(ReadWriteBlock):
     def forward(self, data: DataDict) -> DataDict:
         mask = data[self.mask_key] if self.mask_key else None
         positions = data[self.position_key] if self.position_key else None
-        data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, self.is_causal, positions)
+        cache = _optional(data, self.cache_key)
+        data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, self.is_causal, positions, cache)
         return data
 
 

@@ -1,7 +1,8 @@
 """``polymodal lumina pretokenize`` and ``polymodal lumina concat-records``: Lumina-mGPT's two pre-tokenization
 commands with its flags (``--splits --rank --in_filename --out_dir --target_size``; ``--sub_record_dir
---save_path``); ``polymodal lumina train-text``: a BPE for them, trained on a conversation file's turns. Like every
-verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
+--save_path``); ``polymodal lumina train-text``: a BPE for them, trained on a conversation file's turns; and
+``polymodal generate`` for a run of this family (the engine's ``generate`` dispatches here on the family of the run's
+model). Like every verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
 
 from __future__ import annotations
 
@@ -9,10 +10,53 @@ import argparse
 from pathlib import Path
 
 from polymodal.commands import DefaultsHelpFormatter, lazy_runner, run_command
+from polymodal.families.lumina.generate.settings import CAPTION, SamplingSettings
 
 
 def main(argv: list[str]) -> int:
     return run_command("polymodal lumina", __doc__, add_arguments, argv)
+
+
+def generate(argv: list[str]) -> int:
+    """``polymodal generate`` of an image-text model: images from prompts, answers about images -> a PNG + JSON."""
+    run = lazy_runner("polymodal.families.lumina.generate.run:generate_main")
+    return run_command("polymodal generate", generate.__doc__, add_generate_arguments, argv, run)
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``"WxH"`` in pixels -> ``(height, width)``."""
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT in pixels, e.g. 512x512")
+    return int(height), int(width)
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SamplingSettings()
+    parser.add_argument("--model", required=True, help="a trained run dir (newest checkpoint), checkpoint or export")
+    parser.add_argument("--prompt", action="append", default=[], help="text to draw an image of (repeatable)")
+    parser.add_argument("--prompts-file", help="a file of prompts, one per line")
+    parser.add_argument("--image", action="append", default=[], help="an image file to answer --question about")
+    parser.add_argument("--question", default=CAPTION, help="asked about each --image (one <|image|> placeholder)")
+    parser.add_argument(
+        "--size",
+        type=_size,
+        help="WxH pixels of the images drawn: a bucket of the run's target size or sides that are multiples of "
+        "2x the image tokenizer's downsampling (default: the squarest bucket)",
+    )
+    parser.add_argument("--target-size", type=int, help="bucket target size (default: the run's records')")
+    parser.add_argument(
+        "--cfg-scale", type=float, default=defaults.cfg_scale, help="classifier-free guidance of images (1: off)"
+    )
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="of every draw (0: greedy)")
+    parser.add_argument("--image-top-k", type=int, default=defaults.image_top_k, help="among image codes (0: off)")
+    parser.add_argument("--text-top-k", type=int, default=defaults.text_top_k, help="among text tokens (0: off)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus filter (0: off)")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer about an image")
+    parser.add_argument("--num-samples", type=int, default=1, help="samples per prompt and per image")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (and of the crops of --image)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--out", required=True, help="directory for generations.png and generations.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from polymodal.models.layers.kv_cache import LayerCache
 from polymodal.models.layers.norm import PerHeadLayerNorm, RMSNorm
 
 
@@ -70,9 +71,9 @@ def masked_attention(
     """SDPA of queries ``[B, H, Tq, d]`` against keys/values ``[B, Hkv, Tk, d]`` (GQA when Hkv < H).
 
     The queries are positions ``q_offset .. q_offset + Tq`` of the key sequence (0 unless the sequence is split
-    across ranks). ``mask`` broadcasts to ``[B, H, Tq, Tk]``, or covers every query position (``[.., Tk, Tk]``),
-    in which case this call's rows are taken from it. ``is_causal`` is AND-ed into the mask; a query row left
-    with nothing to attend may attend its own position, so the result is never NaN.
+    across ranks or the earlier keys come from a cache). ``mask`` broadcasts to ``[B, H, Tq, Tk]``, or covers every
+    query position (``[.., Tk, Tk]``), in which case this call's rows are taken from it. ``is_causal`` is AND-ed
+    into the mask; a query row left with nothing to attend may attend its own position, so the result is never NaN.
     """
     batch, heads, q_len, _ = q.shape
     kv_len = k.shape[-2]
@@ -126,6 +127,10 @@ class Attention(nn.Module):
             :func:`qk_norms` builds them.
         rope: a module called as ``rope(q, k, position_ids) -> (q, k)`` on ``[B, H, T, head_dim]``.
         dropout: attention-probability dropout, applied in training mode only.
+
+    With a ``cache`` (decoding), the keys and values of ``x`` are appended to it and the queries attend every cached
+    position; ``mask`` then covers them all (``[.., T, cached + T]``). The cached path always runs
+    :func:`masked_attention`: an installed kernel serves training (a sequence split across ranks).
     """
 
     def __init__(
@@ -173,6 +178,7 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         position_ids: Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> Tensor:
         if x.dim() != 3:
             raise ValueError(f"x must be [B, T, D], got shape {tuple(x.shape)}")
@@ -188,8 +194,13 @@ class Attention(nn.Module):
             q, k = self.rope(q, k, position_ids)
         elif position_ids is not None:
             raise ValueError("position_ids were given but this Attention has no rope to use them")
-        attend = self.kernel or masked_attention
-        out = attend(q, k, v, mask, is_causal, self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if cache is None:
+            out = (self.kernel or masked_attention)(q, k, v, mask, is_causal, dropout)
+        else:
+            offset = cache.length
+            k, v = cache.append(k, v)
+            out = masked_attention(q, k, v, mask, is_causal, dropout, q_offset=offset)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
     def extra_repr(self) -> str:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from polymodal.models.layers.attention import Attention, QKNorm
 from polymodal.models.layers.drop_path import DropPath
+from polymodal.models.layers.kv_cache import KVCache, LayerCache
 from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
 from polymodal.models.layers.norm import LayerNorm, RMSNorm
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
@@ -52,11 +53,13 @@ class TransformerBlock(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         position_ids: Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> Tensor:
+        # The cache goes by keyword: tensor-parallel plans prepare the attention's positional inputs only.
         if self.res_post_norm:
-            attended = self.attn_norm(self.attn(x, mask, is_causal, position_ids))
+            attended = self.attn_norm(self.attn(x, mask, is_causal, position_ids, cache=cache))
         else:
-            attended = self.attn(self.attn_norm(x), mask, is_causal, position_ids)
+            attended = self.attn(self.attn_norm(x), mask, is_causal, position_ids, cache=cache)
         x = x + self.drop_path(self.residual_dropout(attended))
         transformed = self.mlp_norm(self.mlp(x)) if self.res_post_norm else self.mlp(self.mlp_norm(x))
         return x + self.drop_path(self.residual_dropout(transformed))
@@ -77,9 +80,11 @@ class Transformer(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         position_ids: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> Tensor:
-        for block in self.blocks:
-            x = block(x, mask, is_causal, position_ids)
+        """With a ``cache`` (decoding), block ``i`` appends to and attends ``cache.layer(i)``."""
+        for index, block in enumerate(self.blocks):
+            x = block(x, mask, is_causal, position_ids, cache=None if cache is None else cache.layer(index))
         return x if self.final_norm is None else self.final_norm(x)
 
 
