@@ -58,7 +58,7 @@ class Regime:
 
 
 REGIMES: dict[str, Regime] = {
-    "tiny": Regime(dim=64, depth=2, seq_len=64, batch_size=4, vocab_size=512, default_steps=500),
+    "tiny": Regime(dim=64, depth=2, seq_len=64, batch_size=4, vocab_size=800, default_steps=500),
     "small": Regime(dim=256, depth=4, seq_len=256, batch_size=8, vocab_size=2048, default_steps=30),
 }
 
