@@ -30,7 +30,10 @@ def test_forward_shapes_and_declared_keys_hold_under_checking():
     with checking_keys():
         out = call_block(model, batch(tokens, torch.zeros_like(tokens)))
     assert out["logits"].shape == (2, 16, 97)
-    assert model.read_keys == ("input_ids", "document_ids", "position_ids")
+    assert model.read_keys == ("input_ids", "document_ids", "position_ids", "target_ids")  # targets: optional
+    with checking_keys():
+        out = call_block(model, batch(tokens, torch.zeros_like(tokens)) | {"target_ids": tokens})
+    assert "logits" not in out and out["token_loss"].count == 32
 
 
 def test_documents_do_not_see_each_other():
