@@ -2,7 +2,8 @@
 
 preprocessor: token embedding + causal document mask (packed sequences never attend across documents)
 trunk:        pre-norm transformer with RMSNorm, SwiGLU, RoPE (positions restart per document) and GQA
-head:         linear projection to the vocabulary, optionally tied to the embedding
+head:         linear projection to the vocabulary, optionally tied to the embedding; given targets, it computes the
+              next-token loss itself, a chunk of labelled positions at a time (``VocabularyHead``)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from polymodal.models.layers.attention import QKNorm
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
-from polymodal.models.parts import DocumentCausalMask, LinearHead, TransformerTrunk
+from polymodal.models.parts import DocumentCausalMask, TransformerTrunk, VocabularyHead
 from polymodal.models.protocol import DecoderLayout, ParallelPlan
 from polymodal.models.sampling import sample_tokens
 
@@ -40,7 +41,7 @@ class CausalLM(MetaModel):
         embed: TokenEmbedding,
         mask: DocumentCausalMask,
         trunk: TransformerTrunk,
-        head: LinearHead,
+        head: VocabularyHead,
         init_std: float = 0.02,
     ):
         super().__init__(preprocessor=[embed, mask], trunk=trunk, head=head)
@@ -142,12 +143,15 @@ def build_llm(
     norm_eps: float = 1e-6,
     residual_dropout: float = 0.0,
     res_post_norm: bool = False,
+    loss_chunk_size: int | None = 1024,
 ) -> CausalLM:
     """Build and initialise the model (trunc-normal init with GPT-2 depth scaling of residual projections).
 
     The SwiGLU width is ``ffn_dim``, else :func:`~polymodal.models.layers.mlp.swiglu_hidden_dim` of ``mlp_ratio``
     and ``multiple_of``; ``qk_norm``, ``norm_eps``, ``residual_dropout`` and ``res_post_norm`` are as in
-    :func:`~polymodal.models.layers.block.build_transformer`."""
+    :func:`~polymodal.models.layers.block.build_transformer`. Given ``target_ids`` the head writes the next-token
+    loss sums, ``loss_chunk_size`` labelled positions at a time, instead of logits (``None``: always logits; see
+    :class:`~polymodal.models.parts.VocabularyHead`)."""
     transformer = build_transformer(
         dim,
         depth,
@@ -170,7 +174,7 @@ def build_llm(
         TokenEmbedding(vocab_size, dim),
         DocumentCausalMask(),
         TransformerTrunk(transformer),
-        LinearHead(dim, vocab_size),
+        VocabularyHead(dim, vocab_size, loss_chunk_size=loss_chunk_size),
         init_std=init_std,
     )
     model.initialize_weights()

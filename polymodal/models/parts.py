@@ -1,4 +1,5 @@
-"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders, a linear head.
+"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders, a linear head
+and the vocabulary head of language models.
 
 A batch may carry a :class:`~polymodal.models.layers.kv_cache.KVCache` under ``kv_cache`` (decoding: see
 :mod:`polymodal.models.decoding`); the mask and the trunk then extend it. It is an optional read: training batches
@@ -14,6 +15,7 @@ from torch import nn
 from polymodal.models.layers.block import Transformer
 from polymodal.models.layers.masks import document_mask
 from polymodal.models.meta import DataDict, ReadWriteBlock
+from polymodal.models.token_loss import chunked_token_loss
 
 KV_CACHE = "kv_cache"
 
@@ -78,4 +80,52 @@ class LinearHead(ReadWriteBlock):
 
     def forward(self, data: DataDict) -> DataDict:
         data[self.write_keys[0]] = self.proj(data[self.read_keys[0]])
+        return data
+
+
+class VocabularyHead(LinearHead):
+    """The projection to the vocabulary of a language model, which can compute the next-token loss itself.
+
+    With ``loss_chunk_size`` set and targets in the batch it writes the loss sums of
+    :func:`~polymodal.models.token_loss.chunked_token_loss` (labelled positions only, ``loss_chunk_size`` of them
+    at a time) under ``loss_key`` instead of the logits, which then never exist for the whole batch. The loss is
+    computed here, inside this module's forward, because that is where FSDP2 has the weight gathered.
+    ``NextTokenLoss`` reads the sums. Without targets (generation), or with ``loss_chunk_size=None`` (a metric
+    that wants the logits; tensor parallelism, which shards the weight, sets it), it writes the logits.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        vocab_size: int,
+        bias: bool = False,
+        loss_chunk_size: int | None = 1024,
+        ignore_index: int = -100,
+        read_key: str = "hidden",
+        target_key: str = "target_ids",
+        write_key: str = "logits",
+        loss_key: str = "token_loss",
+    ):
+        super().__init__(dim, vocab_size, read_key, write_key, bias)
+        if loss_chunk_size is not None and loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1 or None, got {loss_chunk_size}")
+        self.read_keys = (read_key, target_key)
+        self.write_keys = (write_key, loss_key)
+        self.loss_chunk_size = loss_chunk_size
+        self.ignore_index = ignore_index
+
+    def forward(self, data: DataDict) -> DataDict:
+        hidden_key, target_key = self.read_keys
+        logits_key, loss_key = self.write_keys
+        if self.loss_chunk_size is None or target_key not in data:
+            data[logits_key] = self.proj(data[hidden_key])
+            return data
+        data[loss_key] = chunked_token_loss(
+            data[hidden_key],
+            self.proj.weight,
+            self.proj.bias,
+            data[target_key],
+            self.loss_chunk_size,
+            self.ignore_index,
+        )
         return data

@@ -6,11 +6,17 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.models.meta import DataDict, Objective
+from polymodal.models.token_loss import TokenLossSums
 
 
 class NextTokenLoss(Objective):
-    """Mean cross-entropy of ``logits`` [B, T, V] against ``target_ids`` [B, T]; targets equal to
-    ``ignore_index`` are left out. Computed in float32 whatever the autocast dtype.
+    """Mean cross-entropy over the labelled positions (target not ``ignore_index``), plus ``z_loss_weight`` times
+    the mean (log Z)² over the same positions.
+
+    The sums come from the model when its head computed them (a
+    :class:`~polymodal.models.parts.VocabularyHead` given targets writes them under ``sums_key``; its own
+    ``ignore_index`` applies), else from ``logits`` [B, T, V] against ``target_ids`` [B, T], in float32 whatever
+    the autocast dtype (also vocabulary-sharded logits under loss parallelism).
 
     Metrics: ``cross_entropy``, ``accuracy``, ``log_z_squared`` (mean (log Z)², what the z-loss penalises) and,
     with a z-loss weight, ``z_loss``: the weighted term that is in the loss, so ``loss = cross_entropy + z_loss``.
@@ -22,28 +28,44 @@ class NextTokenLoss(Objective):
         target_key: str = "target_ids",
         z_loss_weight: float = 0.0,
         ignore_index: int = -100,
+        sums_key: str = "token_loss",
     ):
-        super().__init__(read_keys=[logits_key, target_key])
+        super().__init__(read_keys=[sums_key, logits_key, target_key])
         self.z_loss_weight = z_loss_weight
         self.ignore_index = ignore_index
 
     def forward(self, data: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits_key, target_key = self.read_keys
-        logits = data[logits_key].float().flatten(0, -2)
-        targets = data[target_key].flatten()
-        valid = targets != self.ignore_index
-        count = valid.sum().clamp(min=1)
-        cross_entropy = F.cross_entropy(logits, targets, ignore_index=self.ignore_index, reduction="sum") / count
-        log_z = torch.logsumexp(logits, dim=-1)
-        z_loss = (log_z.square() * valid).sum() / count
-        accuracy = ((logits.argmax(-1) == targets) & valid).sum() / count
+        sums_key, logits_key, target_key = self.read_keys
+        if sums_key in data:
+            sums = data[sums_key]
+        else:
+            sums = logits_loss_sums(data[logits_key], data[target_key], self.ignore_index)
+        count = sums.count.clamp(min=1)
+        cross_entropy = sums.cross_entropy / count
+        log_z_squared = sums.log_z_squared / count
         metrics = {
             "cross_entropy": cross_entropy.detach(),
-            "accuracy": accuracy.detach(),
-            "log_z_squared": z_loss.detach(),
+            "accuracy": (sums.correct / count).detach(),
+            "log_z_squared": log_z_squared.detach(),
         }
         if not self.z_loss_weight:
             return cross_entropy, metrics
-        weighted = self.z_loss_weight * z_loss
+        weighted = self.z_loss_weight * log_z_squared
         metrics["z_loss"] = weighted.detach()
         return cross_entropy + weighted, metrics
+
+
+def logits_loss_sums(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> TokenLossSums:
+    """The sums of :class:`TokenLossSums` from logits made for every position. ``F.cross_entropy`` and a
+    separate log-sum-exp rather than one shared log-sum-exp, because both also run on vocabulary-sharded logits."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, -2)
+    targets = targets.flatten()
+    labelled = targets != ignore_index
+    cross_entropy = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    log_z = torch.logsumexp(logits, dim=-1)
+    return TokenLossSums(
+        cross_entropy=cross_entropy,
+        log_z_squared=(log_z.square() * labelled).sum(),
+        correct=((logits.argmax(-1) == targets) & labelled).sum(),
+        count=labelled.sum(),
+    )

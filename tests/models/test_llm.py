@@ -30,7 +30,10 @@ def test_forward_shapes_and_declared_keys_hold_under_checking():
     with checking_keys():
         out = call_block(model, batch(tokens, torch.zeros_like(tokens)))
     assert out["logits"].shape == (2, 16, 97)
-    assert model.read_keys == ("input_ids", "document_ids", "kv_cache", "position_ids")  # kv_cache: optional
+    assert set(model.read_keys) == {"input_ids", "document_ids", "kv_cache", "position_ids", "target_ids"}
+    with checking_keys():  # kv_cache and target_ids are optional reads
+        out = call_block(model, batch(tokens, torch.zeros_like(tokens)) | {"target_ids": tokens})
+    assert "logits" not in out and out["token_loss"].count == 32
 
 
 def test_documents_do_not_see_each_other():

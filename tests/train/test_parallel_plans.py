@@ -17,9 +17,10 @@ from polymodal.config.schema import DistributedConfig, ExperimentConfig
 from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.distributed.env import gradient_sync
 from polymodal.models.llm import build_llm
+from polymodal.objectives.lm import NextTokenLoss
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
-from polymodal.train.parallel.plans import ContextParallelAttention, plan_for, split_sequence
+from polymodal.train.parallel.plans import ContextParallelAttention, head_writes_logits, plan_for, split_sequence
 
 
 def free_port() -> int:
@@ -65,8 +66,8 @@ def lm_batch(batch: int = 2, seq: int = 16) -> dict:
 
 
 def loss_of(model, batch) -> torch.Tensor:
-    logits = model(dict(batch))["logits"]
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["target_ids"].flatten())
+    """The mean cross-entropy: from the head's chunked loss, or from the logits a tensor-parallel head writes."""
+    return NextTokenLoss()(model(dict(batch)))[0]
 
 
 def experiment(**distributed) -> ExperimentConfig:
@@ -92,6 +93,7 @@ def tensor_parallel_worker(rank, world):
         "q_local": tuple(q_proj.to_local().shape),
         "o_placements": [str(p) for p in o_proj.placements],
         "tied": model.head.proj.weight is model.preprocessor.blocks[0].embedding.weight,
+        "head_loss_chunk_size": model.head.loss_chunk_size,
         "loss": loss.item(),
         "grad": grad,
     }
@@ -107,10 +109,19 @@ def test_tensor_parallel_plan_shards_weights_and_matches_one_process():
         assert got["q_placements"] == [str(Shard(0))], "q_proj was not column-sharded"
         assert got["q_local"] == (16, 32)  # 32 output features split over 2 ranks
         assert got["o_placements"] == [str(Shard(1))]
+        assert got["head_loss_chunk_size"] is None, "a column-parallel head must write logits"
         assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
         torch.testing.assert_close(got["grad"], reference.trunk.transformer.blocks[1].mlp.fc2.weight.grad)
     tied = tiny_llm(tie_embeddings=True)
     assert tied.head.proj.weight is tied.preprocessor.blocks[0].embedding.weight
+
+
+def test_a_tensor_parallel_head_writes_logits_and_says_why(caplog):
+    model = tiny_llm()
+    with caplog.at_level("INFO", logger="polymodal"):
+        head_writes_logits(model)
+    assert model.head.loss_chunk_size is None
+    assert "head writes logits" in caplog.text and "sharded over the vocabulary" in caplog.text
 
 
 def randomised_norms(model):
@@ -165,17 +176,27 @@ def context_parallel_worker(rank, world):
     model, mesh = parallel_model(world, cp=2)
     kernels = {type(m.kernel).__name__ for m in model.modules() if hasattr(m, "kernel")}
     batch = split_sequence(lm_batch(), plan_for(model).sequence_keys, mesh.cp_rank, 2)
-    logits = model(dict(batch))["logits"]
-    return {"kernels": kernels, "logits": logits.detach(), "seq": batch["input_ids"].shape[1]}
+    with torch.no_grad():
+        sums = model(dict(batch))["token_loss"]
+        logits = model(without_targets(batch))["logits"]
+    return {"kernels": kernels, "logits": logits, "seq": batch["input_ids"].shape[1], "sums": sums}
+
+
+def without_targets(batch: dict) -> dict:
+    """Given no targets the head writes logits."""
+    return {key: value for key, value in batch.items() if key != "target_ids"}
 
 
 def test_context_parallel_splits_the_sequence_and_matches_one_process():
     results = spawn(context_parallel_worker, 2)
     with torch.no_grad():
-        full = tiny_llm()(lm_batch())["logits"]
+        full = tiny_llm()(without_targets(lm_batch()))["logits"]
+        sums = tiny_llm()(lm_batch())["token_loss"]
     assert results[0]["kernels"] == {ContextParallelAttention.__name__}
     assert results[0]["seq"] == 8
     torch.testing.assert_close(torch.cat([results[0]["logits"], results[1]["logits"]], dim=1), full)
+    for name, total in sums._asdict().items():  # each rank's head sums its own positions
+        torch.testing.assert_close(sum(getattr(results[rank]["sums"], name) for rank in range(2)), total, msg=name)
 
 
 def hsdp_worker(rank, world):

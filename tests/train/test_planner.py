@@ -41,7 +41,7 @@ from polymodal.train.parallel.plans import plan_for, split_sequence
 
 fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg")
 
-# The only tensors autograd saves that the planner leaves out are a few scalars of the loss (12 bytes) and, under
+# The only tensors autograd saves that the planner leaves out are a few scalars of the loss (8 or 12 bytes) and, under
 # context parallelism, the int64 query positions of the mask rows (8·T/cp bytes per block); 1% covers both.
 ACTIVATION_TOLERANCE = 0.01
 CHILD_TIMEOUT_S = 300  # a hung child fails its test instead of the whole run

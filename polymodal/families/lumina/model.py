@@ -30,9 +30,11 @@ def build_chameleon(
     swin_norm: bool = False,
     norm_eps: float = 1e-5,
     init_std: float = 0.02,
+    loss_chunk_size: int | None = 1024,
 ) -> CausalLM:
     """A Chameleon decoder with an untied head; its batch is the LLM's (``input_ids``, ``document_ids``,
-    ``position_ids``; logits under ``logits``).
+    ``position_ids``; logits under ``logits``, or with ``target_ids`` the loss sums of the head's chunked loss, see
+    :func:`~polymodal.models.llm.build_llm`).
 
     The SwiGLU width is ``ffn_dim``, else Llama's 8/3 · ``dim`` rounded up to ``multiple_of`` (11008 at 4096,
     22016 at 8192: Chameleon's widths). ``swin_norm`` is the res-post-norm ordering of Chameleon-34B.
@@ -53,4 +55,5 @@ def build_chameleon(
         res_post_norm=swin_norm,
         tie_embeddings=False,
         init_std=init_std,
+        loss_chunk_size=loss_chunk_size,
     )

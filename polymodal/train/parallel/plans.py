@@ -17,6 +17,8 @@ causal masks, not our block-diagonal document masks, and not on gloo/CPU where t
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -37,7 +39,10 @@ from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttentionBlock
 from polymodal.models.layers.norm import PerHeadLayerNorm
 from polymodal.models.meta import DataDict
+from polymodal.models.parts import VocabularyHead
 from polymodal.models.protocol import DecoderLayout, ParallelPlan
+
+log = logging.getLogger(__name__)
 
 HEAD_DIM = 2  # of the [B, T, heads, head_dim] queries and keys the QK-norms see
 
@@ -104,8 +109,10 @@ def decoder_tensor_parallel(model: nn.Module, layout: DecoderLayout, tp_mesh: De
     """Embedding row-parallel into a sequence shard, blocks as above, final norm sequence-parallel, head
     column-parallel: to full logits, or with ``loss_parallel`` to logits left sharded over the vocabulary (a
     ``DTensor`` the loss must consume under ``torch.distributed.tensor.parallel.loss_parallel``). Tied
-    embedding/head weights are re-tied after sharding (both are sharded along the vocabulary)."""
+    embedding/head weights are re-tied after sharding (both are sharded along the vocabulary). A head that would
+    compute the loss itself writes logits instead (:func:`head_writes_logits`)."""
     _check_tp_divides(model, tp_mesh.size())
+    head_writes_logits(model)
     embedding, head = model.get_submodule(layout.embedding), model.get_submodule(layout.head)
     tied = head.weight is embedding.weight
     parallelize_module(
@@ -125,6 +132,19 @@ def decoder_tensor_parallel(model: nn.Module, layout: DecoderLayout, tp_mesh: De
         parallelize_module(block, tp_mesh, transformer_block_plan(block))
     if tied:
         head.weight = embedding.weight
+
+
+def head_writes_logits(model: nn.Module) -> None:
+    """Turn off the chunked loss of every :class:`VocabularyHead`: it needs the whole vocabulary of the weight on
+    one rank, and a column-parallel head holds a slice of it. The objective then takes the loss from the logits."""
+    for name, module in model.named_modules():
+        if isinstance(module, VocabularyHead) and module.loss_chunk_size is not None:
+            module.loss_chunk_size = None
+            log.info(
+                "tensor parallel: %s writes logits and the loss is taken from them (the chunked head loss needs "
+                "the whole head weight, which is sharded over the vocabulary)",
+                name,
+            )
 
 
 class ContextParallelAttention:

@@ -56,7 +56,9 @@ def test_tiny_part_trains_a_step_with_the_z_loss():
         "document_ids": documents,
         "position_ids": torch.arange(32) - 20 * documents,
     }
-    loss, metrics = loss_fn(model(dict(batch)))
+    output = model(dict(batch))
+    assert "token_loss" in output and "logits" not in output  # the head's chunked loss, the default
+    loss, metrics = loss_fn(output)
     assert metrics["z_loss"] == pytest.approx(1e-5 * metrics["log_z_squared"].item())
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -6,6 +6,10 @@ those of the embedding, final norm, LM head and loss; ``block_input_bytes`` is w
 of a block and ``batch_bytes`` the batch and attention mask. ``memory_lines`` adds the training state
 (``states.state_lines``), FSDP's unsharded gradients or autocast's weight copies, activations and logits into the
 lines of the report, each with and without activation checkpointing.
+
+The head either computes the loss itself, a chunk of labelled positions at a time (a ``VocabularyHead`` with a
+``loss_chunk_size``, except under tensor parallelism: ``head_loss_chunk``), or writes logits for every position.
+The formulas count every position as labelled: an upper bound for batches with ignored targets.
 """
 
 from __future__ import annotations
@@ -88,13 +92,28 @@ def block_saved_tensors(block: BlockShape, layout: TokenLayout) -> list[SavedTen
     return saved
 
 
+def head_loss_chunk(model: ModelShape, layout: TokenLayout) -> int | None:
+    """Positions per chunk of the head's own loss on this layout; None when the head writes logits, as it always
+    does under tensor parallelism (``train.parallel.plans.head_writes_logits``)."""
+    return model.loss_chunk_size if layout.dims.tp == 1 else None
+
+
 def outside_saved_tensors(model: ModelShape, layout: TokenLayout) -> list[SavedTensor]:
-    """Tensors saved for backward outside the blocks: embedding input, final norm, LM head input and the loss
-    (next-token cross-entropy and z-loss on fp32 logits)."""
+    """Tensors saved for backward outside the blocks: embedding input, final norm, LM head and loss. The head's
+    chunked loss saves its input rows, their targets and log Z (nothing per vocabulary entry); a head writing
+    logits saves its input, and the loss the fp32 logits and log-softmax (next-token cross-entropy and z-loss)."""
     tokens = layout.tokens
-    vocab = model.vocab_size // layout.dims.tp if layout.loss_parallel else model.vocab_size
     saved = [SavedTensor("token ids (embedding input)", INT64 * tokens)]
     saved += _rms_norm_saved("final norm", model.block.dim, layout.sequence_parallel_tokens, layout)
+    if head_loss_chunk(model, layout) is not None:
+        rows = layout.precision.param * model.block.dim * tokens
+        return saved + [
+            SavedTensor("final norm output, labelled rows (head input)", rows),
+            SavedTensor("labelled-position mask (row selection)", tokens),
+            SavedTensor("target ids of labelled positions", INT64 * tokens),
+            SavedTensor("log-sum-exp per labelled position (fp32)", FP32 * tokens),
+        ]
+    vocab = model.vocab_size // layout.dims.tp if layout.loss_parallel else model.vocab_size
     saved += [
         _norm_output("final norm", model.block.dim, consumers=1, layout=layout),
         SavedTensor("logits in fp32", FP32 * vocab * tokens),
@@ -124,14 +143,16 @@ def batch_bytes(layout: TokenLayout) -> int:
 def memory_lines(
     model: ModelShape, layout: TokenLayout, block_saved: Sequence[SavedTensor], outside_saved: Sequence[SavedTensor]
 ) -> list[MemoryLine]:
-    precision, tp = layout.precision, layout.dims.tp
+    precision = layout.precision
     lines = state_lines(model.params, layout, unit="block")
     if layout.wrapper in ("fsdp", "hsdp"):
         _, (block_local, *_) = unit_numels(model.params, layout)
         block_grads = (precision.param + precision.reduce) * block_local
         lines.append(same("unsharded gradients of one block", block_grads, "before reduce-scatter / accumulation"))
-    elif precision.autocast_casts:
-        matmul = local_numel([p for p in model.params if p.matmul], layout)
+    elif precision.autocast_casts:  # the head's own loss computes in fp32: no bf16 copy of its weight
+        chunk = head_loss_chunk(model, layout)
+        cast = [p for p in model.params if p.matmul and (chunk is None or p.name != model.head_weight)]
+        matmul = local_numel(cast, layout)
         lines.append(same("bf16 weight copies (autocast)", 2 * matmul, "held for backward"))
 
     per_layer = sum(t.bytes for t in block_saved)
@@ -144,10 +165,22 @@ def memory_lines(
         ),
         same("activations: embedding, head, loss", sum(t.bytes for t in outside_saved)),
         same("batch and attention mask", batch_bytes(layout)),
+        _logits_line(model, layout),
     ]
-    vocab = model.vocab_size // tp if layout.loss_parallel else model.vocab_size
-    # Estimate: two fp32 logit-sized gradients inside the loss backward; in bf16 also the head's own logits (kept by
-    # the output dict) and the gradient cast back to bf16.
-    per_logit = 2 * FP32 + (2 * precision.compute if precision.compute != FP32 else 0)
-    lines.append(same("logits and logit gradients", per_logit * vocab * layout.tokens, "estimate, start of backward"))
     return lines
+
+
+def _logits_line(model: ModelShape, layout: TokenLayout) -> MemoryLine:
+    """An estimate of the logits alive at once beyond what is saved, at the start of backward."""
+    precision, chunk = layout.precision, head_loss_chunk(model, layout)
+    if chunk is not None:  # one chunk's fp32 logits, turned into their gradient in place
+        weight = model.vocab_size * model.block.dim
+        fp32_weight = 2 * FP32 * weight if precision.param != FP32 else 0
+        size = FP32 * min(chunk, layout.tokens) * model.vocab_size + fp32_weight
+        note = "estimate, one chunk" + (" + fp32 head weight and its gradient" if fp32_weight else "")
+        return same("logits of one loss chunk", size, note)
+    vocab = model.vocab_size // layout.dims.tp if layout.loss_parallel else model.vocab_size
+    # Two fp32 logit-sized gradients inside the loss backward; in bf16 also the head's own logits (kept by the output
+    # dict) and the gradient cast back to bf16.
+    per_logit = 2 * FP32 + (2 * precision.compute if precision.compute != FP32 else 0)
+    return same("logits and logit gradients", per_logit * vocab * layout.tokens, "estimate, start of backward")

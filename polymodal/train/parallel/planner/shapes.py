@@ -3,7 +3,8 @@
 ``param_shapes`` reads every distinct parameter of a model built on the meta device (so counts are exact and cost
 no memory) into a ``ParamShape``: the dim tensor parallelism splits, the FSDP unit that holds it (None: the root),
 whether a matmul uses it and whether the optimizer trains it. ``model_shape`` reads a transformer LM into a
-``ModelShape``: the widths of its identical transformer blocks (``BlockShape``), its vocabulary and its parameters.
+``ModelShape``: the widths of its identical transformer blocks (``BlockShape``), its vocabulary, its parameters and
+whether its head computes the loss itself (in chunks of labelled positions) or writes logits.
 ``tp_local_shape`` and ``fsdp_shard_numel`` give what one rank holds of a parameter under tensor parallelism and
 FSDP2 sharding. ``Layout`` and ``Precision`` describe the run the formulas are applied to: mesh, data-parallel
 wrapper, bytes per element and micro-batch (``TokenLayout`` adds the sequence length of a transformer LM's batch);
@@ -24,7 +25,7 @@ from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.mlp import SwiGLU
 from polymodal.models.layers.norm import PerHeadLayerNorm, RMSNorm
-from polymodal.models.parts import LinearHead
+from polymodal.models.parts import LinearHead, VocabularyHead
 from polymodal.train.parallel.mesh import ParallelDims
 
 FP32 = 4
@@ -70,6 +71,8 @@ class ModelShape:
     depth: int
     vocab_size: int
     params: tuple[ParamShape, ...]
+    head_weight: str  # the name of the head's weight in ``params`` (the embedding's when they are tied)
+    loss_chunk_size: int | None = None  # positions per chunk of the head's own loss; None: the head writes logits
 
     @property
     def num_params(self) -> int:
@@ -213,7 +216,10 @@ def model_shape(model: nn.Module, trainable: Container[int] | None = None) -> Mo
         raise ConfigError(f"{type(model).__name__}: expected one LinearHead (the LM head), found {len(heads)}")
 
     params = param_shapes(model, [block for _, block in blocks], trainable, _tensor_parallel_dims(model))
-    return ModelShape(shapes.pop(), len(blocks), heads[0].proj.out_features, params)
+    (head,) = heads
+    head_weight = next(name for name, param in model.named_parameters() if param is head.proj.weight)
+    chunk = head.loss_chunk_size if isinstance(head, VocabularyHead) else None
+    return ModelShape(shapes.pop(), len(blocks), head.proj.out_features, params, head_weight, chunk)
 
 
 def tp_local_shape(param: ParamShape, tp: int) -> tuple[int, ...]:
