@@ -1,6 +1,7 @@
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,6 +115,9 @@ def test_tensorboard_scalars_and_resume_purge(tmp_path):
     with RunLogger(tmp_path, total_steps=100, progress_bar=False) as run:
         for step in (10, 20, 30):
             run.log(step, "train", {"loss": float(step)})
+    # A resumed run starts in a later second: TensorBoard orders event files by their creation second, then by a
+    # per-process writer counter compared as text ("10" < "9" once a process has opened ten writers).
+    time.sleep(1.05)
     with RunLogger(tmp_path, total_steps=100, progress_bar=False, start_step=20) as run:
         run.log(30, "train", {"loss": 99.0})
     events = EventAccumulator(str(tmp_path / "tensorboard"))

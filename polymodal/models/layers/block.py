@@ -82,9 +82,13 @@ class Transformer(nn.Module):
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> Tensor:
-        """With a ``cache`` (decoding), block ``i`` appends to and attends ``cache.layer(i)``."""
+        """With a ``cache`` (decoding), block ``i`` appends to and attends ``cache.layer(i)``. Without one the blocks
+        are called exactly as in training (wrappers such as activation checkpointing see no extra argument)."""
         for index, block in enumerate(self.blocks):
-            x = block(x, mask, is_causal, position_ids, cache=None if cache is None else cache.layer(index))
+            if cache is None:
+                x = block(x, mask, is_causal, position_ids)
+            else:
+                x = block(x, mask, is_causal, position_ids, cache=cache.layer(index))
         return x if self.final_norm is None else self.final_norm(x)
 
 
