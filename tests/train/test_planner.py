@@ -488,3 +488,18 @@ def test_budget_subtracts_headroom_and_reserved_memory():
     report = plan_report(small_config(), gpus=1, gpu_memory_gb=40, headroom=0.25, reserved_gib=2)
     assert report.budget_bytes == (40 * 0.75 - 2) * GIB
     assert math.isclose(report.gpu_memory_gib, 40)
+
+
+def test_lumina_7b_fits_on_8_gpus_and_34b_needs_16():
+    """configs/lumina: the 7B recipe fits 8 x 80 GiB with activation checkpointing; the 34B one does not (fp32
+    master weights, gradients and AdamW state are 16 bytes a parameter, 64 GiB a GPU on 8), but fits on 16."""
+    seven = plan_report(load_config("configs/lumina/7b.yaml"), gpus=8, gpu_memory_gb=80)
+    assert seven.model.num_params == 7_013_666_816
+    assert seven.fits and not seven.fits_with(activation_checkpointing=False)
+    thirty_four = load_config("configs/lumina/34b.yaml")
+    on_8 = plan_report(thirty_four, gpus=8, gpu_memory_gb=80)
+    assert on_8.model.num_params == 34_294_308_864
+    states = sum(memory_of(on_8)[name] for name in ("parameters", "gradients", "optimizer state (AdamW)"))
+    assert states == pytest.approx(16 * on_8.model.num_params / 8, rel=1e-3) and states > 60 * GIB
+    assert not on_8.fits
+    assert plan_report(thirty_four, gpus=16, gpu_memory_gb=80).fits

@@ -149,7 +149,7 @@ def test_wrong_keys_and_shapes_are_named():
 
 def test_configs_lumina_7b_is_hf_default_chameleon():
     """transformers' default ChameleonConfig is Chameleon-7B: configs/lumina/7b.yaml must build the same model."""
-    part = {key: value for key, value in load_config("lumina/7b", ["+data={}", "+optim={}"]).model.items()}
+    part = {key: value for key, value in load_config("lumina/7b").model.items()}
     arguments = inspect.signature(build_chameleon).bind(**{k: v for k, v in part.items() if k != "_target_"})
     arguments.apply_defaults()
     expected = chameleon_arguments(transformers.ChameleonConfig())
