@@ -1,6 +1,3 @@
-"""A procedural 3-D scene world: every modality of a sample is derived from the same per-pixel ray hits."""
-
-from polymodal.data.synth.render import render_scene
-from polymodal.data.synth.scene import CLASS_NAMES, SEMSEG_CLASSES, SHAPES, Scene, SceneObject, sample_scene
-
-__all__ = ["CLASS_NAMES", "SEMSEG_CLASSES", "SHAPES", "Scene", "SceneObject", "render_scene", "sample_scene"]
+"""A procedural 3-D scene world: every modality of a sample is derived from the same per-pixel ray hits
+(:mod:`~polymodal.data.synth.scene` draws a scene, :mod:`~polymodal.data.synth.render` renders it). Nothing is
+imported here, so that torch-free parts (e.g. the judge's settings) stay cheap to import."""

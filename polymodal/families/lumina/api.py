@@ -30,10 +30,10 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from polymodal.config import ConfigError
-from polymodal.families.lumina.conversations import PLACEHOLDER
 from polymodal.families.lumina.data_config import load_data_config
 from polymodal.families.lumina.generate.prompts import (
     ImageSizes,
+    check_question,
     encode_image,
     human_turn,
     prompt_image,
@@ -152,17 +152,31 @@ class LuminaRun(TrainedRun):
     ) -> Captions:
         """The answer to ``question`` (one ``<|image|>`` placeholder) about each image file; ``seed`` draws the
         crops of the images to their buckets."""
-        if question.count(PLACEHOLDER) != 1:
-            raise ValueError(f"the question must hold one {PLACEHOLDER} placeholder, got {question!r}")
-        sizes, layout = self.image_sizes(target_size), self.layout
+        check_question(question)  # before any image is read
+        sizes = self.image_sizes(target_size)
         read = [prompt_image(source, sizes, seed, index) for index, source in enumerate(images)]
+        return self.answer(read, question, settings, max_new_tokens, generator)
+
+    @torch.no_grad()
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        question: str = CAPTION,
+        settings: SamplingSettings | None = None,
+        max_new_tokens: int = 128,
+        generator: torch.Generator | None = None,
+    ) -> Captions:
+        """The answer to ``question`` (one ``<|image|>`` placeholder) about each RGB image, read as it is (sides
+        multiples of the image tokenizer's downsampling)."""
+        check_question(question)
+        layout = self.layout
         tokens = [
             human_turn(question, [encode_image(image, self.image_tokenizer, layout)], self.text_tokenizer, layout)
-            for image in read
+            for image in images
         ]
         turns = self.sampler(settings).text(tokens, max_new_tokens, self._generator(generator))
         ended = [turn[:-1] if turn and turn[-1] == layout.end_of_turn else turn for turn in turns]
-        return Captions(read, self.text_tokenizer.decode_batch(ended), turns)
+        return Captions(list(images), self.text_tokenizer.decode_batch(ended), turns)
 
 
 RUN_CLASS = LuminaRun

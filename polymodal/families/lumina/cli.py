@@ -1,8 +1,9 @@
 """``polymodal lumina pretokenize`` and ``polymodal lumina concat-records``: Lumina-mGPT's two pre-tokenization
 commands with its flags (``--splits --rank --in_filename --out_dir --target_size``; ``--sub_record_dir
 --save_path``); ``polymodal lumina train-text``: a BPE for them, trained on a conversation file's turns; and
-``polymodal generate`` for a run of this family (the engine's ``generate`` dispatches here on the family of the run's
-model). Like every verb module, this one imports no torch at its top level: ``--help`` stays cheap."""
+``polymodal generate`` / ``polymodal eval`` for a run of this family (the engine's ``generate`` and ``eval``
+dispatch here on the family of the run's model). Like every verb module, this one imports no torch at its top
+level: ``--help`` stays cheap."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from polymodal.commands import DefaultsHelpFormatter, lazy_runner, run_command
+from polymodal.families.lumina.evaluate.settings import LuminaEvalSettings
 from polymodal.families.lumina.generate.settings import CAPTION, SamplingSettings
 
 
@@ -21,6 +23,12 @@ def generate(argv: list[str]) -> int:
     """``polymodal generate`` of an image-text model: images from prompts, answers about images -> a PNG + JSON."""
     run = lazy_runner("polymodal.families.lumina.generate.run:generate_main")
     return run_command("polymodal generate", generate.__doc__, add_generate_arguments, argv, run)
+
+
+def evaluate(argv: list[str]) -> int:
+    """``polymodal eval`` of an image-text model: captioning and text-to-image on held-out scenes vs baselines."""
+    run = lazy_runner("polymodal.families.lumina.evaluate.report:eval_lumina_main")
+    return run_command("polymodal eval", evaluate.__doc__, add_eval_arguments, argv, run)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -57,6 +65,35 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (and of the crops of --image)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--out", required=True, help="directory for generations.png and generations.json")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = LuminaEvalSettings()
+    judge, drawing = defaults.judge, defaults.drawing
+    parser.add_argument("--model", required=True, help="a trained run dir (newest checkpoint), checkpoint or export")
+    parser.add_argument("--num-scenes", type=int, default=64, help="held-out synthetic scenes to evaluate on")
+    parser.add_argument("--seed", type=int, help="scene seed (default: the held-out 10000; unlike training's)")
+    parser.add_argument("--target-size", type=int, help="bucket target size (default: the run's records')")
+    parser.add_argument(
+        "--baseline-scenes", type=int, default=defaults.baseline_scenes, help="training-seed scenes of the baseline"
+    )
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="scenes per batch")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="longest caption")
+    parser.add_argument(
+        "--caption-temperature", type=float, default=defaults.captioning.temperature, help="of captions (0: greedy)"
+    )
+    parser.add_argument(
+        "--cfg-scale", type=float, default=drawing.cfg_scale, help="classifier-free guidance of images (1: off)"
+    )
+    parser.add_argument("--temperature", type=float, default=drawing.temperature, help="of the images drawn")
+    parser.add_argument("--image-top-k", type=int, default=drawing.image_top_k, help="among image codes (0: off)")
+    parser.add_argument("--judge-scenes", type=int, default=judge.num_scenes, help="renders the judge trains on")
+    parser.add_argument("--judge-steps", type=int, default=judge.steps, help="training steps of the judge")
+    parser.add_argument("--judge-cache", help="directory of trained judges (default: <user cache>/judges)")
+    parser.add_argument("--sample-seed", type=int, default=defaults.sample_seed, help="seed of the sampling draws")
+    parser.add_argument("--rows", type=int, default=8, help="scenes shown in samples.png")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--out", required=True, help="directory for eval.json and samples.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,35 +13,17 @@ import torch
 
 from polymodal.config import ConfigError
 from polymodal.data.synth.held_out import HELD_OUT_SEED
+from polymodal.data.synth.scoring import format_scores
 from polymodal.families.fourm.evaluate.settings import EvalSettings
 from polymodal.families.fourm.evaluate.tasks import FourMEvaluation, evaluate_fourm
 from polymodal.families.fourm.generate.run import load_image_tokenizers, load_model, tokenizer_sources
 from polymodal.families.fourm.grid.sheet import write_grid_png
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def format_report(report: Mapping[str, Any]) -> str:
     """A table: one line per task metric, model vs baseline and which is better; then the skipped tasks."""
-    lines = [f"4M on {report['num_scenes']} held-out scenes (seed {report['seed']}, {report['image_size']} px)"]
-    lines.append(f"  {'task':<13} {'metric (which is better)':<32} {'model':>8} {'baseline':>9}  winner")
-    for task, result in report["tasks"].items():
-        for metric, entry in result.items():
-            if not isinstance(entry, dict):
-                continue
-            verdict = {True: "model", False: "baseline", None: "n/a"}[entry["model_wins"]]
-            if entry["model"] is not None and entry["model"] == entry["baseline"]:
-                verdict = "tie"
-            name = f"{metric} ({entry['better']})"
-            line = f"  {task:<13} {name:<32} {_number(entry['model']):>8} {_number(entry['baseline']):>9}  {verdict}"
-            if "real_rgb_reference" in entry:
-                line += f"  (real rgb: {_number(entry['real_rgb_reference'])})"
-            lines.append(line)
-        lines.append(f"  {'':<13} baseline: {result['baseline']}")
-    lines += [f"  skipped {task}: {reason}" for task, reason in report["skipped"].items()]
-    return "\n".join(lines)
+    title = f"4M on {report['num_scenes']} held-out scenes (seed {report['seed']}, {report['image_size']} px)"
+    return format_scores(title, report["tasks"], report["skipped"])
 
 
 def write_evaluation(out: str | Path, evaluation: FourMEvaluation, rows: int = 8) -> tuple[Path, Path]:

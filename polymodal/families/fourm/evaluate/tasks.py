@@ -41,18 +41,14 @@ from torch import Tensor
 
 from polymodal.data.synth.held_out import HELD_OUT_SEED
 from polymodal.data.synth.render import render_scenes
-from polymodal.data.synth.scene import SHAPES
-from polymodal.families.fourm.evaluate.metrics import (
-    COLOURS,
-    abs_rel_error,
+from polymodal.data.synth.scoring import (
     attribute_scores,
-    log_rmse,
+    caption_task,
     mentioned_attributes,
     metric_entry,
-    most_frequent,
-    semseg_miou,
     shapes_present,
 )
+from polymodal.families.fourm.evaluate.metrics import abs_rel_error, log_rmse, semseg_miou
 from polymodal.families.fourm.evaluate.settings import EvalSettings
 from polymodal.families.fourm.generate.inputs import Entry, full_input, generation_batch, text_input
 from polymodal.families.fourm.generate.outputs import DecodedModality, check_decoders, decode_generations
@@ -283,21 +279,6 @@ def _semseg_task(predicted: Tensor, scenes: Scenes, training: Scenes, baseline_n
     }
 
 
-def _caption_task(generated: Sequence[str], scenes: Scenes, training: Scenes, baseline_name: str) -> dict[str, Any]:
-    present = [mentioned_attributes(text) for text in scenes.captions]
-    said = [mentioned_attributes(text) for text in generated]
-    trained = [mentioned_attributes(text) for text in training.captions]
-    constant = f"a {most_frequent([c for c, _ in trained], COLOURS)} {most_frequent([s for _, s in trained], SHAPES)}"
-    baseline = mentioned_attributes(constant)
-    task: dict[str, Any] = {"baseline": f"the constant caption {constant!r} (most frequent in {baseline_name})"}
-    for index, kind in enumerate(("colour", "shape")):
-        model_scores = attribute_scores([s[index] for s in said], [p[index] for p in present])
-        baseline_scores = attribute_scores([baseline[index]] * len(present), [p[index] for p in present])
-        for score in ("precision", "recall"):
-            task[f"{kind}_{score}"] = metric_entry(model_scores[score], baseline_scores[score], False)
-    return task
-
-
 def _agreement(semseg: Tensor, captions: Sequence[str], min_fraction: float) -> dict[str, float | None]:
     """``captioned_shapes_drawn`` (the agreement) and ``drawn_shapes_captioned`` (its converse, which a semseg map
     covering every class fails) of predicted ``semseg`` maps with ``captions``."""
@@ -378,7 +359,8 @@ def evaluate_fourm(
         semseg = _semseg_task(predictions.semseg, scenes, training, baseline_name)
         tasks["rgb->semseg"] = {"target": names.semseg, **semseg}
     if "rgb->caption" not in skipped:
-        caption = _caption_task(predictions.captions, scenes, training, baseline_name)
+        caption = caption_task(predictions.captions, scenes.captions, training.captions)
+        caption["baseline"] += f" (most frequent in {baseline_name})"
         tasks["rgb->caption"] = {"target": names.caption_target, **caption}
     if "caption->rgb" not in skipped:
         fraction = settings.presence_fraction

@@ -54,6 +54,12 @@ def human_turn(
     return ids.tolist()
 
 
+def check_question(question: str) -> None:
+    """A question about an image must hold exactly one ``<|image|>`` placeholder (ValueError otherwise)."""
+    if question.count(PLACEHOLDER) != 1:
+        raise ValueError(f"the question must hold one {PLACEHOLDER} placeholder, got {question!r}")
+
+
 def text_to_image_prompt(
     prompt: str, size: tuple[int, int], tokenizer: Tokenizer, layout: VocabularyLayout
 ) -> list[int]:

@@ -14,19 +14,10 @@ from polymodal.checkpoint.dcp import Checkpointer
 from polymodal.checkpoint.weights import export_weights
 from polymodal.cli import main
 from polymodal.config import instantiate
-from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import SHAPES
 from polymodal.data.synth.texts import synthetic_scene_texts
 from polymodal.distributed.env import DistEnv
-from polymodal.families.fourm.evaluate.metrics import (
-    abs_rel_error,
-    attribute_scores,
-    log_rmse,
-    mentioned_attributes,
-    most_frequent,
-    semseg_miou,
-    shapes_present,
-)
+from polymodal.families.fourm.evaluate.metrics import abs_rel_error, log_rmse, semseg_miou
 from polymodal.families.fourm.evaluate.report import format_report, write_evaluation
 from polymodal.families.fourm.evaluate.settings import EvalSettings
 from polymodal.families.fourm.evaluate.tasks import TASKS, evaluate_fourm, scenes_of
@@ -94,48 +85,7 @@ def test_depth_errors_match_naive_loops():
         log_rmse(predicted, target[:1])
 
 
-@pytest.mark.parametrize(
-    ("text", "colours", "shapes"),
-    [
-        ("two blue spheres and a small red cube", {"blue", "red"}, {"sphere", "cube"}),
-        ("A Grey Cone, two grey cones", {"grey"}, {"cone"}),
-        ("a greyish cubed thing on a checkered floor", set(), set()),
-        ("cylinders; yellow-purple cyan orange green", {"yellow", "purple", "cyan", "orange", "green"}, {"cylinder"}),
-    ],
-)
-def test_mentioned_attributes_of_hand_written_captions(text, colours, shapes):
-    assert mentioned_attributes(text) == (colours, shapes)
-
-
-def test_the_first_caption_names_the_shapes_of_every_visible_object():
-    for index in range(6):
-        sample = render_scene(3, index, SIZE)
-        shapes = {SHAPES[label - 1] for label in sample["det"]["labels"].tolist()}
-        assert mentioned_attributes(sample["caption"][0])[1] == shapes
-
-
-def test_attribute_scores_pool_over_scenes():
-    mentioned = [{"red", "blue"}, {"green"}, set()]
-    present = [{"red"}, {"green", "cyan"}, {"grey"}]
-    assert attribute_scores(mentioned, present) == {"precision": 2 / 3, "recall": 2 / 4}
-    assert attribute_scores([set()], [set()]) == {"precision": None, "recall": None}
-    with pytest.raises(ValueError, match="2 mentioned sets for 1 scenes"):
-        attribute_scores([set(), set()], [set()])
-
-
-def test_shapes_present_counts_classes_above_the_pixel_fraction():
-    semseg = torch.zeros(2, 10, 10, dtype=torch.long)
-    semseg[0, :3, :3] = SHAPES.index("cube") + 1  # 9 %
-    semseg[0, 9, 9] = SHAPES.index("cone") + 1  # 1 %
-    semseg[1, :5] = SHAPES.index("sphere") + 1
-    assert shapes_present(semseg, 0.01) == [{"cube", "cone"}, {"sphere"}]
-    assert shapes_present(semseg, 0.05) == [{"cube"}, {"sphere"}]
-    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
-        shapes_present(semseg[0], 0.01)
-
-
-def test_most_frequent_and_miou():
-    assert most_frequent([{"b"}, {"b", "c"}, {"c"}], ["a", "c", "b"]) == "c"  # tie: vocabulary order
+def test_miou():
     target = torch.tensor([[0, 0, 1, 1]])
     assert semseg_miou(target, target) == 1.0
     assert semseg_miou(torch.zeros_like(target), target) == pytest.approx(0.5 / 2)  # IoU 2/4 and 0/2

@@ -1,0 +1,1 @@
+"""``polymodal eval`` for the image–text family: captioning and text-to-image on held-out synthetic scenes."""
