@@ -2,8 +2,8 @@
 
 Both sides hold the same items. Ours is the record set ``polymodal lumina pretokenize`` + ``concat-records`` make
 of a synthetic conversation corpus (``--samples`` scenes, 3 items each, images at ``--target-size`` px, the BPE and
-rgb_tiny tokenizer of benchmarks/pretokenize.py): packed safetensors shards (uint16 tokens, a packbits label mask,
-int64 offsets) that :class:`RecordSet` memory-maps. Upstream's form holds the same tokens and labels: one file
+rgb_tiny tokenizer of benchmarks/pretokenize_lumina.py): packed safetensors shards (uint16 tokens, a packbits label
+mask, int64 offsets) that :class:`RecordSet` memory-maps. Upstream's form holds the same tokens and labels: one file
 ``files/{i}.pkl`` per item, ``{"token": [ids], "label": [id, or -100 where not trained], "id": i}`` in the default
 pickle protocol, and a JSON record list ``[{"file", "len", "id"}, ...]``.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pretokenize import (
+from pretokenize_lumina import (
     IGNORE,
     build_record_set,
     lumina_inputs,

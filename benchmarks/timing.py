@@ -1,4 +1,5 @@
-"""What the A/B benchmarks share: alternating two sides round by round, the rate table and the platform line.
+"""What the A/B benchmarks share: alternating two sides round by round, the rate table, the platform line and the
+``--threads`` option (:func:`parse_with_threads`, :func:`start_measuring`).
 
 The scripts import it as a sibling (``from timing import ...``): ``python benchmarks/<script>.py`` puts this
 folder first on ``sys.path``.
@@ -6,6 +7,7 @@ folder first on ``sys.path``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -90,3 +92,29 @@ def platform_line(*versions: str) -> str:
             platform.platform(),
         ]
     )
+
+
+def parse_with_threads(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, positive: Sequence[str]
+) -> argparse.Namespace:
+    """``argv`` parsed by ``parser`` with a ``--threads`` option added (see :func:`start_measuring`); the options
+    named in ``positive`` (as attributes: ``batch_size``) and ``--threads``, when given, must be at least 1."""
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads before measuring (default: torch's own choice); 1 on a busy box",
+    )
+    args = parser.parse_args(argv)
+    for name in (*positive, "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return args
+
+
+def start_measuring(threads: int | None) -> None:
+    """Before measuring: ``torch.set_num_threads(threads)`` (None: torch's own choice), then print the platform line."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    print(platform_line(), flush=True)

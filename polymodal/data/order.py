@@ -7,12 +7,13 @@ function of ``(seed, epoch, G)``: a loader's state is just ``(epoch, batch)``, a
 as long as ``G`` is unchanged.
 
 The default, :class:`GlobalOrder`, visits sample ids in the order ``numpy.random.default_rng([seed, e]).permutation(N)``
-in epoch ``e`` (``arange(N)`` without shuffling).
+in epoch ``e`` (``arange(N)`` without shuffling). A loader keeps its position in an :class:`EpochCursor`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -113,3 +114,76 @@ def checked_resume_position(
             f"invalid loader position epoch={epoch}, batch_in_epoch={batch} (valid batch positions are 0..{last})"
         )
     return int(epoch), int(batch)
+
+
+@dataclass
+class EpochCursor:
+    """Where a loader is in ``order``: the next global batch is batch ``batch_in_epoch`` of ``epoch``.
+
+    :meth:`take` returns that position and moves past it, into the next epoch once the epoch's batches are used up.
+    The roll-over happens when the next batch is taken, so the position after an epoch's last batch is
+    ``(epoch, batches_in_epoch)``; with ``eager_rollover`` it happens at once and that position is ``(epoch + 1, 0)``.
+    """
+
+    order: EpochOrder
+    global_batch: int
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    eager_rollover: bool = False
+    _counted: tuple[int, int] = field(default=(-1, 0), init=False, repr=False, compare=False)  # (epoch, its batches)
+
+    def batches_in_epoch(self, epoch: int | None = None) -> int:
+        """Full global batches of ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._counted[0] != epoch:
+            self._counted = (epoch, batches_in_epoch(self.order, epoch, self.global_batch))
+        return self._counted[1]
+
+    def _roll_over_if_done(self) -> None:
+        if self.batch_in_epoch == self.batches_in_epoch():
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def take(self) -> tuple[int, int]:
+        """The ``(epoch, batch_in_epoch)`` of the next global batch; the cursor moves on to the one after it."""
+        self._roll_over_if_done()
+        position = (self.epoch, self.batch_in_epoch)
+        self.batch_in_epoch += 1
+        if self.eager_rollover:
+            self._roll_over_if_done()
+        return position
+
+    def state(self) -> dict[str, int]:
+        """The position as the first keys of a loader's state dict."""
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def restore(
+        self, state: Mapping[str, Any], expected: Mapping[str, Any], unit: str, batch_size: int, dp_world: int
+    ) -> None:
+        """Move to the position of a saved ``state`` after checking it with :func:`checked_resume_position`."""
+        last_offset = 1 if self.eager_rollover else 0
+        self.epoch, self.batch_in_epoch = checked_resume_position(
+            state,
+            expected,
+            lambda epoch: self.batches_in_epoch(epoch) - last_offset,
+            unit,
+            batch_size,
+            dp_world,
+        )
+
+
+def _cursor_field(name: str) -> property:
+    return property(lambda self: getattr(self.cursor, name), lambda self, value: setattr(self.cursor, name, value))
+
+
+class EpochCursorLoader:
+    """The position attributes of a loader that keeps an :class:`EpochCursor` in ``cursor``: ``epoch`` and
+    ``batch_in_epoch`` are the cursor's."""
+
+    cursor: EpochCursor
+    epoch = _cursor_field("epoch")
+    batch_in_epoch = _cursor_field("batch_in_epoch")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Global batches in the current epoch (they may differ between epochs: see :class:`EpochOrder`)."""
+        return self.cursor.batches_in_epoch()

@@ -6,6 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -28,3 +29,11 @@ def load_benchmark(name: str) -> ModuleType:
 def benchmark(request) -> ModuleType:
     """The script a test module names in ``BENCHMARK`` (e.g. ``"masking"`` for benchmarks/masking.py)."""
     return load_benchmark(request.module.BENCHMARK)
+
+
+@pytest.fixture
+def restore_threads():
+    """Torch's thread count as it was before the test (a benchmark's ``--threads`` sets it for the process)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from polymodal.data.multimodal.loader import ResumableLoader
-from polymodal.data.order import EpochOrder, GlobalOrder, batches_in_epoch, rank_rows
+from polymodal.data.order import EpochCursor, EpochOrder, GlobalOrder, batches_in_epoch, rank_rows
 from polymodal.data.text.packed import PackedSequenceLoader
 from polymodal.data.text.tokens import TokenCorpus
 
@@ -72,3 +72,39 @@ def test_packed_loader_follows_and_resumes_a_custom_order():
     assert [next(resumed)["input_ids"][:, 0].tolist() for _ in range(4)] == first_tokens[7:11]
     with pytest.raises(ValueError, match=r"valid batch positions are 0..3"):
         resumed.load_state_dict({**first.state_dict(), "batch_in_epoch": 4})
+
+
+def test_epoch_cursor_takes_positions_across_epochs_of_different_lengths():
+    late = EpochCursor(EveryOtherBackwards(), global_batch=3)  # 4 batches in even epochs, 2 in odd ones
+    assert [late.take() for _ in range(7)] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (2, 0)]
+    eager = EpochCursor(EveryOtherBackwards(), global_batch=3, eager_rollover=True)
+    assert [eager.take() for _ in range(7)] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (2, 0)]
+    # after an epoch's last batch, the late cursor stays at its end and the eager one starts the next epoch
+    late, eager = EpochCursor(EveryOtherBackwards(), 3), EpochCursor(EveryOtherBackwards(), 3, eager_rollover=True)
+    for _ in range(4):
+        late.take(), eager.take()
+    assert late.state() == {"epoch": 0, "batch_in_epoch": 4} and eager.state() == {"epoch": 1, "batch_in_epoch": 0}
+    assert late.batches_in_epoch() == 4 and eager.batches_in_epoch() == 2
+
+
+def test_epoch_cursor_restores_checked_positions():
+    expected = {"seed": 3, "global_batch": 3}
+    late = EpochCursor(EveryOtherBackwards(), 3)
+    late.restore({"epoch": 1, "batch_in_epoch": 2, **expected}, expected, "samples", batch_size=3, dp_world=1)
+    assert (late.epoch, late.batch_in_epoch) == (1, 2) and late.take() == (2, 0)
+    eager = EpochCursor(EveryOtherBackwards(), 3, eager_rollover=True)
+    with pytest.raises(ValueError, match=r"valid batch positions are 0..1"):  # (1, 2) is (2, 0) when rolling eagerly
+        eager.restore({"epoch": 1, "batch_in_epoch": 2, **expected}, expected, "samples", batch_size=3, dp_world=1)
+    with pytest.raises(ValueError, match="the saved global batch is 6 samples but this loader's is 3"):
+        late.restore({"epoch": 0, "batch_in_epoch": 0, "seed": 3, "global_batch": 6}, expected, "samples", 3, 1)
+    assert late.state() == {"epoch": 2, "batch_in_epoch": 1}  # a rejected state leaves the cursor where it was
+
+
+def test_loaders_show_their_cursor_position():
+    corpus = TokenCorpus(tokens=np.arange(SIZE * 4 + 1), doc_ids=np.zeros(SIZE * 4 + 1, dtype=np.int64))
+    loader = PackedSequenceLoader(corpus, seq_len=4, batch_size=2, order=EveryOtherBackwards())
+    for _ in range(7):
+        next(loader)
+    assert (loader.epoch, loader.batch_in_epoch, loader.batches_per_epoch) == (1, 1, 3)
+    loader.epoch, loader.batch_in_epoch = 2, 5  # the attributes write the cursor's position
+    assert loader.cursor.state() == {"epoch": 2, "batch_in_epoch": 5} and loader.batches_per_epoch == 6

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 
 from polymodal.data.multimodal.collate import Batch, Sample, collate_samples
 from polymodal.data.multimodal.skips import BadSamples, SampleError
-from polymodal.data.order import EpochOrder, GlobalOrder, batches_in_epoch, checked_resume_position
+from polymodal.data.order import EpochCursor, EpochCursorLoader, EpochOrder, GlobalOrder
 
 SampleTransform = Callable[[Sample, torch.Generator], Sample]
 BatchTransform = Callable[[Batch, torch.Generator], Batch]
@@ -128,26 +128,17 @@ class _PositionView:
 class _RankBatchSampler:
     """Yields this rank's keys for global batches from a start position onwards, across epochs, forever."""
 
-    def __init__(
-        self, order: EpochOrder, batch_size: int, dp_rank: int, dp_world: int, start_epoch: int, start_batch: int
-    ) -> None:
-        self.order = order
+    def __init__(self, start: EpochCursor, batch_size: int, dp_rank: int) -> None:
+        self.start = replace(start)  # a copy: the loader's cursor moves on
         self.batch_size = batch_size
         self.dp_rank = dp_rank
-        self.global_batch = batch_size * dp_world
-        self.start_epoch = start_epoch
-        self.start_batch = start_batch
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, batch = self.start_epoch, self.start_batch
-        per_epoch = batches_in_epoch(self.order, epoch, self.global_batch)
+        cursor = replace(self.start)
         while True:
-            if batch == per_epoch:
-                epoch, batch = epoch + 1, 0
-                per_epoch = batches_in_epoch(self.order, epoch, self.global_batch)
-            first = batch * self.global_batch + self.dp_rank * self.batch_size
+            epoch, batch = cursor.take()
+            first = batch * cursor.global_batch + self.dp_rank * self.batch_size
             yield [(epoch, p) for p in range(first, first + self.batch_size)]
-            batch += 1
 
 
 class _CollateWithSkips:
@@ -175,7 +166,7 @@ def _init_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-class ResumableLoader:
+class ResumableLoader(EpochCursorLoader):
     """Infinite iterator of collated batches for one data-parallel rank; ``batch["sample_id"]`` is int64 [B].
 
     ``collate`` turns a list of sample dicts into a batch dict (default: :func:`collate_samples`, which stacks
@@ -233,8 +224,7 @@ class ResumableLoader:
         self._collate = _CollateWithSkips(collate, batch_transform, seed)
         self.bad_samples = BadSamples(error_budget)
         self._raise_over_budget = True
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        self.cursor = EpochCursor(self.order, self.global_batch, eager_rollover=True)
         self._iterator: Iterator[tuple[Batch, tuple[SkipRecord, ...]]] | None = None
 
     def _data_loader(self, view: _PositionView, sampler: Iterable[list[tuple[int, int]]]) -> DataLoader:
@@ -249,25 +239,16 @@ class ResumableLoader:
             multiprocessing_context=self.multiprocessing_context if workers else None,
         )
 
-    @property
-    def batches_per_epoch(self) -> int:
-        """Global batches in the current epoch."""
-        return batches_in_epoch(self.order, self.epoch, self.global_batch)
-
     def __iter__(self) -> ResumableLoader:
         return self
 
     def __next__(self) -> Batch:
         if self._iterator is None:
-            sampler = _RankBatchSampler(
-                self.order, self.batch_size, self.dp_rank, self.dp_world, self.epoch, self.batch_in_epoch
-            )
+            sampler = _RankBatchSampler(self.cursor, self.batch_size, self.dp_rank)
             self._iterator = iter(self._data_loader(self._view, sampler))
         batch, skips = next(self._iterator)
         _record(self.bad_samples, skips, check=self._raise_over_budget)
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch == self.batches_per_epoch:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.cursor.take()
         return batch
 
     def defer_budget_check(self) -> None:
@@ -287,8 +268,7 @@ class ResumableLoader:
         """JSON-able position (the next batch is global batch ``batch_in_epoch`` of ``epoch``) and the bad sample
         ids by reason."""
         return {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            **self.cursor.state(),
             "seed": self.seed,
             "global_batch": self.global_batch,
             "num_samples": self.num_samples,
@@ -299,14 +279,7 @@ class ResumableLoader:
         """Continue exactly after the last batch taken by the loader (of any dp_world) that saved ``state``, with
         its bad samples (a state saved before they were kept has none)."""
         expected = {"seed": self.seed, "num_samples": self.num_samples, "global_batch": self.global_batch}
-        self.epoch, self.batch_in_epoch = checked_resume_position(
-            state,
-            expected,
-            lambda epoch: batches_in_epoch(self.order, epoch, self.global_batch) - 1,
-            "samples",
-            self.batch_size,
-            self.dp_world,
-        )
+        self.cursor.restore(state, expected, "samples", self.batch_size, self.dp_world)
         self.bad_samples.load_state_dict(state.get(BAD_SAMPLES_KEY, {}))
         self._iterator = None  # dropping the iterator shuts its workers down; the next batch rebuilds it
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal.data.order import EpochOrder, GlobalOrder, batches_in_epoch, checked_resume_position, rank_rows
+from polymodal.data.order import EpochCursor, EpochCursorLoader, EpochOrder, GlobalOrder, rank_rows
 from polymodal.data.text.tokens import TokenCorpus
 
 Batch = dict[str, torch.Tensor]
@@ -59,7 +59,7 @@ def make_batch(corpus: TokenCorpus, window_ids: np.ndarray, seq_len: int) -> Bat
     }
 
 
-class PackedSequenceLoader:
+class PackedSequenceLoader(EpochCursorLoader):
     """Infinite, shuffled, data-parallel loader over packed windows whose position is two integers.
 
     Epoch ``e`` visits the windows in the order ``numpy.random.default_rng([seed, e]).permutation``
@@ -103,18 +103,12 @@ class PackedSequenceLoader:
                 f"corpus too short: {len(corpus)} tokens give {self._num_windows} windows of seq_len={seq_len}, "
                 f"fewer than one global batch of {self.global_batch} (batch_size={batch_size} x dp_world={dp_world})"
             )
-        self.epoch = 0
-        self.batch_in_epoch = 0
         self.order = order if order is not None else GlobalOrder(self._num_windows, seed, shuffle)
+        self.cursor = EpochCursor(self.order, self.global_batch)
 
     @property
     def num_windows(self) -> int:
         return self._num_windows
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Global batches in the current epoch."""
-        return batches_in_epoch(self.order, self.epoch, self.global_batch)
 
     @property
     def tokens_per_batch(self) -> int:
@@ -125,20 +119,14 @@ class PackedSequenceLoader:
         return self
 
     def __next__(self) -> Batch:
-        if self.batch_in_epoch == self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-        window_ids = rank_rows(
-            self.order, self.epoch, self.batch_in_epoch, self.batch_size, self.dp_rank, self.dp_world
-        )
-        self.batch_in_epoch += 1
+        epoch, batch = self.cursor.take()
+        window_ids = rank_rows(self.order, epoch, batch, self.batch_size, self.dp_rank, self.dp_world)
         return make_batch(self.corpus, window_ids, self.seq_len)
 
     def state_dict(self) -> dict[str, Any]:
         """Small JSON-able position: the next batch is global batch ``batch_in_epoch`` of ``epoch``."""
         return {
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
+            **self.cursor.state(),
             "seed": self.seed,
             "seq_len": self.seq_len,
             "global_batch": self.global_batch,
@@ -151,14 +139,7 @@ class PackedSequenceLoader:
         expected = {
             name: self.state_dict()[name] for name in ("seed", "seq_len", "global_batch", "num_windows", "shuffle")
         }
-        self.epoch, self.batch_in_epoch = checked_resume_position(
-            state,
-            expected,
-            lambda epoch: batches_in_epoch(self.order, epoch, self.global_batch),
-            "windows",
-            self.batch_size,
-            self.dp_world,
-        )
+        self.cursor.restore(state, expected, "windows", self.batch_size, self.dp_world)
 
 
 def eval_batches(corpus: TokenCorpus, seq_len: int, batch_size: int, max_batches: int | None = None) -> Iterator[Batch]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polymodal.data.order import batches_in_epoch, checked_resume_position, rank_rows
+from polymodal.data.order import EpochCursor, EpochCursorLoader, rank_rows
 from polymodal.families.lumina.data_config import RecordSets
 from polymodal.families.lumina.plan import EpochPlan
 from polymodal.families.lumina.rows import Rows
@@ -50,7 +50,7 @@ def make_batch(records: RecordSets, rows: Sequence[np.ndarray], length: int | No
     return {name: torch.from_numpy(array) for name, array in fields.items()}
 
 
-class LuminaLoader:
+class LuminaLoader(EpochCursorLoader):
     """Infinite data-parallel loader of the rows of an :class:`EpochPlan`, whose position is two integers.
 
     Global batch ``k`` of an epoch is rows ``[k*G, (k+1)*G)`` of the plan, ``G = batch_size * dp_world``, and rank
@@ -83,23 +83,14 @@ class LuminaLoader:
                 f"the {plan.visited_count(0)} items of epoch 0 do not fill {plan.unit} rows of {plan.mode} mode "
                 f"({size}); use more data or smaller batches"
             )
-        self.epoch = 0
-        self.batch_in_epoch = 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Global batches in the current epoch (epochs differ a little: packing and copies vary)."""
-        return batches_in_epoch(self.plan, self.epoch, self.global_batch)
+        self.cursor = EpochCursor(plan, self.global_batch)  # epochs differ a little: packing and copies vary
 
     def __iter__(self) -> LuminaLoader:
         return self
 
     def __next__(self) -> Batch:
-        if self.batch_in_epoch == self.batches_per_epoch:
-            self.epoch += 1
-            self.batch_in_epoch = 0
-        rows = rank_rows(self.plan, self.epoch, self.batch_in_epoch, self.batch_size, self.dp_rank, self.dp_world)
-        self.batch_in_epoch += 1
+        epoch, batch = self.cursor.take()
+        rows = rank_rows(self.plan, epoch, batch, self.batch_size, self.dp_rank, self.dp_world)
         return make_batch(self.records, rows, self.row_length, self.records.layout.pad)
 
     def _settings(self) -> dict[str, Any]:
@@ -108,18 +99,11 @@ class LuminaLoader:
     def state_dict(self) -> dict[str, Any]:
         """Small JSON-able position (the next batch is global batch ``batch_in_epoch`` of ``epoch``) and what the
         order depends on: seed, seq_len, mode, global batch, grouping, and fingerprints of the sets and items."""
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, **self._settings()}
+        return {**self.cursor.state(), **self._settings()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly after the last batch taken by the loader (of any dp_world) that saved ``state``."""
-        self.epoch, self.batch_in_epoch = checked_resume_position(
-            state,
-            self._settings(),
-            lambda epoch: batches_in_epoch(self.plan, epoch, self.global_batch),
-            "rows",
-            self.batch_size,
-            self.dp_world,
-        )
+        self.cursor.restore(state, self._settings(), "rows", self.batch_size, self.dp_world)
 
 
 def eval_batches(

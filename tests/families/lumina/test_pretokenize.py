@@ -12,35 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lumina_corpus import CODEBOOK, TEXT_VOCAB
+from lumina_corpus import CODEBOOK, TEXT_VOCAB, settings_for
 
 from polymodal.data.synth.conversations import write_conversations
 from polymodal.families.lumina.conversations import PLACEHOLDER
 from polymodal.families.lumina.data import LuminaData
 from polymodal.families.lumina.images import closest_bucket, crop_rng, fit_to_bucket, open_image
-from polymodal.families.lumina.pretokenize import Settings, pretokenize_rank
+from polymodal.families.lumina.pretokenize import pretokenize_rank
 from polymodal.families.lumina.records import RecordError, RecordSet, concat_records
 from polymodal.families.lumina.vocabulary import parse_image_block
 from polymodal.tokenizers.loading import load_image_tokenizer
 from polymodal.tokenizers.text.bpe import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-def settings_for(inputs: dict[str, Path], out_dir: Path, **changes) -> Settings:
-    base = Settings(
-        in_filename=inputs["conversations"],
-        out_dir=out_dir,
-        splits=2,
-        rank=0,
-        target_size=64,
-        text_tokenizer=inputs["text"],
-        image_tokenizer=inputs["image"],
-        text_vocab_size=TEXT_VOCAB,
-        chunk_size=8,
-        batch_size=4,
-    )
-    return replace(base, **changes)
 
 
 def run_all_ranks(inputs: dict[str, Path], out_dir: Path, **changes) -> dict:

@@ -5,10 +5,10 @@ and the tokenizers the records were made with in its ``tokenizers/`` folder."""
 from pathlib import Path
 
 import pytest
-from lumina_corpus import CODEBOOK, TEXT_VOCAB
+from lumina_corpus import CODEBOOK, TEXT_VOCAB, settings_for
 from trained_runs import export
 
-from polymodal.families.lumina.pretokenize import Settings, pretokenize_rank
+from polymodal.families.lumina.pretokenize import pretokenize_rank
 from polymodal.families.lumina.records import RecordSet, concat_records
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 
@@ -28,19 +28,7 @@ CHAMELEON = {
 def lumina_run(lumina_inputs, tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("lumina_run")
     records = base / "records"
-    settings = Settings(
-        in_filename=lumina_inputs["conversations"],
-        out_dir=records,
-        splits=1,
-        rank=0,
-        target_size=64,
-        text_tokenizer=lumina_inputs["text"],
-        image_tokenizer=lumina_inputs["image"],
-        text_vocab_size=TEXT_VOCAB,
-        chunk_size=64,
-        batch_size=8,
-    )
-    pretokenize_rank(settings)
+    pretokenize_rank(settings_for(lumina_inputs, records, splits=1, chunk_size=64, batch_size=8))
     concat_records(records, records / "record.json")
     data_config = base / "data.yaml"
     data_config.write_text(f"META:\n  - path: {records / 'record.json'}\n")
