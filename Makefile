@@ -5,7 +5,7 @@ VENV := .venv
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo llm-demo lumina-records test venv tokenizers
+.PHONY: demo llm-demo lumina-demo lumina-records test venv tokenizers
 
 venv: $(STAMP)
 
@@ -100,6 +100,29 @@ $(LUMINA_RECORDS)/record.json: $(CONVERSATIONS)/.done $(BPE) runs/tokenizer-rgb-
 	$(BIN)/polymodal lumina concat-records --sub_record_dir $(LUMINA_RECORDS) --save_path $@
 
 lumina-records: $(LUMINA_RECORDS)/record.json
+
+LUMINA := runs/lumina-tiny
+
+$(LUMINA)/.done: $(LUMINA_RECORDS)/record.json
+	$(BIN)/polymodal train --config configs/lumina/tiny.yaml
+	touch $@
+
+$(LUMINA)/.generated: $(LUMINA)/.done
+	$(BIN)/polymodal generate --model $(LUMINA) --prompts-file configs/lumina/demo_prompts.txt --num-samples 4 \
+		--cfg-scale 3 --image $(CONVERSATIONS)/images/00000000.rgb.png --out $(LUMINA)/generations
+	touch $@
+
+# The first held-out evaluation trains the colour and shape judge (a few minutes) and keeps it in the user cache.
+$(LUMINA)/.evaluated: $(LUMINA)/.done
+	$(BIN)/polymodal eval --model $(LUMINA) --num-scenes 64 --out $(LUMINA)/eval
+	touch $@
+
+# The image-text pipeline on the synthetic world: conversations -> BPE + the rgb tokenizer -> records -> the tiny
+# Chameleon -> text-to-image and captions -> the held-out evaluation beside its baselines.
+lumina-demo: $(STAMP)
+	$(MAKE) $(LUMINA)/.generated $(LUMINA)/.evaluated
+	@echo "pictures: $(LUMINA)/generations/generations.png $(LUMINA)/eval/samples.png $(LUMINA)/loss.png"
+	@echo "numbers:  $(LUMINA)/eval/eval.json"
 
 # The tiny LLM on built-in data (this Python's standard-library docstrings).
 llm-demo: $(STAMP)

@@ -98,7 +98,8 @@ def _number(value: float | None) -> str:
 def format_scores(title: str, tasks: Mapping[str, Mapping[str, Any]], skipped: Mapping[str, str]) -> str:
     """A table under ``title``: one line per task metric (:func:`metric_entry`), model vs baseline and which is
     better, its extra numbers in brackets; each task's ``baseline`` description; then the ``skipped`` tasks."""
-    lines = [title, f"  {'task':<13} {'metric (which is better)':<32} {'model':>8} {'baseline':>9}  winner"]
+    width = max([13, *map(len, tasks)])
+    lines = [title, f"  {'task':<{width}} {'metric (which is better)':<32} {'model':>8} {'baseline':>9}  winner"]
     for task, result in tasks.items():
         for metric, entry in result.items():
             if not isinstance(entry, dict):
@@ -107,10 +108,11 @@ def format_scores(title: str, tasks: Mapping[str, Mapping[str, Any]], skipped: M
             if entry["model"] is not None and entry["model"] == entry["baseline"]:
                 verdict = "tie"
             name = f"{metric} ({entry['better']})"
-            line = f"  {task:<13} {name:<32} {_number(entry['model']):>8} {_number(entry['baseline']):>9}  {verdict}"
+            numbers = f"{_number(entry['model']):>8} {_number(entry['baseline']):>9}"
+            line = f"  {task:<{width}} {name:<32} {numbers}  {verdict}"
             extra = [f"{key.replace('_', ' ')}: {_number(value)}" for key, value in entry.items() if key not in _ENTRY]
             lines.append(line + (f"  ({', '.join(extra)})" if extra else ""))
-        lines.append(f"  {'':<13} baseline: {result['baseline']}")
+        lines.append(f"  {'':<{width}} baseline: {result['baseline']}")
     lines += [f"  skipped {task}: {reason}" for task, reason in skipped.items()]
     return "\n".join(lines)
 

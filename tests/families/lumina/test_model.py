@@ -10,8 +10,8 @@ from polymodal.models.llm import CausalLM
 
 
 def model_part(name: str):
-    """A model part on its own: the sections an experiment adds (data, optim) left empty."""
-    return load_config(f"lumina/{name}", ["+data={}", "+optim={}"])
+    """A shipped Lumina config; the model part alone gets the sections an experiment adds (data, optim) empty."""
+    return load_config(f"lumina/{name}", ["+data={}", "+optim={}"] if name == "model" else [])
 
 
 def chameleon_parameters(vocab, dim, depth, heads, kv_heads, ffn) -> int:

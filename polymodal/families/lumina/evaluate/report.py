@@ -25,11 +25,17 @@ from polymodal.runs import load_run
 
 
 def format_report(report: Mapping[str, Any]) -> str:
-    """The table of both tasks, then the judge's scores on the real images."""
+    """The table of both tasks, the judge's scores on the real images and the share of well-formed blocks."""
     height, width = report["image_size"]
     title = f"image-text model on {report['num_scenes']} held-out scenes (seed {report['seed']}, {width}x{height} px)"
     judge = ", ".join(f"{name} {value:.4f}" for name, value in report["judge_on_real_images"].items())
-    return format_scores(title, report["tasks"], report["skipped"]) + f"\n  judge on the real images: {judge}"
+    return "\n".join(
+        [
+            format_scores(title, report["tasks"], report["skipped"]),
+            f"  judge on the real images: {judge}",
+            f"  well-formed image blocks: {report['well_formed_image_blocks']:.1%}",
+        ]
+    )
 
 
 def write_evaluation(out: str | Path, evaluation: LuminaEvaluation, rows: int = 8) -> tuple[Path, Path]:
