@@ -34,6 +34,11 @@ class NextTokenLoss(Objective):
         self.z_loss_weight = z_loss_weight
         self.ignore_index = ignore_index
 
+    def loss_weight(self, batch: DataDict) -> torch.Tensor:
+        """The labelled positions of ``batch``: what the loss averages over. The trainer weighs micro-batches and
+        ranks by it, so the step's loss is a mean over all their labelled tokens."""
+        return (batch[self.read_keys[2]] != self.ignore_index).sum()
+
     def forward(self, data: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sums_key, logits_key, target_key = self.read_keys
         if sums_key in data:

@@ -251,6 +251,21 @@ class Trainer:
             loss, metrics = call_block(self.objective, output, name="loss")
         return loss, metrics, output
 
+    def _shares(self, parts: list[DataDict]) -> list[torch.Tensor | float]:
+        """Each micro-batch's weight in the step relative to the mean over every micro-batch of every rank.
+
+        An objective that averages over a data-dependent number of units (``loss_weight(batch)``: e.g. the
+        labelled tokens of :class:`~polymodal.objectives.lm.NextTokenLoss`) has its loss and values scaled by
+        this share, so that the step's gradient and logged means are over all units of all micro-batches and
+        ranks alike — as one process with the whole global batch computes them — rather than a mean of
+        micro-batch means. Other objectives weigh every micro-batch alike (shares of 1)."""
+        weigh = getattr(self.objective, "loss_weight", None)
+        if weigh is None:
+            return [1.0] * len(parts)
+        weights = torch.stack([weigh(part).float() for part in parts])
+        mean = all_reduce_mean(weights.mean())  # TP peers count alike, so a mean over every rank is the data mean
+        return list(weights / mean.clamp_min(torch.finfo(torch.float32).tiny))
+
     def train_step(self) -> dict[str, torch.Tensor | float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; tensors in the result stay on device."""
         exp = self.exp
@@ -258,23 +273,23 @@ class Trainer:
         buffers_before = [buffer.clone() for buffer in self._forward_state]
         losses: list[torch.Tensor] = []
         values: dict[str, list[torch.Tensor]] = defaultdict(list)
-        data_wait = flops = samples = 0.0
-        for micro_step in range(exp.grad_accum_steps):
-            started = time.perf_counter()
-            batch = move_to_device(next(self.data.train), self.env.device)
-            data_wait += time.perf_counter() - started
+        started = time.perf_counter()
+        batches = [move_to_device(next(self.data.train), self.env.device) for _ in range(exp.grad_accum_steps)]
+        data_wait = time.perf_counter() - started
+        parts = [self._split_sequence(batch) for batch in batches]
+        for micro_step, (part, share) in enumerate(zip(parts, self._shares(parts), strict=True)):
             sync = micro_step == exp.grad_accum_steps - 1
             with gradient_sync(self.train_model, enabled=sync), self._loss_context():
-                loss, metrics, _ = self.forward_loss(self._split_sequence(batch))
-                (loss / exp.grad_accum_steps).backward()
-            losses.append(_plain(loss.detach()))
+                loss, metrics, _ = self.forward_loss(part)
+                (loss * share / exp.grad_accum_steps).backward()
+            losses.append(_plain(loss.detach()) * share)
             for name, value in metrics.items():
-                values[name].append(_plain(value.detach()))
-            samples += _batch_size(batch)
-            flops += self.model.train_flops(batch) if hasattr(self.model, "train_flops") else 0.0
+                values[name].append(_plain(value.detach()) * share)
+        samples = float(sum(_batch_size(batch) for batch in batches))
+        flops = sum(self.model.train_flops(batch) for batch in batches) if hasattr(self.model, "train_flops") else 0.0
 
         stats: dict[str, torch.Tensor | float] = {"loss": _mean(losses)}
-        stats.update({name: _mean(parts) for name, parts in values.items()})
+        stats.update({name: _mean(micro) for name, micro in values.items()})
         max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = _plain(grad_norm)
@@ -317,22 +332,26 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         self.train_model.eval()
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.env.device))
-        batches = 0
+        weigh = getattr(self.objective, "loss_weight", None)
+        batches, weight = 0, torch.zeros((), device=self.env.device)
         for batch in self.data.val_batches(self.exp.eval_steps):
+            part = self._split_sequence(move_to_device(batch, self.env.device))
             with self._loss_context():
-                loss, metrics, output = self.forward_loss(self._split_sequence(move_to_device(batch, self.env.device)))
+                loss, metrics, output = self.forward_loss(part)
                 if self.metrics is not None:
                     with checking_keys(self.exp.debug):
                         metrics = {**metrics, **call_block(self.metrics, output, name="metrics")[1]}
-            sums["loss"] += _plain(loss).float()
+            share = weigh(part).float() if weigh is not None else torch.ones((), device=self.env.device)
+            sums["loss"] += _plain(loss).float() * share
             for name, value in metrics.items():
-                sums[name] += _plain(value).float()
-            batches += 1
+                sums[name] += _plain(value).float() * share
+            batches, weight = batches + 1, weight + share
         self.train_model.train()
         if batches == 0:
             raise ValueError("the validation split produced no batches; check data.val settings")
         names = sorted(sums)
-        means = all_reduce_mean(torch.stack([sums[n] for n in names]) / batches)
+        totals = all_reduce_mean(torch.stack([*(sums[n] for n in names), weight]))  # weighted as in train_step
+        means = totals[:-1] / totals[-1].clamp_min(torch.finfo(torch.float32).tiny)
         return dict(zip(names, means.tolist(), strict=True))
 
     def _tokenizer_paths(self) -> dict[str, str]:

@@ -162,3 +162,23 @@ def test_the_llm_trains_on_the_same_loss_and_gradients_as_from_its_logits(tie_em
         loss.backward()
         results.append((loss, metrics, [param.grad for param in model.parameters()]))
     assert_same(*results, tolerance=1e-6)
+
+
+def test_loss_weight_counts_the_labelled_positions_so_weighted_means_pool_over_batches():
+    """Two micro-batches weighted by ``loss_weight`` (as the trainer weighs them) give the loss of both at once."""
+    torch.manual_seed(0)
+    objective = NextTokenLoss(z_loss_weight=0.1)
+    batch = lm_batch(ignored=0.4)
+    assert objective.loss_weight(batch) == int((batch["target_ids"] != -100).sum())
+    logits = torch.randn(*batch["target_ids"].shape, VOCAB, dtype=torch.float64)
+    halves = [
+        {"logits": part, "target_ids": targets}
+        for part, targets in zip(logits.chunk(2), batch["target_ids"].chunk(2), strict=True)
+    ]
+    weights = torch.stack([objective.loss_weight(half).double() for half in halves])
+    assert weights[0] != weights[1]  # the halves label different numbers of positions
+    pooled = sum(objective(half)[0] * weight for half, weight in zip(halves, weights, strict=True)) / weights.sum()
+    whole = objective({"logits": logits, "target_ids": batch["target_ids"]})[0]
+    torch.testing.assert_close(pooled, whole)
+    unweighted = sum(objective(half)[0] for half in halves) / 2
+    assert not torch.allclose(unweighted, whole)  # a mean of micro-batch means is not the loss of the whole
