@@ -46,6 +46,7 @@ data:
   batch_size: 4
   vocab_size: {vocab_size}
   val_fraction: 0.1
+  eval_batch_size: 4   # every rank evaluates the same batches: those of the single process
 model:
   loss_chunk_size: 128
 experiment:
