@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -121,14 +122,18 @@ def train_judge(settings: JudgeSettings) -> AttributeJudge:
 
 def judge_for(settings: JudgeSettings, cache_dir: str | Path | None = None) -> AttributeJudge:
     """The judge of ``settings`` from ``cache_dir`` (default ``cache_root()/judges``), trained and kept there
-    the first time."""
+    the first time (and again, with a warning, when the kept file is damaged)."""
     path = Path(cache_dir) if cache_dir is not None else polymodal_cache_dir("judges")
     path = path / settings.cache_name
     judge = AttributeJudge(settings.width)
     if path.is_file():
-        judge.load_state_dict(load_file(path))
-        return judge.eval()
-    log.info("no cached judge at %s: training one", path)
+        try:
+            judge.load_state_dict(load_file(path))
+            return judge.eval()
+        except (SafetensorError, RuntimeError, OSError) as error:  # a damaged cache file: train the judge again
+            log.warning("the cached judge %s cannot be read (%s): training it again", path, error)
+    else:
+        log.info("no cached judge at %s: training one", path)
     judge = train_judge(settings)
     with atomic_output(path) as staged:
         save_file(judge.state_dict(), str(staged))

@@ -80,3 +80,14 @@ def test_settings_refuse_non_positive_values_and_name_the_cache_by_every_setting
     with pytest.raises(ValueError, match="positive"):
         JudgeSettings(steps=0)
     assert JudgeSettings(size=32).cache_name != JudgeSettings().cache_name
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a safetensors file", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"])
+def test_a_damaged_cached_judge_is_trained_again_with_a_warning(judge, tmp_path, caplog, damage):
+    (tmp_path / TINY.cache_name).write_bytes(damage)
+    with caplog.at_level("WARNING", logger="polymodal"):
+        again = judge_for(TINY, tmp_path)
+    assert "cannot be read" in caplog.text
+    for name, value in judge.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+    assert judge_for(TINY, tmp_path).state_dict().keys() == judge.state_dict().keys()  # the file is whole again

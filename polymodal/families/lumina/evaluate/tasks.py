@@ -104,7 +104,8 @@ def predict(run: LuminaRun, scenes: HeldOutScenes, settings: LuminaEvalSettings)
     size = tuple(scenes.rgb.shape[-2:])
     captions: list[str] = []
     drawn, reconstructed, well_formed = [], [], 0
-    rows, columns = run.image_sizes().grid(size)
+    downsample = run.image_tokenizer.downsample
+    rows, columns = size[0] // downsample, size[1] // downsample
     starts = range(0, len(scenes.captions), settings.batch_size)
     with progress(f"evaluating {len(scenes.captions)} scenes", total=len(starts)) as advance:
         for start in starts:
