@@ -27,6 +27,12 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--modalities", help="comma-separated (default: all of them), shards format only")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="imagefolder format only")
     parser.add_argument(
+        "--label",
+        default="count",
+        help="imagefolder format only: the attribute that names the class folders, count, colour or shape (of the "
+        "largest visible object); every layout also records all three",
+    )
+    parser.add_argument(
         "--bad-fraction",
         type=float,
         default=0.0,
@@ -58,11 +64,13 @@ def synth_main(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from polymodal.data.synth.conversations import write_conversations
+    from polymodal.data.synth.labels import check_attribute
     from polymodal.data.synth.preview import write_preview
     from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_imagefolder, write_shards
 
     if args.out is None and args.preview is None:
         raise ValueError("nothing to do: give --out and/or --preview")
+    check_attribute(args.label)
     if args.out is not None:
         out = Path(args.out)
         if args.format == "shards":
@@ -70,7 +78,7 @@ def _generate(args: argparse.Namespace) -> int:
             modalities = tuple(m.strip() for m in names if m.strip())
             write_shards(out, args.num_samples, args.samples_per_shard, args.seed, args.size, args.workers, modalities)
         elif args.format == "imagefolder":
-            write_imagefolder(out, args.num_samples, args.val_fraction, args.seed, args.size, args.workers)
+            write_imagefolder(out, args.num_samples, args.val_fraction, args.seed, args.size, args.workers, args.label)
         else:
             write_conversations(
                 out, args.num_samples, args.seed, args.size, args.workers, args.bad_fraction, args.jsonl

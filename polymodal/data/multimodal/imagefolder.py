@@ -3,14 +3,21 @@
 Class ids. Label ``i`` is the ``i``-th entry of the class list, taken from (first that applies):
 
 1. the ``classes`` argument;
-2. ``root/classes.json``, a JSON list of class names in label-id order (for the synthetic scenes:
-   ``polymodal.data.synth.scene.CLASS_NAMES``, "one object", "two objects", ...);
+2. ``root/classes.json``, a JSON list of class names in label-id order (for the synthetic scenes: the class names
+   of the attribute ``polymodal synth --label`` chose, see :mod:`polymodal.data.synth.labels`; by default the
+   object count, "one object", "two objects", ...);
 3. the sorted folder names of the split, torchvision's convention. Alphabetical order rarely matches the
    ids a data set was labelled with ("five objects" would come first), hence 1. and 2.
 
-Samples are ordered by class id, then file name, so sample ids are stable across runs and machines. Files
-with other extensions are ignored. A listed class may lack a folder in a split (a small val split may miss
-a class), but an existing class folder without images, or a split without any image, is a ``ValueError``.
+Other attributes. A split may hold ``<split>/attributes.json`` (:data:`ATTRIBUTES_FILE`) with more labels of the
+same images, ``{"classes": {attribute: [class names in id order]}, "labels": {file stem: {attribute: class id}}}``;
+``attribute=`` then makes ``label`` (and the captions) that attribute's, whatever folder an image sits in. The
+synthetic scenes carry ``count``, ``colour`` and ``shape`` there, so one tree serves a probe of each.
+
+Samples are ordered by (folder) class id, then file name, so sample ids are stable across runs and machines and do
+not depend on ``attribute``. Files with other extensions are ignored. A listed class may lack a folder in a split
+(a small val split may miss a class), but an existing class folder without images, or a split without any image,
+is a ``ValueError``; so is an ``attribute`` the split's attributes file lacks, for any of its images.
 A file that cannot be decoded raises :class:`SampleError` (``"corrupt_image"``, or ``"too_large"``, see
 :func:`~polymodal.data.multimodal.decode.decode_pixels`) for the loader to count and skip.
 """
@@ -30,6 +37,7 @@ from polymodal.data.multimodal.skips import SampleError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CLASSES_FILE = "classes.json"
+ATTRIBUTES_FILE = "attributes.json"  # in each split folder
 DEFAULT_CAPTION_TEMPLATES = ("a photo of {}.", "a rendering of {}.", "a picture with {}.")
 
 
@@ -42,6 +50,29 @@ def read_class_names(root: Path, split_dir: Path) -> list[str]:
             raise ValueError(f"{classes_file} must hold a JSON list of class-name strings, got {names!r}")
         return names
     return sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
+
+
+def read_attribute_labels(split_dir: Path, attribute: str) -> tuple[list[str], dict[str, int]]:
+    """The class names of ``attribute`` and the class id of each file stem, from ``split_dir/attributes.json``."""
+    path = split_dir / ATTRIBUTES_FILE
+    if not path.is_file():
+        raise ValueError(f"label attribute {attribute!r} asked for, but {path} does not exist")
+    document = json.loads(path.read_text())
+    classes, labels = (document.get("classes"), document.get("labels")) if isinstance(document, dict) else (None, None)
+    if not isinstance(classes, dict) or not isinstance(labels, dict):
+        raise ValueError(f"{path} must hold a JSON object with a 'classes' and a 'labels' object")
+    names = classes.get(attribute)
+    if names is None:
+        raise ValueError(f"{path} has no label attribute {attribute!r}; it has {sorted(classes)}")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{path}: the classes of {attribute!r} must be a list of class-name strings, got {names!r}")
+    ids = {}
+    for stem, entry in labels.items():
+        value = entry.get(attribute) if isinstance(entry, dict) else None
+        if type(value) is not int or not 0 <= value < len(names):
+            raise ValueError(f"{path}: {stem!r} has {attribute!r} = {value!r}, not a class id in [0, {len(names)})")
+        ids[stem] = value
+    return names, ids
 
 
 def decode_rgb_file(path: Path, sample_id: int) -> torch.Tensor:
@@ -61,6 +92,8 @@ class ImageFolderDataset(Dataset):
         split: the split folder to read (``"train"``, ``"val"``, ...).
         classes: class names in label-id order; overrides ``classes.json`` and the folder names.
         caption_templates: each is formatted with the class name to give one caption phrasing.
+        attribute: take ``label`` from this attribute of ``<split>/attributes.json`` instead of the class folder;
+            ``classes`` then still names the folders, and ``self.classes`` becomes the attribute's class names.
     """
 
     def __init__(
@@ -69,6 +102,7 @@ class ImageFolderDataset(Dataset):
         split: str = "train",
         classes: Sequence[str] | None = None,
         caption_templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES,
+        attribute: str | None = None,
     ) -> None:
         self.root = Path(root)
         split_dir = self.root / split
@@ -82,7 +116,6 @@ class ImageFolderDataset(Dataset):
         unlisted = sorted({e.name for e in split_dir.iterdir() if e.is_dir()} - set(self.classes))
         if unlisted:
             raise ValueError(f"{split_dir} has class folders {unlisted} that are not in the class list {self.classes}")
-        self.captions = [[t.format(name) for t in caption_templates] for name in self.classes]
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(self.classes):
             class_dir = split_dir / name
@@ -94,6 +127,13 @@ class ImageFolderDataset(Dataset):
             self.samples.extend((path, label) for path in files)
         if not self.samples:
             raise ValueError(f"{split_dir} has no images in any class folder of {self.classes}")
+        if attribute is not None:
+            self.classes, ids = read_attribute_labels(split_dir, attribute)
+            missing = [path.name for path, _ in self.samples if path.stem not in ids]
+            if missing:
+                raise ValueError(f"{split_dir / ATTRIBUTES_FILE} lacks {len(missing)} images, e.g. {missing[:3]}")
+            self.samples = [(path, ids[path.stem]) for path, _ in self.samples]
+        self.captions = [[t.format(name) for t in caption_templates] for name in self.classes]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -6,7 +6,8 @@ text-only item has ``"image": []`` or no ``"image"``. Image paths are relative t
 
 Each scene gives a ``text_to_image`` item and two items of other :data:`KINDS`, its images all at one of a few
 aspect ratios; which kinds, shape, captions and questions are a pure function of ``(seed, index)``, so ids
-(``<scene key>-<kind>``) are stable.
+(``<scene key>-<kind>``) are stable. ``attributes.json`` beside the conversations file holds each scene's labels
+(:mod:`polymodal.data.synth.labels`, of the scene as rendered at its aspect ratio) by scene key.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from polymodal.colourmaps import depth_to_rgb, semseg_to_rgb
+from polymodal.data.multimodal.imagefolder import ATTRIBUTES_FILE
 from polymodal.data.synth.bad_items import Entry, spoil
+from polymodal.data.synth.labels import sample_labels
 from polymodal.data.synth.render import MAX_SIZE, MIN_SIZE, render_scene
 from polymodal.data.synth.scene import NUMBER_WORDS, SHAPES
 from polymodal.data.synth.writers import (
     CHUNK,
+    attributes_bytes,
     check_counts,
     chunk_ranges,
     png_bytes,
@@ -109,12 +113,16 @@ def _scene_items(key: str, sample: dict, rng: np.random.Generator) -> list[dict]
     return items
 
 
-def _write_chunk(root: Path, seed: int, size: int, bad_fraction: float, jsonl: bool, indices: range) -> list[Entry]:
-    entries = []
+def _write_chunk(
+    root: Path, seed: int, size: int, bad_fraction: float, jsonl: bool, indices: range
+) -> tuple[list[Entry], dict[str, dict[str, int]]]:
+    """Writes the chunk's images; returns its items and the labels of its scenes by key."""
+    entries, labels = [], {}
     for index in indices:
         rng, bad_rng, key = _rng(seed, index, _ITEMS), _rng(seed, index, _BAD), sample_key(index)
         height, width = _ASPECTS[rng.integers(len(_ASPECTS))]
         sample = render_scene(seed, index, (_side(height, size), _side(width, size)))
+        labels[key] = sample_labels(sample)
         items = _scene_items(key, sample, rng)
         used = {path for item in items for path in item.get("image", [])}
         modalities = [m for m in _IMAGES if _image_path(key, m) in used]
@@ -128,7 +136,7 @@ def _write_chunk(root: Path, seed: int, size: int, bad_fraction: float, jsonl: b
             entries.append(entry)
         for path, data in files.items():
             write_bytes(root / path, data)
-    return entries
+    return entries, labels
 
 
 def write_conversations(
@@ -145,6 +153,8 @@ def write_conversations(
 
     ``size`` (a multiple of 16) is the longer side of every image. About ``bad_fraction`` of the items are made bad
     (:mod:`polymodal.data.synth.bad_items`) and listed in ``root/bad_items.json``; with none, there is no such file.
+    ``root/attributes.json`` holds the scene labels by scene key (see
+    :func:`~polymodal.data.synth.writers.attributes_bytes`).
     """
     check_counts(num_samples, workers)
     if not (isinstance(size, int) and size % SIDE_MULTIPLE == 0 and MIN_SIZE <= size <= MAX_SIZE):
@@ -154,7 +164,9 @@ def write_conversations(
     root = Path(root)
     job = partial(_write_chunk, root, seed, size, bad_fraction, jsonl)
     chunks = run_chunks(job, chunk_ranges(num_samples, CHUNK), workers, "writing conversations")
-    entries = [entry for chunk in chunks for entry in chunk]
+    entries = [entry for chunk_entries, _ in chunks for entry in chunk_entries]
+    labels = {key: scene for _, chunk_labels in chunks for key, scene in chunk_labels.items()}
+    write_bytes(root / ATTRIBUTES_FILE, attributes_bytes(labels))
     if jsonl:
         out, data = root / "conversations.jsonl", b"".join(entry.jsonl_line() for entry in entries)
     else:

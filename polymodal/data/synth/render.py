@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from polymodal.data.synth.captions import describe_scene
+from polymodal.data.synth.labels import LABEL_MODALITIES, scene_labels
 from polymodal.data.synth.scene import PALETTE, Scene, SceneObject, sample_scene
 from polymodal.progress import progress
 
@@ -315,10 +316,13 @@ def render_scene(seed: int, index: int, size: ImageSize = 64) -> dict:
     """One sample with every modality of the shared contract, a pure function of ``(seed, index, size)``.
 
     ``size`` is the side of a square image or ``(height, width)`` (see :func:`camera_rays` for the field of view).
+    The scene labels (:mod:`~polymodal.data.synth.labels`) are int64 scalars under their modality names: ``label``
+    (the count), ``colour_label`` and ``shape_label``.
     """
     scene, hits, boxes = _visible_scene(seed, index, size)
     order = sorted(boxes)
     labels = [scene.objects[i].class_id for i in order]
+    attributes = scene_labels(scene.objects, hits.instance, order)
     return {
         "rgb": torch.from_numpy(hits.rgb).permute(2, 0, 1).contiguous(),
         "depth": torch.from_numpy(hits.depth)[None],
@@ -330,7 +334,7 @@ def render_scene(seed: int, index: int, size: ImageSize = 64) -> dict:
             "labels": torch.tensor(labels, dtype=torch.int64),
         },
         "caption": describe_scene([scene.objects[i] for i in order], [boxes[i] for i in order]),
-        "label": torch.tensor(len(order) - 1, dtype=torch.int64),
+        **{modality: torch.tensor(attributes[a], dtype=torch.int64) for a, modality in LABEL_MODALITIES.items()},
     }
 
 

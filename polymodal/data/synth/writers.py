@@ -1,6 +1,10 @@
 """Output layouts of a generated data set: 4M-style modality shards and an ImageFolder tree (Lumina conversations:
 :mod:`polymodal.data.synth.conversations`), and the chunked, parallel, atomic writing they share.
 
+Every layout carries the scene labels of :mod:`polymodal.data.synth.labels` (count, colour and shape): shards as
+one modality each (``label``, ``colour_label``, ``shape_label``; a ``.txt`` member holding the class id), the other
+layouts in an ``attributes.json`` beside their images (:func:`attributes_bytes`).
+
 Each writer renders a chunk of sample indices in a worker process and returns what it wrote; files appear
 atomically (temporary name, then rename), so an interrupted run never leaves a truncated tar or PNG behind.
 """
@@ -19,8 +23,16 @@ import numpy as np
 from PIL import Image
 
 from polymodal.colourmaps import normal_to_rgb
+from polymodal.data.multimodal.imagefolder import ATTRIBUTES_FILE, CLASSES_FILE
+from polymodal.data.synth.labels import (
+    ATTRIBUTE_CLASSES,
+    DEFAULT_ATTRIBUTE,
+    LABEL_MODALITIES,
+    check_attribute,
+    sample_labels,
+)
 from polymodal.data.synth.render import render_scene
-from polymodal.data.synth.scene import CLASS_NAMES, SHAPES
+from polymodal.data.synth.scene import SHAPES
 from polymodal.files import atomic_output
 from polymodal.progress import progress
 
@@ -32,7 +44,7 @@ MODALITY_EXTENSIONS = {
     "edges": "edges.png",
     "det": "det.json",
     "caption": "caption.json",
-    "label": "label.txt",
+    **{modality: f"{modality}.txt" for modality in LABEL_MODALITIES.values()},
 }
 CHUNK = 64  # samples per worker task for the per-sample layouts
 
@@ -61,13 +73,20 @@ def encode_sample(sample: dict) -> dict[str, bytes]:
         "edges": png_bytes(sample["edges"][0].numpy()),
         "det": json.dumps(det).encode(),
         "caption": json.dumps(sample["caption"]).encode(),
-        "label": str(int(sample["label"])).encode(),
+        **{modality: str(int(sample[modality])).encode() for modality in LABEL_MODALITIES.values()},
     }
 
 
 def write_bytes(path: Path, data: bytes) -> None:
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+
+
+def attributes_bytes(labels: dict[str, dict[str, int]]) -> bytes:
+    """An ``attributes.json`` (the format of :mod:`polymodal.data.multimodal.imagefolder`): every attribute's class
+    names and, by sample key, the class id of each attribute (:func:`~polymodal.data.synth.labels.sample_labels`)."""
+    classes = {attribute: list(names) for attribute, names in ATTRIBUTE_CLASSES.items()}
+    return json.dumps({"classes": classes, "labels": labels}, indent=1).encode()
 
 
 def _write_shard(
@@ -89,13 +108,17 @@ def _split_of(index: int, num_samples: int, val_fraction: float) -> str:
 
 
 def _write_imagefolder_chunk(
-    root: Path, seed: int, size: int, num_samples: int, val_fraction: float, indices: range
-) -> int:
+    root: Path, seed: int, size: int, num_samples: int, val_fraction: float, label: str, indices: range
+) -> list[tuple[str, str, dict[str, int]]]:
+    """Writes the chunk's images; returns (split, key, labels) of each."""
+    written = []
     for index in indices:
         sample = render_scene(seed, index, size)
-        class_dir = root / _split_of(index, num_samples, val_fraction) / CLASS_NAMES[int(sample["label"])]
-        write_bytes(class_dir / f"{sample_key(index)}.png", encode_sample(sample)["rgb"])
-    return len(indices)
+        labels, split, key = sample_labels(sample), _split_of(index, num_samples, val_fraction), sample_key(index)
+        class_dir = root / split / ATTRIBUTE_CLASSES[label][labels[label]]
+        write_bytes(class_dir / f"{key}.png", encode_sample(sample)["rgb"])
+        written.append((split, key, labels))
+    return written
 
 
 def chunk_ranges(num_samples: int, chunk_size: int) -> list[range]:
@@ -149,15 +172,30 @@ def write_shards(
 
 
 def write_imagefolder(
-    root: str | Path, num_samples: int, val_fraction: float = 0.1, seed: int = 0, size: int = 64, workers: int = 1
+    root: str | Path,
+    num_samples: int,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    size: int = 64,
+    workers: int = 1,
+    label: str = DEFAULT_ATTRIBUTE,
 ) -> None:
-    """``root/{train,val}/<class name>/<key>.png``; the last ``val_fraction`` of the indices form ``val``.
+    """``root/{train,val}/<class name>/<key>.png``, the class being the ``label`` attribute of the scene (``count``,
+    ``colour`` or ``shape``); the last ``val_fraction`` of the indices form ``val``.
 
-    ``root/classes.json`` lists the class names in label order (folder names sort differently).
+    ``root/classes.json`` lists the attribute's class names in label order (folder names sort differently), and
+    ``root/<split>/attributes.json`` every attribute of each image of the split (:func:`attributes_bytes`).
     """
     check_counts(num_samples, workers)
+    check_attribute(label)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    job = partial(_write_imagefolder_chunk, Path(root), seed, size, num_samples, val_fraction)
-    run_chunks(job, chunk_ranges(num_samples, CHUNK), workers, "writing image folders")
-    write_bytes(Path(root) / "classes.json", json.dumps(list(CLASS_NAMES)).encode())
+    root = Path(root)
+    job = partial(_write_imagefolder_chunk, root, seed, size, num_samples, val_fraction, label)
+    by_split: dict[str, dict[str, dict[str, int]]] = {}
+    for chunk in run_chunks(job, chunk_ranges(num_samples, CHUNK), workers, "writing image folders"):
+        for split, key, labels in chunk:
+            by_split.setdefault(split, {})[key] = labels
+    for split, labels in by_split.items():
+        write_bytes(root / split / ATTRIBUTES_FILE, attributes_bytes(labels))
+    write_bytes(root / CLASSES_FILE, json.dumps(list(ATTRIBUTE_CLASSES[label])).encode())
