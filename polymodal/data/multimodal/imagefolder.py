@@ -11,7 +11,8 @@ Class ids. Label ``i`` is the ``i``-th entry of the class list, taken from (firs
 
 Other attributes. A split may hold ``<split>/attributes.json`` (:data:`ATTRIBUTES_FILE`) with more labels of the
 same images, ``{"classes": {attribute: [class names in id order]}, "labels": {file stem: {attribute: class id}}}``;
-``attribute=`` then makes ``label`` (and the captions) that attribute's, whatever folder an image sits in. The
+``attribute=`` then makes ``label`` (and the captions) that attribute's, whatever folder an image sits in (file
+names must then be unique in the split). The
 synthetic scenes carry ``count``, ``colour`` and ``shape`` there, so one tree serves a probe of each.
 
 Samples are ordered by (folder) class id, then file name, so sample ids are stable across runs and machines and do
@@ -25,6 +26,7 @@ A file that cannot be decoded raises :class:`SampleError` (``"corrupt_image"``, 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -128,11 +130,7 @@ class ImageFolderDataset(Dataset):
         if not self.samples:
             raise ValueError(f"{split_dir} has no images in any class folder of {self.classes}")
         if attribute is not None:
-            self.classes, ids = read_attribute_labels(split_dir, attribute)
-            missing = [path.name for path, _ in self.samples if path.stem not in ids]
-            if missing:
-                raise ValueError(f"{split_dir / ATTRIBUTES_FILE} lacks {len(missing)} images, e.g. {missing[:3]}")
-            self.samples = [(path, ids[path.stem]) for path, _ in self.samples]
+            self.classes, self.samples = _relabelled(split_dir, attribute, self.samples)
         self.captions = [[t.format(name) for t in caption_templates] for name in self.classes]
 
     def __len__(self) -> int:
@@ -149,3 +147,21 @@ class ImageFolderDataset(Dataset):
 
 def _image_files(class_dir: Path) -> list[Path]:
     return sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _relabelled(
+    split_dir: Path, attribute: str, samples: list[tuple[Path, int]]
+) -> tuple[list[str], list[tuple[Path, int]]]:
+    """``attribute``'s class names, and ``samples`` with their labels replaced by their ``attribute`` class id."""
+    stems = Counter(path.stem for path, _ in samples)
+    repeated = sorted(stem for stem, count in stems.items() if count > 1)
+    if repeated:
+        raise ValueError(
+            f"{split_dir}: file names {repeated[:3]} repeat across class folders: {attribute!r} is "
+            f"looked up by file name in {ATTRIBUTES_FILE}"
+        )
+    classes, ids = read_attribute_labels(split_dir, attribute)
+    missing = [path.name for path, _ in samples if path.stem not in ids]
+    if missing:
+        raise ValueError(f"{split_dir / ATTRIBUTES_FILE} has no entry for {len(missing)} images, e.g. {missing[:3]}")
+    return classes, [(path, ids[path.stem]) for path, _ in samples]

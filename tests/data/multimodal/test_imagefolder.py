@@ -10,6 +10,7 @@ from PIL import Image
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.loader import ResumableLoader
 from polymodal.data.multimodal.skips import SampleError
+from polymodal.data.synth.labels import ATTRIBUTE_CLASSES, sample_labels
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import CLASS_NAMES
 from polymodal.data.synth.writers import write_imagefolder
@@ -96,6 +97,70 @@ def test_synthetic_imagefolder_labels_match_the_rendered_scenes(tmp_path):
         scene = render_scene(4, int(path.stem), 16)
         assert int(dataset[sample_id]["label"]) == int(scene["label"])
         assert torch.equal(dataset[sample_id]["rgb"], scene["rgb"])
+
+
+def test_any_attribute_of_a_synthetic_tree_can_be_the_label(tmp_path):
+    write_imagefolder(tmp_path, num_samples=8, val_fraction=0.25, seed=4, size=16, label="colour")
+    by_folder = ImageFolderDataset(tmp_path, split="val")
+    assert by_folder.classes == list(ATTRIBUTE_CLASSES["colour"])
+    order = [path for path, _ in by_folder.samples]
+    for attribute, names in ATTRIBUTE_CLASSES.items():
+        dataset = ImageFolderDataset(tmp_path, split="val", attribute=attribute)
+        assert dataset.classes == list(names)
+        assert [path for path, _ in dataset.samples] == order  # sample ids do not depend on the attribute
+        for sample_id, path in enumerate(order):
+            scene = render_scene(4, int(path.stem), 16)
+            sample = dataset[sample_id]
+            assert int(sample["label"]) == sample_labels(scene)[attribute]
+            assert sample["caption"][0] == f"a photo of {names[sample_labels(scene)[attribute]]}."
+            assert torch.equal(sample["rgb"], scene["rgb"])
+            if attribute == "colour":
+                assert int(sample["label"]) == int(by_folder[sample_id]["label"])
+
+
+def write_attributes(root, document, split="train"):
+    (root / split / "attributes.json").write_text(json.dumps(document))
+
+
+def test_attribute_labels_override_the_folder_class(tmp_path):
+    written = make_tree(tmp_path, per_class=2, classes=["two objects"])
+    labels = {"000": {"size": 1}, "001": {"size": 0}, "002": {"size": 0}}  # an entry without an image is fine
+    write_attributes(tmp_path, {"classes": {"size": ["small", "large"]}, "labels": labels})
+    dataset = ImageFolderDataset(tmp_path, classes=CLASSES, attribute="size", caption_templates=["{}"])
+    assert len(dataset) == len(written) and dataset.classes == ["small", "large"]
+    assert [int(dataset[i]["label"]) for i in range(2)] == [1, 0]
+    assert [dataset[i]["caption"] for i in range(2)] == [["large"], ["small"]]
+    assert torch.equal(dataset[1]["rgb"], torch.from_numpy(written[("two objects", "001")]).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        (None, "'size' asked for, but .*attributes.json does not exist"),
+        (["size"], "must hold a JSON object with a 'classes' and a 'labels' object"),
+        ({"classes": {"colour": ["red"]}, "labels": {}}, r"has no label attribute 'size'; it has \['colour'\]"),
+        ({"classes": {"size": "small"}, "labels": {}}, "classes of 'size' must be a list of class-name strings"),
+        ({"classes": {"size": ["small"]}, "labels": {"000": {"size": 1}}}, r"'000' has 'size' = 1, not a class id"),
+        ({"classes": {"size": ["small"]}, "labels": {"000": {"colour": 0}}}, "'000' has 'size' = None"),
+        (
+            {"classes": {"size": ["small"]}, "labels": {"000": {"size": 0}}},
+            r"has no entry for 1 images, e.g. \[.001.png.\]",
+        ),
+    ],
+)
+def test_bad_attribute_files_are_clear_errors(tmp_path, document, message):
+    make_tree(tmp_path, per_class=2, classes=["one object"])
+    if document is not None:
+        write_attributes(tmp_path, document)
+    with pytest.raises(ValueError, match=message):
+        ImageFolderDataset(tmp_path, classes=CLASSES, attribute="size")
+
+
+def test_attributes_need_file_names_unique_in_the_split(tmp_path):
+    make_tree(tmp_path)  # 000.png and 001.png in every class folder
+    write_attributes(tmp_path, {"classes": {"size": ["small"]}, "labels": {"000": {"size": 0}, "001": {"size": 0}}})
+    with pytest.raises(ValueError, match=r"file names \['000', '001'\] repeat across class folders"):
+        ImageFolderDataset(tmp_path, classes=CLASSES, attribute="size")
 
 
 def test_grey_images_become_three_channels_and_other_files_are_ignored(tmp_path):

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from polymodal.data.multimodal import AlignedAugment, MultimodalShards, ResumableLoader, collate_with_absent
+from polymodal.data.synth.labels import LABEL_MODALITIES
+from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.writers import write_shards
 
 MODALITIES = ["rgb", "depth", "semseg", "normal", "det", "caption", "label"]
@@ -61,3 +63,15 @@ def test_resume_on_a_different_number_of_ranks_continues_the_same_samples(shards
         parts = [next(rank) for rank in ranks]
         assert torch.equal(torch.cat([p["sample_id"] for p in parts]), expected[step]["sample_id"])
         assert torch.equal(torch.cat([p["rgb"] for p in parts]), expected[step]["rgb"])
+
+
+def test_every_scene_label_reads_back_from_its_shard_modality(tmp_path):
+    labels = list(LABEL_MODALITIES.values())
+    write_shards(tmp_path, num_samples=5, samples_per_shard=3, seed=2, size=16, modalities=("rgb", *labels))
+    dataset = MultimodalShards(f"{tmp_path}/[rgb,{','.join(labels)}]/shard-{{00000..00001}}.tar", cache_dir=tmp_path)
+    assert len(dataset) == 5
+    for sample_id in range(5):
+        sample, rendered = dataset[sample_id], render_scene(2, sample_id, 16)
+        for modality in labels:
+            assert sample[modality].dtype == torch.int64 and sample[modality].ndim == 0
+            assert int(sample[modality]) == int(rendered[modality]), (sample_id, modality)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from polymodal.data.synth.bad_items import BAD_REASONS, HUGE_SIDE
 from polymodal.data.synth.conversations import IMAGE, KINDS, write_conversations
+from polymodal.data.synth.labels import ATTRIBUTE_CLASSES, sample_labels
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import NUMBER_WORDS, SHAPES
 
@@ -146,6 +147,18 @@ def test_answers_are_true_of_the_rendered_scene(corpus):
             _assert_count_answer(*values["multi_turn"][2:4], names)
         if "text_only" in values:
             _assert_count_answer(*values["text_only"], names)
+
+
+def test_attributes_hold_the_labels_of_each_scene_as_rendered(corpus):
+    items = {item["id"]: item for item in json.loads(corpus.read_text())}
+    attributes = json.loads((corpus.parent / "attributes.json").read_text())
+    assert attributes["classes"] == {name: list(classes) for name, classes in ATTRIBUTE_CLASSES.items()}
+    assert sorted(attributes["labels"]) == [f"{index:08d}" for index in range(40)]
+    for index in range(8):
+        key = f"{index:08d}"
+        prompt = items[f"{key}-text_to_image"]["conversations"][0]["value"]
+        width, height = map(int, STATED_SIZE.search(prompt).groups())
+        assert attributes["labels"][key] == sample_labels(render_scene(0, index, (height, width)))
 
 
 def _tree(root):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from polymodal.data.synth.labels import ATTRIBUTE_CLASSES, sample_labels
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import CLASS_NAMES
 from polymodal.data.synth.writers import MODALITY_EXTENSIONS, write_imagefolder, write_shards
@@ -51,6 +52,9 @@ def test_shard_members_decode_back_to_the_sample(tmp_path):
     assert len(det["names"]) == len(det["labels"])
     assert json.loads(read("caption")) == sample["caption"]
     assert int(read("label").decode()) == int(sample["label"])
+    for modality in ("colour_label", "shape_label"):
+        assert read(modality) == str(int(sample[modality])).encode()
+    assert {"label", "colour_label", "shape_label"} <= set(MODALITY_EXTENSIONS)  # shards carry every label
 
 
 def test_shards_bad_args(tmp_path):
@@ -70,5 +74,27 @@ def test_imagefolder_layout(tmp_path):
         index = int(path.stem)
         assert path.parent.parent.name == ("val" if index >= 8 else "train")
         assert path.parent.name == CLASS_NAMES[int(render_scene(1, index)["label"])]
+    assert json.loads((tmp_path / "classes.json").read_text()) == CLASS_NAMES
     with pytest.raises(ValueError, match="val_fraction"):
         write_imagefolder(tmp_path, 10, val_fraction=1.0)
+
+
+@pytest.mark.parametrize("label", ["colour", "shape"])
+def test_imagefolder_class_is_the_chosen_attribute_and_every_split_records_all_of_them(tmp_path, label):
+    write_imagefolder(tmp_path, num_samples=6, val_fraction=0.5, seed=3, size=16, workers=2, label=label)
+    names = ATTRIBUTE_CLASSES[label]
+    assert json.loads((tmp_path / "classes.json").read_text()) == list(names)
+    for split, indices in (("train", range(0, 3)), ("val", range(3, 6))):
+        attributes = json.loads((tmp_path / split / "attributes.json").read_text())
+        assert attributes["classes"] == {name: list(classes) for name, classes in ATTRIBUTE_CLASSES.items()}
+        expected = {f"{i:08d}": sample_labels(render_scene(3, i, 16)) for i in indices}
+        assert attributes["labels"] == expected
+        for key, labels in expected.items():
+            assert (tmp_path / split / names[labels[label]] / f"{key}.png").is_file()
+    assert len(list(tmp_path.glob("*/*/*.png"))) == 6
+
+
+def test_imagefolder_refuses_an_unknown_attribute(tmp_path):
+    with pytest.raises(ValueError, match="unknown label attribute 'size'"):
+        write_imagefolder(tmp_path, 4, label="size")
+    assert not any(tmp_path.iterdir())
