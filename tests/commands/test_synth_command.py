@@ -4,8 +4,10 @@ import json
 import pytest
 from PIL import Image
 
+from polymodal.cli import main as cli_main
 from polymodal.commands.synth import add_synth_arguments, synth_main
 from polymodal.config import ConfigError
+from polymodal.data.synth.labels import ATTRIBUTE_CLASSES
 from polymodal.data.synth.preview import COLUMNS
 
 
@@ -50,6 +52,23 @@ def test_conversations_with_bad_items_as_jsonl(tmp_path):
     assert len(lines) == 4 * 3 and json.loads((tmp_path / "bad_items.json").read_text())
 
 
+@pytest.mark.parametrize("label", [None, "shape"])
+def test_imagefolder_classes_are_the_chosen_label(tmp_path, label):
+    argv = ["--out", str(tmp_path), "--format", "imagefolder", "--num-samples", "3", "--size", "16", "--workers", "1"]
+    assert _run(*argv, *(["--label", label] if label else [])) == 0
+    names = list(ATTRIBUTE_CLASSES[label or "count"])
+    assert json.loads((tmp_path / "classes.json").read_text()) == names
+    assert {path.parent.name for path in tmp_path.glob("*/*/*.png")} <= set(names)
+    assert set(json.loads((tmp_path / "train" / "attributes.json").read_text())["classes"]) == set(ATTRIBUTE_CLASSES)
+
+
+def test_an_unknown_label_is_a_one_line_error(tmp_path, capsys):
+    argv = ["synth", "--out", str(tmp_path / "out"), "--format", "imagefolder", "--label", "size"]
+    assert cli_main(argv) != 0
+    assert capsys.readouterr().err == "error: unknown label attribute 'size'; choose from count, colour, shape\n"
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -59,6 +78,7 @@ def test_conversations_with_bad_items_as_jsonl(tmp_path):
         (["--out", "x", "--workers", "-1"], "workers"),
         (["--out", "x", "--format", "conversations", "--bad-fraction", "1.5"], "bad_fraction"),
         (["--out", "x", "--format", "conversations", "--size", "40"], "multiple of 16"),
+        (["--out", "x", "--label", "colours"], "unknown label attribute 'colours'"),
     ],
 )
 def test_bad_arguments(tmp_path, monkeypatch, argv, message):

@@ -40,7 +40,7 @@ def test_contract_types_and_shapes():
 
 
 def _assert_same(a, b):
-    for key in ("rgb", "depth", "normal", "semseg", "edges", "label"):
+    for key in ("rgb", "depth", "normal", "semseg", "edges", "label", "colour_label", "shape_label"):
         assert torch.equal(a[key], b[key]), key
     assert torch.equal(a["det"]["boxes"], b["det"]["boxes"]) and a["caption"] == b["caption"]
 
