@@ -147,18 +147,15 @@ def concat_records(sub_record_dir: str | Path, save_path: str | Path) -> dict[st
     manifest = json.loads(manifest_file.read_text())
     expected_sha, splits = manifest_sha256(manifest), manifest["splits"]
     records = _rank_records(root)
-    if not records:
-        raise RecordError(f"{root} has no rank record files (*-of-*-record.json)")
     other_splits = sorted({s for (_, s) in records} - {splits})
     if other_splits:
         raise RecordError(f"{root} mixes rank records of --splits {other_splits} with the manifest's {splits}")
     missing = [r for r in range(splits) if (r, splits) not in records]
     unfinished = [r for r in range(splits) if (r, splits) in records and not records[r, splits]["complete"]]
     if missing or unfinished:
-        raise RecordError(
-            f"{root}: ranks {missing} of {splits} have no record and ranks {unfinished} have not finished; "
-            "run them (again) before concatenating"
-        )
+        problems = [f"ranks {missing} of {splits} have no record"] if missing else []
+        problems += [f"ranks {unfinished} of {splits} have not finished"] if unfinished else []
+        raise RecordError(f"{root}: {' and '.join(problems)}; run them (again) before concatenating")
     shards, errors, seen = [], Counter(), np.zeros(0, dtype=np.int64)
     for rank in range(splits):
         record = records[rank, splits]

@@ -148,15 +148,14 @@ def _pretokenize_args(inputs: dict[str, Path], out_dir: Path, rank: int, chunk_s
 def test_ranks_run_as_parallel_processes_and_a_killed_rank_reruns_to_the_same_bytes(lumina_inputs, records, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out_dir = tmp_path / "records"
-    first_shard = out_dir / "shards/00000-of-00002/chunk-000000.safetensors"
+    killed_record = out_dir / "00000-of-00002-record.json"
     with subprocess.Popen(_pretokenize_args(lumina_inputs, out_dir, 0, chunk_size=1), env=env) as doomed:
-        while not first_shard.exists() and doomed.poll() is None:
+        while not killed_record.exists() and doomed.poll() is None:  # the record follows each finished chunk
             time.sleep(0.005)
         doomed.send_signal(signal.SIGKILL)
     assert doomed.returncode == -signal.SIGKILL, "the rank finished before it could be killed"
-    killed_record = out_dir / "00000-of-00002-record.json"
-    assert not killed_record.exists() or not json.loads(killed_record.read_text())["complete"]
-    with pytest.raises(RecordError, match="ranks \\[1\\] of 2 have no record and ranks \\[0\\] have not finished"):
+    assert not json.loads(killed_record.read_text())["complete"]
+    with pytest.raises(RecordError, match="ranks \\[1\\] of 2 have no record and ranks \\[0\\] of 2 have not finished"):
         concat_records(out_dir, out_dir / "record.json")
     # chunk_size is part of the settings: the rerun continues with the killed run's
     ranks = [subprocess.Popen(_pretokenize_args(lumina_inputs, out_dir, r, chunk_size=1), env=env) for r in (0, 1)]
