@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
 from hydra.errors import InstantiationException
+from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 
 from polymodal.config.aliases import update_targets
-from polymodal.config.errors import ConfigError
+from polymodal.config.errors import ConfigError, did_you_mean
 from polymodal.config.trusted_targets import check_trusted_targets
 
 _FULL_KEY = re.compile(r"^full_key: (.+)$", re.MULTILINE)
 _TARGET = re.compile(r"target '([^']+)'", re.IGNORECASE)
+_UNEXPECTED = re.compile(r"unexpected keyword argument '([^']+)'")
 
 
 def instantiate(node: Any, /, **kwargs: Any) -> Any:
@@ -50,4 +53,14 @@ def _failure_message(error: InstantiationException) -> str:
     target_name = target.group(1) if target else "?"
     cause = error.__cause__
     reason = f"{type(cause).__name__}: {cause}" if cause is not None else message.splitlines()[0]
-    return f"cannot instantiate {where} (_target_: {target_name}): {' '.join(reason.split())}"
+    unexpected = _UNEXPECTED.search(str(cause)) if isinstance(cause, TypeError) else None
+    suggestion = did_you_mean(unexpected.group(1), _parameter_names(target_name)) if unexpected else ""
+    return f"cannot instantiate {where} (_target_: {target_name}): {' '.join(reason.split())}{suggestion}"
+
+
+def _parameter_names(target: str) -> list[str]:
+    """The keyword arguments the callable ``target`` takes (none if it cannot be found or inspected)."""
+    try:
+        return list(inspect.signature(get_object(target)).parameters)
+    except (ImportError, ValueError, TypeError):
+        return []

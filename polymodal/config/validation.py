@@ -31,6 +31,13 @@ def experiment_config(cfg: DictConfig) -> ExperimentConfig:
     return validate_config(cfg).experiment
 
 
+def build_section(schema: type, node: Any, path: str) -> Any:
+    """Dataclass ``schema`` built from the mapping ``node`` with the checks of the config schema (unknown keys with a
+    suggestion, types, rules), for a mapping that a ``_target_`` class takes as one argument; ``path`` is its dotted
+    key in the config, for the messages."""
+    return _build(schema, node, path)
+
+
 def schema_defaults() -> dict[str, Any]:
     """The top-level sections that have defaults, as a plain tree (the whole ``experiment:`` section)."""
     defaults: dict[str, Any] = {}

@@ -82,6 +82,7 @@ def test_wrong_argument_name_names_nested_path_and_argument():
     message = str(caught.value)
     assert message.startswith("cannot instantiate 'model.trunk.inner' (_target_: torch.nn.modules.linear.Linear)")
     assert "TypeError" in message and "out_feature" in message and "\n" not in message
+    assert message.endswith("got an unexpected keyword argument 'out_feature' — did you mean 'out_features'?")
 
 
 def test_config_error_raised_by_a_target_is_kept(tmp_path):

@@ -108,3 +108,17 @@ def test_classification_loss_matches_cross_entropy():
     loss, metrics = ClassificationLoss(label_smoothing=0.1)({"logits": logits, "label": labels})
     torch.testing.assert_close(loss, F.cross_entropy(logits, labels, label_smoothing=0.1))
     assert metrics["accuracy"].item() == (logits.argmax(-1) == labels).float().mean().item()
+
+
+def test_classifier_trains_on_mixup_cutmix_soft_targets_and_evaluates_on_labels(tmp_path):
+    root = tmp_path / "scenes"
+    write_shards(root, num_samples=30, samples_per_shard=10, seed=5, modalities=("rgb", "label"))
+    config = write_config(tmp_path, root, "mixup")
+    trainer = Trainer(load_config(config, ["+data.mixup={num_classes: 5, label_smoothing: 0.1}"]))
+    batch = next(trainer.data.train)
+    assert batch["label"].shape == (4, 5) and batch["label"].dtype == torch.float32
+    trainer.fit()
+    logged = records(tmp_path / "mixup")
+    train = [r for r in logged if r["split"] == "train"]
+    assert len(train) == 6 and all(0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0 for r in train)
+    assert any(r["split"] == "val" for r in logged)

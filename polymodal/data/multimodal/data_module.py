@@ -22,6 +22,17 @@ Batches. Training samples get :class:`AlignedAugment` (random resized crop with 
 samples the centre square crop; ``rgb`` becomes float32 in [0, 1]. Each modality ``m`` is in the batch with a
 bool ``m_present`` [B]; a sample whose source lacks an image modality or ``label`` gets zeros of the declared
 shape, one lacking ``caption``/``det`` gets ``None``. ``batch["sample_id"]`` is int64 [B].
+
+Captions as tokens. With ``caption_tokenizer`` (a text tokenizer JSON this library trains, BPE or WordPiece) each
+sample keeps one caption (a random one of its captions in training, the first in evaluation; ``batch["caption"]``
+is then a list of strings, None where absent) and the batch gets ``caption_ids`` int64 [B, caption_tokens],
+``caption_mask`` bool [B, caption_tokens] and ``caption_eot`` int64 [B]: start token, text, end token, padding
+(:class:`~polymodal.tokenizers.text.captions.CaptionEncoder`).
+
+Mixup/CutMix. ``mixup: {num_classes: 10, mixup_alpha: 0.8, cutmix_alpha: 1.0, prob: 1.0, switch_prob: 0.5,
+label_smoothing: 0.1}`` (the keys of :class:`~polymodal.data.multimodal.mixup.MixupCutmix`; unknown keys are
+errors) mixes the training batches after collation and replaces ``label`` with soft targets [B, num_classes]; the
+loss must then not smooth again (``loss.label_smoothing: 0``). Validation batches keep their integer labels.
 """
 
 from __future__ import annotations
@@ -32,14 +43,19 @@ from typing import Any
 
 import torch
 
+from polymodal.config.validation import build_section
 from polymodal.data.largest import LargestBatch
+from polymodal.data.multimodal.captions import CollateCaptions, pick_text
 from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.loader import MapDataset, Sample
+from polymodal.data.multimodal.mixup import MixupCutmix
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
 from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, AlignedAugment, parse_modalities_spec
+from polymodal.tokenizers.carried import TEXT
+from polymodal.tokenizers.text.captions import CaptionEncoder
 
 FORMATS = ("shards", "imagefolder")
 IMAGEFOLDER_MODALITIES = ("rgb", "label", "caption")
@@ -51,6 +67,7 @@ IMAGE_DTYPES = {
     "edges": torch.uint8,
 }
 SOURCE_KEY = "source"
+CAPTION = "caption"
 
 
 def batch_specs(resolutions: Mapping[str, int | None]) -> dict[str, TensorSpec]:
@@ -67,14 +84,19 @@ def batch_specs(resolutions: Mapping[str, int | None]) -> dict[str, TensorSpec]:
 
 
 class PrepareSample:
-    """Keeps only the configured modalities (and the mixture's source name), then augments them."""
+    """Keeps only the configured modalities (and the mixture's source name), then augments them; with
+    ``pick_caption`` a sample's captions become one (random in training, the first otherwise)."""
 
-    def __init__(self, augment: AlignedAugment, modalities: list[str]) -> None:
+    def __init__(self, augment: AlignedAugment, modalities: list[str], pick_caption: bool = False) -> None:
         self.augment = augment
         self.keep = {*modalities, SOURCE_KEY}
+        self.pick_caption = pick_caption
 
     def __call__(self, sample: Sample, generator: torch.Generator) -> Sample:
-        return self.augment({k: v for k, v in sample.items() if k in self.keep}, generator)
+        out = self.augment({k: v for k, v in sample.items() if k in self.keep}, generator)
+        if self.pick_caption and CAPTION in out:
+            out[CAPTION] = pick_text(out[CAPTION], generator, self.augment.train)
+        return out
 
 
 class MultimodalData(SourcedData):
@@ -93,6 +115,9 @@ class MultimodalData(SourcedData):
             indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards (e.g. S3 endpoint and credentials source).
         scale: area-fraction range of the training random resized crop.
+        caption_tokenizer: a text tokenizer JSON; captions then also come as token ids (module docstring).
+        caption_tokens: the length of ``caption_ids`` (start and end tokens included).
+        mixup: Mixup/CutMix and label smoothing of the training batches (module docstring); None: off.
         seed, dp_rank, dp_world: injected by the trainer.
     """
 
@@ -110,6 +135,9 @@ class MultimodalData(SourcedData):
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         scale: tuple[float, float] = (0.2, 1.0),
+        caption_tokenizer: str | None = None,
+        caption_tokens: int = 32,
+        mixup: Mapping[str, Any] | None = None,
         seed: int = 0,
         dp_rank: int = 0,
         dp_world: int = 1,
@@ -125,15 +153,24 @@ class MultimodalData(SourcedData):
         train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), train=True)
         self.modality_names = list(train_augment.resolutions)
         eval_augment = AlignedAugment(image_size, self.modalities, train=False)
+        self._caption_tokenizer = caption_tokenizer
+        collate = partial(
+            collate_with_absent, modalities=self.modality_names, specs=batch_specs(train_augment.resolutions)
+        )
+        if caption_tokenizer is not None:
+            if CAPTION not in self.modality_names:
+                raise ValueError(f"caption_tokenizer is set but {CAPTION!r} is not in modalities {self.modality_names}")
+            collate = CollateCaptions(collate, CaptionEncoder.from_file(caption_tokenizer, caption_tokens), CAPTION)
+        self.mixup = mixup_transform(mixup, self.modality_names)
+        pick_caption = caption_tokenizer is not None
         self._open_splits(
             train,
             val,
             weights,
-            collate=partial(
-                collate_with_absent, modalities=self.modality_names, specs=batch_specs(train_augment.resolutions)
-            ),
-            train_transform=PrepareSample(train_augment, self.modality_names),
-            eval_transform=PrepareSample(eval_augment, self.modality_names),
+            collate=collate,
+            train_transform=PrepareSample(train_augment, self.modality_names, pick_caption),
+            eval_transform=PrepareSample(eval_augment, self.modality_names, pick_caption),
+            train_batch_transform=self.mixup,
         )
 
     @classmethod
@@ -142,21 +179,37 @@ class MultimodalData(SourcedData):
         modalities: list[str],
         image_size: int,
         batch_size: int,
+        caption_tokenizer: str | None = None,
+        caption_tokens: int = 32,
+        mixup: Mapping[str, Any] | None = None,
         device: torch.device | str = "cpu",
         **sources_and_loading: Any,
     ) -> LargestBatch:
-        """A batch of the shape ``train`` yields, every modality present (zeros; class 0), from the config alone: no
-        source is opened (``sources_and_loading``: the other arguments, which change no shape). Captions and
-        detections are text of any length and have no largest shape. See :mod:`polymodal.data.largest`."""
+        """A batch of the shape ``train`` yields, every modality present (zeros; class 0; with ``mixup``, soft targets
+        of class 0; captions of ``caption_tokens`` tokens), from the config alone: no source or tokenizer is opened
+        (``sources_and_loading``: the other arguments, which change no shape). Detections, and captions without a
+        tokenizer, are text of any length and have no largest shape. See :mod:`polymodal.data.largest`."""
         resolutions = parse_modalities_spec(modalities, image_size)
         specs = batch_specs(resolutions)
-        shapeless = [name for name in resolutions if name not in specs]
+        mixing = mixup_transform(mixup, list(resolutions))
+        if mixing is not None:
+            specs[mixing.label_key] = ((mixing.num_classes,), torch.float32)
+        tokenized = [CAPTION] if caption_tokenizer is not None and CAPTION in resolutions else []
+        shapeless = [name for name in resolutions if name not in specs and name not in tokenized]
         if shapeless:
             raise ValueError(f"modalities {shapeless} are text of any length: a batch of them has no largest shape")
         batch: dict[str, Any] = {"sample_id": torch.arange(batch_size, device=device)}
         for name, (shape, dtype) in specs.items():
             batch[name] = torch.zeros(batch_size, *shape, dtype=dtype, device=device)
             batch[f"{name}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
+        if mixing is not None:
+            batch[mixing.label_key][:, 0] = 1.0
+        if tokenized:
+            batch[f"{CAPTION}_ids"] = torch.zeros(batch_size, caption_tokens, dtype=torch.int64, device=device)
+            batch[f"{CAPTION}_mask"] = torch.ones(batch_size, caption_tokens, dtype=torch.bool, device=device)
+            batch[f"{CAPTION}_eot"] = torch.full((batch_size,), caption_tokens - 1, dtype=torch.int64, device=device)
+            batch[f"{CAPTION}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
+            specs[CAPTION] = ((caption_tokens,), torch.int64)
         shapes = ", ".join(f"{name} {'x'.join(map(str, shape))}".strip() for name, (shape, _) in specs.items())
         return LargestBatch(batch, f"{batch_size} samples of {shapes}")
 
@@ -181,6 +234,10 @@ class MultimodalData(SourcedData):
             )
         return self._open_shards(location, wanted)
 
+    def tokenizer_paths(self) -> dict[str, str]:
+        """The caption tokenizer, if any (a run carries a copy)."""
+        return {TEXT: self._caption_tokenizer} if self._caption_tokenizer is not None else {}
+
     def info(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "format": self.format,
@@ -188,3 +245,15 @@ class MultimodalData(SourcedData):
             **self._sample_counts(self.train_sources, self.train_dataset),
         }
         return info
+
+
+def mixup_transform(mixup: Mapping[str, Any] | None, modalities: list[str]) -> MixupCutmix | None:
+    """The ``mixup`` config section checked key by key (a wrong key is a one-line error) and built; it mixes modalities
+    of the batch, so its image and label keys must be configured ones."""
+    if mixup is None:
+        return None
+    transform = build_section(MixupCutmix, mixup, "data.mixup")
+    missing = [key for key in (transform.image_key, transform.label_key) if key not in modalities]
+    if missing:
+        raise ValueError(f"data.mixup mixes {missing}, which are not in modalities {modalities}")
+    return transform

@@ -12,7 +12,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader, Sample, SampleTransform
+from polymodal.data.multimodal.loader import (
+    Batch,
+    BatchTransform,
+    MapDataset,
+    ResumableLoader,
+    Sample,
+    SampleTransform,
+)
 from polymodal.data.multimodal.mixing import MixedDataset
 from polymodal.data.multimodal.shards import MultimodalShards
 
@@ -96,16 +103,32 @@ class SourcedData(ABC):
         collate: Callable[[list[Sample]], Batch],
         train_transform: SampleTransform,
         eval_transform: SampleTransform,
+        train_batch_transform: BatchTransform | None = None,
+        eval_batch_transform: BatchTransform | None = None,
         **loader_options: Any,
     ) -> None:
         """Sets ``train_sources``, ``train_dataset``, the ``train`` loader and the unshuffled ``_val`` loader (None
-        without ``val``); ``loader_options`` go to both loaders."""
+        without ``val``); each split has its sample and batch transforms, ``loader_options`` go to both loaders."""
         self.train_sources, self.train_dataset = self._open(train, "train", weights)
-        self.train = self._loader(self.train_dataset, collate, train_transform, shuffle=True, **loader_options)
+        self.train = self._loader(
+            self.train_dataset,
+            collate,
+            train_transform,
+            shuffle=True,
+            batch_transform=train_batch_transform,
+            **loader_options,
+        )
         self._val = None
         if val is not None:
             _, val_dataset = self._open(val, "val", weights)
-            self._val = self._loader(val_dataset, collate, eval_transform, shuffle=False, **loader_options)
+            self._val = self._loader(
+                val_dataset,
+                collate,
+                eval_transform,
+                shuffle=False,
+                batch_transform=eval_batch_transform,
+                **loader_options,
+            )
 
     def _loader(
         self,

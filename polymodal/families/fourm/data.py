@@ -203,6 +203,7 @@ class FourMData(SourcedData):
         self._tokenizer_path = tokenizer_path
         self._image_tokenizers: dict[str, set[Path]] = {}  # recorded beside the codes of each source
         self._check_text_vocab(tokenizer.get_vocab_size())
+        mask = MaskBatch(self.masking)  # validation batches are masked too
         self._open_splits(
             train,
             val,
@@ -212,7 +213,8 @@ class FourMData(SourcedData):
             ),
             train_transform=FourMSample(self.modalities, tokenizer, train=True),
             eval_transform=FourMSample(self.modalities, tokenizer, train=False),
-            batch_transform=MaskBatch(self.masking),
+            train_batch_transform=mask,
+            eval_batch_transform=mask,
             multiprocessing_context=multiprocessing_context,
         )
 

@@ -21,12 +21,13 @@ another grid, a crop outside the image, ...) raises :class:`SampleError` for the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
+from polymodal.data.multimodal.captions import pick_text
 from polymodal.data.multimodal.loader import Sample
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.multimodal.transforms import AlignedAugment
@@ -114,7 +115,9 @@ class FourMSample:
             elif spec.stem == "det":
                 out[spec.name] = self._det(spec, value, crop)
             else:
-                out[spec.name] = text_ids(self.tokenizer, self._pick_text(spec, value, generator), spec.max_tokens)
+                out[spec.name] = text_ids(
+                    self.tokenizer, pick_text(value, generator, self.train, spec.folder), spec.max_tokens
+                )
         return out
 
     def _pick_crop(self, sample: Mapping[str, Any], generator: torch.Generator) -> tuple[int, CropRow]:
@@ -159,10 +162,3 @@ class FourMSample:
         except ValueError as error:  # a class id outside the class names, a NaN coordinate
             raise SampleError("bad_det", None, f"{spec.folder}: {error}") from error
         return text_ids(self.tokenizer, text, spec.max_tokens)
-
-    def _pick_text(self, spec: ModalitySpec, value: Any, generator: torch.Generator) -> str:
-        if isinstance(value, str):
-            return value
-        if not isinstance(value, Sequence) or not value or not all(isinstance(v, str) for v in value):
-            raise SampleError("bad_text", None, f"{spec.folder}: expected a string or a non-empty list of strings")
-        return value[int(torch.randint(len(value), (), generator=generator))] if self.train else value[0]
