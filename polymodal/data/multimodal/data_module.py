@@ -53,7 +53,8 @@ from polymodal.data.multimodal.mixup import MixupCutmix
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
-from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, AlignedAugment, parse_modalities_spec
+from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, LABEL_NAMES, AlignedAugment, parse_modalities_spec
+from polymodal.data.synth.labels import check_attribute
 from polymodal.tokenizers.carried import TEXT
 from polymodal.tokenizers.text.captions import CaptionEncoder
 
@@ -78,8 +79,9 @@ def batch_specs(resolutions: Mapping[str, int | None]) -> dict[str, TensorSpec]:
             channels = EXPECTED_CHANNELS[name]
             shape = (resolution, resolution) if channels is None else (channels, resolution, resolution)
             specs[name] = (shape, IMAGE_DTYPES[name])
-    if "label" in resolutions:
-        specs["label"] = ((), torch.int64)
+    for name in LABEL_NAMES:
+        if name in resolutions:
+            specs[name] = ((), torch.int64)
     return specs
 
 
@@ -118,6 +120,8 @@ class MultimodalData(SourcedData):
         caption_tokenizer: a text tokenizer JSON; captions then also come as token ids (module docstring).
         caption_tokens: the length of ``caption_ids`` (start and end tokens included).
         mixup: Mixup/CutMix and label smoothing of the training batches (module docstring); None: off.
+        label_attribute: with ``format: imagefolder``, the scene attribute ``label`` holds (``count``, ``colour``
+            or ``shape``, read from each split's ``attributes.json``); None: the tree's class folders.
         seed, dp_rank, dp_world: injected by the trainer.
     """
 
@@ -138,6 +142,7 @@ class MultimodalData(SourcedData):
         caption_tokenizer: str | None = None,
         caption_tokens: int = 32,
         mixup: Mapping[str, Any] | None = None,
+        label_attribute: str | None = None,
         seed: int = 0,
         dp_rank: int = 0,
         dp_world: int = 1,
@@ -147,7 +152,10 @@ class MultimodalData(SourcedData):
         if weights is not None and not isinstance(train, Mapping):
             raise ValueError("weights are only meaningful for a mixture: give `train` as {name: location}")
         super().__init__(batch_size, num_workers, error_budget, cache_dir, storage_options, seed, dp_rank, dp_world)
+        if label_attribute is not None and format != "imagefolder":
+            raise ValueError("label_attribute picks an ImageFolder's label; shards carry each label as a modality")
         self.format = format
+        self.label_attribute = None if label_attribute is None else check_attribute(label_attribute)
         self.modalities = list(modalities)
         self.tokens_per_sample = None  # images, not tokens: the trainer logs samples/s only
         train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), train=True)
@@ -225,7 +233,7 @@ class MultimodalData(SourcedData):
         if self.format == "imagefolder":
             if not set(IMAGEFOLDER_MODALITIES) & set(self.modality_names):
                 raise ValueError(f"{split} source {name!r}: an ImageFolder gives {IMAGEFOLDER_MODALITIES}, none wanted")
-            return ImageFolderDataset(location, split=split)
+            return ImageFolderDataset(location, split=split, attribute=self.label_attribute)
         available = expand_shard_pattern(location)
         wanted = [m for m in self.modality_names if m in available]
         if not wanted:

@@ -44,9 +44,11 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from polymodal.data.multimodal.skips import SampleError
+from polymodal.data.synth.labels import LABEL_MODALITIES
 
 IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg", "edges")
-PASSTHROUGH_MODALITIES = ("caption", "label")
+LABEL_NAMES = tuple(LABEL_MODALITIES.values())  # the scene labels: count, colour, shape
+PASSTHROUGH_MODALITIES = ("caption", *LABEL_NAMES)
 KNOWN_MODALITIES = IMAGE_MODALITIES + ("det",) + PASSTHROUGH_MODALITIES
 
 DEFAULT_INTERPOLATION = {

@@ -10,7 +10,7 @@ from PIL import Image
 from polymodal.config import instantiate
 from polymodal.data.multimodal.data_module import MultimodalData
 from polymodal.data.multimodal.shards import MultimodalShards
-from polymodal.data.synth.writers import write_shards
+from polymodal.data.synth.writers import write_imagefolder, write_shards
 
 FULL = ("rgb", "depth", "semseg", "caption", "label")
 NO_DEPTH = ("rgb", "semseg", "caption", "label")
@@ -197,3 +197,33 @@ def test_the_largest_batch_is_shaped_like_training_batches_without_reading_a_fil
     assert largest.description == "4 samples of rgb 3x32x32, depth 1x16x16, semseg 32x32, label"
     with pytest.raises(ValueError, match=r"\['caption'\] are text of any length"):
         MultimodalData.largest_batch(modalities=SPEC, image_size=32, batch_size=4)
+
+
+def test_every_scene_label_reaches_the_batch_from_shards_and_from_an_imagefolder(tmp_path):
+    labels = ("label", "colour_label", "shape_label")
+    write_shards(tmp_path / "shards", num_samples=8, samples_per_shard=8, seed=3, size=32, modalities=("rgb", *labels))
+    shards = pattern(tmp_path / "shards", ("rgb", *labels), 1)
+    data = MultimodalData(shards, shards, ["rgb", *labels], image_size=16, batch_size=8, cache_dir=str(tmp_path))
+    from_shards = next(iter(data.val_batches(None)))
+    source = MultimodalShards(shards, modalities=list(labels))
+    for name in labels:
+        assert from_shards[name].dtype == torch.int64
+        assert from_shards[name].tolist() == [int(source[i][name]) for i in range(8)]
+
+    root = tmp_path / "tree"
+    write_imagefolder(root, num_samples=8, val_fraction=0.5, seed=3, size=32, label="count")
+    by_attribute = {}
+    for attribute in ("count", "colour", "shape"):
+        folder = MultimodalData(
+            str(root), str(root), ["rgb", "label"], image_size=16, batch_size=4, format="imagefolder",
+            label_attribute=attribute,
+        )  # fmt: skip
+        by_attribute[attribute] = next(iter(folder.val_batches(None)))["label"].tolist()
+    # the imagefolder holds scenes 4..7 in val, the shards written with the same seed hold scenes 0..7
+    for attribute, name in zip(("count", "colour", "shape"), labels):
+        assert sorted(by_attribute[attribute]) == sorted(from_shards[name][4:].tolist())
+    with pytest.raises(ValueError, match="unknown label attribute 'size'"):
+        MultimodalData(str(root), str(root), ["rgb", "label"], image_size=16, batch_size=4, format="imagefolder",
+                       label_attribute="size")  # fmt: skip
+    with pytest.raises(ValueError, match="label_attribute picks an ImageFolder's label"):
+        make({"full": shards}, tmp_path, modalities=["rgb", "label"], label_attribute="colour")
