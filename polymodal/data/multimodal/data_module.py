@@ -35,7 +35,7 @@ import torch
 from polymodal.data.largest import LargestBatch
 from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
-from polymodal.data.multimodal.loader import MapDataset, Sample
+from polymodal.data.multimodal.loader import BatchTransform, MapDataset, Sample
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
@@ -93,6 +93,9 @@ class MultimodalData(SourcedData):
             indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards (e.g. S3 endpoint and credentials source).
         scale: area-fraction range of the training random resized crop.
+        batch_transform, eval_batch_transform: applied to every collated train resp. validation batch with a
+            generator seeded by the batch's position (see :mod:`polymodal.data.multimodal.loader`), e.g. the prefix
+            lengths of :mod:`polymodal.data.multimodal.prefix`; None for none.
         seed, dp_rank, dp_world: injected by the trainer.
     """
 
@@ -110,6 +113,8 @@ class MultimodalData(SourcedData):
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         scale: tuple[float, float] = (0.2, 1.0),
+        batch_transform: BatchTransform | None = None,
+        eval_batch_transform: BatchTransform | None = None,
         seed: int = 0,
         dp_rank: int = 0,
         dp_world: int = 1,
@@ -134,6 +139,8 @@ class MultimodalData(SourcedData):
             ),
             train_transform=PrepareSample(train_augment, self.modality_names),
             eval_transform=PrepareSample(eval_augment, self.modality_names),
+            batch_transform=batch_transform,
+            eval_batch_transform=eval_batch_transform,
         )
 
     @classmethod

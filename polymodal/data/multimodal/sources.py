@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from polymodal.data.multimodal.loader import Batch, MapDataset, ResumableLoader, Sample, SampleTransform
+from polymodal.data.multimodal.loader import Batch, BatchTransform, MapDataset, ResumableLoader, Sample, SampleTransform
 from polymodal.data.multimodal.mixing import MixedDataset
 from polymodal.data.multimodal.shards import MultimodalShards
 
@@ -96,16 +96,21 @@ class SourcedData(ABC):
         collate: Callable[[list[Sample]], Batch],
         train_transform: SampleTransform,
         eval_transform: SampleTransform,
+        batch_transform: BatchTransform | None = None,
+        eval_batch_transform: BatchTransform | None = None,
         **loader_options: Any,
     ) -> None:
         """Sets ``train_sources``, ``train_dataset``, the ``train`` loader and the unshuffled ``_val`` loader (None
-        without ``val``); ``loader_options`` go to both loaders."""
+        without ``val``); the ``train`` loader runs ``batch_transform``, the ``_val`` loader ``eval_batch_transform``;
+        ``loader_options`` go to both loaders."""
         self.train_sources, self.train_dataset = self._open(train, "train", weights)
-        self.train = self._loader(self.train_dataset, collate, train_transform, shuffle=True, **loader_options)
+        train_options = {**loader_options, "batch_transform": batch_transform}
+        self.train = self._loader(self.train_dataset, collate, train_transform, shuffle=True, **train_options)
         self._val = None
         if val is not None:
             _, val_dataset = self._open(val, "val", weights)
-            self._val = self._loader(val_dataset, collate, eval_transform, shuffle=False, **loader_options)
+            val_options = {**loader_options, "batch_transform": eval_batch_transform}
+            self._val = self._loader(val_dataset, collate, eval_transform, shuffle=False, **val_options)
 
     def _loader(
         self,

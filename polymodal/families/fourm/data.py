@@ -213,6 +213,7 @@ class FourMData(SourcedData):
             train_transform=FourMSample(self.modalities, tokenizer, train=True),
             eval_transform=FourMSample(self.modalities, tokenizer, train=False),
             batch_transform=MaskBatch(self.masking),
+            eval_batch_transform=MaskBatch(self.masking),
             multiprocessing_context=multiprocessing_context,
         )
 
