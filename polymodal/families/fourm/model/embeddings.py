@@ -113,7 +113,6 @@ class ImagePatchEncoderEmbedding(ModalityEmbedding):
 
     def __init__(self, spec: ModalitySpec, dim: int) -> None:
         super().__init__(spec, dim)
-        self.patch_size = spec.patch_size
         self.proj = PatchEmbed(spec.patch_size, spec.num_channels, dim, bias=False)
 
     def forward(self, tensor: Tensor, is_input: Tensor) -> tuple[Tensor, Tensor]:
