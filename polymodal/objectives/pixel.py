@@ -9,7 +9,7 @@ out because the prefix attends bidirectionally: the output at a prefix patch has
 When no target is counted (every prefix length N, i.e. a fully bidirectional mask) the loss is 0 with a zero
 gradient rather than upstream's 0/0 = NaN; the ``counted_fraction`` metric (counted targets over all N - 1 per
 sample) then reads 0 and says so. Evaluate with a prefix shorter than N (see
-:class:`~polymodal.data.prefix.FixedPrefixLengths`) to get a loss that means something.
+:class:`~polymodal.data.multimodal.prefix.FixedPrefixLengths`) to get a loss that means something.
 """
 
 from __future__ import annotations
