@@ -1,5 +1,5 @@
-"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders, a linear head
-and the vocabulary head of language models.
+"""Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders (document-causal,
+prefix-causal), a linear head and the vocabulary head of language models.
 
 A batch may carry a :class:`~polymodal.models.layers.kv_cache.KVCache` under ``kv_cache`` (decoding: see
 :mod:`polymodal.models.decoding`); the mask and the trunk then extend it. It is an optional read: training batches
@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from polymodal.models.layers.block import Transformer
-from polymodal.models.layers.masks import document_mask
+from polymodal.models.layers.masks import document_mask, prefix_causal_mask
 from polymodal.models.meta import DataDict, ReadWriteBlock
 from polymodal.models.token_loss import chunked_token_loss
 
@@ -37,6 +37,42 @@ class DocumentCausalMask(ReadWriteBlock):
         data[self.write_keys[0]] = (
             document_mask(documents, causal=True) if cache is None else cache.extend_mask(documents)
         )
+        return data
+
+
+class PrefixCausalMask(ReadWriteBlock):
+    """Writes the prefix-LM mask of AIM: ``causal OR key-in-prefix``, as a ``[B, 1, T, T]`` bool mask.
+
+    Sample ``b``'s first ``prefix_lengths[b]`` patches attend each other bidirectionally; every later patch attends
+    the whole prefix and causally the patches up to itself. ``prefix_lengths`` (int ``[B]``, in ``[0, N]``) count
+    patches. Extra tokens in front of the patches (the CLS and registers of a
+    :class:`~polymodal.models.vit.ViTPreprocessor`, their number read from ``extra_tokens_key``) join the prefix:
+    every token attends them, and they attend the prefix patches but never a later patch, so nothing leaks from
+    the patches a prediction is scored on. A prefix of N patches is the fully bidirectional mask.
+
+    ``T`` comes from the tokens under ``tokens_key``; ``extra_tokens_key=None`` means there are no extra tokens.
+    """
+
+    def __init__(
+        self,
+        tokens_key: str = "tokens",
+        prefix_key: str = "prefix_lengths",
+        extra_tokens_key: str | None = "num_extra_tokens",
+        write_key: str = "attn_mask",
+    ):
+        super().__init__([tokens_key, prefix_key] + ([extra_tokens_key] if extra_tokens_key else []), write_key)
+        self.extra_tokens_key = extra_tokens_key
+
+    def forward(self, data: DataDict) -> DataDict:
+        tokens, prefix_lengths = data[self.read_keys[0]], data[self.read_keys[1]]
+        extra = int(data[self.extra_tokens_key]) if self.extra_tokens_key else 0
+        batch, seq_len = tokens.shape[:2]
+        if tuple(prefix_lengths.shape) != (batch,):
+            raise ValueError(f"prefix_lengths must be [B={batch}], got shape {tuple(prefix_lengths.shape)}")
+        num_patches = seq_len - extra
+        if prefix_lengths.numel() and (prefix_lengths.min() < 0 or prefix_lengths.max() > num_patches):
+            raise ValueError(f"prefix_lengths must lie in [0, N={num_patches}], got {prefix_lengths.tolist()}")
+        data[self.write_keys[0]] = prefix_causal_mask(prefix_lengths.to(tokens.device) + extra, seq_len)
         return data
 
 

@@ -48,7 +48,7 @@ from polymodal.data.largest import LargestBatch
 from polymodal.data.multimodal.captions import CollateCaptions, pick_text
 from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
-from polymodal.data.multimodal.loader import MapDataset, Sample
+from polymodal.data.multimodal.loader import BatchTransform, MapDataset, Sample, chain_batch_transforms
 from polymodal.data.multimodal.mixup import MixupCutmix
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
@@ -122,6 +122,9 @@ class MultimodalData(SourcedData):
         mixup: Mixup/CutMix and label smoothing of the training batches (module docstring); None: off.
         label_attribute: with ``format: imagefolder``, the scene attribute ``label`` holds (``count``, ``colour``
             or ``shape``, read from each split's ``attributes.json``); None: the tree's class folders.
+        batch_transform, eval_batch_transform: applied to every collated train (after ``mixup``) resp. validation
+            batch with a generator seeded by the batch's position (see :mod:`polymodal.data.multimodal.loader`), e.g. the prefix
+            lengths of :mod:`polymodal.data.multimodal.prefix`; None for none.
         seed, dp_rank, dp_world: injected by the trainer.
     """
 
@@ -143,6 +146,8 @@ class MultimodalData(SourcedData):
         caption_tokens: int = 32,
         mixup: Mapping[str, Any] | None = None,
         label_attribute: str | None = None,
+        batch_transform: BatchTransform | None = None,
+        eval_batch_transform: BatchTransform | None = None,
         seed: int = 0,
         dp_rank: int = 0,
         dp_world: int = 1,
@@ -178,7 +183,8 @@ class MultimodalData(SourcedData):
             collate=collate,
             train_transform=PrepareSample(train_augment, self.modality_names, pick_caption),
             eval_transform=PrepareSample(eval_augment, self.modality_names, pick_caption),
-            train_batch_transform=self.mixup,
+            train_batch_transform=chain_batch_transforms(self.mixup, batch_transform),
+            eval_batch_transform=eval_batch_transform,
         )
 
     @classmethod

@@ -73,6 +73,26 @@ def sample_generator(seed: int, epoch: int, sample_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
+class ChainedBatchTransforms:
+    """Batch transforms applied in order, drawing one after the other from the batch's generator."""
+
+    def __init__(self, transforms: Sequence[BatchTransform]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
+        for transform in self.transforms:
+            batch = transform(batch, generator)
+        return batch
+
+
+def chain_batch_transforms(*transforms: BatchTransform | None) -> BatchTransform | None:
+    """The given transforms (None ones skipped) as one; None when none is given."""
+    present = [transform for transform in transforms if transform is not None]
+    if len(present) < 2:
+        return present[0] if present else None
+    return ChainedBatchTransforms(present)
+
+
 def batch_generator(seed: int, epoch: int, first_position: int) -> torch.Generator:
     """The random stream of one batch's ``batch_transform``, keyed by the global position of its first row (a
     fourth seed word keeps it apart from the per-sample streams)."""

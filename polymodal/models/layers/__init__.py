@@ -12,8 +12,8 @@ from polymodal.models.layers.masks import (
     prefix_causal_mask,
 )
 from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
-from polymodal.models.layers.norm import LayerNorm, RMSNorm
-from polymodal.models.layers.patch_embed import PatchEmbed
+from polymodal.models.layers.norm import LayerNorm, RMSNorm, norm_factory
+from polymodal.models.layers.patch_embed import PatchEmbed, patchify, unpatchify
 from polymodal.models.layers.posembed import sincos_1d, sincos_2d
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
@@ -34,9 +34,12 @@ __all__ = [
     "combine_masks",
     "document_mask",
     "init_weights",
+    "norm_factory",
     "padding_mask",
+    "patchify",
     "prefix_causal_mask",
     "sincos_1d",
     "sincos_2d",
     "swiglu_hidden_dim",
+    "unpatchify",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Literal
 
 from torch import Tensor, nn
@@ -12,7 +11,7 @@ from polymodal.models.layers.attention import Attention, QKNorm
 from polymodal.models.layers.drop_path import DropPath
 from polymodal.models.layers.kv_cache import KVCache, LayerCache
 from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
-from polymodal.models.layers.norm import LayerNorm, RMSNorm
+from polymodal.models.layers.norm import NormKind, RMSNorm, norm_factory
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
 
@@ -105,7 +104,7 @@ def build_transformer(
     mlp: Literal["swiglu", "gelu"] = "swiglu",
     mlp_ratio: float = 4.0,
     multiple_of: int = 256,
-    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm",
+    norm: NormKind = "rmsnorm",
     norm_bias: bool = True,
     norm_eps: float = 1e-6,
     qk_norm: QKNorm = False,
@@ -133,7 +132,6 @@ def build_transformer(
     ``res_post_norm`` are the same in every :class:`TransformerBlock`.
     """
     _choice("mlp", mlp, ("swiglu", "gelu"))
-    _choice("norm", norm, ("rmsnorm", "layernorm"))
     _choice("rope", rope, ("1d", "2d", None))
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -149,9 +147,7 @@ def build_transformer(
             raise ValueError("rope='2d' needs grid_size=(h, w)")
         rotary = AxialRotaryEmbedding2D(head_dim, grid_size, theta=rope_theta, num_prefix_tokens=num_prefix_tokens)
 
-    norm_factory: Callable[[int], nn.Module] = (
-        partial(RMSNorm, eps=norm_eps) if norm == "rmsnorm" else partial(LayerNorm, eps=norm_eps, bias=norm_bias)
-    )
+    make_norm = norm_factory(norm, norm_eps, norm_bias)
 
     def make_mlp() -> nn.Module:
         if mlp == "swiglu":
@@ -163,11 +159,11 @@ def build_transformer(
             dim,
             Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, rope=rotary),
             make_mlp(),
-            norm=norm_factory,
+            norm=make_norm,
             drop_path=drop_path * index / (depth - 1) if depth > 1 else 0.0,
             residual_dropout=residual_dropout,
             res_post_norm=res_post_norm,
         )
         for index in range(depth)
     ]
-    return Transformer(blocks, norm_factory(dim) if final_norm else None)
+    return Transformer(blocks, make_norm(dim) if final_norm else None)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +44,17 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}"
+
+
+NormKind = Literal["rmsnorm", "layernorm"]
+NORM_KINDS = ("rmsnorm", "layernorm")
+
+
+def norm_factory(kind: NormKind, eps: float = 1e-6, bias: bool = True) -> Callable[[int], nn.Module]:
+    """``dim -> norm``: an :class:`RMSNorm` or a :class:`LayerNorm` (``bias`` only concerns the LayerNorm)."""
+    if kind not in NORM_KINDS:
+        raise ValueError(f"norm must be one of {NORM_KINDS}, got {kind!r}")
+    return partial(RMSNorm, eps=eps) if kind == "rmsnorm" else partial(LayerNorm, eps=eps, bias=bias)
 
 
 class PerHeadLayerNorm(nn.Module):

@@ -227,3 +227,23 @@ def test_every_scene_label_reaches_the_batch_from_shards_and_from_an_imagefolder
                        label_attribute="size")  # fmt: skip
     with pytest.raises(ValueError, match="label_attribute picks an ImageFolder's label"):
         make({"full": shards}, tmp_path, modalities=["rgb", "label"], label_attribute="colour")
+
+
+def test_batch_transforms_from_the_config_run_on_train_and_validation_batches(trees, tmp_path):
+    prefix = "polymodal.data.multimodal.prefix"
+    config = {
+        "_target_": "polymodal.data.multimodal.data_module.MultimodalData",
+        "train": trees["full"],
+        "val": trees["full"],
+        "modalities": ["rgb@16"],
+        "image_size": 16,
+        "batch_size": 4,
+        "cache_dir": str(tmp_path),
+        "batch_transform": {"_target_": f"{prefix}.RandomPrefixLengths", "num_patches": 16},
+        "eval_batch_transform": {"_target_": f"{prefix}.FixedPrefixLengths", "length": 1},
+    }
+    ranks = [instantiate(config, seed=3, dp_rank=r, dp_world=2) for r in range(2)]
+    train = [[next(data.train)["prefix_lengths"] for _ in range(3)] for data in ranks]
+    assert all(((lengths >= 1) & (lengths <= 15)).all() for lengths in train[0] + train[1])
+    assert torch.cat(train[0]).tolist() != torch.cat(train[1]).tolist()
+    assert [b["prefix_lengths"].tolist() for b in ranks[0].val_batches(2)] == [[1] * 4] * 2

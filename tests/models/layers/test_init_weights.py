@@ -5,7 +5,6 @@ import torch
 
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
-from polymodal.models.layers.patch_embed import PatchEmbed
 
 # Standard deviation of N(0, 1) truncated to [-2, 2].
 TRUNCATED_STD_FACTOR = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / (math.erf(2 / math.sqrt(2))))
@@ -62,7 +61,7 @@ def test_norms_embeddings_and_convs_are_reset():
         {
             "trunk": make_model(dim=64),
             "tokens": torch.nn.Embedding(500, 64, padding_idx=3),
-            "patches": PatchEmbed(4, in_channels=3, dim=64),
+            "patches": torch.nn.Conv2d(3, 64, kernel_size=4, stride=4),
         }
     )
     with torch.no_grad():
@@ -75,7 +74,7 @@ def test_norms_embeddings_and_convs_are_reset():
     tokens = model["tokens"].weight
     assert torch.equal(tokens[3], torch.zeros(64))
     assert tokens.std().item() == pytest.approx(0.1, rel=0.05)
-    conv = model["patches"].proj
+    conv = model["patches"]
     assert conv.weight.std().item() == pytest.approx(0.1, rel=0.1)
     assert torch.equal(conv.bias, torch.zeros(64))
 

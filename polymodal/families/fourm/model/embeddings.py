@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from polymodal.families.fourm.modalities import ModalitySpec
+from polymodal.models.layers.patch_embed import PatchEmbed
 from polymodal.models.layers.posembed import sincos_1d, sincos_2d
 
 INIT_STD = 0.02
@@ -107,24 +108,20 @@ class ImageTokenEncoderEmbedding(ModalityEmbedding):
 
 
 class ImagePatchEncoderEmbedding(ModalityEmbedding):
-    """Pixels ``[B, C, H, W]`` -> non-overlapping patches flattened in ``(ph, pw, c)`` order -> ``proj`` (no bias,
-    so the modality identity comes from ``mod_emb`` alone)."""
+    """Pixels ``[B, C, H, W]`` -> the engine's :class:`PatchEmbed` (patches flattened in ``(ph, pw, c)`` order, a
+    Linear without bias, so the modality identity comes from ``mod_emb`` alone) as ``proj``."""
 
     def __init__(self, spec: ModalitySpec, dim: int) -> None:
         super().__init__(spec, dim)
-        self.patch_size = spec.patch_size
-        self.proj = nn.Linear(spec.num_channels * spec.patch_size**2, dim, bias=False)
+        self.proj = PatchEmbed(spec.patch_size, spec.num_channels, dim, bias=False)
 
     def forward(self, tensor: Tensor, is_input: Tensor) -> tuple[Tensor, Tensor]:
-        spec, patch = self.spec, self.patch_size
+        spec = self.spec
         expected = (spec.num_channels, spec.resolution, spec.resolution)
         if tensor.dim() != 4 or tuple(tensor.shape[1:]) != expected:
             raise ValueError(f"modality {spec.name!r}: pixels must be [B, {', '.join(map(str, expected))}], "
                              f"got {tuple(tensor.shape)}")  # fmt: skip
-        batch, channels, height, width = tensor.shape
-        patches = tensor.reshape(batch, channels, height // patch, patch, width // patch, patch)
-        patches = patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, -1, patch * patch * channels)
-        return self.proj(patches), self.grid_emb(batch)
+        return self.proj(tensor), self.grid_emb(tensor.shape[0])
 
 
 class SequenceEncoderEmbedding(ModalityEmbedding):

@@ -26,6 +26,7 @@ def test_patch_vectors_are_ordered_row_col_channel():
     vector = patch.permute(0, 2, 3, 1).reshape(2, -1)  # (ph, pw, c), channel fastest
     torch.testing.assert_close(x[:, 4 * row + col], vector @ embedding.proj.weight.T)
     assert embedding.proj.bias is None
+    assert sorted(embedding.state_dict()) == ["mod_emb", "proj.weight"]  # the checkpoint keys of 4M
     torch.testing.assert_close(emb[1], (embedding.pos_emb + embedding.mod_emb)[0])
     torch.testing.assert_close(embedding.pos_emb[0], sincos_2d(4, 4, DIM))
 
