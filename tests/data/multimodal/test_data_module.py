@@ -220,7 +220,7 @@ def test_every_scene_label_reaches_the_batch_from_shards_and_from_an_imagefolder
         )  # fmt: skip
         by_attribute[attribute] = next(iter(folder.val_batches(None)))["label"].tolist()
     # the imagefolder holds scenes 4..7 in val, the shards written with the same seed hold scenes 0..7
-    for attribute, name in zip(("count", "colour", "shape"), labels):
+    for attribute, name in zip(("count", "colour", "shape"), labels, strict=True):
         assert sorted(by_attribute[attribute]) == sorted(from_shards[name][4:].tolist())
     with pytest.raises(ValueError, match="unknown label attribute 'size'"):
         MultimodalData(str(root), str(root), ["rgb", "label"], image_size=16, batch_size=4, format="imagefolder",
