@@ -1,0 +1,97 @@
+"""Our CLIP reproduces Hugging Face's ``CLIPModel`` (tiny, randomly initialised, never downloaded) after the weight
+conversion, with either activation and either end-of-text rule; the conversion round-trips."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from polymodal.models.clip import build_clip, end_of_text_positions  # noqa: E402
+from polymodal.models.hf_clip import build_from_clip_config, clip_to_polymodal, polymodal_to_clip  # noqa: E402
+
+VOCAB, CONTEXT, EOT = 64, 12, 63
+
+
+def tiny_clip_config(hidden_act: str, eos_token_id: int):
+    text = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=CONTEXT, hidden_act=hidden_act, eos_token_id=eos_token_id, layer_norm_eps=1e-5,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=2, image_size=16, patch_size=4,
+        hidden_act=hidden_act, layer_norm_eps=1e-5,
+    )  # fmt: skip
+    return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+
+
+def text_batch(generator: torch.Generator) -> torch.Tensor:
+    """Rows of random tokens below EOT, then EOT, then padding 0 (the OpenAI tokenizer's layout)."""
+    ids = torch.zeros(3, CONTEXT, dtype=torch.long)
+    for row, length in enumerate((4, CONTEXT - 1, 7)):
+        ids[row, :length] = torch.randint(1, EOT, (length,), generator=generator)
+        ids[row, length] = EOT
+    return ids
+
+
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+@pytest.mark.parametrize("eos_token_id", [2, EOT], ids=["argmax-rule", "eot-id-rule"])
+def test_converted_weights_reproduce_hugging_face(hidden_act, eos_token_id):
+    torch.manual_seed(0)
+    config = tiny_clip_config(hidden_act, eos_token_id)
+    reference = transformers.CLIPModel(config).eval()
+    with torch.no_grad():
+        reference.logit_scale.fill_(3.1)  # not the initial value, to see it carried over
+    ours = build_from_clip_config(config).eval()
+    ours.load_state_dict(clip_to_polymodal(reference.state_dict(), config))
+
+    generator = torch.Generator().manual_seed(1)
+    images, ids = torch.randn(3, 3, 16, 16, generator=generator), text_batch(generator)
+    with torch.no_grad():
+        expected = reference(input_ids=ids, pixel_values=images)
+        got = ours({"image": images, "text_ids": ids})
+    logits_per_image = got["logit_scale"] * got["image_embeds"] @ got["text_embeds"].T
+    torch.testing.assert_close(got["image_embeds"], expected.image_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["text_embeds"], expected.text_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_per_image, expected.logits_per_image, atol=1e-5, rtol=0)
+
+
+def test_conversion_round_trips_and_rejects_a_wrong_state_dict():
+    config = tiny_clip_config("quick_gelu", 2)
+    reference = transformers.CLIPModel(config)
+    theirs = reference.state_dict()
+    back = polymodal_to_clip(clip_to_polymodal(theirs, config), config)
+    assert back.keys() == theirs.keys() and all(torch.equal(back[name], theirs[name]) for name in theirs)
+    assert clip_to_polymodal(theirs, config)["models.logit_scale.log_scale"].shape == (1,)
+    with pytest.raises(ValueError, match="missing"):
+        clip_to_polymodal({k: v for k, v in theirs.items() if k != "visual_projection.weight"}, config)
+    wrong = dict(theirs) | {"text_projection.weight": torch.zeros(8, 32)}
+    with pytest.raises(ValueError, match="shapes"):
+        clip_to_polymodal(wrong, config)
+    with pytest.raises(ValueError, match="hidden_act"):
+        build_from_clip_config(tiny_clip_config("relu", 2))
+
+
+def test_end_of_text_rules():
+    ids = torch.tensor([[5, 9, 3, 0, 0], [5, 7, 9, 9, 0]])
+    assert end_of_text_positions(ids, None).tolist() == [1, 2]  # the largest id (first of ties)
+    assert end_of_text_positions(ids, 9).tolist() == [1, 2]
+    assert end_of_text_positions(torch.tensor([[5, 3, 9], [9, 9, 9]]), 9).tolist() == [2, 0]
+    with pytest.raises(ValueError, match="rows \\[0\\] hold no end-of-text token 7"):
+        end_of_text_positions(ids, 7)
+
+
+def test_build_clip_checks_its_inputs():
+    model = build_clip(
+        8, vision=dict(image_size=8, patch_size=4, dim=16, depth=1, num_heads=2), text=dict(vocab_size=20,
+        context_length=6, dim=16, depth=1, num_heads=2),
+    )  # fmt: skip
+    assert model.read_keys == ("image", "text_ids") and model.write_keys[-1] == "logit_scale"
+    assert model({"image": torch.randn(2, 3, 8, 8), "text_ids": torch.tensor([[1, 19, 0], [3, 4, 19]])})[
+        "logit_scale"
+    ].item() == pytest.approx(1 / 0.07)
+    with pytest.raises(ValueError, match="exactly 5"):
+        model({"image": torch.randn(2, 3, 12, 12), "text_ids": torch.tensor([[1, 19]])})
+    with pytest.raises(ValueError, match="at most 6"):
+        model({"image": torch.randn(1, 3, 8, 8), "text_ids": torch.ones(1, 7, dtype=torch.long)})
+    with pytest.raises(ValueError, match="not divisible"):
+        build_clip(8, vision=dict(image_size=10, patch_size=4, dim=16, depth=1, num_heads=2), text={})
