@@ -33,26 +33,37 @@ def text_batch(generator: torch.Generator) -> torch.Tensor:
     return ids
 
 
+def assert_same_outputs(ours, reference) -> None:
+    generator = torch.Generator().manual_seed(1)
+    images, ids = torch.randn(3, 3, 16, 16, generator=generator), text_batch(generator)
+    with torch.no_grad():
+        expected = reference.eval()(input_ids=ids, pixel_values=images)
+        got = ours.eval()({"image": images, "text_ids": ids})
+    logits_per_image = got["logit_scale"] * got["image_embeds"] @ got["text_embeds"].T
+    torch.testing.assert_close(got["image_embeds"], expected.image_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["text_embeds"], expected.text_embeds, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_per_image, expected.logits_per_image, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
 @pytest.mark.parametrize("eos_token_id", [2, EOT], ids=["argmax-rule", "eot-id-rule"])
 def test_converted_weights_reproduce_hugging_face(hidden_act, eos_token_id):
     torch.manual_seed(0)
     config = tiny_clip_config(hidden_act, eos_token_id)
-    reference = transformers.CLIPModel(config).eval()
+    reference = transformers.CLIPModel(config)
     with torch.no_grad():
         reference.logit_scale.fill_(3.1)  # not the initial value, to see it carried over
-    ours = build_from_clip_config(config).eval()
+    ours = build_from_clip_config(config)
     ours.load_state_dict(clip_to_polymodal(reference.state_dict(), config))
+    assert_same_outputs(ours, reference)
 
-    generator = torch.Generator().manual_seed(1)
-    images, ids = torch.randn(3, 3, 16, 16, generator=generator), text_batch(generator)
-    with torch.no_grad():
-        expected = reference(input_ids=ids, pixel_values=images)
-        got = ours({"image": images, "text_ids": ids})
-    logits_per_image = got["logit_scale"] * got["image_embeds"] @ got["text_embeds"].T
-    torch.testing.assert_close(got["image_embeds"], expected.image_embeds, atol=1e-5, rtol=0)
-    torch.testing.assert_close(got["text_embeds"], expected.text_embeds, atol=1e-5, rtol=0)
-    torch.testing.assert_close(logits_per_image, expected.logits_per_image, atol=1e-5, rtol=0)
+
+def test_exported_weights_load_strictly_into_hugging_face_and_reproduce_ours():
+    torch.manual_seed(0)
+    config = tiny_clip_config("gelu", EOT)
+    ours, reference = build_from_clip_config(config), transformers.CLIPModel(config)
+    reference.load_state_dict(polymodal_to_clip(ours.state_dict(), config), strict=True)
+    assert_same_outputs(ours, reference)
 
 
 def test_conversion_round_trips_and_rejects_a_wrong_state_dict():
