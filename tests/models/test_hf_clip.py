@@ -6,7 +6,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from polymodal.models.clip import build_clip, end_of_text_positions  # noqa: E402
 from polymodal.models.hf_clip import build_from_clip_config, clip_to_polymodal, polymodal_to_clip  # noqa: E402
 
 VOCAB, CONTEXT, EOT = 64, 12, 63
@@ -80,29 +79,3 @@ def test_conversion_round_trips_and_rejects_a_wrong_state_dict():
         clip_to_polymodal(wrong, config)
     with pytest.raises(ValueError, match="hidden_act"):
         build_from_clip_config(tiny_clip_config("relu", 2))
-
-
-def test_end_of_text_rules():
-    ids = torch.tensor([[5, 9, 3, 0, 0], [5, 7, 9, 9, 0]])
-    assert end_of_text_positions(ids, None).tolist() == [1, 2]  # the largest id (first of ties)
-    assert end_of_text_positions(ids, 9).tolist() == [1, 2]
-    assert end_of_text_positions(torch.tensor([[5, 3, 9], [9, 9, 9]]), 9).tolist() == [2, 0]
-    with pytest.raises(ValueError, match="rows \\[0\\] hold no end-of-text token 7"):
-        end_of_text_positions(ids, 7)
-
-
-def test_build_clip_checks_its_inputs():
-    model = build_clip(
-        8, vision=dict(image_size=8, patch_size=4, dim=16, depth=1, num_heads=2), text=dict(vocab_size=20,
-        context_length=6, dim=16, depth=1, num_heads=2),
-    )  # fmt: skip
-    assert model.read_keys == ("image", "text_ids") and model.write_keys[-1] == "logit_scale"
-    assert model({"image": torch.randn(2, 3, 8, 8), "text_ids": torch.tensor([[1, 19, 0], [3, 4, 19]])})[
-        "logit_scale"
-    ].item() == pytest.approx(1 / 0.07)
-    with pytest.raises(ValueError, match="exactly 5"):
-        model({"image": torch.randn(2, 3, 12, 12), "text_ids": torch.tensor([[1, 19]])})
-    with pytest.raises(ValueError, match="at most 6"):
-        model({"image": torch.randn(1, 3, 8, 8), "text_ids": torch.ones(1, 7, dtype=torch.long)})
-    with pytest.raises(ValueError, match="not divisible"):
-        build_clip(8, vision=dict(image_size=10, patch_size=4, dim=16, depth=1, num_heads=2), text={})
