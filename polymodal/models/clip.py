@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from polymodal.models.layers.block import build_transformer
+from polymodal.models.layers.block import Transformer, build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.layers.norm import LayerNorm
 from polymodal.models.layers.patch_embed import PatchEmbed
@@ -174,7 +174,7 @@ class LogitScale(ReadWriteBlock):
 
 def _tower_transformer(
     dim: int, depth: int, num_heads: int, activation: Activation, norm_eps: float, ffn_dim: int | None, mlp_ratio: float
-) -> nn.Module:
+) -> Transformer:
     return build_transformer(
         dim, depth, num_heads, mlp=activation, mlp_ratio=mlp_ratio, ffn_dim=ffn_dim, norm="layernorm",
         norm_eps=norm_eps, rope=None, qkv_bias=True, out_bias=True, final_norm=True,
