@@ -137,3 +137,21 @@ def tensor_aliases(model: nn.Module) -> dict[str, set[str]]:
     for key, tensor in state.items():
         keys_by_tensor[id(tensor)].add(key)
     return {key: keys_by_tensor[id(tensor)] for key, tensor in state.items()}
+
+
+def check_names(what: str, found: set[str], expected: set[str]) -> None:
+    """A ValueError naming the first missing and unexpected tensor names of a state dict being converted."""
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"{what}: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+
+
+def check_shapes(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> None:
+    """A ValueError listing every tensor whose shape differs from the one the target model expects."""
+    wrong = {
+        name: (tuple(found[name].shape), tuple(shape)) for name, shape in expected.items() if found[name].shape != shape
+    }
+    if wrong:
+        raise ValueError(f"shapes (found, expected by the config) differ: {wrong}")

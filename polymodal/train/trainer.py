@@ -41,6 +41,7 @@ from polymodal.distributed.env import (
     on_any_rank,
     setup_distributed,
 )
+from polymodal.distributed.groups import set_data_parallel_group
 from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
@@ -160,7 +161,9 @@ class Trainer:
 
     def _build_mesh(self) -> Mesh | None:
         dims = ParallelDims.from_config(self.exp.distributed, self.env.world_size)  # checked on one process too
-        return Mesh.build(dims, self.env.device.type) if self.env.is_distributed else None
+        mesh = Mesh.build(dims, self.env.device.type) if self.env.is_distributed else None
+        set_data_parallel_group(mesh.group("dp") if mesh else None)  # for objectives that gather the batch
+        return mesh
 
     def _build_model(self, cfg: DictConfig) -> tuple[nn.Module, nn.Module]:
         """Build (on the meta device if asked), load init_from weights, parallelize, materialise."""

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from polymodal.checkpoint.weights import check_names, check_shapes
 from polymodal.families.lumina.model import build_chameleon
 from polymodal.models.llm import CausalLM
 
@@ -103,7 +104,7 @@ def chameleon_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str
     shapes ``config`` gives; its ``model.vqmodel.*`` tensors are left out (logged once, at INFO)."""
     names = key_map(_config_dict(config)["num_hidden_layers"])
     vqmodel = [name for name in state_dict if name.startswith(VQMODEL_PREFIX)]
-    _check_names("Chameleon state dict", set(state_dict) - set(vqmodel), set(names))
+    check_names("Chameleon state dict", set(state_dict) - set(vqmodel), set(names))
     converted = {ours: state_dict[theirs] for theirs, ours in names.items()}
     _check_shapes(converted, config)
     if vqmodel:
@@ -120,7 +121,7 @@ def polymodal_to_chameleon(
     ``model.vqmodel.*`` tensors to add (e.g. those of the imported checkpoint), without which HF's model, which
     always holds a VQ-VAE, loads the result only with ``strict=False``."""
     names = key_map(_config_dict(config)["num_hidden_layers"])
-    _check_names("state dict", set(state_dict), set(names.values()))
+    check_names("state dict", set(state_dict), set(names.values()))
     _check_shapes(state_dict, config)
     foreign = [name for name in vqmodel or {} if not name.startswith(VQMODEL_PREFIX)]
     if foreign:
@@ -128,20 +129,8 @@ def polymodal_to_chameleon(
     return {theirs: state_dict[ours] for theirs, ours in names.items()} | dict(vqmodel or {})
 
 
-def _check_names(what: str, found: set[str], expected: set[str]) -> None:
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
-    if missing or unexpected:
-        raise ValueError(
-            f"{what}: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
-        )
-
-
 def _check_shapes(ours: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> None:
     """Compare with the model ``config`` builds, on the meta device (no memory, no time)."""
     with torch.device("meta"):
-        expected = {name: tensor.shape for name, tensor in build_from_chameleon_config(config).state_dict().items()}
-    wrong = {
-        name: (tuple(ours[name].shape), tuple(shape)) for name, shape in expected.items() if ours[name].shape != shape
-    }
-    if wrong:
-        raise ValueError(f"shapes (found, expected by the config) differ: {wrong}")
+        model = build_from_chameleon_config(config)
+    check_shapes(ours, {name: tensor.shape for name, tensor in model.state_dict().items()})

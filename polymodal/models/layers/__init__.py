@@ -11,7 +11,7 @@ from polymodal.models.layers.masks import (
     padding_mask,
     prefix_causal_mask,
 )
-from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
+from polymodal.models.layers.mlp import MLP, QuickGELU, SwiGLU, swiglu_hidden_dim
 from polymodal.models.layers.norm import LayerNorm, RMSNorm, norm_factory
 from polymodal.models.layers.patch_embed import PatchEmbed, patchify, unpatchify
 from polymodal.models.layers.posembed import sincos_1d, sincos_2d
@@ -24,6 +24,7 @@ __all__ = [
     "DropPath",
     "LayerNorm",
     "PatchEmbed",
+    "QuickGELU",
     "RMSNorm",
     "RotaryEmbedding",
     "SwiGLU",

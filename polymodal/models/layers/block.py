@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from polymodal.models.layers.attention import Attention, QKNorm
 from polymodal.models.layers.drop_path import DropPath
 from polymodal.models.layers.kv_cache import KVCache, LayerCache
-from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
+from polymodal.models.layers.mlp import MLP, QuickGELU, SwiGLU, swiglu_hidden_dim
 from polymodal.models.layers.norm import NormKind, RMSNorm, norm_factory
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
@@ -101,7 +101,7 @@ def build_transformer(
     depth: int,
     num_heads: int,
     num_kv_heads: int | None = None,
-    mlp: Literal["swiglu", "gelu"] = "swiglu",
+    mlp: Literal["swiglu", "gelu", "quick_gelu"] = "swiglu",
     mlp_ratio: float = 4.0,
     multiple_of: int = 256,
     norm: NormKind = "rmsnorm",
@@ -113,6 +113,7 @@ def build_transformer(
     grid_size: tuple[int, int] | None = None,
     rope_theta: float = 10000.0,
     qkv_bias: bool = False,
+    out_bias: bool = False,
     drop_path: float = 0.0,
     final_norm: bool = True,
     num_prefix_tokens: int = 0,
@@ -123,15 +124,17 @@ def build_transformer(
     """Build a transformer (pre-norm unless ``res_post_norm``).
 
     ``mlp="swiglu"`` uses the Llama width :func:`swiglu_hidden_dim` (``mlp_ratio``, ``multiple_of``);
-    ``"gelu"`` a biased GELU MLP of width ``int(mlp_ratio * dim)``; ``ffn_dim`` sets the hidden width of
-    either directly. ``norm_bias`` only concerns LayerNorm; ``norm_eps`` is the epsilon of the block and
-    final norms (QK-norms: see :func:`~polymodal.models.layers.attention.qk_norms`). ``rope="1d"`` covers
+    ``"gelu"`` a biased GELU MLP of width ``int(mlp_ratio * dim)``, ``"quick_gelu"`` the same with
+    :class:`QuickGELU` (OpenAI CLIP); ``ffn_dim`` sets the hidden width of any of them directly.
+    ``qkv_bias`` / ``out_bias``: biases of the attention's input / output projections. ``norm_bias`` only
+    concerns LayerNorm; ``norm_eps`` is the epsilon of the block and final norms (QK-norms: see
+    :func:`~polymodal.models.layers.attention.qk_norms`). ``rope="1d"`` covers
     ``max_seq_len`` positions; ``"2d"`` needs ``grid_size`` and takes ``num_prefix_tokens`` unrotated
     leading tokens. One rotary module (tables only, no parameters) is shared by all blocks. Stochastic
     depth grows linearly from 0 at the first block to ``drop_path`` at the last; ``residual_dropout`` and
     ``res_post_norm`` are the same in every :class:`TransformerBlock`.
     """
-    _choice("mlp", mlp, ("swiglu", "gelu"))
+    _choice("mlp", mlp, ("swiglu", "gelu", "quick_gelu"))
     _choice("rope", rope, ("1d", "2d", None))
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
@@ -152,12 +155,13 @@ def build_transformer(
     def make_mlp() -> nn.Module:
         if mlp == "swiglu":
             return SwiGLU(dim, ffn_dim or swiglu_hidden_dim(dim, mlp_ratio, multiple_of))
-        return MLP(dim, ffn_dim or int(mlp_ratio * dim))
+        activation = QuickGELU if mlp == "quick_gelu" else nn.GELU
+        return MLP(dim, ffn_dim or int(mlp_ratio * dim), activation=activation)
 
     blocks = [
         TransformerBlock(
             dim,
-            Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm, rope=rotary),
+            Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias, out_bias=out_bias, qk_norm=qk_norm, rope=rotary),
             make_mlp(),
             norm=make_norm,
             drop_path=drop_path * index / (depth - 1) if depth > 1 else 0.0,

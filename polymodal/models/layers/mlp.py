@@ -1,4 +1,4 @@
-"""Feed-forward blocks: a plain two-layer MLP and the gated SwiGLU."""
+"""Feed-forward blocks: a plain two-layer MLP and the gated SwiGLU; QuickGELU, the activation of OpenAI's CLIP."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 from fractions import Fraction
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,6 +21,13 @@ def swiglu_hidden_dim(dim: int, mlp_ratio: float = 4.0, multiple_of: int = 256) 
         raise ValueError(f"dim, multiple_of and mlp_ratio must be positive, got {dim}, {multiple_of}, {mlp_ratio}")
     target = Fraction(2, 3) * Fraction(mlp_ratio) * dim
     return multiple_of * math.ceil(target / multiple_of)
+
+
+class QuickGELU(nn.Module):
+    """``x * sigmoid(1.702 x)``: the sigmoid approximation of GELU that OpenAI's CLIP weights were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 class MLP(nn.Module):

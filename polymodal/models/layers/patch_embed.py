@@ -58,7 +58,7 @@ class PatchEmbed(nn.Linear):
     It *is* the ``nn.Linear`` over ``ph * pw * C`` inputs (weight ``[dim, ph * pw * C]``), so a model holding it as
     ``proj`` has the state-dict keys ``proj.weight`` / ``proj.bias`` of a plain Linear, and weight initialisers,
     FLOP counters and parallel planners treat it as the matmul it is. A Conv2d patch embedding's weight
-    ``[dim, C, ph, pw]`` maps onto this one as ``weight.permute(0, 2, 3, 1).reshape(dim, -1)``.
+    ``[dim, C, ph, pw]`` maps onto this one by :func:`conv_weight_as_linear`.
     """
 
     def __init__(self, patch_size: PatchSize, in_channels: int, dim: int, bias: bool = True) -> None:
@@ -78,3 +78,14 @@ class PatchEmbed(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"patch_size={self.patch_size}, in_channels={self.in_channels}, {super().extra_repr()}"
+
+
+def conv_weight_as_linear(weight: Tensor) -> Tensor:
+    """A Conv2d patch embedding's weight ``[dim, C, ph, pw]`` as :class:`PatchEmbed`'s ``[dim, ph * pw * C]``."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def linear_weight_as_conv(weight: Tensor, patch_size: PatchSize, in_channels: int) -> Tensor:
+    """:class:`PatchEmbed`'s weight as the ``[dim, C, ph, pw]`` weight of the equivalent Conv2d."""
+    patch_h, patch_w = patch_hw(patch_size)
+    return weight.reshape(weight.shape[0], patch_h, patch_w, in_channels).permute(0, 3, 1, 2).contiguous()

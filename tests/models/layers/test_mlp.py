@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from polymodal.models.layers.mlp import MLP, SwiGLU, swiglu_hidden_dim
+from polymodal.models.layers.mlp import MLP, QuickGELU, SwiGLU, swiglu_hidden_dim
 
 
 def test_mlp_matches_explicit_computation():
@@ -13,6 +13,12 @@ def test_mlp_matches_explicit_computation():
     assert MLP(8, 20).fc2.out_features == 8
     assert MLP(8, 20, bias=False).fc1.bias is None
     assert isinstance(MLP(8, 20, activation=torch.nn.ReLU).act, torch.nn.ReLU)
+
+
+def test_quick_gelu_is_the_sigmoid_approximation():
+    x = torch.linspace(-6, 6, 101)
+    torch.testing.assert_close(QuickGELU()(x), x / (1 + torch.exp(-1.702 * x)))
+    assert (QuickGELU()(x) - torch.nn.functional.gelu(x)).abs().max() < 0.03
 
 
 def test_swiglu_matches_explicit_computation():

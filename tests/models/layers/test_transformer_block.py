@@ -4,7 +4,7 @@ import torch
 from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import Transformer, TransformerBlock, build_transformer
 from polymodal.models.layers.masks import document_mask
-from polymodal.models.layers.mlp import MLP, SwiGLU
+from polymodal.models.layers.mlp import MLP, QuickGELU, SwiGLU
 from polymodal.models.layers.norm import LayerNorm, PerHeadLayerNorm, RMSNorm
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
@@ -77,6 +77,7 @@ def test_transformer_runs_blocks_in_order_then_final_norm():
         {},
         {"mlp": "gelu", "norm": "layernorm", "norm_bias": False, "rope": None, "qkv_bias": True},
         {"num_kv_heads": 2, "qk_norm": True, "rope": "2d", "grid_size": (2, 3), "num_prefix_tokens": 1},
+        {"mlp": "quick_gelu", "norm": "layernorm", "rope": None, "qkv_bias": True, "out_bias": True},
     ],
 )
 def test_build_transformer_variants(kwargs):
@@ -87,12 +88,14 @@ def test_build_transformer_variants(kwargs):
     first = model.blocks[0]
     assert first.attn.num_kv_heads == kwargs.get("num_kv_heads", 4)
     assert (first.attn.q_norm is not None) == kwargs.get("qk_norm", False)
+    assert (first.attn.o_proj.bias is not None) == kwargs.get("out_bias", False)
     expected_norm = LayerNorm if kwargs.get("norm") == "layernorm" else RMSNorm
     assert isinstance(model.final_norm, expected_norm)
     if kwargs.get("norm") == "layernorm":
-        assert first.attn_norm.bias is None
-    if kwargs.get("mlp") == "gelu":
+        assert (first.attn_norm.bias is None) == (kwargs.get("norm_bias") is False)
+    if kwargs.get("mlp") in ("gelu", "quick_gelu"):
         assert isinstance(first.mlp, MLP) and first.mlp.fc1.out_features == 128
+        assert isinstance(first.mlp.act, QuickGELU if kwargs["mlp"] == "quick_gelu" else torch.nn.GELU)
     else:
         assert isinstance(first.mlp, SwiGLU) and first.mlp.hidden_dim == 96
     rope_class = {None: type(None), "2d": AxialRotaryEmbedding2D}.get(kwargs.get("rope", "1d"), RotaryEmbedding)

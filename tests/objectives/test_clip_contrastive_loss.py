@@ -1,0 +1,159 @@
+"""CLIPContrastiveLoss against a plain computation and open_clip's ClipLoss; over 2 real processes (gloo) with the
+gather through the published data-parallel group, it matches one process on the global batch, and a group that
+leaves the other rank out gathers nothing from it (the loss never gathers over WORLD)."""
+
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from polymodal.distributed.groups import set_data_parallel_group
+from polymodal.objectives.contrastive import CLIPContrastiveLoss
+
+WORLD, LOCAL_BATCH, DIM = 2, 3, 8
+OPEN_CLIP = importlib.util.find_spec("open_clip")
+HAS_OPEN_CLIP = OPEN_CLIP is not None
+
+
+def open_clip_loss_class():
+    """open_clip's ``ClipLoss``, from its self-contained ``loss.py``: importing the package pulls in timm and
+    transformers, which takes a minute on a busy machine."""
+    spec = importlib.util.spec_from_file_location("open_clip_loss", Path(OPEN_CLIP.origin).parent / "loss.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ClipLoss
+
+
+def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(WORLD * LOCAL_BATCH, DIM, generator=generator), dim=-1)
+    text = F.normalize(image + 0.7 * torch.randn(WORLD * LOCAL_BATCH, DIM, generator=generator), dim=-1)
+    return image, text, torch.tensor(2.3)  # log of the logit scale
+
+
+def loss_and_grads(image, text, log_scale, loss=None):
+    """Our loss (or ``loss``, called as open_clip's) on leaf copies, and the gradients of features and log scale."""
+    image, text, log_scale = (t.clone().requires_grad_() for t in (image, text, log_scale))
+    if loss is None:
+        value, metrics = CLIPContrastiveLoss()(
+            {"image_embeds": image, "text_embeds": text, "logit_scale": log_scale.exp()}
+        )
+    else:
+        value, metrics = loss(image, text, log_scale.exp()), {}
+    value.backward()
+    return value.detach(), image.grad, text.grad, log_scale.grad, metrics
+
+
+def plain_clip_loss(image, text, scale):
+    """Mean over pairs of -log p(matching text | image) and -log p(matching image | text), written out."""
+    similarity = scale * image @ text.T
+    image_to_text = -(similarity.diag() - similarity.exp().sum(dim=1).log())
+    text_to_image = -(similarity.diag() - similarity.exp().sum(dim=0).log())
+    return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+def test_single_process_loss_matches_the_plain_computation():
+    image, text, log_scale = global_batch()
+    loss, image_grad, text_grad, scale_grad, metrics = loss_and_grads(image, text, log_scale)
+    expected = loss_and_grads(image, text, log_scale, lambda i, t, s: plain_clip_loss(i, t, s))
+    torch.testing.assert_close(loss, expected[0])
+    for got, want in zip((image_grad, text_grad, scale_grad), expected[1:4], strict=True):
+        torch.testing.assert_close(got, want)
+    assert metrics["logit_scale"].item() == pytest.approx(log_scale.exp().item())
+    perfect = CLIPContrastiveLoss()({"image_embeds": image, "text_embeds": image, "logit_scale": torch.tensor(50.0)})
+    assert perfect[1]["image_to_text_accuracy"] == perfect[1]["text_to_image_accuracy"] == 1.0
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="open_clip is not installed")
+def test_single_process_loss_matches_open_clip():
+    image, text, log_scale = global_batch()
+    ours = loss_and_grads(image, text, log_scale)
+    theirs = loss_and_grads(image, text, log_scale, open_clip_loss_class()())
+    for got, want in zip(ours[:4], theirs[:4], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_bad_shapes_are_clear_errors():
+    loss = CLIPContrastiveLoss()
+    with pytest.raises(ValueError, match="same shape"):
+        loss({"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(2, 4), "logit_scale": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="scalar"):
+        loss({"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(3, 4), "logit_scale": torch.ones(2)})
+
+
+def worker(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    image, text, log_scale = global_batch()
+    rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+    image, text = image[rows], text[rows]
+    try:
+        CLIPContrastiveLoss()({"image_embeds": image, "text_embeds": text, "logit_scale": log_scale.exp()})
+    except RuntimeError as error:
+        results[f"unpublished{rank}"] = str(error)
+    both = dist.new_group([0, 1])  # every rank creates every group, in the same order
+    alone = [dist.new_group([r]) for r in range(WORLD)]
+    set_data_parallel_group(both)
+    results[f"dp{rank}"] = loss_and_grads(image, text, log_scale)[:4]
+    if HAS_OPEN_CLIP:
+        clip_loss = open_clip_loss_class()(local_loss=True, gather_with_grad=True, rank=rank, world_size=WORLD)
+        results[f"open_clip{rank}"] = loss_and_grads(image, text, log_scale, clip_loss)[:4]
+    set_data_parallel_group(alone[rank])
+    results[f"alone{rank}"] = loss_and_grads(image, text, log_scale)[:4]
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_results() -> dict:
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(worker, args=(free_port(), results), nprocs=WORLD, join=True)
+        return dict(results)
+
+
+def test_two_ranks_equal_one_process_on_the_global_batch(two_rank_results):
+    image, text, log_scale = global_batch()
+    loss, image_grad, text_grad, scale_grad, _ = loss_and_grads(image, text, log_scale)
+    per_rank = [two_rank_results[f"dp{rank}"] for rank in range(WORLD)]
+    tolerance = dict(atol=1e-6, rtol=1e-6)
+    # each rank's loss is the mean over its rows: their mean is the global loss
+    torch.testing.assert_close(torch.stack([r[0] for r in per_rank]).mean(), loss, **tolerance)
+    # the gather's backward sums every rank's use of a slice: WORLD x the one-process gradient of those rows
+    torch.testing.assert_close(torch.cat([r[1] for r in per_rank]) / WORLD, image_grad, **tolerance)
+    torch.testing.assert_close(torch.cat([r[2] for r in per_rank]) / WORLD, text_grad, **tolerance)
+    # the logit scale is not gathered: the data-parallel mean of its gradients is the one-process gradient
+    torch.testing.assert_close(torch.stack([r[3] for r in per_rank]).mean(), scale_grad, **tolerance)
+
+
+@pytest.mark.skipif(not HAS_OPEN_CLIP, reason="open_clip is not installed")
+def test_two_ranks_match_open_clip_local_loss_gather_with_grad(two_rank_results):
+    for rank in range(WORLD):
+        for got, want in zip(two_rank_results[f"dp{rank}"], two_rank_results[f"open_clip{rank}"], strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_a_group_without_the_other_rank_gathers_nothing_from_it(two_rank_results):
+    image, text, log_scale = global_batch()
+    for rank in range(WORLD):
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        local = loss_and_grads(image[rows], text[rows], log_scale)[:4]
+        for got, want in zip(two_rank_results[f"alone{rank}"], local, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+        assert not torch.allclose(two_rank_results[f"alone{rank}"][0], two_rank_results[f"dp{rank}"][0])
+
+
+def test_several_processes_without_a_published_group_is_an_error(two_rank_results):
+    for rank in range(WORLD):
+        assert "no data-parallel group was published" in two_rank_results[f"unpublished{rank}"]
