@@ -19,8 +19,9 @@ several names (tied weights) is optimised once and is exempt from decay if any o
 
 Patterns (``no_decay``, ``lr_scales``, ``layer_embeddings``, and :func:`freeze_parameters`'s) are matched
 case-sensitively with ``fnmatch`` against full parameter names such as ``trunk.blocks.0.attn.qkv.weight``; a shared
-parameter matches if any of its names does. For ``lr_scales`` the first matching pattern wins, so list specific
-patterns before general ones.
+parameter matches if any of its names does. Names are the model's own: activation-checkpointing wrappers add no
+``_checkpoint_wrapped_module`` to them. For ``lr_scales`` the first matching pattern wins, so list specific patterns
+before general ones.
 
 Layer-wise learning-rate decay (BEiT-style fine-tuning), on when ``layer_decay`` is set. With ``L`` the number of
 blocks in the module ``layer_blocks`` (a ``ModuleList``/``Sequential``), each parameter gets a layer id:
@@ -46,6 +47,7 @@ from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 DEFAULT_NO_DECAY_PATTERNS: tuple[str, ...] = (
@@ -113,6 +115,7 @@ def _collect_params(model: nn.Module, no_decay: Sequence[str], declared: Sequenc
     for module_name, module in model.named_modules(remove_duplicate=False):
         for local_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
             full_name = f"{module_name}.{local_name}" if module_name else local_name
+            full_name = full_name.replace(_CHECKPOINT_PREFIX, "")  # activation checkpointing wrappers are not named
             info = by_id.setdefault(id(param), _ParamInfo(param))
             if full_name in info.names:
                 continue

@@ -2,6 +2,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointWrapper,
+    apply_activation_checkpointing,
+)
 
 from polymodal.families.fourm.modalities import ModalityRegistry
 from polymodal.families.fourm.model import FourM
@@ -317,3 +321,16 @@ def test_summary_shows_layers_only_with_layer_decay():
 def test_bad_layer_decay_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_optimizer(TinyViT(), lr=1e-3, **(LAYER_DECAY | kwargs))
+
+
+def test_activation_checkpointing_wrappers_do_not_change_parameter_names():
+    """The trainer builds the optimizer after wrapping blocks for activation checkpointing: patterns and recorded
+    names are the model's own names."""
+    model = TinyViT()
+    apply_activation_checkpointing(model, check_fn=lambda module: module in set(model.blocks))
+    assert isinstance(model.blocks[0], CheckpointWrapper)
+    optimizer = build_optimizer(model, lr=1e-3, lr_scales={"blocks.1.1.*": 0.5}, **LAYER_DECAY)
+    assert scale_and_layer_by_name(optimizer)["blocks.1.1.weight"] == (pytest.approx(0.5 * 0.5**2), 2)
+    assert {name for g in optimizer.param_groups for name in g["param_names"]} == {
+        n for n, _ in TinyViT().named_parameters()
+    }
