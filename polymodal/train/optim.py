@@ -1,4 +1,4 @@
-"""AdamW with parameter groups split by weight decay and per-pattern learning-rate scale.
+"""AdamW with parameter groups split by weight decay, per-pattern learning-rate scale and layer-wise lr decay.
 
 Weight-decay rule. A trainable parameter is decayed unless one of these holds:
 
@@ -34,8 +34,8 @@ A parameter reachable under several names takes the lowest of their ids (a token
 embedding). Its lr scale is ``layer_decay ** (L + 1 - layer)``, times its ``lr_scales`` scale.
 
 Frozen parameters (``requires_grad=False``) are left out. Freeze with :func:`freeze_parameters` on the bare model,
-before any data-parallel wrapper (the trainer does so for ``experiment.freeze``): DDP and FSDP fix at wrap time
-which parameters have gradients to reduce. Each group records ``param_names``, ``weight_decay``, ``lr_scale``
+before any data-parallel wrapper (the trainer does so for ``experiment.freeze``): DDP fixes at wrap time the
+parameters whose gradients it waits for. Each group records ``param_names``, ``weight_decay``, ``lr_scale``
 (the product of both scales), ``base_lr`` and, with layer decay, ``layer``; see :func:`param_groups_summary`.
 """
 
