@@ -181,7 +181,7 @@ class Trainer:
             if meta_init:
                 raise ConfigError("experiment.init_from needs experiment.distributed.meta_init=false")
             load_pretrained(model, init.path, init.include, init.exclude, init.rename, init.strict)
-        try:  # before parallelize: DDP and FSDP fix at wrap time which parameters have gradients to reduce
+        try:  # before parallelize: DDP fixes at wrap time the parameters whose gradients it waits for
             freeze_parameters(model, self.exp.freeze)
         except ValueError as error:
             raise ConfigError(f"experiment.freeze: {error}") from error
