@@ -167,7 +167,6 @@ def _layer_ids(
         raise ValueError(f"layer_blocks {blocks!r} is not a module of {type(model).__name__}") from None
     if not isinstance(block_list, (nn.ModuleList, nn.Sequential)):
         raise ValueError(f"layer_blocks {blocks!r} is a {type(block_list).__name__}, not a ModuleList or Sequential")
-    _check_patterns_match("layer_embeddings", list(embeddings), params)
     num_layers = len(block_list)
     prefix = f"{blocks}."
 
@@ -245,6 +244,7 @@ def build_optimizer(
         raise ValueError(f"model {type(model).__name__} has no parameters to optimise")
     _check_patterns_match(f"{type(model).__name__}.no_weight_decay()", declared, all_params)
     _check_patterns_match("lr_scales", list(lr_scales), all_params)
+    _check_patterns_match("layer_embeddings", list(layer_embeddings), all_params)
     trainable = [info for info in all_params if info.param.requires_grad]
     if not trainable:
         raise ValueError(f"no trainable parameters in {type(model).__name__}: every one has requires_grad=False")

@@ -284,19 +284,19 @@ def test_layer_decay_scales_match_the_plain_table():
     }
 
 
-def test_tied_embedding_takes_the_lowest_layer_and_frozen_blocks_are_left_out():
+def test_tied_embedding_takes_the_lowest_layer_and_frozen_parameters_are_left_out():
     model = TinyModel()  # embed.weight is also head.weight
     model.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
-    freeze_parameters(model, ["blocks.0.*"])
+    freeze_parameters(model, ["blocks.0.*", "cls_token"])
     optimizer = build_optimizer(
-        model, lr=1e-3, layer_decay=0.8, layer_blocks="blocks", layer_embeddings=["embed.*", "pos_embed"]
+        model, lr=1e-3, layer_decay=0.8, layer_blocks="blocks", layer_embeddings=["embed.*", "pos_embed", "cls_token"]
     )
     table = scale_and_layer_by_name(optimizer)
     assert table["embed.weight"] == (pytest.approx(0.8**3), 0)
     assert table["pos_embed"] == (pytest.approx(0.8**3), 0)
     assert table["blocks.1.weight"] == (pytest.approx(0.8), 2)
     assert table["proj.weight"] == (1.0, 3)
-    assert not any(name.startswith("blocks.0.") for name in table)
+    assert not any(name.startswith("blocks.0.") for name in table) and "cls_token" not in table
 
 
 def test_summary_shows_layers_only_with_layer_decay():
