@@ -104,6 +104,7 @@ class ExperimentConfig:
     tensorboard: bool = True
     debug: bool = False
     init_from: InitFromConfig = field(default_factory=InitFromConfig)
+    freeze: list[str] = field(default_factory=list)  # fnmatch patterns of parameter names kept fixed (not trained)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     peak_flops: float | None = field(default=None, metadata=POSITIVE)  # overrides the device peak for MFU
 

@@ -1,4 +1,4 @@
-"""AdamW with parameter groups split by weight decay and per-pattern learning-rate scale.
+"""AdamW with parameter groups split by weight decay, per-pattern learning-rate scale and layer-wise lr decay.
 
 Weight-decay rule. A trainable parameter is decayed unless one of these holds:
 
@@ -17,11 +17,26 @@ So the ≥2-D weights of Linear/Conv layers are decayed, and so are other ≥2-D
 several names (tied weights) is optimised once and is exempt from decay if any of its names is exempt
 (a tied embedding/output matrix is not decayed).
 
-Patterns (``no_decay``, ``lr_scales``, ``freeze``) are matched case-sensitively with ``fnmatch`` against full
-parameter names such as ``trunk.blocks.0.attn.qkv.weight``; a shared parameter matches if any of its names
-does. For ``lr_scales`` the first matching pattern wins, so list specific patterns before general ones.
-Each group records ``param_names``, ``weight_decay``, ``lr_scale`` and ``base_lr``; see
-:func:`param_groups_summary`.
+Patterns (``no_decay``, ``lr_scales``, ``layer_embeddings``, and :func:`freeze_parameters`'s) are matched
+case-sensitively with ``fnmatch`` against full parameter names such as ``trunk.blocks.0.attn.qkv.weight``; a shared
+parameter matches if any of its names does. Names are the model's own: activation-checkpointing wrappers add no
+``_checkpoint_wrapped_module`` to them. For ``lr_scales`` the first matching pattern wins, so list specific patterns
+before general ones.
+
+Layer-wise learning-rate decay (BEiT-style fine-tuning), on when ``layer_decay`` is set. With ``L`` the number of
+blocks in the module ``layer_blocks`` (a ``ModuleList``/``Sequential``), each parameter gets a layer id:
+
+* ``i + 1`` if a name lies under ``{layer_blocks}.{i}.`` (block ``i``);
+* ``0`` if a name matches a ``layer_embeddings`` pattern (patch/token embeddings, position embeddings, tokens);
+* ``L + 1`` otherwise (final norm, head: everything after the trunk).
+
+A parameter reachable under several names takes the lowest of their ids (a token table tied to the head is an
+embedding). Its lr scale is ``layer_decay ** (L + 1 - layer)``, times its ``lr_scales`` scale.
+
+Frozen parameters (``requires_grad=False``) are left out. Freeze with :func:`freeze_parameters` on the bare model,
+before any data-parallel wrapper (the trainer does so for ``experiment.freeze``): DDP fixes at wrap time the
+parameters whose gradients it waits for. Each group records ``param_names``, ``weight_decay``, ``lr_scale``
+(the product of both scales), ``base_lr`` and, with layer decay, ``layer``; see :func:`param_groups_summary`.
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 DEFAULT_NO_DECAY_PATTERNS: tuple[str, ...] = (
@@ -99,6 +115,7 @@ def _collect_params(model: nn.Module, no_decay: Sequence[str], declared: Sequenc
     for module_name, module in model.named_modules(remove_duplicate=False):
         for local_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
             full_name = f"{module_name}.{local_name}" if module_name else local_name
+            full_name = full_name.replace(_CHECKPOINT_PREFIX, "")  # activation checkpointing wrappers are not named
             info = by_id.setdefault(id(param), _ParamInfo(param))
             if full_name in info.names:
                 continue
@@ -118,6 +135,49 @@ def _check_patterns_match(kind: str, patterns: Sequence[str], params: list[_Para
                 f"{kind} pattern {pattern!r} matches no parameter of the model "
                 f"(patterns are fnmatch over full names, e.g. {params[0].names[0]!r})"
             )
+
+
+def freeze_parameters(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Set ``requires_grad=False`` on every parameter one of whose names matches a pattern; return their names.
+
+    Call it on the bare model before wrapping it for data parallelism. Every pattern must match some parameter
+    (typo protection) and some parameter must stay trainable.
+    """
+    if not patterns:
+        return []
+    params = _collect_params(model, (), ())
+    if not params:
+        raise ValueError(f"model {type(model).__name__} has no parameters to freeze")
+    _check_patterns_match("freeze", list(patterns), params)
+    frozen = [info for info in params if any(_matches(info, pattern) for pattern in patterns)]
+    if len(frozen) == len(params):
+        raise ValueError(f"freeze patterns {list(patterns)} leave no trainable parameter in {type(model).__name__}")
+    for info in frozen:
+        info.param.requires_grad_(False)
+    return [info.names[0] for info in frozen]
+
+
+def _layer_ids(
+    model: nn.Module, params: list[_ParamInfo], blocks: str, embeddings: Sequence[str]
+) -> tuple[list[int], int]:
+    """Each parameter's layer id by the layer-decay rule (module docstring), and the number of blocks."""
+    try:
+        block_list = model.get_submodule(blocks)
+    except AttributeError:
+        raise ValueError(f"layer_blocks {blocks!r} is not a module of {type(model).__name__}") from None
+    if not isinstance(block_list, (nn.ModuleList, nn.Sequential)):
+        raise ValueError(f"layer_blocks {blocks!r} is a {type(block_list).__name__}, not a ModuleList or Sequential")
+    num_layers = len(block_list)
+    prefix = f"{blocks}."
+
+    def layer_of(name: str) -> int:
+        if name.startswith(prefix):
+            return int(name[len(prefix) :].split(".", 1)[0]) + 1
+        if any(fnmatchcase(name, pattern) for pattern in embeddings):
+            return 0
+        return num_layers + 1
+
+    return [min(layer_of(name) for name in info.names) for info in params], num_layers
 
 
 def _lr_scale_of(info: _ParamInfo, lr_scales: Mapping[str, float]) -> float:
@@ -150,13 +210,16 @@ def build_optimizer(
     lr_scales: Mapping[str, float] | None = None,
     fused: bool | None = None,
     foreach: bool | None = None,
-    freeze: Sequence[str] = (),
+    layer_decay: float | None = None,
+    layer_blocks: str | None = None,
+    layer_embeddings: Sequence[str] = (),
 ) -> torch.optim.AdamW:
-    """Build AdamW over ``model``'s trainable parameters, grouped by (decayed, lr_scale).
+    """Build AdamW over ``model``'s trainable parameters, grouped by (decayed, lr scale, layer).
 
-    ``freeze`` patterns set ``requires_grad=False`` first; parameters that do not require grad are left
-    out. Every ``freeze`` and ``lr_scales`` pattern must match some parameter (typo protection).
-    ``fused=None`` picks fused kernels when all parameters sit on one accelerator that supports them.
+    Parameters that do not require grad are left out. Every ``lr_scales`` and ``layer_embeddings`` pattern must
+    match some parameter (typo protection). ``layer_decay`` in (0, 1] turns on layer-wise lr decay over the blocks
+    of ``layer_blocks`` (module docstring). ``fused=None`` picks fused kernels when all parameters sit on one
+    accelerator that supports them.
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -168,27 +231,36 @@ def build_optimizer(
     for pattern, scale in lr_scales.items():
         if scale <= 0:
             raise ValueError(f"lr_scales[{pattern!r}] must be > 0, got {scale}")
+    if layer_decay is None and (layer_blocks is not None or layer_embeddings):
+        raise ValueError("layer_blocks / layer_embeddings are set but layer_decay is not")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    if layer_decay is not None and not layer_blocks:
+        raise ValueError("layer_decay needs layer_blocks, the module path of the block list (e.g. 'trunk.blocks')")
 
     declared = _declared_no_decay(model)
     all_params = _collect_params(model, list(no_decay), declared)
     if not all_params:
         raise ValueError(f"model {type(model).__name__} has no parameters to optimise")
     _check_patterns_match(f"{type(model).__name__}.no_weight_decay()", declared, all_params)
-    _check_patterns_match("freeze", list(freeze), all_params)
     _check_patterns_match("lr_scales", list(lr_scales), all_params)
-
-    for info in all_params:
-        if any(_matches(info, pattern) for pattern in freeze):
-            info.param.requires_grad_(False)
+    _check_patterns_match("layer_embeddings", list(layer_embeddings), all_params)
     trainable = [info for info in all_params if info.param.requires_grad]
     if not trainable:
-        raise ValueError(f"no trainable parameters remain in {type(model).__name__} (freeze patterns: {list(freeze)})")
+        raise ValueError(f"no trainable parameters in {type(model).__name__}: every one has requires_grad=False")
+    layers, num_layers = (
+        _layer_ids(model, trainable, layer_blocks, layer_embeddings)
+        if layer_decay is not None
+        else ([None] * len(trainable), 0)
+    )
 
-    groups: dict[tuple[bool, float], dict] = {}
-    for info in trainable:
+    groups: dict[tuple[bool, float, int | None], dict] = {}
+    for info, layer in zip(trainable, layers, strict=True):
         scale = _lr_scale_of(info, lr_scales)
+        if layer is not None:
+            scale *= layer_decay ** (num_layers + 1 - layer)
         group = groups.setdefault(
-            (info.decay, scale),
+            (info.decay, scale, layer),
             {
                 "params": [],
                 "param_names": [],
@@ -196,6 +268,7 @@ def build_optimizer(
                 "lr_scale": scale,
                 "base_lr": lr,
                 "lr": lr * scale,
+                **({} if layer is None else {"layer": layer}),
             },
         )
         group["params"].append(info.param)
@@ -216,13 +289,15 @@ def build_optimizer(
 
 
 def param_groups_summary(optimizer: torch.optim.Optimizer) -> str:
-    """One line per param group: weight decay, lr scale, base lr, tensor and element counts, names."""
+    """One line per param group: weight decay, lr scale, layer (with layer decay), base lr, tensor and element
+    counts, names."""
     lines = []
     for index, group in enumerate(optimizer.param_groups):
         numel = sum(param.numel() for param in group["params"])
         names = group.get("param_names", [])
+        layer = f" layer={group['layer']}" if "layer" in group else ""
         lines.append(
-            f"group {index}: weight_decay={group['weight_decay']:g} lr_scale={group.get('lr_scale', 1.0):g} "
+            f"group {index}: weight_decay={group['weight_decay']:g} lr_scale={group.get('lr_scale', 1.0):g}{layer} "
             f"base_lr={group.get('base_lr', group['lr']):g} tensors={len(group['params'])} numel={numel} "
             f"names=[{', '.join(names)}]"
         )

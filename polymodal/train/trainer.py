@@ -48,6 +48,7 @@ from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
 from polymodal.train.mfu import device_peak_flops, mfu
+from polymodal.train.optim import freeze_parameters
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import plan_for, split_sequence
@@ -166,7 +167,7 @@ class Trainer:
         return mesh
 
     def _build_model(self, cfg: DictConfig) -> tuple[nn.Module, nn.Module]:
-        """Build (on the meta device if asked), load init_from weights, parallelize, materialise."""
+        """Build (on the meta device if asked), load init_from weights, freeze, parallelize, materialise."""
         meta_init = self.exp.distributed.meta_init
         sharded = self.exp.distributed.strategy != "ddp"  # FSDP and TP split the training state over the ranks
         check_training_state_fits(cfg.model, self.env.device, self.env.world_size if sharded else 1)
@@ -183,6 +184,10 @@ class Trainer:
             if meta_init:
                 raise ConfigError("experiment.init_from needs experiment.distributed.meta_init=false")
             load_pretrained(model, init.path, init.include, init.exclude, init.rename, init.strict)
+        try:  # before parallelize: DDP fixes at wrap time the parameters whose gradients it waits for
+            freeze_parameters(model, self.exp.freeze)
+        except ValueError as error:
+            raise ConfigError(f"experiment.freeze: {error}") from error
         model, train_model = parallelize(model, self.mesh, self.exp, self.env.device)
         if meta_init:
             model.to_empty(device=self.env.device)

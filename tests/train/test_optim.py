@@ -2,10 +2,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointWrapper,
+    apply_activation_checkpointing,
+)
 
 from polymodal.families.fourm.modalities import ModalityRegistry
 from polymodal.families.fourm.model import FourM
-from polymodal.train.optim import build_optimizer, param_groups_summary
+from polymodal.train.optim import build_optimizer, freeze_parameters, param_groups_summary
 
 
 class RMSNorm(nn.Module):
@@ -106,9 +110,11 @@ def test_lr_scales_split_groups_first_match_wins():
         assert group["lr"] == pytest.approx(1e-2 * group["lr_scale"])
 
 
-def test_freeze_excludes_parameters():
+def test_frozen_parameters_are_left_out():
     model = TinyModel()
-    optimizer = build_optimizer(model, lr=1e-3, freeze=["conv.*", "pos_embed"])
+    frozen = freeze_parameters(model, ["conv.*", "pos_embed"])
+    assert frozen == ["pos_embed", "conv.weight", "conv.bias"]
+    optimizer = build_optimizer(model, lr=1e-3)
     names = {name for group in optimizer.param_groups for name in group["param_names"]}
     assert not names & {"conv.weight", "conv.bias", "pos_embed"}
     assert not model.conv.weight.requires_grad and not model.pos_embed.requires_grad
@@ -117,16 +123,34 @@ def test_freeze_excludes_parameters():
 
 def test_tied_weight_frozen_through_either_name():
     model = TinyModel()
-    build_optimizer(model, lr=1e-3, freeze=["head.*"])
+    assert freeze_parameters(model, ["head.*"]) == ["embed.weight"]
     assert not model.embed.weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    "patterns, message",
+    [
+        (["convv.*"], r"^freeze pattern 'convv.\*' matches no parameter"),
+        (["*"], r"^freeze patterns \['\*'\] leave no trainable parameter in TinyModel$"),
+    ],
+)
+def test_bad_freeze_patterns_raise(patterns, message):
+    model = TinyModel()
+    with pytest.raises(ValueError, match=message):
+        freeze_parameters(model, patterns)
+    assert all(param.requires_grad for param in model.parameters())
+
+
+def test_fully_frozen_model_has_nothing_to_optimise():
+    model = TinyModel().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters in TinyModel"):
+        build_optimizer(model, lr=1e-3)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"freeze": ["convv.*"]}, "freeze pattern 'convv.\\*'"),
         ({"lr_scales": {"trunk.*": 0.5}}, "lr_scales pattern 'trunk.\\*'"),
-        ({"freeze": ["*"]}, "no trainable parameters"),
         ({"lr": 0.0}, "lr must be > 0"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"lr_scales": {"proj.*": 0.0}}, "lr_scales\\['proj.\\*'\\]"),
@@ -158,7 +182,6 @@ def test_hydra_partial_construction():
             "betas": [0.9, 0.99],
             "no_decay": ["*pos_embed*", "*cls_token*"],
             "lr_scales": {"proj.*": 0.5},
-            "freeze": ["ln.*"],
         }
     )
     optimizer = partial(model=TinyModel())
@@ -222,3 +245,92 @@ def test_model_declared_pattern_that_matches_nothing_raises():
             build_optimizer(TinyModel(), lr=1e-3)
     finally:
         del TinyModel.no_weight_decay
+
+
+class TinyViT(nn.Module):
+    def __init__(self, dim: int = 8, depth: int = 3) -> None:
+        super().__init__()
+        self.patch_embed = nn.Linear(4, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 4, dim))
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim)) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 5)
+
+
+LAYER_DECAY = {"layer_decay": 0.5, "layer_blocks": "blocks", "layer_embeddings": ["patch_embed.*", "pos_embed"]}
+
+
+def scale_and_layer_by_name(optimizer) -> dict[str, tuple[float, int]]:
+    return {name: (g["lr_scale"], g["layer"]) for g in optimizer.param_groups for name in g["param_names"]}
+
+
+def test_layer_decay_scales_match_the_plain_table():
+    """3 blocks, decay 0.5: embeddings layer 0 (0.5^4), block i layer i+1 (0.5^(3-i)), norm/head layer 4 (1);
+    times the lr_scales scale."""
+    model = TinyViT()
+    optimizer = build_optimizer(model, lr=1e-2, lr_scales={"head.*": 10.0, "blocks.0.1.*": 2.0}, **LAYER_DECAY)
+    layers = {"patch_embed.weight": 0, "patch_embed.bias": 0, "pos_embed": 0, "norm.weight": 4, "norm.bias": 4}
+    layers |= {"head.weight": 4, "head.bias": 4}
+    layers |= {f"blocks.{i}.{j}.{kind}": i + 1 for i in range(3) for j in range(2) for kind in ("weight", "bias")}
+    extra = {"head.weight": 10.0, "head.bias": 10.0, "blocks.0.1.weight": 2.0, "blocks.0.1.bias": 2.0}
+    expected = {
+        name: (pytest.approx(0.5 ** (4 - layer) * extra.get(name, 1.0)), layer) for name, layer in layers.items()
+    }
+    assert scale_and_layer_by_name(optimizer) == expected
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(1e-2 * group["lr_scale"]) and group["base_lr"] == 1e-2
+    assert {(g["weight_decay"] > 0, g["layer"]) for g in optimizer.param_groups} == {
+        (decayed, layer) for layer in range(5) for decayed in (True, False)
+    }
+
+
+def test_tied_embedding_takes_the_lowest_layer_and_frozen_parameters_are_left_out():
+    model = TinyModel()  # embed.weight is also head.weight
+    model.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+    freeze_parameters(model, ["blocks.0.*", "cls_token"])
+    optimizer = build_optimizer(
+        model, lr=1e-3, layer_decay=0.8, layer_blocks="blocks", layer_embeddings=["embed.*", "pos_embed", "cls_token"]
+    )
+    table = scale_and_layer_by_name(optimizer)
+    assert table["embed.weight"] == (pytest.approx(0.8**3), 0)
+    assert table["pos_embed"] == (pytest.approx(0.8**3), 0)
+    assert table["blocks.1.weight"] == (pytest.approx(0.8), 2)
+    assert table["proj.weight"] == (1.0, 3)
+    assert not any(name.startswith("blocks.0.") for name in table) and "cls_token" not in table
+
+
+def test_summary_shows_layers_only_with_layer_decay():
+    summary = param_groups_summary(build_optimizer(TinyViT(), lr=1e-3, **LAYER_DECAY))
+    assert "layer=0" in summary and "layer=4" in summary
+    assert "lr_scale=0.0625 layer=0" in summary
+    assert "layer=" not in param_groups_summary(build_optimizer(TinyViT(), lr=1e-3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layer_decay": 0.0}, r"^layer_decay must be in \(0, 1\], got 0.0$"),
+        ({"layer_decay": 1.5}, r"^layer_decay must be in \(0, 1\]"),
+        ({"layer_blocks": None}, r"^layer_decay needs layer_blocks"),
+        ({"layer_blocks": "blockz"}, r"^layer_blocks 'blockz' is not a module of TinyViT$"),
+        ({"layer_blocks": "norm"}, r"^layer_blocks 'norm' is a LayerNorm, not a ModuleList or Sequential$"),
+        ({"layer_embeddings": ["patch_embedd.*"]}, r"^layer_embeddings pattern 'patch_embedd.\*' matches no"),
+        ({"layer_decay": None}, r"^layer_blocks / layer_embeddings are set but layer_decay is not$"),
+    ],
+)
+def test_bad_layer_decay_arguments_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_optimizer(TinyViT(), lr=1e-3, **(LAYER_DECAY | kwargs))
+
+
+def test_activation_checkpointing_wrappers_do_not_change_parameter_names():
+    """The trainer builds the optimizer after wrapping blocks for activation checkpointing: patterns and recorded
+    names are the model's own names."""
+    model = TinyViT()
+    apply_activation_checkpointing(model, check_fn=lambda module: module in set(model.blocks))
+    assert isinstance(model.blocks[0], CheckpointWrapper)
+    optimizer = build_optimizer(model, lr=1e-3, lr_scales={"blocks.1.1.*": 0.5}, **LAYER_DECAY)
+    assert scale_and_layer_by_name(optimizer)["blocks.1.1.weight"] == (pytest.approx(0.5 * 0.5**2), 2)
+    assert {name for g in optimizer.param_groups for name in g["param_names"]} == {
+        n for n, _ in TinyViT().named_parameters()
+    }

@@ -18,6 +18,7 @@ from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.distributed.env import gradient_sync
 from polymodal.models.llm import build_llm
 from polymodal.objectives.lm import NextTokenLoss
+from polymodal.train.optim import freeze_parameters
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import ContextParallelAttention, head_writes_logits, plan_for, split_sequence
@@ -170,6 +171,24 @@ def test_tensor_parallel_with_qk_norm_matches_one_process(settings):
         assert got["loss"] == pytest.approx(loss.item(), rel=1e-5)
         for name, parameter in reference.named_parameters():
             torch.testing.assert_close(got["grads"][name], parameter.grad, msg=name)
+
+
+def frozen_tensor_parallel_worker(rank, world):
+    exp = experiment(tp=2)
+    mesh = Mesh.build(ParallelDims.from_config(exp.distributed, world), "cpu")
+    model = tiny_llm(qk_norm="per_head_layernorm")
+    freeze_parameters(model, ["trunk.transformer.blocks.0.*"])
+    model, _ = parallelize(model, mesh, exp, torch.device("cpu"))
+    return {name: (isinstance(p, DTensor), p.requires_grad) for name, p in model.named_parameters()}
+
+
+def test_tensor_parallel_keeps_frozen_parameters_frozen():
+    """A parameter frozen before tensor parallelism stays frozen, whatever style replaced it by a DTensor (torch's
+    SequenceParallel norms and our per-head norms included)."""
+    got = spawn(frozen_tensor_parallel_worker, 2)[0]
+    assert got["trunk.transformer.blocks.0.attn.q_norm.weight"] == (True, False)
+    for name, (is_dtensor, requires_grad) in got.items():
+        assert is_dtensor and requires_grad == (not name.startswith("trunk.transformer.blocks.0.")), name
 
 
 def context_parallel_worker(rank, world):

@@ -451,6 +451,21 @@ def test_bad_arguments_are_rejected():
         model_shape(nn.Linear(2, 2))
 
 
+def test_frozen_parameters_have_no_gradient_or_optimizer_state():
+    frozen_blocks = "trunk.transformer.blocks.0."
+    with torch.device("meta"):
+        model = instantiate(small_config().model)
+    frozen = [param for name, param in model.named_parameters() if name.startswith(frozen_blocks)]
+    numel = sum(param.numel() for param in frozen)
+    full = memory_of(plan_report(small_config(), gpus=1))
+    part = memory_of(plan_report(small_config(f"experiment.freeze=[{frozen_blocks}*]"), gpus=1))
+    assert full["parameters"] == part["parameters"]
+    assert full["gradients"] - part["gradients"] == 4 * numel
+    assert full["optimizer state (AdamW)"] - part["optimizer state (AdamW)"] == 8 * numel + 4 * len(frozen)
+    with pytest.raises(ConfigError, match=r"^experiment.freeze: freeze pattern 'trunk.blocks.\*' matches no"):
+        plan_report(small_config("experiment.freeze=[trunk.blocks.*]"), gpus=1)
+
+
 # ----------------------------------------------------------------------------------------- 7B sanity and output
 
 

@@ -47,7 +47,11 @@ def parallelize(
     if dims is not None and dims.tp > 1:
         if plan.tensor_parallel is None:
             raise ValueError(f"no tensor-parallel plan for {type(model).__name__}; set experiment.distributed.tp=1")
+        frozen = {name for name, param in model.named_parameters(remove_duplicate=False) if not param.requires_grad}
         decoder_tensor_parallel(model, plan.tensor_parallel, mesh["tp"], exp.distributed.loss_parallel)
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if name in frozen:  # torch's SequenceParallel re-registers norm weights with requires_grad=True
+                param.requires_grad_(False)
     if dims is not None and dims.cp > 1:
         if not plan.sequence_keys:
             raise ValueError(f"no context-parallel plan for {type(model).__name__}; set experiment.distributed.cp=1")

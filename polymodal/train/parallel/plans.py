@@ -56,7 +56,7 @@ class HeadParallel(ParallelStyle):
         def shard_heads(name: str, submodule: nn.Module, mesh: DeviceMesh) -> None:
             for param_name, param in list(submodule.named_parameters(recurse=False)):
                 sharded = distribute_tensor(param, mesh, [Shard(0)], src_data_rank=self.src_data_rank)
-                submodule.register_parameter(param_name, nn.Parameter(sharded))
+                submodule.register_parameter(param_name, nn.Parameter(sharded, param.requires_grad))
 
         def annotate_heads(_module: nn.Module, inputs: tuple, mesh: DeviceMesh) -> tuple:
             return (DTensor.from_local(inputs[0], mesh, [Shard(HEAD_DIM)], run_check=False), *inputs[1:])

@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from polymodal.config import ConfigError, experiment_config, instantiate, load_config
+from polymodal.config.schema import ExperimentConfig
+from polymodal.train.optim import freeze_parameters
 from polymodal.train.parallel.mesh import ParallelDims
 from polymodal.train.parallel.planner.communication import Collective, collectives, data_parallel_collectives
 from polymodal.train.parallel.planner.measured import (
@@ -166,7 +168,7 @@ def plan_report(
     )
     with torch.device("meta"):
         model = instantiate(cfg.model)
-    trainable = _trainable(cfg, model)
+    trainable = _trainable(cfg, exp, model)
     budget = int((gpu_memory_gb * (1 - headroom) - reserved_gib) * GIB)
     report = partial(PlanReport, name=exp.name, gpu_memory_gib=gpu_memory_gb, budget_bytes=budget)
     try:
@@ -196,9 +198,13 @@ def plan_report(
     )
 
 
-def _trainable(cfg: DictConfig, model: nn.Module) -> set[int]:
-    """The ids of the parameters the configured optimizer trains (``build_optimizer`` leaves frozen ones out),
-    from the optimizer built over the meta-device model."""
+def _trainable(cfg: DictConfig, exp: ExperimentConfig, model: nn.Module) -> set[int]:
+    """The ids of the parameters the configured optimizer trains, from the optimizer built over the meta-device
+    model once ``experiment.freeze`` is applied (``build_optimizer`` leaves frozen ones out)."""
+    try:
+        freeze_parameters(model, exp.freeze)
+    except ValueError as error:
+        raise ConfigError(f"experiment.freeze: {error}") from error
     optimizer = instantiate(cfg.optim.optimizer, model=model)
     if type(optimizer) is not torch.optim.AdamW or any(group["amsgrad"] for group in optimizer.param_groups):
         raise ConfigError(f"the planner counts AdamW's state; optim.optimizer builds {type(optimizer).__name__}")
