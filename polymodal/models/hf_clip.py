@@ -21,7 +21,10 @@ from polymodal.models.layers.patch_embed import conv_weight_as_linear, linear_we
 
 LEGACY_EOS_TOKEN_ID = 2  # HF's CLIP configs from before its EOS fix: pool at the largest id (OpenAI's rule)
 LOGIT_SCALE = ("logit_scale", "models.logit_scale.log_scale")
-PATCH_EMBEDDING = ("vision_model.embeddings.patch_embedding.weight", "models.image_tower.preprocessor.blocks.0.module.weight")
+PATCH_EMBEDDING = (
+    "vision_model.embeddings.patch_embedding.weight",
+    "models.image_tower.preprocessor.blocks.0.module.weight",
+)
 GLOBAL_KEYS = {
     "text_model.embeddings.token_embedding.weight": "models.text_tower.preprocessor.blocks.0.embedding.weight",
     "text_model.embeddings.position_embedding.weight": "models.text_tower.preprocessor.blocks.1.weight",

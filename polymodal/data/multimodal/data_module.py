@@ -123,8 +123,8 @@ class MultimodalData(SourcedData):
         label_attribute: with ``format: imagefolder``, the scene attribute ``label`` holds (``count``, ``colour``
             or ``shape``, read from each split's ``attributes.json``); None: the tree's class folders.
         batch_transform, eval_batch_transform: applied to every collated train (after ``mixup``) resp. validation
-            batch with a generator seeded by the batch's position (:mod:`polymodal.data.multimodal.loader`), e.g. the prefix
-            lengths of :mod:`polymodal.data.multimodal.prefix`; None for none.
+            batch with a generator seeded by the batch's position (:mod:`polymodal.data.multimodal.loader`), e.g.
+            the prefix lengths of :mod:`polymodal.data.multimodal.prefix`; None for none.
         seed, dp_rank, dp_world: injected by the trainer.
     """
 
