@@ -1,5 +1,8 @@
 """``polymodal generate --model RUN ...`` and ``polymodal eval --model RUN ...``: one verb for every family.
 
+``polymodal eval --model RUN --evaluator NAME`` is not the family's: it runs one of the engine's evaluators
+(:mod:`polymodal.commands.evaluator`) on any trained model.
+
 The family is the one the run's model belongs to: its ``_target_`` in the run's ``config.yaml`` names a module
 under ``polymodal.families.<family>`` (configs written before the families layout are mapped by
 :mod:`polymodal.config.aliases`). The verb runs ``polymodal.families.<family>.cli.<verb>`` with the same
@@ -19,7 +22,12 @@ def generate(argv: list[str]) -> int:
 
 
 def evaluate(argv: list[str]) -> int:
-    """Evaluate a trained model of any family that can, on held-out data beside baselines."""
+    """Evaluate a trained model of any family that can, on held-out data beside baselines; with --evaluator NAME,
+    run one of the engine's evaluators (probes, zero-shot, retrieval) on a model of any kind."""
+    if any(arg == "--evaluator" or arg.startswith("--evaluator=") for arg in argv):
+        from polymodal.commands.evaluator import main
+
+        return main(argv)
     return _dispatch("eval", "evaluate", evaluate.__doc__, argv)
 
 
