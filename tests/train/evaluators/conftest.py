@@ -4,12 +4,10 @@ sizes do not divide by two ranks, and a word tokenizer over their class names an
 from pathlib import Path
 
 import pytest
-from tiny_clip import captions_of_shards, write_word_tokenizer
+from tiny_clip import TEMPLATES, captions_of_shards, write_word_tokenizer
 
 from polymodal.data.synth.scene import CLASS_NAMES
 from polymodal.data.synth.writers import write_imagefolder, write_shards
-
-TEMPLATES = ["a photo of {}.", "a rendering of {}."]
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from polymodal.models.meta import MetaModel, ModelSeries, ModuleBlock
 from polymodal.models.parts import TransformerTrunk
 
 DIM, EMBED, VOCAB = 16, 8, 64
+TEMPLATES = ["a photo of {}.", "a rendering of {}."]
 
 
 class MeanTokens(nn.Module):
@@ -76,7 +77,7 @@ def evaluators_of(data: dict[str, Path]) -> dict:
         "linear": LinearProbe(train, val, feature_key="features", part="image", sweep=sweep, extract_batch_size=4),
         "attentive": AttentiveProbe(train, val, feature_key="tokens", part="image", sweep=sweep, num_heads=2),
         "zero_shot": ZeroShotClassification(
-            val, tokenizer, templates=["a photo of {}.", "a rendering of {}."], context_length=8,
+            val, tokenizer, templates=TEMPLATES, context_length=8,
             image_part="image", text_part="text", batch_size=4,
         ),
         "retrieval": Retrieval(
