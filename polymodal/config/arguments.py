@@ -30,10 +30,11 @@ def check_arguments(function: Callable[..., Any], keys: Iterable[str], path: str
 def check_target_arguments(node: Mapping[str, Any], path: str) -> None:
     """Check the keys of a ``_target_`` node (a trusted target only: locating it imports its module)."""
     if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
-        raise ConfigError(f"{path}: expected a mapping with a _target_, got {node!r}")
+        raise ConfigError(f"{path}: expected a mapping with a _target_ (the class or function to build)")
     check_trusted_targets(node)
     try:
         target = get_object(node["_target_"])
     except Exception as error:  # Hydra wraps every import failure in its own exception types
-        raise ConfigError(f"{path}._target_: cannot locate {node['_target_']!r}: {error}") from error
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"{path}._target_: cannot locate {node['_target_']!r}: {reason}") from error
     check_arguments(target, [str(key) for key in node], path)
