@@ -17,28 +17,29 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="polymodal eval", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a run dir (newest checkpoint), checkpoint or export")
     parser.add_argument("--evaluator", required=True, help="the evaluator's name in the evaluators section")
     parser.add_argument("--config", help="a config file whose evaluators section to use instead of the run's")
     parser.add_argument("--device", default="cpu", help="device the model runs on, e.g. cpu or cuda:0")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
     parser.add_argument("overrides", nargs="*", help="key=value settings of the evaluator (relative to its entry)")
-    args = parser.parse_args(argv)
 
+
+def run(args: argparse.Namespace) -> int:
+    """Build the chosen evaluator, run it on the trained model, print its results."""
     from omegaconf import OmegaConf
 
     from polymodal.config import apply_overrides
     from polymodal.runs import load_run
     from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 
-    run = load_run(args.model, args.device)
-    config = _read_config(args.config) if args.config else run.config
+    trained = load_run(args.model, args.device)
+    config = _read_config(args.config) if args.config else trained.config
     tree = {"evaluators": OmegaConf.to_container(config.get("evaluators") or {}, resolve=True)}
     apply_overrides(tree, [_under(f"evaluators.{args.evaluator}", override) for override in args.overrides])
     evaluators = build_evaluators(tree["evaluators"], only=args.evaluator)
-    results = run_evaluators(evaluators, EvalContext(run.model, run.device))
+    results = run_evaluators(evaluators, EvalContext(trained.model, trained.device))
     if args.json:
         print(json.dumps(results))
     else:

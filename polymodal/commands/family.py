@@ -15,6 +15,8 @@ import argparse
 import importlib
 from pathlib import Path
 
+from polymodal.commands import evaluator, run_command
+
 
 def generate(argv: list[str]) -> int:
     """Generate with a trained model of any family that can (4M: chained any-to-any)."""
@@ -25,9 +27,7 @@ def evaluate(argv: list[str]) -> int:
     """Evaluate a trained model of any family that can, on held-out data beside baselines; with --evaluator NAME,
     run one of the engine's evaluators (probes, zero-shot, retrieval) on a model of any kind."""
     if any(arg == "--evaluator" or arg.startswith("--evaluator=") for arg in argv):
-        from polymodal.commands.evaluator import main
-
-        return main(argv)
+        return run_command("polymodal eval", evaluator.__doc__, evaluator.add_arguments, argv, evaluator.run)
     return _dispatch("eval", "evaluate", evaluate.__doc__, argv)
 
 

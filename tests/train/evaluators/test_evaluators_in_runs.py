@@ -138,3 +138,22 @@ def test_the_evaluators_section_must_be_a_mapping(eval_data, tmp_path):
     config.write_text(config.read_text().split("evaluators:")[0] + "evaluators: [linear_probe]\n")
     with pytest.raises(ConfigError, match="evaluators: expected a mapping of str to any value"):
         load_config(config)
+
+
+def test_offline_eval_takes_evaluators_from_a_config_file(trained_run, eval_data, tmp_path, capsys, single_thread):
+    run_dir, _ = trained_run
+    folder = eval_data["folder"]
+    evaluators = tmp_path / "evaluators.yaml"
+    evaluators.write_text(f"""
+evaluators:
+  quick_probe:
+    _target_: polymodal.train.evaluators.LinearProbe
+    train: {{location: {folder}, split: train, image_size: 32}}
+    val: {{location: {folder}, split: val, image_size: 32, max_samples: 5}}
+    sweep: {{learning_rates: [0.1], weight_decays: [0.0], epochs: 2}}
+""")
+    argv = ["eval", "--model", str(run_dir), "--evaluator", "quick_probe", "--config", str(evaluators)]
+    assert cli.main(argv) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines()[-3:])
+    assert set(lines) == {"quick_probe/accuracy", "quick_probe/lr", "quick_probe/weight_decay"}
+    assert float(lines["quick_probe/accuracy"]) * 5 == pytest.approx(round(float(lines["quick_probe/accuracy"]) * 5))
