@@ -1,5 +1,8 @@
 """``polymodal generate --model RUN ...`` and ``polymodal eval --model RUN ...``: one verb for every family.
 
+``polymodal eval --model RUN --evaluator NAME`` is not the family's: it runs one of the engine's evaluators
+(:mod:`polymodal.commands.evaluator`) on any trained model.
+
 The family is the one the run's model belongs to: its ``_target_`` in the run's ``config.yaml`` names a module
 under ``polymodal.families.<family>`` (configs written before the families layout are mapped by
 :mod:`polymodal.config.aliases`). The verb runs ``polymodal.families.<family>.cli.<verb>`` with the same
@@ -12,6 +15,8 @@ import argparse
 import importlib
 from pathlib import Path
 
+from polymodal.commands import evaluator, run_command
+
 
 def generate(argv: list[str]) -> int:
     """Generate with a trained model of any family that can (4M: chained any-to-any)."""
@@ -19,7 +24,10 @@ def generate(argv: list[str]) -> int:
 
 
 def evaluate(argv: list[str]) -> int:
-    """Evaluate a trained model of any family that can, on held-out data beside baselines."""
+    """Evaluate a trained model of any family that can, on held-out data beside baselines; with --evaluator NAME,
+    run one of the engine's evaluators (probes, zero-shot, retrieval) on a model of any kind."""
+    if any(arg == "--evaluator" or arg.startswith("--evaluator=") for arg in argv):
+        return run_command("polymodal eval", evaluator.__doc__, evaluator.add_arguments, argv, evaluator.run)
     return _dispatch("eval", "evaluate", evaluate.__doc__, argv)
 
 

@@ -1,8 +1,8 @@
 """Typed schema of a config: the ``experiment:`` section in full, the other top-level sections by name.
 
-Sections typed ``Any`` (``model``, ``data``, ``optim``, ``loss``, ``metrics``) are ``_target_`` trees; they
-are checked when instantiated, not here. A field's ``metadata["rule"]`` is a value constraint that
-:func:`polymodal.config.validation.validate_config` enforces after the type check.
+Sections typed ``Any`` (``model``, ``data``, ``optim``, ``loss``, ``metrics``, each entry of ``evaluators``) are
+``_target_`` trees; they are checked when instantiated, not here. A field's ``metadata["rule"]`` is a value
+constraint that :func:`polymodal.config.validation.validate_config` enforces after the type check.
 """
 
 from __future__ import annotations
@@ -120,3 +120,4 @@ class RootConfig:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     constants: dict[str, Any] = field(default_factory=dict)
     metrics: Any = None
+    evaluators: dict[str, Any] = field(default_factory=dict)  # name -> evaluator ``_target_`` node

@@ -45,6 +45,7 @@ from polymodal.distributed.groups import set_data_parallel_group
 from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
+from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
 from polymodal.train.mfu import device_peak_flops, mfu
@@ -137,9 +138,12 @@ class Trainer:
         seed_everything(self.exp.seed + self.env.rank)  # dropout and data-side randomness differ per rank
 
         dp_rank, dp_world = (self.mesh.dp_rank, self.mesh.dims.dp) if self.mesh else (0, 1)
-        self.dp_world = dp_world
+        self.dp_rank, self.dp_world = dp_rank, dp_world
         with main_process_first(self.env):  # rank 0 trains the tokenizer / fills caches, then the rest read them
             self.data = instantiate(cfg.data, seed=self.exp.seed, dp_rank=dp_rank, dp_world=dp_world)
+            self.evaluators = build_evaluators(cfg.get("evaluators"))
+        if self.evaluators and self.mesh is not None and self.mesh.dims.cp > 1:
+            raise ConfigError("evaluators do not run under context parallelism (cp > 1): remove them or set cp=1")
         if hasattr(self.data.train, "defer_budget_check"):  # checked on every rank at once after each step
             self.data.train.defer_budget_check()
         self.objective: nn.Module = instantiate(cfg.loss).to(self.env.device)
@@ -362,6 +366,14 @@ class Trainer:
         means = totals[:-1] / totals[-1].clamp_min(torch.finfo(torch.float32).tiny)
         return dict(zip(names, means.tolist(), strict=True))
 
+    def run_evaluators(self) -> dict[str, float]:
+        """Every configured evaluator on the current model (all ranks take part), as ``<name>/<metric>``."""
+        dp_group = self.mesh.group("dp") if self.mesh is not None else None
+        context = EvalContext(
+            self.train_model, self.env.device, self.dp_rank, self.dp_world, dp_group, self._autocast, self.exp.debug
+        )
+        return run_evaluators(self.evaluators, context)
+
     def _tokenizer_paths(self) -> dict[str, str]:
         """The tokenizers the data was encoded with (the data module's optional ``tokenizer_paths()``)."""
         return dict(self.data.tokenizer_paths()) if hasattr(self.data, "tokenizer_paths") else {}
@@ -378,7 +390,7 @@ class Trainer:
             yield
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``total_steps``; returns the last train and validation metrics."""
+        """Train to ``total_steps``; returns the last train, validation and evaluator metrics."""
         with self._run_directory():
             return self._fit()
 
@@ -405,6 +417,7 @@ class Trainer:
         )
         last_train: dict[str, float] = {}
         last_val: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
         with run_logger, StopSignals() as stop:
             window: dict[str, torch.Tensor | float] = defaultdict(float)
             window_steps, window_start = 0, time.perf_counter()
@@ -422,6 +435,9 @@ class Trainer:
                 if step % exp.eval_every == 0 or step == exp.total_steps:
                     last_val = self.evaluate()
                     run_logger.log(step, "val", last_val)
+                    if self.evaluators:
+                        last_eval = self.run_evaluators()
+                        run_logger.log(step, "eval", last_eval)
                 if step % exp.ckpt_every == 0 or step == exp.total_steps:
                     self.save_checkpoint()
                 over_budget = self._data_over_budget()
@@ -434,7 +450,7 @@ class Trainer:
                     self._save_and_stop(step, stop.received)
         if self.env.is_main:
             self._plot_loss()
-        return {"train": last_train, "val": last_val, "step": self.progress.step}
+        return {"train": last_train, "val": last_val, "eval": last_eval, "step": self.progress.step}
 
     def _plot_loss(self) -> None:
         """loss.png of the run; a picture never fails a run whose checkpoint is saved (e.g. a resume that logged no

@@ -1,0 +1,121 @@
+"""An evaluator's own data: images with labels (and captions) from an ImageFolder split or a shard pattern, read
+with the multimodal readers and the validation transform (centre square crop, resize, ``rgb`` as float in [0, 1]);
+and the text encoder that turns prompts and captions into padded token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from polymodal.config.arguments import check_arguments
+from polymodal.config.errors import ConfigError
+from polymodal.data.multimodal.imagefolder import ImageFolderDataset
+from polymodal.data.multimodal.shards import MultimodalShards
+from polymodal.data.multimodal.transforms import AlignedAugment
+
+FORMATS = ("imagefolder", "shards")
+IMAGE = "rgb"
+
+
+class ImageSplit:
+    """Images, labels and captions of one evaluation split.
+
+    Args:
+        location: an ImageFolder root (``format: imagefolder``, reading its ``split`` folder) or a 4M shard pattern
+            such as ``data/val/[rgb,label,caption]/shard-{00000..00009}.tar`` (``format: shards``).
+        label_key: the sample key holding the integer label; ``a.b`` reads field ``b`` of a JSON modality ``a``
+            (e.g. an attribute of a scene). ImageFolder samples have ``label`` (their class folder).
+        caption_key: the sample key holding the caption: a string, or a list of strings of which the first is taken.
+        max_samples: read only the first ``max_samples`` samples.
+    """
+
+    def __init__(
+        self,
+        location: str,
+        split: str = "val",
+        format: str = "imagefolder",
+        image_size: int = 64,
+        label_key: str | None = "label",
+        caption_key: str | None = None,
+        max_samples: int | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if format not in FORMATS:
+            raise ConfigError(f"evaluation data format must be one of {FORMATS}, got {format!r}")
+        self.key = (location, split, format, image_size, label_key, caption_key, max_samples)
+        self.label_key, self.caption_key = label_key, caption_key
+        self.class_names: list[str] | None = None
+        if format == "imagefolder":
+            self.dataset: Any = ImageFolderDataset(location, split=split)
+            self.class_names = self.dataset.classes
+        else:
+            folders = [IMAGE, *(key.split(".", 1)[0] for key in (label_key, caption_key) if key)]
+            self.dataset = MultimodalShards(location, modalities=list(dict.fromkeys(folders)), cache_dir=cache_dir)
+        self.size = len(self.dataset) if max_samples is None else min(max_samples, len(self.dataset))
+        self.transform = AlignedAugment(image_size, [IMAGE], train=False)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def load(self, indices: Sequence[int]) -> dict[str, Any]:
+        """``{"rgb": float [B,3,S,S], "label": int64 [B], "caption": [str]}`` (label, caption: with their keys)."""
+        samples = [self.dataset[index] for index in indices]
+        batch: dict[str, Any] = {IMAGE: torch.stack([self.transform({IMAGE: s[IMAGE]})[IMAGE] for s in samples])}
+        if self.label_key:
+            batch["label"] = torch.tensor([int(_field(s, self.label_key)) for s in samples], dtype=torch.int64)
+        if self.caption_key:
+            batch["caption"] = [_caption(_field(s, self.caption_key)) for s in samples]
+        return batch
+
+
+def _field(sample: Mapping[str, Any], key: str) -> Any:
+    value: Any = sample
+    for part in key.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise KeyError(f"evaluation sample has no '{key}' (at '{part}')")
+        value = value[part]
+    return value
+
+
+def _caption(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    if not isinstance(value, str):
+        raise ValueError(f"a caption must be a string or a list of strings, got {value!r}")
+    return value
+
+
+def as_split(value: ImageSplit | Mapping[str, Any], path: str) -> ImageSplit:
+    """An :class:`ImageSplit` from itself or from its arguments (keys checked, named by ``path``)."""
+    if isinstance(value, ImageSplit):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected the arguments of an ImageSplit (location, split, ...), got {value!r}")
+    check_arguments(ImageSplit, [str(key) for key in value], path)
+    return ImageSplit(**value)
+
+
+class TextEncoder:
+    """Texts -> ``int64 [B, context_length]`` token ids (truncated, right-padded with ``pad_id``) and a bool mask of
+    the real tokens. ``tokenizer``: a Hugging Face ``tokenizers`` JSON file, or a ``tokenizers.Tokenizer``."""
+
+    def __init__(self, tokenizer: Any, context_length: int, pad_id: int = 0) -> None:
+        if isinstance(tokenizer, (str, Path)):
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tokenizer))
+        if context_length < 1:
+            raise ConfigError(f"context_length must be >= 1, got {context_length}")
+        self.tokenizer, self.context_length, self.pad_id = tokenizer, context_length, pad_id
+
+    def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.int64)
+        mask = torch.zeros(len(texts), self.context_length, dtype=torch.bool)
+        for row, text in enumerate(texts):
+            tokens = self.tokenizer.encode(text).ids[: self.context_length]
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+            mask[row, : len(tokens)] = True
+        return ids, mask

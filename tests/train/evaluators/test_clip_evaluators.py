@@ -1,0 +1,104 @@
+"""Zero-shot classification and retrieval of a tiny CLIP-like model against plain computations; features extracted
+once per evaluation round however many evaluators and sweep points use them."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_clip import TEMPLATES, tiny_clip
+
+from polymodal.train.evaluators import (
+    EvalContext,
+    EvaluatorFailed,
+    ImageSplit,
+    LinearProbe,
+    Retrieval,
+    TextEncoder,
+    ZeroShotClassification,
+    run_evaluators,
+)
+
+CPU = torch.device("cpu")
+
+
+def embed(model, images=None, text_ids=None) -> torch.Tensor:
+    with torch.no_grad():
+        if images is not None:
+            return F.normalize(model({"rgb": images}, only="image")["image_embeds"], dim=-1)
+        return F.normalize(model({"text_ids": text_ids}, only="text")["text_embeds"], dim=-1)
+
+
+def test_zero_shot_top1_matches_a_plain_computation(eval_data, single_thread):
+    model = tiny_clip().eval()
+    split = ImageSplit(str(eval_data["folder"]), split="val", image_size=32)
+    evaluator = ZeroShotClassification(
+        split, str(eval_data["tokenizer"]), templates=TEMPLATES, context_length=8, image_part="image",
+        text_part="text", batch_size=5,
+    )  # fmt: skip
+    result = run_evaluators({"zs": evaluator}, EvalContext(model, CPU))
+
+    everything = split.load(range(len(split)))
+    images = embed(model, images=everything["rgb"])
+    encode = TextEncoder(str(eval_data["tokenizer"]), context_length=8)
+    classes = []
+    for name in split.class_names:
+        prompts = embed(model, text_ids=encode([template.format(name) for template in TEMPLATES])[0])
+        classes.append(F.normalize(prompts.mean(0), dim=-1))
+    scores = [[float(image @ text) for text in classes] for image in images]
+    predicted = [max(range(len(row)), key=row.__getitem__) for row in scores]
+    expected = sum(p == int(label) for p, label in zip(predicted, everything["label"], strict=True)) / len(split)
+    assert result == {"zs/top1": pytest.approx(expected)}
+
+
+def test_retrieval_recalls_match_a_plain_computation(eval_data, single_thread):
+    model = tiny_clip().eval()
+    shards = str(eval_data["shards"]) + "/[rgb,label,caption]/shard-{00000..00002}.tar"
+    split = ImageSplit(shards, format="shards", image_size=32, caption_key="caption", label_key=None)
+    evaluator = Retrieval(split, str(eval_data["tokenizer"]), context_length=24, image_part="image", text_part="text",
+        batch_size=4)  # fmt: skip
+    result = run_evaluators({"ret": evaluator}, EvalContext(model, CPU))
+
+    everything = split.load(range(len(split)))
+    images = embed(model, images=everything["rgb"])
+    texts = embed(model, text_ids=TextEncoder(str(eval_data["tokenizer"]), 24)(everything["caption"])[0])
+    similarity = (images @ texts.T).tolist()
+    count = len(split)
+
+    def recall(k: int, image_queries: bool) -> float:
+        hits = 0
+        for query in range(count):
+            row = similarity[query] if image_queries else [similarity[c][query] for c in range(count)]
+            better = sum(score > row[query] for score in row)
+            hits += better < k
+        return hits / count
+
+    expected = {
+        "ret/image_to_text_R@1": recall(1, True),
+        "ret/image_to_text_R@5": recall(5, True),
+        "ret/text_to_image_R@1": recall(1, False),
+        "ret/text_to_image_R@5": recall(5, False),
+    }
+    assert result == pytest.approx(expected)
+
+
+def test_features_are_extracted_once_per_round(eval_data, single_thread):
+    model = tiny_clip().eval()
+    calls = []
+    model.models["image"].register_forward_hook(lambda module, args, output: calls.append(len(args[0]["rgb"])))
+    folder = str(eval_data["folder"])
+    train, val = ImageSplit(folder, "train", image_size=32), ImageSplit(folder, "val", image_size=32)
+    sweep = {"learning_rates": [1e-2, 1e-1], "weight_decays": [0.0, 1e-3], "epochs": 2}
+    probes = {name: LinearProbe(train, val, part="image", sweep=sweep, extract_batch_size=8) for name in ("a", "b")}
+    context = EvalContext(model, CPU)
+    first = run_evaluators(probes, context)
+    assert sum(calls) == len(train) + len(val)  # two probes x four sweep points, one extraction
+    assert first["a/accuracy"] == first["b/accuracy"]
+    run_evaluators(probes, context)
+    assert sum(calls) == 2 * (len(train) + len(val))  # a new round extracts again: the model may have changed
+
+
+def test_a_failing_evaluator_stops_the_evaluation_with_its_name(eval_data):
+    folder = str(eval_data["folder"])
+    probe = LinearProbe({"location": folder, "split": "train", "image_size": 32},
+        {"location": folder, "split": "val", "image_size": 32}, feature_key="no_such_key", part="image")  # fmt: skip
+    with pytest.raises(EvaluatorFailed, match="evaluator 'probe' failed: KeyError: .*wrote no 'no_such_key'"):
+        run_evaluators({"probe": probe}, EvalContext(tiny_clip(), CPU))

@@ -1,0 +1,159 @@
+"""Evaluators in a training run and after it: the trainer logs them at the eval cadence in metrics.jsonl, a wrong key
+in the evaluators section is a one-line error, and `polymodal eval --evaluator` runs one on the trained run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from polymodal import cli
+from polymodal.config import ConfigError, load_config
+from polymodal.runs import load_run
+from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
+from polymodal.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[3]
+
+CONFIG = """
+defaults:
+  - {repo}/configs/optim/adamw_cosine.yaml
+constants:
+  lr: 3.0e-3
+  warmup_steps: 2
+model:
+  _target_: polymodal.models.meta.MetaModel
+  preprocessor:
+    _target_: polymodal.models.meta.ModuleBlock
+    read_keys: rgb
+    write_keys: features
+    module:
+      _target_: torch.nn.Sequential
+      _args_:
+        - {{_target_: torch.nn.Conv2d, in_channels: 3, out_channels: 8, kernel_size: 3, stride: 2}}
+        - {{_target_: torch.nn.ReLU}}
+        - {{_target_: torch.nn.AdaptiveAvgPool2d, output_size: 1}}
+        - {{_target_: torch.nn.Flatten}}
+  head: {{_target_: polymodal.models.parts.LinearHead, dim: 8, out_dim: 5, read_key: features, write_key: logits}}
+loss:
+  _target_: polymodal.objectives.classification.ClassificationLoss
+data:
+  _target_: polymodal.data.multimodal.data_module.MultimodalData
+  format: imagefolder
+  train: {folder}
+  val: {folder}
+  modalities: [rgb, label]
+  image_size: 32
+  batch_size: 4
+experiment:
+  output_dir: {out}
+  total_steps: 4
+  log_every: 2
+  eval_every: 2
+  eval_steps: 1
+  ckpt_every: 4
+  tensorboard: false
+  wandb: {{enabled: false}}
+evaluators:
+  linear_probe:
+    _target_: polymodal.train.evaluators.LinearProbe
+    train: {{location: {folder}, split: train, image_size: 32}}
+    val: {{location: {folder}, split: val, image_size: 32}}
+    feature_key: features
+    sweep: {{learning_rates: [0.01, 0.1], weight_decays: [0.0], epochs: 5, batch_size: 8}}
+"""
+
+
+def write_config(directory: Path, folder: Path, *replacements: tuple[str, str]) -> Path:
+    text = CONFIG.format(repo=REPO, folder=folder, out=directory / "run")
+    for old, new in replacements:
+        assert old in text
+        text = text.replace(old, new)
+    path = directory / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_run(eval_data, tmp_path_factory) -> tuple[Path, list[dict]]:
+    directory = tmp_path_factory.mktemp("evaluated_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = Trainer(load_config(write_config(directory, eval_data["folder"]))).fit()
+    finally:
+        torch.set_num_threads(threads)
+    assert set(result["eval"]) == {"linear_probe/accuracy", "linear_probe/lr", "linear_probe/weight_decay"}
+    records = [json.loads(line) for line in (directory / "run" / "metrics.jsonl").read_text().splitlines()]
+    return directory / "run", records
+
+
+def test_trainer_logs_evaluator_metrics_at_the_eval_cadence(trained_run):
+    _, records = trained_run
+    evaluations = [record for record in records if record["split"] == "eval"]
+    assert [record["step"] for record in evaluations] == [2, 4]
+    for record in evaluations:
+        assert 0.0 <= record["linear_probe/accuracy"] <= 1.0 and record["linear_probe/lr"] in (0.01, 0.1)
+
+
+def test_offline_eval_runs_an_evaluator_on_the_trained_run(trained_run, eval_data, capsys, single_thread):
+    run_dir, _ = trained_run
+    assert cli.main(["eval", "--model", str(run_dir), "--evaluator", "linear_probe", "sweep.epochs=3", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run = load_run(run_dir)
+    section = run.config.evaluators
+    section.linear_probe.sweep.epochs = 3
+    expected = run_evaluators(build_evaluators(section), EvalContext(run.model, run.device))
+    assert printed == pytest.approx(expected) and "linear_probe/accuracy" in printed
+
+
+def test_offline_eval_names_a_missing_evaluator(trained_run, capsys):
+    run_dir, _ = trained_run
+    assert cli.main(["eval", "--model", str(run_dir), "--evaluator", "linear_prob"]) == cli.EXIT_CONFIG_ERROR
+    assert "no evaluator 'linear_prob'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("    feature_key: features", "    feature_kye: features",
+            "unknown key 'evaluators.linear_probe.feature_kye' — did you mean 'evaluators.linear_probe.feature_key'?"),
+        ("train: {location:", "train: {locaton:",
+            "evaluators.linear_probe: unknown key 'train.locaton' — did you mean 'train.location'?"),
+        ("epochs: 5,", "epoch: 5,",
+            "evaluators.linear_probe: unknown key 'sweep.epoch' — did you mean 'sweep.epochs'?"),
+        ("_target_: polymodal.train.evaluators.LinearProbe", "kind: linear",
+            "evaluators.linear_probe: expected a mapping with a _target_"),
+    ],
+)  # fmt: skip
+def test_a_wrong_evaluators_key_is_a_one_line_error(eval_data, tmp_path, capsys, old, new, message):
+    config = write_config(tmp_path, eval_data["folder"], (old, new))
+    assert cli.main(["train", "--config", str(config)]) == cli.EXIT_CONFIG_ERROR
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and message in error and "\n" not in error
+
+
+def test_the_evaluators_section_must_be_a_mapping(eval_data, tmp_path):
+    config = write_config(tmp_path, eval_data["folder"])
+    config.write_text(config.read_text().split("evaluators:")[0] + "evaluators: [linear_probe]\n")
+    with pytest.raises(ConfigError, match="evaluators: expected a mapping of str to any value"):
+        load_config(config)
+
+
+def test_offline_eval_takes_evaluators_from_a_config_file(trained_run, eval_data, tmp_path, capsys, single_thread):
+    run_dir, _ = trained_run
+    folder = eval_data["folder"]
+    evaluators = tmp_path / "evaluators.yaml"
+    evaluators.write_text(f"""
+evaluators:
+  quick_probe:
+    _target_: polymodal.train.evaluators.LinearProbe
+    train: {{location: {folder}, split: train, image_size: 32}}
+    val: {{location: {folder}, split: val, image_size: 32, max_samples: 5}}
+    sweep: {{learning_rates: [0.1], weight_decays: [0.0], epochs: 2}}
+""")
+    argv = ["eval", "--model", str(run_dir), "--evaluator", "quick_probe", "--config", str(evaluators)]
+    assert cli.main(argv) == 0
+    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines()[-3:])
+    assert set(lines) == {"quick_probe/accuracy", "quick_probe/lr", "quick_probe/weight_decay"}
+    assert float(lines["quick_probe/accuracy"]) * 5 == pytest.approx(round(float(lines["quick_probe/accuracy"]) * 5))
