@@ -15,8 +15,10 @@ from polymodal.config.errors import ConfigError
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.transforms import AlignedAugment
+from polymodal.data.synth.labels import ATTRIBUTE_CLASSES, LABEL_MODALITIES
 
 FORMATS = ("imagefolder", "shards")
+SCENE_LABEL_ATTRIBUTES = {modality: attribute for attribute, modality in LABEL_MODALITIES.items()}
 IMAGE = "rgb"
 
 
@@ -26,8 +28,12 @@ class ImageSplit:
     Args:
         location: an ImageFolder root (``format: imagefolder``, reading its ``split`` folder) or a 4M shard pattern
             such as ``data/val/[rgb,label,caption]/shard-{00000..00009}.tar`` (``format: shards``).
-        label_key: the sample key holding the integer label; ``a.b`` reads field ``b`` of a JSON modality ``a``
-            (e.g. an attribute of a scene). ImageFolder samples have ``label`` (their class folder).
+        label_key: the sample key holding the integer label; ``a.b`` reads field ``b`` of a JSON modality ``a``.
+            ImageFolder samples have ``label``; synthetic shards carry the scene labels as the modalities ``label``
+            (object count), ``colour_label`` and ``shape_label`` (of the largest visible object), whose class
+            names the split then knows (for zero-shot prompts).
+        attribute: with an ImageFolder, the scene attribute its ``label`` holds (``count``, ``colour`` or
+            ``shape``, from the split's ``attributes.json``); None: the class folders.
         caption_key: the sample key holding the caption: a string, or a list of strings of which the first is taken.
         max_samples: read only the first ``max_samples`` samples.
     """
@@ -42,18 +48,23 @@ class ImageSplit:
         caption_key: str | None = None,
         max_samples: int | None = None,
         cache_dir: str | None = None,
+        attribute: str | None = None,
     ) -> None:
         if format not in FORMATS:
             raise ConfigError(f"evaluation data format must be one of {FORMATS}, got {format!r}")
-        self.key = (location, split, format, image_size, label_key, caption_key, max_samples)
+        if attribute is not None and format != "imagefolder":
+            raise ConfigError("attribute picks an ImageFolder's label; with shards choose the label modality")
+        self.key = (location, split, format, image_size, label_key, caption_key, max_samples, attribute)
         self.label_key, self.caption_key = label_key, caption_key
         self.class_names: list[str] | None = None
         if format == "imagefolder":
-            self.dataset: Any = ImageFolderDataset(location, split=split)
+            self.dataset: Any = ImageFolderDataset(location, split=split, attribute=attribute)
             self.class_names = self.dataset.classes
         else:
             folders = [IMAGE, *(key.split(".", 1)[0] for key in (label_key, caption_key) if key)]
             self.dataset = MultimodalShards(location, modalities=list(dict.fromkeys(folders)), cache_dir=cache_dir)
+            if label_key in SCENE_LABEL_ATTRIBUTES:
+                self.class_names = list(ATTRIBUTE_CLASSES[SCENE_LABEL_ATTRIBUTES[label_key]])
         self.size = len(self.dataset) if max_samples is None else min(max_samples, len(self.dataset))
         self.transform = AlignedAugment(image_size, [IMAGE], train=False)
 

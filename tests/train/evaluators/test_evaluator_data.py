@@ -1,0 +1,31 @@
+"""ImageSplit reads every scene label: an ImageFolder's attribute, and the label modalities of synthetic shards
+with their class names."""
+
+import pytest
+
+from polymodal.config.errors import ConfigError
+from polymodal.data.multimodal.shards import MultimodalShards
+from polymodal.data.synth.labels import ATTRIBUTE_CLASSES
+from polymodal.data.synth.writers import write_imagefolder, write_shards
+from polymodal.train.evaluators.data import ImageSplit
+
+LABELS = {"count": "label", "colour": "colour_label", "shape": "shape_label"}
+
+
+def test_scene_labels_from_shards_and_from_an_imagefolder_attribute(tmp_path):
+    write_shards(tmp_path / "shards", num_samples=12, samples_per_shard=12, seed=4, size=32,
+                 modalities=("rgb", *LABELS.values()))  # fmt: skip
+    pattern = f"{tmp_path}/shards/[rgb,{','.join(LABELS.values())}]/shard-00000.tar"
+    reference = MultimodalShards(pattern, modalities=list(LABELS.values()), cache_dir=str(tmp_path))
+    write_imagefolder(tmp_path / "folder", num_samples=12, val_fraction=0.5, seed=4, size=32)
+    for attribute, modality in LABELS.items():
+        split = ImageSplit(pattern, format="shards", image_size=16, label_key=modality, cache_dir=str(tmp_path))
+        assert split.class_names == list(ATTRIBUTE_CLASSES[attribute])
+        assert split.load(range(6))["label"].tolist() == [int(reference[i][modality]) for i in range(6)]
+        folder = ImageSplit(str(tmp_path / "folder"), split="val", image_size=16, attribute=attribute)
+        assert folder.class_names == list(ATTRIBUTE_CLASSES[attribute])
+        # the ImageFolder's val split holds scenes 6..11 of the same seed, ordered by class folder
+        expected = sorted(int(reference[i][modality]) for i in range(6, 12))
+        assert sorted(folder.load(range(6))["label"].tolist()) == expected
+    with pytest.raises(ConfigError, match="attribute picks an ImageFolder's label"):
+        ImageSplit(pattern, format="shards", label_key="label", attribute="colour")
