@@ -32,6 +32,7 @@ def mean_scores(task: dict, scorers: tuple[str, ...]) -> tuple[float, ...]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # about 5 minutes alone on 2 cores; twice that on a busy machine
 def test_tiny_recipe_beats_both_baselines_on_held_out_scenes(trained_rgb_tokenizer, tmp_path):
     conversations = write_conversations(tmp_path / "conversations", SCENES, workers=2)
     bpe = tmp_path / "bpe.json"
