@@ -22,6 +22,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from polymodal.config import ConfigError
+from polymodal.distributed.groups import set_data_parallel_group
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Di
 
 
 def teardown_distributed() -> None:
+    """Forget the published data-parallel group, then destroy the process groups: a group object still referenced
+    from a module global would otherwise be destroyed during interpreter shutdown, after its backend's threads."""
+    set_data_parallel_group(None)
     if dist.is_initialized():
         dist.destroy_process_group()
 
