@@ -10,7 +10,8 @@ from polymodal.models.pooling import AttentivePooling, AttentivePoolingHead
 
 
 def reference_pooling(pool: AttentivePooling, tokens: torch.Tensor, token_norm: bool = True) -> torch.Tensor:
-    """LayerNorm the tokens (unless ``token_norm`` is off); per head, softmax(q·kᵀ/√d)·v for every learned query; project; mean over queries."""
+    """LayerNorm the tokens (unless ``token_norm`` is off); per head, softmax(q·kᵀ/√d)·v for every learned query;
+    project; mean over queries."""
     attention = pool.attention
     heads, head_dim = attention.num_heads, attention.head_dim
     context = tokens
