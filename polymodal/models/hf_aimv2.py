@@ -16,7 +16,7 @@ query attends the un-normalised features (:class:`~polymodal.models.pooling.Atte
   projection ``q_proj``. On the way in the query is the ``cls_token`` and ``q_proj`` the identity (exact); on the way
   out the ``cls_token`` is ``q_proj(query)``, the very product our forward computes.
 
-:func:`key_map` is the table; docs/aimv2.md explains it.
+:func:`key_map` is the table; docs/vision_checkpoints.md explains it.
 """
 
 from __future__ import annotations

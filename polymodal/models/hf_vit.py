@@ -14,7 +14,7 @@ biased attention projections, GELU MLP), a final LayerNorm, then the CLS token i
   is a constant added to a constant, so it is folded into the CLS token on the way in (``cls + pos[0]``, the very
   sum HF computes) and exported as a zero row on the way out: both directions compute the same numbers.
 
-:func:`key_map` is the table; docs/vit.md explains it.
+:func:`key_map` is the table; docs/vision_checkpoints.md explains it.
 """
 
 from __future__ import annotations
