@@ -8,6 +8,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_model
@@ -155,3 +156,9 @@ def check_shapes(found: Mapping[str, torch.Tensor], expected: Mapping[str, torch
     }
     if wrong:
         raise ValueError(f"shapes (found, expected by the config) differ: {wrong}")
+
+
+def config_as_dict(config: Mapping[str, Any] | Any) -> Mapping[str, Any]:
+    """A foreign model's config as a mapping: a dict (a checkpoint's ``config.json``) as it is, or anything with
+    ``to_dict()`` (a ``transformers`` config) as that dict."""
+    return config if isinstance(config, Mapping) else config.to_dict()

@@ -14,15 +14,18 @@ from polymodal.models.meta import DataDict, ReadWriteBlock
 
 
 class AttentivePooling(nn.Module):
-    """``[B, T, D] -> [B, D]``: ``num_queries`` learned queries attend the (layer-normed) tokens; their outputs
-    are averaged. ``mask`` (bool ``[B, T]``, True = a real token) hides padding tokens."""
+    """``[B, T, D] -> [B, D]``: ``num_queries`` learned queries attend the tokens, layer-normed unless
+    ``token_norm=False`` (AIMv2's pooling head attends the tokens as they are); their outputs are averaged.
+    ``mask`` (bool ``[B, T]``, True = a real token) hides padding tokens."""
 
-    def __init__(self, dim: int, num_heads: int, num_queries: int = 1, qkv_bias: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, num_queries: int = 1, qkv_bias: bool = True, token_norm: bool = True
+    ) -> None:
         super().__init__()
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
         self.query = nn.Parameter(torch.empty(1, num_queries, dim))
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim) if token_norm else nn.Identity()
         self.attention = CrossAttention(dim, num_heads, qkv_bias=qkv_bias, out_bias=True)
         self.initialize_weights()
 

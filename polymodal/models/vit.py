@@ -41,6 +41,7 @@ class ViTPreprocessor(ReadWriteBlock):
         num_registers: learned register tokens (Darcet et al. 2024) placed after the CLS, before the patches.
         patch_norm: a norm on the projected patches, before the positions are added (AIMv1 uses a LayerNorm,
             AIMv2 an RMSNorm); None for none.
+        patch_norm_eps: its epsilon.
         patch_bias: bias of the patch projection.
         read_key: the images; write_key: the tokens; extra_tokens_key: where E, an int, is written.
 
@@ -58,6 +59,7 @@ class ViTPreprocessor(ReadWriteBlock):
         cls_token: bool = False,
         num_registers: int = 0,
         patch_norm: NormKind | None = None,
+        patch_norm_eps: float = 1e-6,
         patch_bias: bool = True,
         read_key: str = "image",
         write_key: str = "tokens",
@@ -74,7 +76,7 @@ class ViTPreprocessor(ReadWriteBlock):
         self.grid = grid_size(self.image_hw, self.patch_embed.patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.dim = dim
-        self.patch_norm = norm_factory(patch_norm)(dim) if patch_norm is not None else None
+        self.patch_norm = norm_factory(patch_norm, patch_norm_eps)(dim) if patch_norm is not None else None
         self.pos_embed_kind = pos_embed
         if pos_embed == "sincos":
             self.register_buffer("pos_embed", torch.empty(1, self.num_patches, dim), persistent=False)

@@ -9,11 +9,14 @@ import torch.nn.functional as F
 from polymodal.models.pooling import AttentivePooling, AttentivePoolingHead
 
 
-def reference_pooling(pool: AttentivePooling, tokens: torch.Tensor) -> torch.Tensor:
-    """LayerNorm the tokens; per head, softmax(q·kᵀ/√d)·v for every learned query; project; mean over queries."""
+def reference_pooling(pool: AttentivePooling, tokens: torch.Tensor, token_norm: bool = True) -> torch.Tensor:
+    """LayerNorm the tokens (unless ``token_norm`` is off); per head, softmax(q·kᵀ/√d)·v for every learned query;
+    project; mean over queries."""
     attention = pool.attention
     heads, head_dim = attention.num_heads, attention.head_dim
-    context = F.layer_norm(tokens, tokens.shape[-1:], pool.norm.weight, pool.norm.bias, pool.norm.eps)
+    context = tokens
+    if token_norm:
+        context = F.layer_norm(tokens, tokens.shape[-1:], pool.norm.weight, pool.norm.bias, pool.norm.eps)
     query = attention.q_proj(pool.query[0])  # [Q, D]
     keys, values = attention.k_proj(context), attention.v_proj(context)  # [B, T, D]
     outputs = []
@@ -30,6 +33,14 @@ def test_attentive_pooling_is_learned_query_cross_attention(num_queries):
     pool = AttentivePooling(dim=8, num_heads=2, num_queries=num_queries)
     tokens = torch.randn(4, 5, 8)
     torch.testing.assert_close(pool(tokens), reference_pooling(pool, tokens))
+
+
+def test_without_token_norm_the_queries_attend_the_raw_tokens():
+    torch.manual_seed(0)
+    pool = AttentivePooling(dim=8, num_heads=2, token_norm=False)
+    tokens = torch.randn(4, 5, 8) * 3 + 1
+    assert not any("norm" in name for name, _ in pool.named_parameters())
+    torch.testing.assert_close(pool(tokens), reference_pooling(pool, tokens, token_norm=False))
 
 
 def test_masked_tokens_do_not_change_the_pooled_vector():

@@ -65,3 +65,12 @@ def test_bad_input_is_named():
         ViTPreprocessor(8, 4, dim=8, patch_norm="batchnorm")
     with pytest.raises(ValueError, match=r"\[B, C, 8, 8\]"):
         ViTPreprocessor(8, 4, dim=8)({"image": torch.randn(1, 3, 12, 8)})
+
+
+def test_patch_norm_uses_its_epsilon():
+    torch.manual_seed(0)
+    pre = ViTPreprocessor(8, 4, dim=8, pos_embed=None, patch_norm="rmsnorm", patch_norm_eps=0.5)
+    images = torch.randn(2, 3, 8, 8) * 0.1  # small patches, so the epsilon matters
+    projected = pre.patch_embed(images)
+    expected = projected / (projected.pow(2).mean(-1, keepdim=True) + 0.5).sqrt()
+    torch.testing.assert_close(pre({"image": images})["tokens"], expected)
