@@ -116,16 +116,34 @@ def end_of_text_positions(ids: Tensor, eot_token_id: int | None) -> Tensor:
 
 
 class EndOfTextPool(ReadWriteBlock):
-    """``[B, T, D] -> [B, D]``: the hidden state at each row's end-of-text position (:func:`end_of_text_positions`)."""
+    """``[B, T, D] -> [B, D]``: the hidden state at each row's end-of-text position.
 
-    def __init__(self, hidden_key: str, ids_key: str, write_key: str, eot_token_id: int | None = None):
-        super().__init__([hidden_key, ids_key], write_key)
-        self.eot_token_id = eot_token_id
+    The positions are found in the token ids under ``ids_key`` (:func:`end_of_text_positions`), or, with
+    ``eot_key``, read as given: int64 ``[B]`` (the data's ``caption_eot``), whatever the end token's id.
+    """
+
+    def __init__(
+        self,
+        hidden_key: str,
+        ids_key: str,
+        write_key: str,
+        eot_token_id: int | None = None,
+        eot_key: str | None = None,
+    ):
+        if eot_key is not None and eot_token_id is not None:
+            raise ValueError("give the end-of-text positions (eot_key) or the token to find them by (eot_token_id)")
+        super().__init__([hidden_key, eot_key or ids_key], write_key)
+        self.eot_token_id, self.positions_given = eot_token_id, eot_key is not None
 
     def forward(self, data: DataDict) -> DataDict:
-        hidden_key, ids_key = self.read_keys
+        hidden_key, source_key = self.read_keys
         hidden = data[hidden_key]
-        positions = end_of_text_positions(data[ids_key], self.eot_token_id)
+        if self.positions_given:
+            positions = data[source_key]
+            if positions.shape != hidden.shape[:1]:
+                raise ValueError(f"'{source_key}' must be [B]={hidden.shape[0]} positions, got {tuple(positions.shape)}")
+        else:
+            positions = end_of_text_positions(data[source_key], self.eot_token_id)
         data[self.write_keys[0]] = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
         return data
 
@@ -229,10 +247,12 @@ def build_clip_text_tower(
     mlp_ratio: float = 4.0,
     eot_token_id: int | None = None,
     ids_key: str = "text_ids",
+    eot_key: str | None = None,
     write_key: str = "text_embeds",
 ) -> MetaModel:
-    """The causal text tower: ``text_ids`` ``[B, T <= context_length]`` -> ``text_embeds`` ``[B, embed_dim]``,
-    pooled at the end-of-text token (``eot_token_id``: see :func:`end_of_text_positions`). No padding mask is
+    """The causal text tower: ``ids_key`` ``[B, T <= context_length]`` -> ``text_embeds`` ``[B, embed_dim]``,
+    pooled at the end-of-text token: the position under ``eot_key`` if given (the multimodal data's
+    ``caption_eot``), else the one ``eot_token_id`` finds (:func:`end_of_text_positions`). No padding mask is
     needed: padding follows the end-of-text token, which the causal mask keeps from seeing it."""
     hidden = "text_hidden"
     transformer = _tower_transformer(dim, depth, num_heads, activation, norm_eps, ffn_dim, mlp_ratio)
@@ -244,7 +264,7 @@ def build_clip_text_tower(
         trunk=TransformerTrunk(
             transformer, hidden, hidden, mask_key=None, position_key=None, is_causal=True, cache_key=None
         ),
-        postprocessor=EndOfTextPool(hidden, ids_key, "text_pooled", eot_token_id),
+        postprocessor=EndOfTextPool(hidden, ids_key, "text_pooled", eot_token_id, eot_key),
         head=NormalizedProjection(dim, embed_dim, "text_pooled", write_key),
     )
 
