@@ -17,12 +17,13 @@ swapped on its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.v2 import Normalize
 
 from polymodal.models.layers.block import Transformer, build_transformer
 from polymodal.models.layers.init import init_weights
@@ -213,13 +214,27 @@ def build_clip_image_tower(
     in_channels: int = 3,
     image_key: str = "image",
     write_key: str = "image_embeds",
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
 ) -> MetaModel:
-    """The ViT image tower: ``image`` ``[B, C, image_size, image_size]`` -> ``image_embeds`` ``[B, embed_dim]``."""
+    """The ViT image tower: ``image`` ``[B, C, image_size, image_size]`` -> ``image_embeds`` ``[B, embed_dim]``.
+
+    ``pixel_mean``/``pixel_std``: standardise the pixels per channel first (CLIP's preprocessing, for data that
+    gives pixels in [0, 1]); the block comes first, so the other blocks' indices are then one higher than the
+    converters' (:mod:`polymodal.models.hf_clip`) expect, whose models take standardised pixels.
+    """
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+    if (pixel_mean is None) != (pixel_std is None):
+        raise ValueError("give both pixel_mean and pixel_std, or neither")
     hidden = "image_hidden"
     num_patches = (image_size // patch_size) ** 2
+    standardise = []
+    if pixel_mean is not None:
+        standardise = [ModuleBlock(Normalize(list(pixel_mean), list(pixel_std)), image_key, "image_standardised")]
+        image_key = "image_standardised"
     preprocessor = [
+        *standardise,
         ModuleBlock(PatchEmbed(patch_size, in_channels, dim, bias=False), image_key, hidden),
         PrependClassToken(dim, hidden, hidden),
         LearnedPositions(num_patches + 1, dim, hidden, hidden, exact=True, std=dim**-0.5),
