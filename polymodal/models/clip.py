@@ -142,7 +142,9 @@ class EndOfTextPool(ReadWriteBlock):
         if self.positions_given:
             positions = data[source_key]
             if positions.shape != hidden.shape[:1]:
-                raise ValueError(f"'{source_key}' must be [B]={hidden.shape[0]} positions, got {tuple(positions.shape)}")
+                raise ValueError(
+                    f"'{source_key}' must be [B]={hidden.shape[0]} positions, got {tuple(positions.shape)}"
+                )
         else:
             positions = end_of_text_positions(data[source_key], self.eot_token_id)
         data[self.write_keys[0]] = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
