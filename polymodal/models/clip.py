@@ -17,12 +17,13 @@ swapped on its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchvision.transforms.v2 import Normalize
 
 from polymodal.models.layers.block import Transformer, build_transformer
 from polymodal.models.layers.init import init_weights
@@ -116,16 +117,36 @@ def end_of_text_positions(ids: Tensor, eot_token_id: int | None) -> Tensor:
 
 
 class EndOfTextPool(ReadWriteBlock):
-    """``[B, T, D] -> [B, D]``: the hidden state at each row's end-of-text position (:func:`end_of_text_positions`)."""
+    """``[B, T, D] -> [B, D]``: the hidden state at each row's end-of-text position.
 
-    def __init__(self, hidden_key: str, ids_key: str, write_key: str, eot_token_id: int | None = None):
-        super().__init__([hidden_key, ids_key], write_key)
-        self.eot_token_id = eot_token_id
+    The positions are found in the token ids under ``ids_key`` (:func:`end_of_text_positions`), or, with
+    ``eot_key``, read as given: int64 ``[B]`` (the data's ``caption_eot``), whatever the end token's id.
+    """
+
+    def __init__(
+        self,
+        hidden_key: str,
+        ids_key: str,
+        write_key: str,
+        eot_token_id: int | None = None,
+        eot_key: str | None = None,
+    ):
+        if eot_key is not None and eot_token_id is not None:
+            raise ValueError("give the end-of-text positions (eot_key) or the token to find them by (eot_token_id)")
+        super().__init__([hidden_key, eot_key or ids_key], write_key)
+        self.eot_token_id, self.positions_given = eot_token_id, eot_key is not None
 
     def forward(self, data: DataDict) -> DataDict:
-        hidden_key, ids_key = self.read_keys
+        hidden_key, source_key = self.read_keys
         hidden = data[hidden_key]
-        positions = end_of_text_positions(data[ids_key], self.eot_token_id)
+        if self.positions_given:
+            positions = data[source_key]
+            if positions.shape != hidden.shape[:1]:
+                raise ValueError(
+                    f"'{source_key}' must be [B]={hidden.shape[0]} positions, got {tuple(positions.shape)}"
+                )
+        else:
+            positions = end_of_text_positions(data[source_key], self.eot_token_id)
         data[self.write_keys[0]] = hidden[torch.arange(hidden.shape[0], device=hidden.device), positions]
         return data
 
@@ -195,13 +216,27 @@ def build_clip_image_tower(
     in_channels: int = 3,
     image_key: str = "image",
     write_key: str = "image_embeds",
+    pixel_mean: Sequence[float] | None = None,
+    pixel_std: Sequence[float] | None = None,
 ) -> MetaModel:
-    """The ViT image tower: ``image`` ``[B, C, image_size, image_size]`` -> ``image_embeds`` ``[B, embed_dim]``."""
+    """The ViT image tower: ``image`` ``[B, C, image_size, image_size]`` -> ``image_embeds`` ``[B, embed_dim]``.
+
+    ``pixel_mean``/``pixel_std``: standardise the pixels per channel first (CLIP's preprocessing, for data that
+    gives pixels in [0, 1]); the block comes first, so the other blocks' indices are then one higher than the
+    converters' (:mod:`polymodal.models.hf_clip`) expect, whose models take standardised pixels.
+    """
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
+    if (pixel_mean is None) != (pixel_std is None):
+        raise ValueError("give both pixel_mean and pixel_std, or neither")
     hidden = "image_hidden"
     num_patches = (image_size // patch_size) ** 2
+    standardise = []
+    if pixel_mean is not None:
+        standardise = [ModuleBlock(Normalize(list(pixel_mean), list(pixel_std)), image_key, "image_standardised")]
+        image_key = "image_standardised"
     preprocessor = [
+        *standardise,
         ModuleBlock(PatchEmbed(patch_size, in_channels, dim, bias=False), image_key, hidden),
         PrependClassToken(dim, hidden, hidden),
         LearnedPositions(num_patches + 1, dim, hidden, hidden, exact=True, std=dim**-0.5),
@@ -229,10 +264,12 @@ def build_clip_text_tower(
     mlp_ratio: float = 4.0,
     eot_token_id: int | None = None,
     ids_key: str = "text_ids",
+    eot_key: str | None = None,
     write_key: str = "text_embeds",
 ) -> MetaModel:
-    """The causal text tower: ``text_ids`` ``[B, T <= context_length]`` -> ``text_embeds`` ``[B, embed_dim]``,
-    pooled at the end-of-text token (``eot_token_id``: see :func:`end_of_text_positions`). No padding mask is
+    """The causal text tower: ``ids_key`` ``[B, T <= context_length]`` -> ``text_embeds`` ``[B, embed_dim]``,
+    pooled at the end-of-text token: the position under ``eot_key`` if given (the multimodal data's
+    ``caption_eot``), else the one ``eot_token_id`` finds (:func:`end_of_text_positions`). No padding mask is
     needed: padding follows the end-of-text token, which the causal mask keeps from seeing it."""
     hidden = "text_hidden"
     transformer = _tower_transformer(dim, depth, num_heads, activation, norm_eps, ffn_dim, mlp_ratio)
@@ -244,7 +281,7 @@ def build_clip_text_tower(
         trunk=TransformerTrunk(
             transformer, hidden, hidden, mask_key=None, position_key=None, is_causal=True, cache_key=None
         ),
-        postprocessor=EndOfTextPool(hidden, ids_key, "text_pooled", eot_token_id),
+        postprocessor=EndOfTextPool(hidden, ids_key, "text_pooled", eot_token_id, eot_key),
         head=NormalizedProjection(dim, embed_dim, "text_pooled", write_key),
     )
 

@@ -2,6 +2,7 @@
 (Equality with Hugging Face's CLIPModel: test_hf_clip.py.)"""
 
 import math
+import re
 
 import pytest
 import torch
@@ -61,3 +62,43 @@ def test_logit_scale_is_clamped_at_100_without_touching_the_parameter():
     assert math.isclose(tiny_clip().models["logit_scale"].log_scale.item(), math.log(1 / 0.07), rel_tol=1e-6)
     with pytest.raises(ValueError, match="init_temperature"):
         LogitScale(init_temperature=0.0)
+
+
+def test_text_tower_pools_at_given_end_of_text_positions():
+    """The data's caption_eot positions pool the same hidden states as finding the end token (id 19) in the ids."""
+    ids = torch.tensor([[2, 5, 19, 0, 0], [2, 7, 8, 9, 19]])
+    text = dict(vocab_size=20, context_length=6, dim=16, depth=1, num_heads=2)
+    vision = dict(image_size=8, patch_size=4, dim=16, depth=1, num_heads=2)
+    torch.manual_seed(0)
+    by_token = build_clip(8, vision=vision, text=text | {"eot_token_id": 19})
+    by_position = build_clip(8, vision=vision, text=text | {"ids_key": "caption_ids", "eot_key": "caption_eot"})
+    by_position.load_state_dict(by_token.state_dict())
+    expected = by_token({"text_ids": ids}, only="text_tower")["text_embeds"]
+    with checking_keys():
+        got = call_block(by_position, {"caption_ids": ids, "caption_eot": torch.tensor([2, 4])}, only="text_tower")
+    torch.testing.assert_close(got["text_embeds"], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="must be \\[B\\]=2 positions"):
+        by_position({"caption_ids": ids, "caption_eot": torch.tensor([2])}, only="text_tower")
+    with pytest.raises(ValueError, match="eot_key"):
+        build_clip(8, vision=vision, text=text | {"eot_token_id": 19, "eot_key": "caption_eot"})
+
+
+def test_pixel_standardisation_equals_a_tower_fed_standardised_pixels():
+    vision = dict(image_size=8, patch_size=4, dim=16, depth=1, num_heads=2)
+    text = dict(vocab_size=20, context_length=6, dim=16, depth=1, num_heads=2)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    plain = build_clip(8, vision=vision, text=text)
+    standardising = build_clip(8, vision=vision | {"pixel_mean": mean, "pixel_std": std}, text=text)
+    # the standardising block comes first: every image preprocessor block is one further on
+    one_further = lambda match: f"{match[1]}{int(match[2]) + 1}"  # noqa: E731
+    shifted = {
+        re.sub(r"(image_tower\.preprocessor\.blocks\.)(\d+)", one_further, name): tensor
+        for name, tensor in plain.state_dict().items()
+    }
+    standardising.load_state_dict(shifted)
+    pixels = torch.rand(2, 3, 8, 8)
+    standardised = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    expected = plain({"image": standardised}, only="image_tower")["image_embeds"]
+    torch.testing.assert_close(standardising({"image": pixels}, only="image_tower")["image_embeds"], expected)
+    with pytest.raises(ValueError, match="both pixel_mean and pixel_std"):
+        build_clip(8, vision=vision | {"pixel_mean": mean}, text=text)

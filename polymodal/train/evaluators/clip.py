@@ -5,7 +5,9 @@ The model protocol is data_dict keys: given ``{image_key: float [B, 3, H, W]}`` 
 model of a :class:`~polymodal.models.meta.ModelSeries`) writes ``image_embed_key`` ``[B, D]``; given ``{text_key:
 int64 [B, L]}`` (and, with a ``text_mask_key``, a bool ``[B, L]`` mask of the real tokens) the model (or its
 ``text_part``) writes ``text_embed_key`` ``[B, D]``. Embeddings are L2-normalised here, so the model may write them
-raw. Token ids are right-padded with ``pad_id`` to ``context_length``.
+raw. Token ids are right-padded with ``pad_id`` to ``context_length``. With a ``text_eot_key`` the texts are encoded
+as the multimodal data encodes captions (start token, text, end token, the tokenizer's padding: a text tower
+trained on ``caption_ids`` sees the same layout) and the end token's position ``[B]`` goes under that key.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class _ImageText:
         image_key: str,
         text_key: str,
         text_mask_key: str | None,
+        text_eot_key: str | None,
         image_embed_key: str,
         text_embed_key: str,
         image_part: str | None,
@@ -42,8 +45,9 @@ class _ImageText:
         batch_size: int,
     ) -> None:
         self.data = as_split(data, "data")
-        self.encoder = TextEncoder(tokenizer, context_length, pad_id)
+        self.encoder = TextEncoder(tokenizer, context_length, pad_id, caption_layout=text_eot_key is not None)
         self.image_key, self.text_key, self.text_mask_key = image_key, text_key, text_mask_key
+        self.text_eot_key = text_eot_key
         self.image_embed_key, self.text_embed_key = image_embed_key, text_embed_key
         self.image_part, self.text_part = image_part, text_part
         self.batch_size = batch_size
@@ -64,8 +68,9 @@ class _ImageText:
 
     def _embed_texts(self, context: EvalContext, texts: list[str]) -> torch.Tensor:
         return embed_texts(
-            context, texts, self.encoder, self.text_embed_key, self.text_part, self.text_key, self.text_mask_key
-        )
+            context, texts, self.encoder, self.text_embed_key, self.text_part, self.text_key, self.text_mask_key,
+            self.text_eot_key,
+        )  # fmt: skip
 
 
 class ZeroShotClassification(_ImageText):
@@ -86,6 +91,7 @@ class ZeroShotClassification(_ImageText):
         image_key: str = IMAGE,
         text_key: str = "text_ids",
         text_mask_key: str | None = None,
+        text_eot_key: str | None = None,
         image_embed_key: str = "image_embeds",
         text_embed_key: str = "text_embeds",
         image_part: str | None = None,
@@ -93,8 +99,8 @@ class ZeroShotClassification(_ImageText):
         batch_size: int = 64,
     ) -> None:
         super().__init__(
-            data, tokenizer, context_length, pad_id, image_key, text_key, text_mask_key, image_embed_key,
-            text_embed_key, image_part, text_part, batch_size,
+            data, tokenizer, context_length, pad_id, image_key, text_key, text_mask_key, text_eot_key,
+            image_embed_key, text_embed_key, image_part, text_part, batch_size,
         )  # fmt: skip
         names = list(class_names) if class_names is not None else self.data.class_names
         if not names:
@@ -139,6 +145,7 @@ class Retrieval(_ImageText):
         image_key: str = IMAGE,
         text_key: str = "text_ids",
         text_mask_key: str | None = None,
+        text_eot_key: str | None = None,
         image_embed_key: str = "image_embeds",
         text_embed_key: str = "text_embeds",
         image_part: str | None = None,
@@ -146,8 +153,8 @@ class Retrieval(_ImageText):
         batch_size: int = 64,
     ) -> None:
         super().__init__(
-            data, tokenizer, context_length, pad_id, image_key, text_key, text_mask_key, image_embed_key,
-            text_embed_key, image_part, text_part, batch_size,
+            data, tokenizer, context_length, pad_id, image_key, text_key, text_mask_key, text_eot_key,
+            image_embed_key, text_embed_key, image_part, text_part, batch_size,
         )  # fmt: skip
         if self.data.caption_key is None:
             raise ValueError("retrieval needs captions: give the data a caption_key")

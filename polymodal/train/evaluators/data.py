@@ -16,6 +16,7 @@ from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.transforms import AlignedAugment
 from polymodal.data.synth.labels import ATTRIBUTE_CLASSES, LABEL_MODALITIES
+from polymodal.tokenizers.text.captions import CaptionEncoder
 
 FORMATS = ("imagefolder", "shards")
 SCENE_LABEL_ATTRIBUTES = {modality: attribute for attribute, modality in LABEL_MODALITIES.items()}
@@ -111,9 +112,14 @@ def as_split(value: ImageSplit | Mapping[str, Any], path: str) -> ImageSplit:
 
 class TextEncoder:
     """Texts -> ``int64 [B, context_length]`` token ids (truncated, right-padded with ``pad_id``) and a bool mask of
-    the real tokens. ``tokenizer``: a Hugging Face ``tokenizers`` JSON file, or a ``tokenizers.Tokenizer``."""
+    the real tokens. ``tokenizer``: a Hugging Face ``tokenizers`` JSON file, or a ``tokenizers.Tokenizer``.
 
-    def __init__(self, tokenizer: Any, context_length: int, pad_id: int = 0) -> None:
+    ``caption_layout``: encode as the training data encodes captions
+    (:class:`~polymodal.tokenizers.text.captions.CaptionEncoder`: start token, text, end token, then the
+    tokenizer's own pad token, so ``pad_id`` is not used), for a text tower trained on that data.
+    """
+
+    def __init__(self, tokenizer: Any, context_length: int, pad_id: int = 0, caption_layout: bool = False) -> None:
         if isinstance(tokenizer, (str, Path)):
             from tokenizers import Tokenizer
 
@@ -121,12 +127,21 @@ class TextEncoder:
         if context_length < 1:
             raise ConfigError(f"context_length must be >= 1, got {context_length}")
         self.tokenizer, self.context_length, self.pad_id = tokenizer, context_length, pad_id
+        self.captions = CaptionEncoder(tokenizer, context_length) if caption_layout else None
 
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.encode(texts)
+        return encoded["ids"], encoded["mask"]
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``ids`` and ``mask`` as :meth:`__call__` gives them and ``eot`` int64 ``[B]``: the last real token's
+        position (with ``caption_layout``: the end token's)."""
+        if self.captions is not None:
+            return self.captions(texts)
         ids = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.int64)
         mask = torch.zeros(len(texts), self.context_length, dtype=torch.bool)
         for row, text in enumerate(texts):
             tokens = self.tokenizer.encode(text).ids[: self.context_length]
             ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
             mask[row, : len(tokens)] = True
-        return ids, mask
+        return {"ids": ids, "mask": mask, "eot": (mask.sum(dim=1) - 1).clamp(min=0)}

@@ -45,13 +45,15 @@ def embed_texts(
     part: str | None,
     text_key: str,
     mask_key: str | None,
+    eot_key: str | None = None,
 ) -> torch.Tensor:
     """float32: the model's ``feature_key`` for a batch of texts (token ids under ``text_key``, mask under
-    ``mask_key``)."""
-    ids, mask = encoder(texts)
-    batch = {text_key: ids.to(context.device)}
-    if mask_key is not None:
-        batch[mask_key] = mask.to(context.device)
+    ``mask_key``, end-of-text positions under ``eot_key``)."""
+    encoded = encoder.encode(texts)
+    batch = {text_key: encoded["ids"].to(context.device)}
+    for key, name in ((mask_key, "mask"), (eot_key, "eot")):
+        if key is not None:
+            batch[key] = encoded[name].to(context.device)
     return output_key(context.forward(batch, part), feature_key, "the evaluation texts").float()
 
 

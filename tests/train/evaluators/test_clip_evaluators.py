@@ -102,3 +102,39 @@ def test_a_failing_evaluator_stops_the_evaluation_with_its_name(eval_data):
         {"location": folder, "split": "val", "image_size": 32}, feature_key="no_such_key", part="image")  # fmt: skip
     with pytest.raises(EvaluatorFailed, match="evaluator 'probe' failed: KeyError: .*wrote no 'no_such_key'"):
         run_evaluators({"probe": probe}, EvalContext(tiny_clip(), CPU))
+
+
+def test_texts_in_the_caption_layout_reach_the_model_with_their_end_positions(eval_data, single_thread):
+    """text_eot_key: prompts are encoded as MultimodalData encodes captions (CaptionEncoder) and the text tower
+    pools at the end token's position it is given."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from polymodal.models.clip import build_clip
+    from polymodal.tokenizers.text.captions import CaptionEncoder
+
+    words = ["a", "photo", "of", "rendering", *ImageSplit(str(eval_data["folder"]), split="val").class_names]
+    words = sorted({piece for word in words for piece in word.split()} | {"."})
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[SOS]": 2, "[EOS]": 3, **{word: i + 4 for i, word in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    encoder = TextEncoder(tokenizer, 8, caption_layout=True)
+    expected = CaptionEncoder(tokenizer, 8)(["a photo of two objects ."])
+    encoded = encoder.encode(["a photo of two objects ."])
+    assert all(torch.equal(encoded[key], expected[key]) for key in ("ids", "mask", "eot"))
+    assert encoded["ids"][0].tolist()[:2] == [2, vocab["a"]] and encoded["eot"].tolist() == [7]
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=len(vocab), context_length=8, dim=16, depth=1, num_heads=2, ids_key="caption_ids")
+    vision = dict(image_size=32, patch_size=8, dim=16, depth=1, num_heads=2, image_key="rgb")
+    model = build_clip(8, vision=vision, text=text | {"eot_key": "caption_eot"}).eval()
+    evaluator = ZeroShotClassification(
+        ImageSplit(str(eval_data["folder"]), split="val", image_size=32), tokenizer, templates=TEMPLATES,
+        context_length=8, text_key="caption_ids", text_eot_key="caption_eot", image_part="image_tower",
+        text_part="text_tower",
+    )  # fmt: skip
+    prompts = ["a photo of two objects.", "a rendering of one object."]
+    got = evaluator.text_embeddings(EvalContext(model, CPU), prompts)
+    captions = CaptionEncoder(tokenizer, 8)(prompts)
+    with torch.no_grad():
+        direct = model({"caption_ids": captions["ids"], "caption_eot": captions["eot"]}, only="text_tower")
+    torch.testing.assert_close(got, F.normalize(direct["text_embeds"], dim=-1))
