@@ -1,5 +1,11 @@
 """Features of a frozen model: the data_dict key it writes for the evaluator's images, extracted once per evaluation
-round (shared by every evaluator and every sweep point that asks for the same split, key and model part)."""
+round (shared by every evaluator and every sweep point that asks for the same split, key and model part).
+
+A ``batch_transform`` (a data module's batch transform, e.g.
+:class:`~polymodal.data.multimodal.prefix.FixedPrefixLengths`) adds inputs the model reads besides the images: AIM's
+encoder probed bidirectionally is the same model given a prefix of all its patches. It is called as the loader calls
+it, on ``{image_key: images, "sample_id": item indices}`` with a generator seeded from the batch's first index.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from typing import Literal
 
 import torch
 
+from polymodal.data.multimodal.loader import BatchTransform
+from polymodal.models.meta import DataDict
 from polymodal.train.evaluators.context import EvalContext
 from polymodal.train.evaluators.data import IMAGE, ImageSplit, TextEncoder
 
@@ -29,11 +37,32 @@ def output_key(output: dict, key: str, where: str) -> torch.Tensor:
     return output[key]
 
 
+def image_inputs(
+    images: torch.Tensor, image_key: str, batch_transform: BatchTransform | None, indices: list[int]
+) -> DataDict:
+    """The model's input batch for ``images`` (items ``indices`` of their split), ``batch_transform`` applied."""
+    batch: DataDict = {image_key: images}
+    if batch_transform is None:
+        return batch
+    batch["sample_id"] = torch.tensor(indices, dtype=torch.int64)
+    return dict(batch_transform(batch, torch.Generator().manual_seed(indices[0])))
+
+
 def embed_images(
-    context: EvalContext, images: torch.Tensor, feature_key: str, part: str | None, image_key: str, pool: Pool
+    context: EvalContext,
+    images: torch.Tensor,
+    feature_key: str,
+    part: str | None,
+    image_key: str,
+    pool: Pool,
+    batch_transform: BatchTransform | None = None,
+    indices: list[int] | None = None,
 ) -> torch.Tensor:
-    """float32: the model's ``feature_key`` for a batch of images (pooled)."""
-    output = context.forward({image_key: images.to(context.device)}, part)
+    """float32: the model's ``feature_key`` for a batch of images (pooled); ``indices``: the images' items in their
+    split (default ``0 .. B-1``), which ``batch_transform`` sees as ``sample_id``."""
+    indices = list(range(len(images))) if indices is None else indices
+    batch = image_inputs(images, image_key, batch_transform, indices)
+    output = context.forward({key: value.to(context.device) for key, value in batch.items()}, part)
     return pooled(output_key(output, feature_key, "the evaluation images"), pool).float()
 
 
@@ -63,18 +92,20 @@ def image_features(
     image_key: str = IMAGE,
     pool: Pool = "none",
     batch_size: int = 64,
+    batch_transform: BatchTransform | None = None,
 ) -> dict[str, torch.Tensor]:
     """``{"features": float32 [N, ...], "label": int64 [N]}`` (label only when the split has a label key), the same
-    on every rank, in the split's order; computed once per evaluation round."""
+    on every rank, in the split's order; computed once per evaluation round (per ``batch_transform``)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
     def compute(indices: list[int]) -> dict[str, torch.Tensor]:
         batch = split.load(indices)
-        values = {"features": embed_images(context, batch[IMAGE], feature_key, part, image_key, pool)}
+        features = embed_images(context, batch[IMAGE], feature_key, part, image_key, pool, batch_transform, indices)
+        values = {"features": features}
         if "label" in batch:
             values["label"] = batch["label"].to(context.device)
         return values
 
-    key = ("image_features", split.key, feature_key, part, image_key, pool)
+    key = ("image_features", split.key, feature_key, part, image_key, pool, batch_transform)
     return context.cached(key, lambda: context.map_items(len(split), batch_size, compute))
