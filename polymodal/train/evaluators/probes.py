@@ -240,9 +240,7 @@ class AttentiveProbe(_Probe):
         extract_batch_size: int = 64,
         batch_transform: BatchTransform | None = None,
     ) -> None:
-        super().__init__(
-            train, val, feature_key, part, image_key, "none", sweep, extract_batch_size, batch_transform
-        )
+        super().__init__(train, val, feature_key, part, image_key, "none", sweep, extract_batch_size, batch_transform)
         self.num_heads, self.num_queries = num_heads, num_queries
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:

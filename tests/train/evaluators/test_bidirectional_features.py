@@ -7,7 +7,7 @@ import torch
 
 from polymodal.config import instantiate, load_config
 from polymodal.data.multimodal.prefix import FixedPrefixLengths
-from polymodal.train.evaluators import EvalContext, ImageSplit, LinearProbe, run_evaluators
+from polymodal.train.evaluators import EvalContext, EvaluatorFailed, ImageSplit, LinearProbe, run_evaluators
 from polymodal.train.evaluators.features import image_features
 
 SIZE = {"image_size": 32, "patch_size": 8, "dim": 32, "depth": 2, "num_heads": 4, "head_dim": 32, "head_depth": 1}
@@ -43,7 +43,7 @@ def test_a_probe_of_the_aim_encoder_without_prefix_lengths_names_the_missing_inp
     train, val = {"location": folder, "split": "train", "image_size": 32}, {"location": folder, "image_size": 32}
     sweep = {"learning_rates": [0.1], "weight_decays": [0.0], "epochs": 2}
     context = EvalContext(aim, torch.device("cpu"))
-    with pytest.raises(Exception, match="prefix_lengths"):
+    with pytest.raises(EvaluatorFailed, match="evaluator 'probe' failed: KeyError: 'prefix_lengths'"):
         run_evaluators({"probe": LinearProbe(train, val, "tokens", pool="mean", sweep=sweep)}, context)
     bidirectional = FixedPrefixLengths(16)
     probe = LinearProbe(train, val, "tokens", pool="mean", sweep=sweep, batch_transform=bidirectional)
