@@ -1,5 +1,6 @@
 """Features of a frozen model: the data_dict key it writes for the evaluator's images, extracted once per evaluation
-round (shared by every evaluator and every sweep point that asks for the same split, key and model part).
+round (shared by every evaluator and every sweep point that asks for the same images, key and model part, whatever
+labels each reads).
 
 A ``batch_transform`` (a data module's batch transform, e.g.
 :class:`~polymodal.data.multimodal.prefix.FixedPrefixLengths`) adds inputs the model reads besides the images: AIM's
@@ -9,6 +10,7 @@ it, on ``{image_key: images, "sample_id": item indices}`` with a generator seede
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Literal
 
 import torch
@@ -99,13 +101,27 @@ def image_features(
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
 
-    def compute(indices: list[int]) -> dict[str, torch.Tensor]:
-        batch = split.load(indices)
-        features = embed_images(context, batch[IMAGE], feature_key, part, image_key, pool, batch_transform, indices)
-        values = {"features": features}
-        if "label" in batch:
-            values["label"] = batch["label"].to(context.device)
-        return values
+    def features(indices: list[int]) -> dict[str, torch.Tensor]:
+        images = split.load(indices)[IMAGE]
+        return {"features": embed_images(context, images, feature_key, part, image_key, pool, batch_transform, indices)}
 
-    key = ("image_features", split.key, feature_key, part, image_key, pool, batch_transform)
-    return context.cached(key, lambda: context.map_items(len(split), batch_size, compute))
+    def labels(indices: list[int]) -> dict[str, torch.Tensor]:
+        return {"label": split.load(indices)["label"].to(context.device)}
+
+    key = ("image_features", split.images_key, feature_key, part, image_key, pool, transform_key(batch_transform))
+    values = dict(context.cached(key, lambda: context.map_items(len(split), batch_size, features)))
+    if split.label_key:
+        values.update(context.cached(("labels", split.key), lambda: context.map_items(len(split), batch_size, labels)))
+    return values
+
+
+def transform_key(transform: BatchTransform | None) -> Hashable:
+    """What tells batch transforms apart for the feature cache: their class and settings when these are plain values
+    (the probes of one config, each with its own FixedPrefixLengths of one length, share features), else the
+    transform itself."""
+    try:
+        settings = tuple(sorted(vars(transform).items()))
+        hash(settings)
+    except TypeError:  # no __dict__, or settings that are not plain values
+        return transform
+    return type(transform), settings

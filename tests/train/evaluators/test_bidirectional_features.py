@@ -1,6 +1,6 @@
 """Features of a prefix-causal (AIM) encoder for probing: the probe's batch_transform gives every image a prefix of
 all its patches, which runs the encoder exactly as without a mask (bidirectional); without one, the model's missing
-input is named."""
+input is named. Probes of different labels on the same images share one feature extraction."""
 
 import pytest
 import torch
@@ -48,3 +48,30 @@ def test_a_probe_of_the_aim_encoder_without_prefix_lengths_names_the_missing_inp
     bidirectional = FixedPrefixLengths(16)
     probe = LinearProbe(train, val, "tokens", pool="mean", sweep=sweep, batch_transform=bidirectional)
     assert 0.0 <= run_evaluators({"probe": probe}, context)["probe/accuracy"] <= 1.0
+
+
+def test_probes_of_different_labels_on_the_same_images_share_one_feature_extraction(aim, eval_data, single_thread):
+    folder, sweep = str(eval_data["folder"]), {"learning_rates": [0.1], "weight_decays": [0.0], "epochs": 2}
+
+    def probe(attribute: str | None) -> LinearProbe:
+        splits = [
+            {"location": folder, "split": name, "image_size": 32, "attribute": attribute} for name in ("train", "val")
+        ]
+        return LinearProbe(*splits, "tokens", pool="mean", sweep=sweep, batch_transform=FixedPrefixLengths(16))
+
+    calls = []
+    hook = aim.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        context = EvalContext(aim, torch.device("cpu"))
+        together = run_evaluators({"count": probe(None), "colour": probe("colour")}, context)
+        assert len(calls) == 2  # one batch of train images, one of val images, for both probes
+        alone = {
+            **run_evaluators({"count": probe(None)}, context),
+            **run_evaluators({"colour": probe("colour")}, context),
+        }
+    finally:
+        hook.remove()
+    assert together == alone
+    count_labels = ImageSplit(folder, split="val", image_size=32).load(range(11))["label"]
+    colour_labels = ImageSplit(folder, split="val", image_size=32, attribute="colour").load(range(11))["label"]
+    assert not torch.equal(count_labels, colour_labels)  # the two probes really read different labels
