@@ -35,6 +35,8 @@ def readme_folder(tmp_path_factory) -> Path:
         assert main([*synth, "--samples-per-shard", "32"]) == 0  # a whole batch of 32 in the val shard
         imagefolder = ["synth", "--out", "data/scenes_imagefolder", "--format", "imagefolder", "--num-samples", "64"]
         assert main([*imagefolder, "--val-fraction", "0.5"]) == 0  # a batch of 32 in val
+        colours = ["synth", "--out", "data/scenes_imagefolder_colour", "--format", "imagefolder", "--label", "colour"]
+        assert main([*colours, "--num-samples", "64", "--val-fraction", "0.5"]) == 0
         tokenizers = [f"--tokenizer={m}={export_tiny_tokenizer(root / f'tok-{m}', m, n)}" for m, n in CODEBOOKS.items()]
         assert main(["pretokenize-4m", "--source", "data/scenes", "--n-crops", "2", *tokenizers]) == 0
         wordpiece = train_wordpiece(synthetic_scene_texts(100), 8192)
@@ -56,8 +58,9 @@ def readme_folder(tmp_path_factory) -> Path:
 
 
 def test_every_shipped_experiment_is_covered():
-    assert len(CPU_SIZED) >= 7 and len(GPU_SIZED) >= 9
+    assert len(CPU_SIZED) >= 9 and len(GPU_SIZED) >= 10
     assert {"llm/tiny", "fourm/tiny", "fourm/vit_classify_tiny", "tokenizers/rgb_tiny", "lumina/tiny"} <= set(CPU_SIZED)
+    assert {"aimv1/tiny", "vit/tiny"} <= set(CPU_SIZED) and "aimv1/600m" in GPU_SIZED
 
 
 @pytest.mark.slow

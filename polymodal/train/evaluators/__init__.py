@@ -13,6 +13,8 @@ the run with an error naming it. ``polymodal eval --model RUN --evaluator NAME``
         feature_key: features            # the data_dict key the model writes
         pool: mean                       # [B, T, D] tokens -> [B, D]
         sweep: {learning_rates: [1.0e-3, 1.0e-2, 1.0e-1], weight_decays: [0.0, 1.0e-4], epochs: 50}
+        # the model's other inputs, made by a data batch transform: here AIM's encoder without its causal part
+        # batch_transform: {_target_: polymodal.data.multimodal.prefix.FixedPrefixLengths, length: 64}
 
 An evaluator is any object with ``evaluate(context: EvalContext) -> dict[str, float]``.
 """

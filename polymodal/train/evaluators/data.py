@@ -56,6 +56,7 @@ class ImageSplit:
         if attribute is not None and format != "imagefolder":
             raise ConfigError("attribute picks an ImageFolder's label; with shards choose the label modality")
         self.key = (location, split, format, image_size, label_key, caption_key, max_samples, attribute)
+        self.images_key = (location, split, format, image_size, max_samples)  # what the images depend on
         self.label_key, self.caption_key = label_key, caption_key
         self.class_names: list[str] | None = None
         if format == "imagefolder":

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polymodal.config.arguments import check_arguments
+from polymodal.data.multimodal.loader import BatchTransform
 from polymodal.models.meta import ReadWriteBlock
 from polymodal.models.pooling import AttentivePoolingHead
 from polymodal.train.evaluators.context import EvalContext
@@ -158,7 +159,10 @@ def as_training(value: ProbeTraining | Mapping[str, Any] | None) -> ProbeTrainin
 
 class _Probe:
     """The frozen model's ``feature_key`` on the ``train`` and ``val`` splits (an ImageSplit or its arguments),
-    probed with a ``sweep`` (a ProbeTraining or its arguments). ``part`` runs one model of a ModelSeries."""
+    probed with a ``sweep`` (a ProbeTraining or its arguments). ``part`` runs one model of a ModelSeries;
+    ``batch_transform`` adds the model's other inputs (see :mod:`~polymodal.train.evaluators.features`), e.g.
+    ``{_target_: polymodal.data.multimodal.prefix.FixedPrefixLengths, length: N}`` runs an AIM encoder without its
+    prefix-causal mask (a prefix of all N patches: bidirectional features, as AIM probes)."""
 
     def __init__(
         self,
@@ -170,6 +174,7 @@ class _Probe:
         pool: Pool,
         sweep: ProbeTraining | Mapping[str, Any] | None,
         extract_batch_size: int,
+        batch_transform: BatchTransform | None,
     ) -> None:
         self.train, self.val = as_split(train, "train"), as_split(val, "val")
         if self.train.label_key is None or self.val.label_key is None:
@@ -177,6 +182,7 @@ class _Probe:
         self.feature_key, self.part, self.image_key, self.pool = feature_key, part, image_key, pool
         self.training = as_training(sweep)
         self.extract_batch_size = extract_batch_size
+        self.batch_transform = batch_transform
 
     def features(self, context: EvalContext) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """(features, labels) of the train and the val split."""
@@ -184,7 +190,14 @@ class _Probe:
 
     def _features(self, context: EvalContext, split: ImageSplit) -> tuple[torch.Tensor, torch.Tensor]:
         values = image_features(
-            context, split, self.feature_key, self.part, self.image_key, self.pool, self.extract_batch_size
+            context,
+            split,
+            self.feature_key,
+            self.part,
+            self.image_key,
+            self.pool,
+            self.extract_batch_size,
+            self.batch_transform,
         )
         return values["features"], values["label"]
 
@@ -202,8 +215,9 @@ class LinearProbe(_Probe):
         pool: Pool = "none",
         sweep: ProbeTraining | Mapping[str, Any] | None = None,
         extract_batch_size: int = 64,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
-        super().__init__(train, val, feature_key, part, image_key, pool, sweep, extract_batch_size)
+        super().__init__(train, val, feature_key, part, image_key, pool, sweep, extract_batch_size, batch_transform)
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         train, val = self.features(context)
@@ -224,8 +238,9 @@ class AttentiveProbe(_Probe):
         num_heads: int = 1,
         num_queries: int = 1,
         extract_batch_size: int = 64,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
-        super().__init__(train, val, feature_key, part, image_key, "none", sweep, extract_batch_size)
+        super().__init__(train, val, feature_key, part, image_key, "none", sweep, extract_batch_size, batch_transform)
         self.num_heads, self.num_queries = num_heads, num_queries
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
