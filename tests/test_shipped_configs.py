@@ -35,8 +35,8 @@ def readme_folder(tmp_path_factory) -> Path:
         assert main([*synth, "--samples-per-shard", "32"]) == 0  # a whole batch of 32 in the val shard
         imagefolder = ["synth", "--out", "data/scenes_imagefolder", "--format", "imagefolder", "--num-samples", "64"]
         assert main([*imagefolder, "--val-fraction", "0.5"]) == 0  # a batch of 32 in val
-        colours = ["synth", "--out", "data/scenes_imagefolder_colour", "--format", "imagefolder", "--label", "colour"]
-        assert main([*colours, "--num-samples", "64", "--val-fraction", "0.5"]) == 0
+        objects = ["synth", "--out", "data/scenes_imagefolder_object", "--format", "imagefolder", "--label", "object"]
+        assert main([*objects, "--num-samples", "64", "--val-fraction", "0.5"]) == 0
         tokenizers = [f"--tokenizer={m}={export_tiny_tokenizer(root / f'tok-{m}', m, n)}" for m, n in CODEBOOKS.items()]
         assert main(["pretokenize-4m", "--source", "data/scenes", "--n-crops", "2", *tokenizers]) == 0
         wordpiece = train_wordpiece(synthetic_scene_texts(100), 8192)
