@@ -5,7 +5,7 @@ VENV := .venv
 VENV_PY := $(VENV)/bin/python
 STAMP := $(VENV)/.polymodal-installed
 
-.PHONY: demo llm-demo lumina-demo lumina-records test venv tokenizers
+.PHONY: demo llm-demo lumina-demo lumina-records test venv tokenizers vision-demo
 
 venv: $(STAMP)
 
@@ -123,6 +123,34 @@ lumina-demo: $(STAMP)
 	$(MAKE) $(LUMINA)/.generated $(LUMINA)/.evaluated
 	@echo "pictures: $(LUMINA)/generations/generations.png $(LUMINA)/eval/samples.png $(LUMINA)/loss.png"
 	@echo "numbers:  $(LUMINA)/eval/eval.json"
+
+# The l3m recipes on the synthetic world: AIMv1, AIMv2, CLIP and a supervised ViT, each trained from its tiny config
+# and evaluated on held-out scenes beside the same evaluators on its initial weights and the trivial baselines.
+VIT_FOLDER := data/scenes_imagefolder_colour
+VISION_RECIPES := aimv1 aimv2 clip vit
+VISION_TABLE := runs/vision-demo.md
+VISION_RUNS := $(foreach r,$(VISION_RECIPES),runs/$(r)-tiny/.done)
+
+$(VIT_FOLDER)/.done: | $(STAMP)
+	$(BIN)/polymodal synth --out $(VIT_FOLDER) --format imagefolder --label colour --num-samples 4000
+	touch $@
+
+runs/aimv1-tiny/.done runs/aimv2-tiny/.done runs/clip-tiny/.done: $(SCENES)/.done $(WORDPIECE)
+runs/vit-tiny/.done: $(VIT_FOLDER)/.done
+
+# VISION_THREADS=1 with `make -j2` trains two recipes at once, one thread each (as the tokenizers above).
+VISION_ENV = env $(if $(VISION_THREADS),OMP_NUM_THREADS=$(VISION_THREADS))
+
+$(VISION_RUNS): runs/%-tiny/.done:
+	$(VISION_ENV) $(BIN)/polymodal train --config configs/$*/tiny.yaml
+	$(VISION_ENV) $(BIN)/polymodal eval --model runs/$*-tiny --evaluator all --table > runs/$*-tiny/baselines.md
+	touch $@
+
+vision-demo: $(STAMP)
+	$(MAKE) -j2 VISION_THREADS=1 $(VISION_RUNS)
+	for r in $(VISION_RECIPES); do printf '\n### %s\n\n' "$$r"; cat runs/$$r-tiny/baselines.md; done > $(VISION_TABLE)
+	@cat $(VISION_TABLE)
+	@echo "table: $(VISION_TABLE)   loss curves: $(foreach r,$(VISION_RECIPES),runs/$(r)-tiny/loss.png)"
 
 # The tiny LLM on built-in data (this Python's standard-library docstrings).
 llm-demo: $(STAMP)

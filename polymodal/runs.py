@@ -80,8 +80,9 @@ class LanguageModelRun(TrainedRun):
         return tokenizer.decode(new[: new.index(EOS_ID)] if EOS_ID in new else new)
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun:
-    """Open a run directory (its newest checkpoint), a checkpoint or an export for use (see the module docstring)."""
+def load_run(path: str | Path, device: str | torch.device = "cpu", initial: bool = False) -> TrainedRun:
+    """Open a run directory (its newest checkpoint), a checkpoint or an export for use (see the module docstring);
+    ``initial``: with the weights the run started from (a random-initialisation baseline) instead."""
     import torch
     from omegaconf import OmegaConf
     from torch import nn
@@ -91,7 +92,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> TrainedRun
     from polymodal.tokenizers.carried import load_carried_tokenizers
 
     path = Path(path)
-    model, config_yaml = load_trained_model(path)
+    model, config_yaml = load_trained_model(path, initial)
     device = torch.device(device)
     tokenizers = {
         name: tokenizer.to(device).eval() if isinstance(tokenizer, nn.Module) else tokenizer

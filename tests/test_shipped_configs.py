@@ -60,7 +60,8 @@ def readme_folder(tmp_path_factory) -> Path:
 def test_every_shipped_experiment_is_covered():
     assert len(CPU_SIZED) >= 9 and len(GPU_SIZED) >= 10
     assert {"llm/tiny", "fourm/tiny", "fourm/vit_classify_tiny", "tokenizers/rgb_tiny", "lumina/tiny"} <= set(CPU_SIZED)
-    assert {"aimv1/tiny", "vit/tiny"} <= set(CPU_SIZED) and "aimv1/600m" in GPU_SIZED
+    assert {"aimv1/tiny", "aimv2/tiny", "vit/tiny"} <= set(CPU_SIZED)
+    assert {"aimv1/600m", "aimv2/large"} <= set(GPU_SIZED)
 
 
 @pytest.mark.slow

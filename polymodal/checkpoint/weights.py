@@ -8,7 +8,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_model
@@ -16,14 +16,19 @@ from torch import nn
 
 from polymodal.files import usual_permissions
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 log = logging.getLogger("polymodal")
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-def load_trained_model(path: str | Path) -> tuple[nn.Module, str]:
+def load_trained_model(path: str | Path, initial: bool = False) -> tuple[nn.Module, str]:
     """``(model, config_yaml)`` from an export dir (``model.safetensors``), a checkpoint dir, or a run dir (its
-    newest complete checkpoint). The model is rebuilt from the saved config's ``model`` section."""
+    newest complete checkpoint). The model is rebuilt from the saved config's ``model`` section. ``initial``: the
+    weights the run started from instead of the trained ones (a random-initialisation baseline), see
+    :func:`initial_model`."""
     from omegaconf import OmegaConf
 
     from polymodal.checkpoint.dcp import TRAINER_STATE, Checkpointer, load_model_weights
@@ -39,12 +44,32 @@ def load_trained_model(path: str | Path) -> tuple[nn.Module, str]:
             raise FileNotFoundError(f"{path} is neither an export, a checkpoint nor a run directory with checkpoints")
         path = newest
     config_yaml = (path / "config.yaml").read_text()
+    if initial:
+        return initial_model(OmegaConf.create(config_yaml)), config_yaml
     model = instantiate(OmegaConf.create(config_yaml).model)
     if exported:
         load_pretrained(model, path, strict=True)
     else:
         load_model_weights(path, model)
     return model, config_yaml
+
+
+def initial_model(config: DictConfig) -> nn.Module:
+    """The model a run of ``config`` starts from: built as the trainer builds it, from ``experiment.seed`` (on the
+    meta device and initialised by ``initialize_weights()`` when ``experiment.distributed.meta_init`` is set)."""
+    from polymodal.checkpoint.rng import seed_everything
+    from polymodal.config import instantiate
+
+    experiment = config.get("experiment") or {}
+    seed_everything(int(experiment.get("seed", 0)))
+    if not (experiment.get("distributed") or {}).get("meta_init", False):
+        return instantiate(config.model)
+    with torch.device("meta"):
+        model = instantiate(config.model)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.initialize_weights()
+    return model
 
 
 def export_weights(model: nn.Module, out_dir: Path, config_yaml: str) -> Path:

@@ -2,50 +2,96 @@
 probe, CLIP zero-shot, retrieval) on a trained run, without training; any model, of any family.
 
 The evaluator is the entry ``NAME`` of the ``evaluators:`` section of the run's own config, or of ``--config FILE``
-(for a run trained without it). ``key=value`` overrides are relative to that entry (``sweep.epochs=10``,
-``val.max_samples=200``; ``+key=value`` adds a key). Results print as ``NAME/<metric> <value>`` lines, and as one
-JSON object with ``--json``.
+(for a run trained without it); ``--evaluator all`` runs every one. ``key=value`` overrides are relative to the named
+entry (``sweep.epochs=10``, ``val.max_samples=200``; ``+key=value`` adds a key). Results print as
+``NAME/<metric> <value>`` lines, and as one JSON object with ``--json``.
+
+``--init random`` evaluates the weights the run started from instead (rebuilt from its config and seed): the
+untrained baseline of the same evaluator. ``--table`` prints a Markdown table of every score beside the same score
+of the initial weights and its trivial baseline (the evaluators report the majority class's accuracy or chance as
+``baseline_<metric>``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
+ALL = "all"
+BASELINE_PREFIX = "baseline_"  # an evaluator's trivial baseline of metric m is reported as baseline_m
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a run dir (newest checkpoint), checkpoint or export")
-    parser.add_argument("--evaluator", required=True, help="the evaluator's name in the evaluators section")
+    parser.add_argument(
+        "--evaluator", required=True, help=f"the evaluator's name in the evaluators section, or {ALL!r} for every one"
+    )
     parser.add_argument("--config", help="a config file whose evaluators section to use instead of the run's")
+    parser.add_argument(
+        "--init",
+        choices=("trained", "random"),
+        default="trained",
+        help="random: the weights the run started from (same seed), the untrained baseline of the same evaluator",
+    )
     parser.add_argument("--device", default="cpu", help="device the model runs on, e.g. cpu or cuda:0")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="print a Markdown table: each score of the trained weights beside the initial weights' and the "
+        "trivial baseline's (majority class or chance)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value settings of the evaluator (relative to its entry)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the chosen evaluator, run it on the trained model, print its results."""
+    """Build the chosen evaluators, run them on the trained model (and its initial weights), print the results."""
+    from polymodal.config import ConfigError
+
+    if args.evaluator == ALL and args.overrides:
+        raise ConfigError(f"overrides are relative to one evaluator's entry: name it instead of {ALL!r}")
+    results = _evaluate(args, initial=args.init == "random")
+    if args.table:
+        print(baseline_table(results, _evaluate(args, initial=True)))
+    elif args.json:
+        print(json.dumps(results))
+    else:
+        for name, value in results.items():
+            print(f"{name} {value:.6g}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, initial: bool) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from polymodal.config import apply_overrides
     from polymodal.runs import load_run
     from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 
-    trained = load_run(args.model, args.device)
-    config = _read_config(args.config) if args.config else trained.config
+    run = load_run(args.model, args.device, initial=initial)
+    config = _read_config(args.config) if args.config else run.config
     tree = {"evaluators": OmegaConf.to_container(config.get("evaluators") or {}, resolve=True)}
     apply_overrides(tree, [_under(f"evaluators.{args.evaluator}", override) for override in args.overrides])
-    evaluators = build_evaluators(tree["evaluators"], only=args.evaluator)
-    results = run_evaluators(evaluators, EvalContext(trained.model, trained.device))
-    if args.json:
-        print(json.dumps(results))
-    else:
-        for name, value in results.items():
-            print(f"{name} {value:.6g}")
-    return 0
+    evaluators = build_evaluators(tree["evaluators"], only=None if args.evaluator == ALL else args.evaluator)
+    return run_evaluators(evaluators, EvalContext(run.model, run.device))
+
+
+def baseline_table(trained: Mapping[str, float], initial: Mapping[str, float]) -> str:
+    """A Markdown table of every score that has a trivial baseline (``<name>/baseline_<metric>``: the majority
+    class or chance): the trained weights' score, the initial weights' and the baseline."""
+    rows = ["| evaluator/metric | trained | random init | majority / chance |", "|---|---:|---:|---:|"]
+    for key, value in trained.items():
+        name, _, metric = key.rpartition("/")
+        baseline = trained.get(f"{name}/{BASELINE_PREFIX}{metric}")
+        if baseline is not None and not metric.startswith(BASELINE_PREFIX):
+            rows.append(f"| {key} | {value:.3f} | {initial[key]:.3f} | {baseline:.3f} |")
+    return "\n".join(rows)
 
 
 def _read_config(path: str) -> DictConfig:

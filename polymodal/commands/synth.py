@@ -29,8 +29,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--label",
         default="count",
-        help="imagefolder format only: the attribute that names the class folders, count, colour or shape (of the "
-        "largest visible object); every layout also records all three",
+        help="imagefolder format only: the attribute that names the class folders, count, colour, shape or object "
+        "(colour and shape, of the largest visible object); every layout also records all of them",
     )
     parser.add_argument(
         "--bad-fraction",

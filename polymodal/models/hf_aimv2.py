@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polymodal.checkpoint.weights import check_names, check_shapes, config_as_dict
+from polymodal.models.hf_vision_config import vision_transformer_shapes
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.patch_embed import conv_weight_as_linear, linear_weight_as_conv
 from polymodal.models.meta import MetaModel, ModuleBlock
@@ -74,13 +75,7 @@ def aimv2_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
         if refused:
             raise ValueError(f"AIMv2 {option}={config[option]!r} is not supported")
     return {
-        "image_size": config["image_size"],
-        "patch_size": config["patch_size"],
-        "in_channels": config.get("num_channels", 3),
-        "dim": config["hidden_size"],
-        "depth": config["num_hidden_layers"],
-        "num_heads": config["num_attention_heads"],
-        "ffn_dim": config["intermediate_size"],
+        **vision_transformer_shapes(config),
         "norm_eps": config.get("rms_norm_eps", 1e-5),
         "qkv_bias": bool(config.get("qkv_bias", False)),
         "use_head": bool(config.get("use_head", True)),

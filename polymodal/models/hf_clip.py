@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from polymodal.checkpoint.weights import check_names, check_shapes
+from polymodal.checkpoint.weights import check_names, check_shapes, config_as_dict
 from polymodal.models.clip import CLIP, build_clip
 from polymodal.models.layers.patch_embed import conv_weight_as_linear, linear_weight_as_conv
 
@@ -54,10 +54,6 @@ LAYER_KEYS = {
 TOWERS = {"text_model": "text_tower", "vision_model": "image_tower"}
 
 
-def _config_dict(config: Mapping[str, Any] | Any) -> Mapping[str, Any]:
-    return config if isinstance(config, Mapping) else config.to_dict()
-
-
 def _tower_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
     activation = config.get("hidden_act", "quick_gelu")
     if activation not in ("gelu", "quick_gelu"):
@@ -80,8 +76,8 @@ def clip_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
     The text tower pools at the first ``eos_token_id``, or at the largest id when the config carries the legacy
     ``eos_token_id`` 2 (as Hugging Face does).
     """
-    config = _config_dict(config)
-    text, vision = _config_dict(config["text_config"]), _config_dict(config["vision_config"])
+    config = config_as_dict(config)
+    text, vision = config_as_dict(config["text_config"]), config_as_dict(config["vision_config"])
     eos = text.get("eos_token_id", LEGACY_EOS_TOKEN_ID)
     return {
         "embed_dim": config["projection_dim"],
@@ -119,8 +115,8 @@ def key_map(text_layers: int, vision_layers: int) -> dict[str, str]:
 
 
 def _depths(config: Mapping[str, Any] | Any) -> tuple[int, int]:
-    config = _config_dict(config)
-    text, vision = _config_dict(config["text_config"]), _config_dict(config["vision_config"])
+    config = config_as_dict(config)
+    text, vision = config_as_dict(config["text_config"]), config_as_dict(config["vision_config"])
     return text["num_hidden_layers"], vision["num_hidden_layers"]
 
 
@@ -143,7 +139,7 @@ def polymodal_to_clip(state_dict: Mapping[str, Tensor], config: Mapping[str, Any
     _check_shapes(state_dict, config)
     converted = {theirs: state_dict[ours] for theirs, ours in names.items()}
     converted[LOGIT_SCALE[0]] = converted[LOGIT_SCALE[0]].reshape(())
-    vision = _config_dict(_config_dict(config)["vision_config"])
+    vision = config_as_dict(config_as_dict(config)["vision_config"])
     patch = converted[PATCH_EMBEDDING[0]]
     converted[PATCH_EMBEDDING[0]] = linear_weight_as_conv(patch, vision["patch_size"], vision.get("num_channels", 3))
     return converted

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from polymodal.checkpoint.weights import check_names, check_shapes, config_as_dict
 from polymodal.models.clip import SelectToken
+from polymodal.models.hf_vision_config import vision_transformer_shapes
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.patch_embed import conv_weight_as_linear, linear_weight_as_conv
 from polymodal.models.meta import MetaModel, ModuleBlock
@@ -65,13 +66,7 @@ def vit_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
         if config.get(dropout):
             raise ValueError(f"ViT {dropout}={config[dropout]} is not supported")
     return {
-        "image_size": config["image_size"],
-        "patch_size": config["patch_size"],
-        "in_channels": config.get("num_channels", 3),
-        "dim": config["hidden_size"],
-        "depth": config["num_hidden_layers"],
-        "num_heads": config["num_attention_heads"],
-        "ffn_dim": config["intermediate_size"],
+        **vision_transformer_shapes(config),
         "activation": activation,
         "norm_eps": config.get("layer_norm_eps", 1e-12),
         "qkv_bias": config.get("qkv_bias", True),

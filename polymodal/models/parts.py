@@ -1,5 +1,6 @@
 """Generic data_dict parts shared by model families: a transformer trunk, attention-mask builders (document-causal,
-prefix-causal), a linear head and the vocabulary head of language models.
+prefix-causal), token sequences joined and cut along positions, a linear head and the vocabulary head of language
+models.
 
 A batch may carry a :class:`~polymodal.models.layers.kv_cache.KVCache` under ``kv_cache`` (decoding: see
 :mod:`polymodal.models.decoding`); the mask and the trunk then extend it. It is an optional read: training batches
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from polymodal.models.layers.block import Transformer
@@ -105,6 +107,49 @@ class TransformerTrunk(ReadWriteBlock):
         cache = _optional(data, self.cache_key)
         data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, self.is_causal, positions, cache)
         return data
+
+
+class ConcatenateTokens(ReadWriteBlock):
+    """``[B, T_1, D], [B, T_2, D], ... -> [B, T_1 + T_2 + ..., D]``: token sequences joined along the positions, in
+    the order of ``read_keys`` (e.g. AIMv2's decoder input, image tokens then text tokens)."""
+
+    def __init__(self, read_keys: list[str], write_key: str):
+        if len(read_keys) < 2:
+            raise ValueError(f"ConcatenateTokens needs at least two read keys, got {read_keys}")
+        super().__init__(read_keys, write_key)
+
+    def forward(self, data: DataDict) -> DataDict:
+        sequences = [data[key] for key in self.read_keys]
+        batch, width = sequences[0].shape[0], sequences[0].shape[-1]
+        for key, tokens in zip(self.read_keys, sequences, strict=True):
+            if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[-1] != width:
+                raise ValueError(f"'{key}' must be [B={batch}, T, D={width}] tokens, got {tuple(tokens.shape)}")
+        data[self.write_keys[0]] = torch.cat(sequences, dim=1)
+        return data
+
+
+class SliceTokens(ReadWriteBlock):
+    """``[B, T, ...] -> [B, stop - start, ...]``: positions ``start .. stop - 1`` (Python slice bounds: ``stop=None``
+    runs to the end, a negative ``stop`` counts from it), e.g. the image and the text part of a joint sequence."""
+
+    def __init__(self, read_key: str, write_key: str, start: int = 0, stop: int | None = None):
+        super().__init__(read_key, write_key)
+        if start < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.start, self.stop = start, stop
+
+    def forward(self, data: DataDict) -> DataDict:
+        tokens = data[self.read_keys[0]]
+        length = len(range(tokens.shape[1])[self.start : self.stop])
+        if length == 0:
+            raise ValueError(
+                f"'{self.read_keys[0]}' has {tokens.shape[1]} positions: slice [{self.start}:{self.stop}] is empty"
+            )
+        data[self.write_keys[0]] = tokens[:, self.start : self.stop]
+        return data
+
+    def extra_repr(self) -> str:
+        return f"start={self.start}, stop={self.stop}"
 
 
 class LinearHead(ReadWriteBlock):

@@ -8,6 +8,8 @@ attribute  value                                      class names               
 count      visible objects - 1                        ``CLASS_NAMES`` (5)         ``label``
 colour     colour of the largest visible object       ``COLOURS`` (8)             ``colour_label``
 shape      shape of the largest visible object        ``SHAPES`` (4)              ``shape_label``
+object     colour and shape of the largest visible    ``OBJECTS`` (32, e.g.       (colour x 4 + shape)
+           object                                     ``"red cube"``)
 =========  =========================================  ==========================  ===================
 
 (The shape id counts from 0; the ``det``/``semseg`` class id of the same shape is one more, 0 being background.)
@@ -32,7 +34,13 @@ import numpy as np
 from polymodal.data.synth.scene import CLASS_NAMES, PALETTE, SHAPES, SceneObject
 
 COLOURS = tuple(PALETTE)
-ATTRIBUTE_CLASSES: dict[str, tuple[str, ...]] = {"count": tuple(CLASS_NAMES), "colour": COLOURS, "shape": SHAPES}
+OBJECTS = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)  # a supervised task needing both
+ATTRIBUTE_CLASSES: dict[str, tuple[str, ...]] = {
+    "count": tuple(CLASS_NAMES),
+    "colour": COLOURS,
+    "shape": SHAPES,
+    "object": OBJECTS,
+}
 ATTRIBUTES = tuple(ATTRIBUTE_CLASSES)
 LABEL_MODALITIES = {"count": "label", "colour": "colour_label", "shape": "shape_label"}
 DEFAULT_ATTRIBUTE = "count"
@@ -57,13 +65,16 @@ def scene_labels(objects: Sequence[SceneObject], instance: np.ndarray, visible: 
         raise ValueError("a scene needs at least one visible object to be labelled")
     areas = visible_areas(instance, len(objects))
     largest = objects[max(sorted(visible), key=lambda index: areas[index])]  # max keeps the first of equals
-    return {
-        "count": len(visible) - 1,
-        "colour": COLOURS.index(largest.colour),
-        "shape": SHAPES.index(largest.shape),
-    }
+    return with_object(
+        {"count": len(visible) - 1, "colour": COLOURS.index(largest.colour), "shape": SHAPES.index(largest.shape)}
+    )
+
+
+def with_object(labels: dict[str, int]) -> dict[str, int]:
+    """``labels`` (count, colour, shape) with the object class their colour and shape make."""
+    return {**labels, "object": labels["colour"] * len(SHAPES) + labels["shape"]}
 
 
 def sample_labels(sample: Mapping) -> dict[str, int]:
     """The class id of every attribute of a rendered sample (:func:`~polymodal.data.synth.render.render_scene`)."""
-    return {attribute: int(sample[modality]) for attribute, modality in LABEL_MODALITIES.items()}
+    return with_object({attribute: int(sample[modality]) for attribute, modality in LABEL_MODALITIES.items()})

@@ -120,7 +120,10 @@ class ZeroShotClassification(_ImageText):
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         images = self.image_embeddings(context)
         predictions = (images["features"] @ self.class_embeddings(context).T).argmax(dim=-1)
-        return {"top1": float((predictions == images["label"]).float().mean())}
+        labels = images["label"]
+        # The best any constant answer scores: the most frequent class's share (at least chance, 1 / classes).
+        baseline = float(torch.bincount(labels).max()) / len(labels)
+        return {"top1": float((predictions == labels).float().mean()), "baseline_top1": baseline}
 
 
 def recall_at(similarity: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
@@ -167,6 +170,9 @@ class Retrieval(_ImageText):
 
         pairs = context.map_items(len(self.data), self.batch_size, compute)
         similarity = F.normalize(pairs["image"], dim=-1) @ F.normalize(pairs["text"], dim=-1).T
-        metrics = {f"image_to_text_R@{k}": v for k, v in recall_at(similarity, self.KS).items()}
-        metrics.update({f"text_to_image_R@{k}": v for k, v in recall_at(similarity.T, self.KS).items()})
+        metrics = {}
+        for direction, scores in (("image_to_text", similarity), ("text_to_image", similarity.T)):
+            for k, recall in recall_at(scores, self.KS).items():
+                metrics[f"{direction}_R@{k}"] = recall
+                metrics[f"baseline_{direction}_R@{k}"] = min(k / len(scores), 1.0)  # a random ranking's recall
         return metrics

@@ -36,7 +36,8 @@ class ImageSplit:
         attribute: with an ImageFolder, the scene attribute its ``label`` holds (``count``, ``colour`` or
             ``shape``, from the split's ``attributes.json``); None: the class folders.
         caption_key: the sample key holding the caption: a string, or a list of strings of which the first is taken.
-        max_samples: read only the first ``max_samples`` samples.
+        max_samples: read only ``max_samples`` samples, spread evenly over the split (not its first ones: an
+            ImageFolder lists its samples class by class, so its first ones hold only the first classes).
     """
 
     def __init__(
@@ -67,21 +68,28 @@ class ImageSplit:
             self.dataset = MultimodalShards(location, modalities=list(dict.fromkeys(folders)), cache_dir=cache_dir)
             if label_key in SCENE_LABEL_ATTRIBUTES:
                 self.class_names = list(ATTRIBUTE_CLASSES[SCENE_LABEL_ATTRIBUTES[label_key]])
-        self.size = len(self.dataset) if max_samples is None else min(max_samples, len(self.dataset))
+        self.indices = spread_indices(len(self.dataset), max_samples)
         self.transform = AlignedAugment(image_size, [IMAGE], train=False)
 
     def __len__(self) -> int:
-        return self.size
+        return len(self.indices)
 
     def load(self, indices: Sequence[int]) -> dict[str, Any]:
         """``{"rgb": float [B,3,S,S], "label": int64 [B], "caption": [str]}`` (label, caption: with their keys)."""
-        samples = [self.dataset[index] for index in indices]
+        samples = [self.dataset[self.indices[index]] for index in indices]
         batch: dict[str, Any] = {IMAGE: torch.stack([self.transform({IMAGE: s[IMAGE]})[IMAGE] for s in samples])}
         if self.label_key:
             batch["label"] = torch.tensor([int(_field(s, self.label_key)) for s in samples], dtype=torch.int64)
         if self.caption_key:
             batch["caption"] = [_caption(_field(s, self.caption_key)) for s in samples]
         return batch
+
+
+def spread_indices(count: int, max_samples: int | None) -> range | list[int]:
+    """All ``count`` indices, or ``max_samples`` of them spread evenly from the first on."""
+    if max_samples is None or max_samples >= count:
+        return range(count)
+    return [index * count // max_samples for index in range(max_samples)]
 
 
 def _field(sample: Mapping[str, Any], key: str) -> Any:

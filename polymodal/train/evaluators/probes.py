@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,11 @@ class ProbeTraining:
         return float((predictions == val[1]).float().mean())
 
 
+def majority_accuracy(train_labels: torch.Tensor, val_labels: torch.Tensor) -> float:
+    """The validation accuracy of always answering the training labels' most frequent class (the lowest on ties)."""
+    return float((val_labels == torch.bincount(train_labels).argmax()).float().mean())
+
+
 def num_classes(*labels: torch.Tensor) -> int:
     return int(max(int(label.max()) for label in labels)) + 1
 
@@ -157,7 +163,7 @@ def as_training(value: ProbeTraining | Mapping[str, Any] | None) -> ProbeTrainin
     return ProbeTraining(**{key: tuple(v) if isinstance(v, list) else v for key, v in value.items()})
 
 
-class _Probe:
+class _Probe(ABC):
     """The frozen model's ``feature_key`` on the ``train`` and ``val`` splits (an ImageSplit or its arguments),
     probed with a ``sweep`` (a ProbeTraining or its arguments). ``part`` runs one model of a ModelSeries;
     ``batch_transform`` adds the model's other inputs (see :mod:`~polymodal.train.evaluators.features`), e.g.
@@ -183,6 +189,15 @@ class _Probe:
         self.training = as_training(sweep)
         self.extract_batch_size = extract_batch_size
         self.batch_transform = batch_transform
+
+    @abstractmethod
+    def fit(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> ProbeResult:
+        """The probe's sweep on the (features, labels) of the train and the val split."""
+
+    def evaluate(self, context: EvalContext) -> dict[str, float]:
+        """The best sweep point, and the accuracy of always answering the training split's most frequent class."""
+        train, val = self.features(context)
+        return {**self.fit(train, val).metrics(), "baseline_accuracy": majority_accuracy(train[1], val[1])}
 
     def features(self, context: EvalContext) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """(features, labels) of the train and the val split."""
@@ -219,9 +234,8 @@ class LinearProbe(_Probe):
     ) -> None:
         super().__init__(train, val, feature_key, part, image_key, pool, sweep, extract_batch_size, batch_transform)
 
-    def evaluate(self, context: EvalContext) -> dict[str, float]:
-        train, val = self.features(context)
-        return fit_linear_probe(train, val, self.training).metrics()
+    def fit(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> ProbeResult:
+        return fit_linear_probe(train, val, self.training)
 
 
 class AttentiveProbe(_Probe):
@@ -243,6 +257,5 @@ class AttentiveProbe(_Probe):
         super().__init__(train, val, feature_key, part, image_key, "none", sweep, extract_batch_size, batch_transform)
         self.num_heads, self.num_queries = num_heads, num_queries
 
-    def evaluate(self, context: EvalContext) -> dict[str, float]:
-        train, val = self.features(context)
-        return fit_attentive_probe(train, val, self.training, self.num_heads, self.num_queries).metrics()
+    def fit(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> ProbeResult:
+        return fit_attentive_probe(train, val, self.training, self.num_heads, self.num_queries)

@@ -73,6 +73,7 @@ def test_labels_equal_the_reference_computation():
             "count": len(scene.objects) - 1,
             "colour": list(PALETTE).index(largest.colour),
             "shape": SHAPES.index(largest.shape),
+            "object": [f"{c} {s}" for c in PALETTE for s in SHAPES].index(f"{largest.colour} {largest.shape}"),
         }
         assert sample_labels(sample) == expected, index
         for modality in LABEL_MODALITIES.values():
@@ -93,7 +94,9 @@ def test_equal_areas_go_to_the_earlier_object_and_hidden_objects_do_not_count():
     instance[1, :3] = 1
     instance[2, :] = 2  # the most pixels, but not among the visible objects given
     labels = scene_labels(objects, instance, [1, 0])
-    assert labels == {"count": 1, "colour": list(PALETTE).index("red"), "shape": SHAPES.index("cube")}
+    red, cube = list(PALETTE).index("red"), SHAPES.index("cube")
+    assert labels == {"count": 1, "colour": red, "shape": cube, "object": red * len(SHAPES) + cube}
+    assert ATTRIBUTE_CLASSES["object"][labels["object"]] == "red cube"
     instance[0, 0] = -1
     assert scene_labels(objects, instance, [0, 1])["shape"] == SHAPES.index("cone")
     with pytest.raises(ValueError, match="at least one visible object"):
@@ -101,8 +104,9 @@ def test_equal_areas_go_to_the_earlier_object_and_hidden_objects_do_not_count():
 
 
 def test_attribute_classes_and_their_check():
-    assert ATTRIBUTE_CLASSES == {"count": tuple(CLASS_NAMES), "colour": tuple(PALETTE), "shape": SHAPES}
-    assert [len(names) for names in ATTRIBUTE_CLASSES.values()] == [5, 8, 4]
+    objects = tuple(f"{colour} {shape}" for colour in PALETTE for shape in SHAPES)
+    assert ATTRIBUTE_CLASSES == {"count": tuple(CLASS_NAMES), "colour": tuple(PALETTE), "shape": SHAPES, "object": objects}
+    assert [len(names) for names in ATTRIBUTE_CLASSES.values()] == [5, 8, 4, 32]
     assert check_attribute("colour") == "colour"
-    with pytest.raises(ValueError, match="unknown label attribute 'size'; choose from count, colour, shape"):
+    with pytest.raises(ValueError, match="unknown label attribute 'size'; choose from count, colour, shape, object"):
         check_attribute("size")

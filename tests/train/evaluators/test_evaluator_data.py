@@ -29,3 +29,13 @@ def test_scene_labels_from_shards_and_from_an_imagefolder_attribute(tmp_path):
         assert sorted(folder.load(range(6))["label"].tolist()) == expected
     with pytest.raises(ConfigError, match="attribute picks an ImageFolder's label"):
         ImageSplit(pattern, format="shards", label_key="label", attribute="colour")
+
+
+def test_max_samples_spreads_over_the_split_not_its_first_classes(eval_data):
+    whole = ImageSplit(str(eval_data["folder"]), split="train", image_size=32)
+    labels = whole.load(range(len(whole)))["label"].tolist()
+    assert labels == sorted(labels)  # an ImageFolder lists its samples class by class
+    subset = ImageSplit(str(eval_data["folder"]), split="train", image_size=32, max_samples=5)
+    expected = [labels[index * len(labels) // 5] for index in range(5)]  # evenly spaced, from the first on
+    assert len(subset) == 5 and subset.load(range(5))["label"].tolist() == expected
+    assert len(set(expected)) > 1 and expected != labels[:5]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from polymodal import cli
+from polymodal.checkpoint.weights import load_trained_model
 from polymodal.config import ConfigError, load_config
 from polymodal.runs import load_run
 from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
@@ -83,7 +84,7 @@ def trained_run(eval_data, tmp_path_factory) -> tuple[Path, list[dict]]:
         result = Trainer(load_config(write_config(directory, eval_data["folder"]))).fit()
     finally:
         torch.set_num_threads(threads)
-    assert set(result["eval"]) == {"linear_probe/accuracy", "linear_probe/lr", "linear_probe/weight_decay"}
+    assert set(result["eval"]) == {f"linear_probe/{m}" for m in ("accuracy", "lr", "weight_decay", "baseline_accuracy")}
     records = [json.loads(line) for line in (directory / "run" / "metrics.jsonl").read_text().splitlines()]
     return directory / "run", records
 
@@ -154,6 +155,40 @@ evaluators:
 """)
     argv = ["eval", "--model", str(run_dir), "--evaluator", "quick_probe", "--config", str(evaluators)]
     assert cli.main(argv) == 0
-    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines()[-3:])
-    assert set(lines) == {"quick_probe/accuracy", "quick_probe/lr", "quick_probe/weight_decay"}
+    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines()[-4:])
+    assert set(lines) == {f"quick_probe/{m}" for m in ("accuracy", "lr", "weight_decay", "baseline_accuracy")}
     assert float(lines["quick_probe/accuracy"]) * 5 == pytest.approx(round(float(lines["quick_probe/accuracy"]) * 5))
+
+
+def test_initial_weights_are_the_ones_the_run_started_from(trained_run, eval_data, tmp_path):
+    run_dir, _ = trained_run
+    initial, _ = load_trained_model(run_dir, initial=True)
+    started = Trainer(load_config(write_config(tmp_path, eval_data["folder"]))).model.state_dict()
+    trained, _ = load_trained_model(run_dir)
+    assert started.keys() == initial.state_dict().keys()
+    assert all(torch.equal(started[key], value) for key, value in initial.state_dict().items())
+    assert not all(torch.equal(started[key], value) for key, value in trained.state_dict().items())
+
+
+def test_the_baseline_table_sets_trained_beside_initial_weights_and_the_majority(trained_run, capsys, single_thread):
+    run_dir, _ = trained_run
+    scores = {}
+    for init in ("trained", "random"):
+        assert cli.main(["eval", "--model", str(run_dir), "--evaluator", "all", "--init", init, "--json"]) == 0
+        scores[init] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli.main(["eval", "--model", str(run_dir), "--evaluator", "all", "--table"]) == 0
+    header, rule, *rows = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert header.startswith("| evaluator/metric | trained | random init |") and rule.startswith("|---")
+    (row,) = rows  # the accuracy: lr and weight decay have no baseline
+    name, trained, initial, majority = (cell.strip() for cell in row.strip("|").split("|"))
+    assert name == "linear_probe/accuracy"
+    assert float(trained) == pytest.approx(scores["trained"][name], abs=5e-4)
+    assert float(initial) == pytest.approx(scores["random"][name], abs=5e-4)
+    assert float(majority) == pytest.approx(scores["trained"]["linear_probe/baseline_accuracy"], abs=5e-4)
+
+
+def test_overrides_need_a_named_evaluator(trained_run, capsys):
+    run_dir, _ = trained_run
+    argv = ["eval", "--model", str(run_dir), "--evaluator", "all", "sweep.epochs=3"]
+    assert cli.main(argv) == cli.EXIT_CONFIG_ERROR
+    assert "name it instead of 'all'" in capsys.readouterr().err

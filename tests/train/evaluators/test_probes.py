@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from polymodal.train.evaluators.probes import ProbeTraining, fit_attentive_probe, fit_linear_probe
+from polymodal.train.evaluators.probes import ProbeTraining, fit_attentive_probe, fit_linear_probe, majority_accuracy
 
 CLASSES, DIM = 4, 8
 
@@ -62,3 +62,10 @@ def test_a_linear_probe_on_tokens_asks_for_pooling():
     tokens = torch.randn(4, 3, DIM), torch.arange(4)
     with pytest.raises(ValueError, match="set pool: mean or first"):
         fit_linear_probe(tokens, tokens, ProbeTraining(epochs=1))
+
+
+def test_majority_accuracy_answers_the_training_splits_most_frequent_class():
+    train = torch.tensor([2, 0, 2, 1, 2, 0])  # class 2 most frequent in training
+    val = torch.tensor([0, 0, 0, 2, 1])  # though not in validation: the baseline cannot know that
+    assert majority_accuracy(train, val) == pytest.approx(1 / 5)
+    assert majority_accuracy(torch.tensor([1, 0]), torch.tensor([0, 1, 1])) == pytest.approx(1 / 3)  # ties: lowest
