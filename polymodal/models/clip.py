@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms.v2 import Normalize
 
+from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
 from polymodal.models.layers.block import Transformer, build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.layers.norm import LayerNorm
@@ -286,12 +287,37 @@ def build_clip_text_tower(
     )
 
 
+def tower_train_flops(tower: MetaModel, sequences: int, input_tokens: int, seq_len: int) -> float:
+    """Forward + backward FLOPs of one tower (:mod:`polymodal.models.flops` conventions) on ``sequences`` inputs:
+    its preprocessor's matmuls (the patch projection) see ``input_tokens`` per input, the trunk ``seq_len`` tokens
+    (weights and attention), the head one pooled token."""
+    transformer: Transformer = tower.trunk.transformer
+    dim = transformer.blocks[0].attn.q_proj.in_features
+    trunk = seq_len * transformer_train_flops_per_token(
+        matmul_params(tower.trunk), len(transformer.blocks), dim, seq_len
+    )
+    ends = 6.0 * (matmul_params(tower.preprocessor) * input_tokens + matmul_params(tower.head))
+    return sequences * (trunk + ends)
+
+
 class CLIP(ModelSeries):
     """``image_tower``, ``text_tower`` and ``logit_scale``, run in that order (``forward(data, only="text_tower")``
     runs one tower, e.g. to embed zero-shot class prompts)."""
 
     def __init__(self, image_tower: MetaModel, text_tower: MetaModel, logit_scale: LogitScale):
         super().__init__({"image_tower": image_tower, "text_tower": text_tower, "logit_scale": logit_scale})
+
+    def train_flops(self, batch: DataDict) -> float:
+        """Forward + backward FLOPs of both towers on ``batch`` (:func:`tower_train_flops`): the image tower runs on
+        its patches and the class token, the text tower on every position of the ids (padding too). The loss's
+        ``B x B`` logits are left out."""
+        image_tower, text_tower = self.models["image_tower"], self.models["text_tower"]
+        images, ids = batch[image_tower.read_keys[0]], batch[text_tower.read_keys[0]]
+        patch_embed = next(module for module in image_tower.modules() if isinstance(module, PatchEmbed))
+        patches = math.prod(patch_embed.grid_size(tuple(images.shape[-2:])))
+        return tower_train_flops(image_tower, images.shape[0], patches, patches + 1) + tower_train_flops(
+            text_tower, ids.shape[0], ids.shape[1], ids.shape[1]
+        )
 
     def initialize_weights(self) -> None:
         """Normal(0, 0.02) linears, embeddings and patch projection, with GPT-2 depth scaling of each tower's

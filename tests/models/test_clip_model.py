@@ -1,14 +1,17 @@
-"""The CLIP towers' own rules: end-of-text pooling, position-table sizes, declared keys and the logit scale's clamp.
-(Equality with Hugging Face's CLIPModel: test_hf_clip.py.)"""
+"""The CLIP towers' own rules: end-of-text pooling, position-table sizes, declared keys, the logit scale's clamp and the
+analytic training FLOPs. (Equality with Hugging Face's CLIPModel: test_hf_clip.py.)"""
 
 import math
 import re
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
-from polymodal.models.clip import LogitScale, build_clip, end_of_text_positions
+from polymodal.models.clip import LogitScale, build_clip, end_of_text_positions, tower_train_flops
 from polymodal.models.meta import call_block, checking_keys
+from polymodal.objectives.contrastive import CLIPContrastiveLoss
 
 
 def tiny_clip():
@@ -102,3 +105,30 @@ def test_pixel_standardisation_equals_a_tower_fed_standardised_pixels():
     torch.testing.assert_close(standardising({"image": pixels}, only="image_tower")["image_embeds"], expected)
     with pytest.raises(ValueError, match="both pixel_mean and pixel_std"):
         build_clip(8, vision=vision | {"pixel_mean": mean}, text=text)
+
+
+def counted_flops(model, batch, only=None, backward=False) -> int:
+    """FlopCounterMode's count of a forward (and backward) pass; the math SDPA backend runs attention as matmuls the
+    counter sees (it does not count the CPU fused kernel)."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        out = model(dict(batch), only=only)
+        if backward:
+            CLIPContrastiveLoss()(out)[0].backward()
+    return counter.get_total_flops()
+
+
+def test_train_flops_match_the_flop_counter_on_each_tower_and_a_training_step():
+    torch.manual_seed(0)
+    model = build_clip(
+        16, vision=dict(image_size=32, patch_size=4, dim=32, depth=2, num_heads=2, pixel_mean=[0.5] * 3,
+        pixel_std=[0.25] * 3), text=dict(vocab_size=50, context_length=48, dim=32, depth=2, num_heads=2),
+    )  # fmt: skip
+    batch = {"image": torch.rand(3, 3, 32, 32), "text_ids": torch.randint(0, 50, (3, 40))}
+    image_flops = tower_train_flops(model.models["image_tower"], 3, 64, 65)  # 64 patches, then the class token
+    text_flops = tower_train_flops(model.models["text_tower"], 3, 40, 40)
+    assert model.train_flops(batch) == image_flops + text_flops
+    assert 2 * 12 * 32 * 65 * 65 * 3 > 0.2 * image_flops  # attention (12·L·d·T per token) is a real share
+    assert image_flops == pytest.approx(3 * counted_flops(model, batch, "image_tower"), rel=1e-6)
+    assert text_flops == pytest.approx(3 * counted_flops(model, batch, "text_tower"), rel=1e-6)
+    # a real step: the patch projection computes no input gradient, the loss adds its B x B logits
+    assert model.train_flops(batch) == pytest.approx(counted_flops(model, batch, backward=True), rel=0.02)

@@ -18,10 +18,11 @@ location is a 4M shard pattern and each source loads the configured modalities i
 whose ``train/`` resp. ``val/`` split is read; it provides ``rgb``, ``label`` and ``caption``. Every
 configured modality must come from at least one source.
 
-Batches. Training samples get :class:`AlignedAugment` (random resized crop with ``scale``, flip), validation
-samples the centre square crop; ``rgb`` becomes float32 in [0, 1]. Each modality ``m`` is in the batch with a
-bool ``m_present`` [B]; a sample whose source lacks an image modality or ``label`` gets zeros of the declared
-shape, one lacking ``caption``/``det`` gets ``None``. ``batch["sample_id"]`` is int64 [B].
+Batches. Training samples get :class:`AlignedAugment` (random resized crop with ``scale``, horizontal flip with
+probability ``hflip``: 0 for captions that say left and right), validation samples the centre square crop; ``rgb``
+becomes float32 in [0, 1]. Each modality ``m`` is in the batch with a bool ``m_present`` [B]; a sample whose source
+lacks an image modality or ``label`` gets zeros of the declared shape, one lacking ``caption``/``det`` gets ``None``.
+``batch["sample_id"]`` is int64 [B].
 
 Captions as tokens. With ``caption_tokenizer`` (a text tokenizer JSON this library trains, BPE or WordPiece) each
 sample keeps one caption (a random one of its captions in training, the first in evaluation; ``batch["caption"]``
@@ -117,6 +118,8 @@ class MultimodalData(SourcedData):
             indexes are cached under ``<cache_dir>/shard_index``.
         storage_options: fsspec options for remote shards (e.g. S3 endpoint and credentials source).
         scale: area-fraction range of the training random resized crop.
+        hflip: probability of a horizontal flip of a training sample; 0 turns flips off (a flip would swap the
+            left and the right of its captions).
         caption_tokenizer: a text tokenizer JSON; captions then also come as token ids (module docstring).
         caption_tokens: the length of ``caption_ids`` (start and end tokens included).
         mixup: Mixup/CutMix and label smoothing of the training batches (module docstring); None: off.
@@ -142,6 +145,7 @@ class MultimodalData(SourcedData):
         cache_dir: str | None = None,
         storage_options: dict[str, Any] | None = None,
         scale: tuple[float, float] = (0.2, 1.0),
+        hflip: float = 0.5,
         caption_tokenizer: str | None = None,
         caption_tokens: int = 32,
         mixup: Mapping[str, Any] | None = None,
@@ -163,7 +167,7 @@ class MultimodalData(SourcedData):
         self.label_attribute = None if label_attribute is None else check_attribute(label_attribute)
         self.modalities = list(modalities)
         self.tokens_per_sample = None  # images, not tokens: the trainer logs samples/s only
-        train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), train=True)
+        train_augment = AlignedAugment(image_size, self.modalities, scale=tuple(scale), hflip=hflip, train=True)
         self.modality_names = list(train_augment.resolutions)
         eval_augment = AlignedAugment(image_size, self.modalities, train=False)
         self._caption_tokenizer = caption_tokenizer

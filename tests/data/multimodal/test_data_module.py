@@ -171,6 +171,29 @@ def test_truncated_tars_are_counted_once_on_rank_zero(trees, tmp_path):
     assert rank0.skip_counts()["missing_member"] > 0 and rank1.skip_counts()["missing_member"] > 0
 
 
+def flips_of_full_crops(data: MultimodalData, raw: MultimodalShards, batches: int) -> list[bool]:
+    """Per training sample: True if its ``rgb`` is its source image mirrored, False if it is the image itself (a crop
+    of the whole area at the source size is the image, pixel for pixel); anything else fails."""
+    flips = []
+    for _ in range(batches):
+        batch = next(data.train)
+        for row, sample_id in enumerate(batch["sample_id"].tolist()):
+            plain = raw[sample_id]["rgb"].to(torch.float32) / 255.0
+            flipped = torch.equal(batch["rgb"][row], plain.flip(-1))
+            assert flipped or torch.equal(batch["rgb"][row], plain), sample_id
+            flips.append(flipped)
+    return flips
+
+
+def test_hflip_zero_never_flips_and_the_default_flips_some(trees, tmp_path):
+    raw = MultimodalShards(trees["full"], cache_dir=tmp_path / "shard_index")
+    whole = dict(modalities=["rgb", "label"], image_size=64, scale=(1.0, 1.0))  # every crop: the whole image
+    assert not any(flips_of_full_crops(make(trees, tmp_path, hflip=0.0, **whole), raw, batches=10))
+    assert 0 < sum(flips_of_full_crops(make(trees, tmp_path, **whole), raw, batches=10)) < 40
+    with pytest.raises(ValueError, match=r"hflip must be a probability in \[0, 1\], got 2"):
+        make(trees, tmp_path, hflip=2)
+
+
 def test_bad_configuration_is_a_clear_error(trees, tmp_path):
     with pytest.raises(ValueError, match="unknown data format 'webdataset'"):
         make(trees, tmp_path, format="webdataset")
