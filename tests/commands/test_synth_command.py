@@ -65,7 +65,8 @@ def test_imagefolder_classes_are_the_chosen_label(tmp_path, label):
 def test_an_unknown_label_is_a_one_line_error(tmp_path, capsys):
     argv = ["synth", "--out", str(tmp_path / "out"), "--format", "imagefolder", "--label", "size"]
     assert cli_main(argv) != 0
-    assert capsys.readouterr().err == "error: unknown label attribute 'size'; choose from count, colour, shape, object\n"
+    expected = "error: unknown label attribute 'size'; choose from count, colour, shape, object\n"
+    assert capsys.readouterr().err == expected
     assert not (tmp_path / "out").exists()
 
 

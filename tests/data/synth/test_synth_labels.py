@@ -105,7 +105,8 @@ def test_equal_areas_go_to_the_earlier_object_and_hidden_objects_do_not_count():
 
 def test_attribute_classes_and_their_check():
     objects = tuple(f"{colour} {shape}" for colour in PALETTE for shape in SHAPES)
-    assert ATTRIBUTE_CLASSES == {"count": tuple(CLASS_NAMES), "colour": tuple(PALETTE), "shape": SHAPES, "object": objects}
+    expected = {"count": tuple(CLASS_NAMES), "colour": tuple(PALETTE), "shape": SHAPES, "object": objects}
+    assert ATTRIBUTE_CLASSES == expected
     assert [len(names) for names in ATTRIBUTE_CLASSES.values()] == [5, 8, 4, 32]
     assert check_attribute("colour") == "colour"
     with pytest.raises(ValueError, match="unknown label attribute 'size'; choose from count, colour, shape, object"):
