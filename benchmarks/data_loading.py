@@ -14,7 +14,9 @@ size and number of DataLoader workers.
 Throughput: after warm-up batches, the time of the next ``--batches`` batches from a fresh iterator; the two
 sides alternate A/B, B/A, ... for ``--rounds`` rounds per worker count, and the median and best are reported.
 Resume: ours restores a position with ``load_state_dict`` and fetches one batch; a streaming pipeline can only
-iterate and discard the batches before it. Both include starting the workers.
+iterate and discard the batches before it. Both include starting the workers. Member reads: the raw reads of
+random samples' members through :class:`~polymodal.data.multimodal.member_reader.MemberReader` (a descriptor
+kept open per shard) against one open + read + close per member, as the reader did before.
 
     python benchmarks/data_loading.py                      # 2,000 samples at 64 px, ~1 minute on 2 cores
     python benchmarks/data_loading.py --data /tmp/scenes   # write once, reuse on the next run
@@ -26,6 +28,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import random
 import statistics
 import tempfile
 import time
@@ -41,6 +44,8 @@ from webdataset.tariterators import tarfile_samples
 
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, collate_with_absent
 from polymodal.data.multimodal.decode import decode_member
+from polymodal.data.multimodal.member_reader import MemberReader
+from polymodal.data.multimodal.shard_index import MemberLocation
 from polymodal.data.synth.writers import write_shards
 
 MODALITIES = ("rgb", "depth", "semseg", "caption")
@@ -244,6 +249,32 @@ def resume_report(result: WorkerResult, resume_batch: int) -> str:
     )
 
 
+def seconds_to_read(read: Callable[[str, int, int], bytes], members: Sequence[MemberLocation]) -> float:
+    start = time.perf_counter()
+    for member in members:
+        read(member.url, member.offset, member.size)
+    return time.perf_counter() - start
+
+
+def member_read_report(dataset: MultimodalShards, rounds: int, samples: int = 2000) -> str:
+    """Raw member reads (no decoding) of ``samples`` random samples: a descriptor kept open per shard (``pread``,
+    ours) against one open + read + close per member (fsspec's ``cat_file`` range read, ours before)."""
+    order = random.Random(SEED).sample(range(len(dataset)), min(samples, len(dataset)))
+    members = [location for sample_id in order for location in dataset.locate_members(sample_id)[1].values()]
+    reader = MemberReader(dataset.fs)
+
+    def range_request(url: str, offset: int, size: int) -> bytes:
+        return dataset.fs.cat_file(url, start=offset, end=offset + size)
+
+    result = compare(
+        lambda: seconds_to_read(reader.read, members), lambda: seconds_to_read(range_request, members), rounds
+    )
+    rate = lambda seconds: [len(members) / s for s in seconds]  # noqa: E731
+    lines = [f"member reads, {len(members)} members of {len(order)} random samples, {rounds} rounds:"]
+    labels = ("kept-open pread (ours)", "open per member (before)", "ratio")
+    return "\n".join(lines + rate_table("members", labels, rate(result.ours_s), rate(result.baseline_s)))
+
+
 def profile_ours(dataset: MultimodalShards, batch_size: int, batches: int, top: int) -> str:
     """cProfile of ours in the main process (workers=0): the top functions by own time."""
     loader = ours_loader(dataset, batch_size, workers=0)
@@ -307,6 +338,7 @@ def run(root: Path, cache_dir: Path, args: argparse.Namespace) -> list[WorkerRes
         print(throughput_report(result, args.batch_size, args.batches, args.warmup), flush=True)
         print(resume_report(result, args.resume_batch), flush=True)
         results.append(result)
+    print(member_read_report(dataset, args.rounds), flush=True)
     if args.profile:
         print(profile_ours(dataset, args.batch_size, args.batches, args.profile), flush=True)
     return results

@@ -3,10 +3,10 @@
 ``MultimodalShards("root/[rgb,depth,caption]/shard-{00000..00099}.tar")[i]`` is a dict
 ``{modality: value}`` for global sample ``i`` (shards in pattern order, samples in the key order of
 :mod:`polymodal.data.multimodal.shard_index`: tar order when the modalities agree). Only that sample's members
-are read, one range request per modality; values are decoded as described in
-:mod:`polymodal.data.multimodal.decode`. A sample that cannot be produced raises :class:`SampleError`
-for the loader to count and skip; one whose key some modality's tar lacks raises ``missing_member`` before
-any of its bytes are read.
+are read, one read per modality (:class:`~polymodal.data.multimodal.member_reader.MemberReader`); values are
+decoded as described in :mod:`polymodal.data.multimodal.decode`. A sample that cannot be produced raises
+:class:`SampleError` for the loader to count and skip; one whose key some modality's tar lacks raises
+``missing_member`` before any of its bytes are read.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from polymodal import files
 from polymodal.data.multimodal.decode import DecodeError, decode_member
+from polymodal.data.multimodal.member_reader import MemberReader
 from polymodal.data.multimodal.shard_index import MemberLocation, ShardIndex
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.skips import SampleError, SkipCounter
@@ -60,6 +61,7 @@ class MultimodalShards(Dataset):
         first_url = next(iter(urls_by_modality.values()))[0]
         self.fs, _ = fsspec.core.url_to_fs(first_url, **(storage_options or {}))
         self.index = ShardIndex.build(urls_by_modality, self.fs, files.cache_dir("shard_index", cache_dir))
+        self.reader = MemberReader(self.fs)
         self.skips = SkipCounter(error_budget)
         for url, detail in self.index.truncated.items():
             self.skips.add("truncated_tar", f"{url}: {detail}")
@@ -83,7 +85,7 @@ class MultimodalShards(Dataset):
     def read_member(self, sample_id: int, modality: str, key: str, location: MemberLocation) -> Any:
         where = f"{location.url} member {key}.{location.extension}"
         try:
-            data = self.fs.cat_file(location.url, start=location.offset, end=location.offset + location.size)
+            data = self.reader.read(location.url, location.offset, location.size)
         except OSError as error:
             raise SampleError("read_error", sample_id, f"{where}: {error}") from error
         if len(data) != location.size:
