@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.evaluator == ALL and args.overrides:
         raise ConfigError(f"overrides are relative to one evaluator's entry: name it instead of {ALL!r}")
+    if args.table and args.init == "random":
+        raise ConfigError("--table evaluates both the trained and the initial weights: leave out --init random")
     results = _evaluate(args, initial=args.init == "random")
     if args.table:
         print(baseline_table(results, _evaluate(args, initial=True)))
@@ -70,15 +72,18 @@ def run(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace, initial: bool) -> dict[str, float]:
     from omegaconf import OmegaConf
 
-    from polymodal.config import apply_overrides
+    from polymodal.config import ConfigError, apply_overrides
     from polymodal.runs import load_run
     from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 
     run = load_run(args.model, args.device, initial=initial)
     config = _read_config(args.config) if args.config else run.config
-    tree = {"evaluators": OmegaConf.to_container(config.get("evaluators") or {}, resolve=True)}
+    section = config.get("evaluators")
+    tree = {"evaluators": OmegaConf.to_container(section, resolve=True) if section else {}}
     apply_overrides(tree, [_under(f"evaluators.{args.evaluator}", override) for override in args.overrides])
     evaluators = build_evaluators(tree["evaluators"], only=None if args.evaluator == ALL else args.evaluator)
+    if not evaluators:
+        raise ConfigError(f"{args.config or args.model} has no evaluators: section to run (see --config)")
     return run_evaluators(evaluators, EvalContext(run.model, run.device))
 
 

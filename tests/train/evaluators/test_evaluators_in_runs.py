@@ -192,3 +192,19 @@ def test_overrides_need_a_named_evaluator(trained_run, capsys):
     argv = ["eval", "--model", str(run_dir), "--evaluator", "all", "sweep.epochs=3"]
     assert cli.main(argv) == cli.EXIT_CONFIG_ERROR
     assert "name it instead of 'all'" in capsys.readouterr().err
+
+
+def test_table_with_initial_weights_only_is_a_one_line_error(trained_run, capsys):
+    run_dir, _ = trained_run
+    argv = ["eval", "--model", str(run_dir), "--evaluator", "all", "--table", "--init", "random"]
+    assert cli.main(argv) == cli.EXIT_CONFIG_ERROR
+    assert "leave out --init random" in capsys.readouterr().err
+
+
+def test_all_evaluators_of_a_config_without_any_is_a_one_line_error(trained_run, tmp_path, capsys):
+    run_dir, _ = trained_run
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("evaluators: {}\n")
+    argv = ["eval", "--model", str(run_dir), "--evaluator", "all", "--config", str(empty)]
+    assert cli.main(argv) == cli.EXIT_CONFIG_ERROR
+    assert "has no evaluators: section to run" in capsys.readouterr().err
