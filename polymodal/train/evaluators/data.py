@@ -54,6 +54,8 @@ class ImageSplit:
     ) -> None:
         if format not in FORMATS:
             raise ConfigError(f"evaluation data format must be one of {FORMATS}, got {format!r}")
+        if max_samples is not None and max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1 (or null for the whole split), got {max_samples}")
         if attribute is not None and format != "imagefolder":
             raise ConfigError("attribute picks an ImageFolder's label; with shards choose the label modality")
         self.key = (location, split, format, image_size, label_key, caption_key, max_samples, attribute)

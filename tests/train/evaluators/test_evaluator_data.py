@@ -39,3 +39,8 @@ def test_max_samples_spreads_over_the_split_not_its_first_classes(eval_data):
     expected = [labels[index * len(labels) // 5] for index in range(5)]  # evenly spaced, from the first on
     assert len(subset) == 5 and subset.load(range(5))["label"].tolist() == expected
     assert len(set(expected)) > 1 and expected != labels[:5]
+
+
+def test_max_samples_below_one_is_a_config_error(eval_data):
+    with pytest.raises(ConfigError, match="max_samples must be >= 1"):
+        ImageSplit(str(eval_data["folder"]), split="train", max_samples=0)
