@@ -4,63 +4,89 @@
 modality's token-mean cross-entropy, so a modality's weight does not depend on how many tokens it has. Upstream
 also counted modalities without targets in the denominator (a batch missing one modality's targets got a smaller
 loss); ``count_empty_modalities=True`` reproduces that. ``mode="token"``: the mean over all target tokens of all
-modalities (upstream weighted each modality by ``n_tokens * vocab_size``; we weight by ``n_tokens``).
+modalities (upstream weighted each modality by ``n_tokens * vocab_size``; we weight by ``n_tokens``). An optional
+z-loss (PaLM; ``z_loss_weight``, 0 by default as 4M) adds the mean ``(log Z)²``, combined over modalities the same
+way.
 
-A modality without targets still contributes ``0 * sum(logits)``, so its head is part of the graph (a zero
+The per-modality sums come from the model (``FourM`` with ``loss_chunk_size`` computes them from its decoder output
+and head weights, a chunk of rows at a time, without full logits), or from ``{modality: [n, V] logits}`` in float32.
+A modality without targets still contributes ``0 * cross_entropy``, so its head is part of the graph (a zero
 gradient) on every rank and data-parallel gradient reductions see the same parameters everywhere.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
-import torch.nn.functional as F
 
 from polymodal.models.meta import DataDict, Objective
+from polymodal.models.token_loss import TokenLossSums
+from polymodal.objectives.lm import logits_loss_sums
 
 MODES = ("modality", "token")
 
 
 class FourMLoss(Objective):
-    """Reads ``{modality: [n, V] logits}`` and ``{modality: [n] target ids}``; returns the loss and, per modality,
-    ``<modality>/loss`` (token-mean cross-entropy, 0 without targets) and ``<modality>/tokens``."""
+    """Reads ``{modality: TokenLossSums}`` (or else ``{modality: [n, V] logits}``) and ``{modality: [n] target
+    ids}``; returns the loss and, per modality, ``<modality>/loss`` (token-mean cross-entropy, 0 without targets),
+    ``<modality>/accuracy`` and ``<modality>/tokens``; with a z-loss weight also ``z_loss``, the weighted term that
+    is in the loss."""
 
     def __init__(
         self,
         mode: str = "modality",
         count_empty_modalities: bool = False,
+        z_loss_weight: float = 0.0,
         logits_key: str = "logits",
         targets_key: str = "targets",
+        sums_key: str = "token_loss",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        super().__init__(read_keys=[logits_key, targets_key])
+        super().__init__(read_keys=[sums_key, logits_key, targets_key])
         self.mode = mode
         self.count_empty_modalities = count_empty_modalities
+        self.z_loss_weight = z_loss_weight
 
     def forward(self, data: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logits_key, targets_key = self.read_keys
-        logits, targets = data[logits_key], data[targets_key]
-        if set(logits) != set(targets):
-            raise ValueError(f"logits and targets name different modalities: {sorted(logits)} vs {sorted(targets)}")
-        if not logits:
+        sums_key, logits_key, targets_key = self.read_keys
+        targets = data[targets_key]
+        outputs = data[sums_key] if sums_key in data else data[logits_key]
+        if set(outputs) != set(targets):
+            raise ValueError(f"outputs and targets name different modalities: {sorted(outputs)} vs {sorted(targets)}")
+        if not outputs:
             raise ValueError("no target modality in the batch: nothing to compute a loss on")
-        sums, counts, metrics = [], [], {}
-        anchor = sum(value.sum() for value in logits.values()) * 0.0  # keeps every head in the graph
-        for name, modality_logits in logits.items():
-            modality_targets = targets[name]
-            if modality_logits.shape[:-1] != modality_targets.shape:
-                raise ValueError(f"modality {name!r}: logits {tuple(modality_logits.shape)} do not match "
-                                 f"targets {tuple(modality_targets.shape)}")  # fmt: skip
-            count = modality_targets.numel()
-            total = F.cross_entropy(modality_logits.float(), modality_targets, reduction="sum") if count else anchor
-            sums.append(total)
-            counts.append(count)
-            metrics[f"{name}/loss"] = (total / max(count, 1)).detach()
+        sums = outputs if sums_key in data else _sums_from_logits(outputs, targets)
+        counts = [targets[name].numel() for name in sums]  # every target row is labelled; no device sync
+        anchor = sum(modality.cross_entropy for modality in sums.values()) * 0.0  # keeps every head in the graph
+        metrics = {}
+        for (name, modality), count in zip(sums.items(), counts, strict=True):
+            metrics[f"{name}/loss"] = (modality.cross_entropy / max(count, 1)).detach()
+            metrics[f"{name}/accuracy"] = (modality.correct / max(count, 1)).detach()
             metrics[f"{name}/tokens"] = torch.tensor(count, device=anchor.device)
-        present = [index for index, count in enumerate(counts) if count]
-        if self.mode == "token":
-            loss = sum(sums) / max(sum(counts), 1)
-        else:
-            denominator = len(counts) if self.count_empty_modalities else max(len(present), 1)
-            loss = sum(sums[index] / counts[index] for index in present) / denominator
+        loss = self._combine([modality.cross_entropy for modality in sums.values()], counts)
+        if self.z_loss_weight:
+            z_loss = self.z_loss_weight * self._combine([modality.log_z_squared for modality in sums.values()], counts)
+            metrics["z_loss"] = z_loss.detach()
+            loss = loss + z_loss
         return loss + anchor, metrics
+
+    def _combine(self, totals: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
+        """The per-modality sums ``totals`` as one mean, by ``mode`` (module docstring)."""
+        if self.mode == "token":
+            return sum(totals, torch.zeros_like(totals[0])) / max(sum(counts), 1)
+        means = [total / count for total, count in zip(totals, counts, strict=True) if count]
+        denominator = len(counts) if self.count_empty_modalities else max(len(means), 1)
+        return sum(means, torch.zeros_like(totals[0])) / denominator
+
+
+def _sums_from_logits(
+    logits: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+) -> dict[str, TokenLossSums]:
+    """``{modality: TokenLossSums}`` from each modality's ``[n, V]`` logits (in float32)."""
+    for name, modality_logits in logits.items():
+        if modality_logits.shape[:-1] != targets[name].shape:
+            raise ValueError(f"modality {name!r}: logits {tuple(modality_logits.shape)} do not match "
+                             f"targets {tuple(targets[name].shape)}")  # fmt: skip
+    return {name: logits_loss_sums(modality_logits, targets[name]) for name, modality_logits in logits.items()}

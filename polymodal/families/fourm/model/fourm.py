@@ -9,6 +9,10 @@ A batch is a dict keyed by modality name; ``batch[m] = {"tensor", "is_input", "i
     hidden  = model.decode(queries, context, inputs.valid)
     logits, targets = model.predict(hidden, queries)   # {modality: [n_m, V_m]}, {modality: [n_m]}
 
+Training does not make those logits: :meth:`FourM.forward` hands each modality's decoder output rows and its head's
+weight to :func:`~polymodal.models.token_loss.chunked_token_loss` (:meth:`FourM.loss_sums`), which projects
+``loss_chunk_size`` rows at a time, and writes the per-modality sums that ``FourMLoss`` combines.
+
 Selection keeps, per sample, the selected tokens first in concatenation order (batch dict order, then position)
 and cuts the sequence at ``num_encoder_tokens`` / ``num_decoder_tokens`` (None: no cut). Which targets survive a
 cut therefore follows the dict order; ``FourMMasking`` shuffles it per batch from its generator, as upstream
@@ -43,6 +47,7 @@ from polymodal.models.layers.masks import padding_mask
 from polymodal.models.layers.mlp import MLP, SwiGLU
 from polymodal.models.layers.norm import LayerNorm
 from polymodal.models.meta import DataDict, ReadWriteBlock
+from polymodal.models.token_loss import TokenLossSums, chunked_token_loss
 
 ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
 
@@ -113,7 +118,10 @@ class FourM(ReadWriteBlock):
         num_register_tokens: learned tokens prepended to every encoder sequence.
         num_encoder_tokens / num_decoder_tokens: sequence budgets after selection (None: keep every position).
         tie_embeddings: sequence heads share their decoder token table.
-        logits_key / targets_key: where :meth:`forward` writes ``{modality: logits}`` and ``{modality: target ids}``.
+        loss_chunk_size: :meth:`forward` writes each target modality's loss sums (:meth:`loss_sums`, this many
+            target rows projected at a time) under ``loss_key`` instead of its logits; None: it writes the logits.
+        logits_key / targets_key / loss_key: where :meth:`forward` writes ``{modality: logits}``, ``{modality: target
+            ids}`` and ``{modality: TokenLossSums}``.
     """
 
     def __init__(
@@ -137,8 +145,10 @@ class FourM(ReadWriteBlock):
         num_encoder_tokens: int | None = None,
         num_decoder_tokens: int | None = None,
         tie_embeddings: bool = True,
+        loss_chunk_size: int | None = 1024,
         logits_key: str = "logits",
         targets_key: str = "targets",
+        loss_key: str = "token_loss",
     ) -> None:
         if mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {mlp!r}")
@@ -151,12 +161,15 @@ class FourM(ReadWriteBlock):
         for name, budget in (("num_encoder_tokens", num_encoder_tokens), ("num_decoder_tokens", num_decoder_tokens)):
             if budget is not None and budget < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {budget}")
+        if loss_chunk_size is not None and loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1 or None, got {loss_chunk_size}")
         encoders = [spec for spec in modalities.values() if spec.encoder]
         decoders = [spec for spec in modalities.values() if spec.decoder]
         if not encoders or not decoders:
             raise ValueError(f"4M needs at least one encoder and one decoder modality, got {modalities}")
-        super().__init__(read_keys=list(modalities), write_keys=[logits_key, targets_key])
+        super().__init__(read_keys=list(modalities), write_keys=[logits_key, targets_key, loss_key])
         self.modalities = modalities
+        self.loss_chunk_size = loss_chunk_size
         self.dim = dim
         self.num_encoder_tokens = num_encoder_tokens
         self.num_decoder_tokens = num_decoder_tokens
@@ -313,12 +326,30 @@ class FourM(ReadWriteBlock):
     def predict(self, hidden: Tensor, queries: DecoderQueries) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Per target modality: ``[n_m, V_m]`` logits of its valid queries (all samples, row-major) and their
         ``[n_m]`` target ids. A modality with no target in the batch gets ``n_m = 0``."""
-        logits, targets = {}, {}
+        rows = self._target_rows(hidden, queries)
+        logits = {name: self.decoder_embeddings[name].to_logits(states) for name, (states, _) in rows.items()}
+        return logits, {name: targets for name, (_, targets) in rows.items()}
+
+    def loss_sums(
+        self, hidden: Tensor, queries: DecoderQueries, chunk_size: int
+    ) -> tuple[dict[str, TokenLossSums], dict[str, Tensor]]:
+        """Per target modality: the loss sums of the logits :meth:`predict` would make, computed ``chunk_size``
+        rows at a time without them (``chunked_token_loss`` on the head's weight), and the ``[n_m]`` target ids.
+        The decoder output is already normed (its final norm), so the heads are the bare Linears."""
+        sums, targets = {}, {}
+        for name, (states, target_ids) in self._target_rows(hidden, queries).items():
+            head = self.decoder_embeddings[name].to_logits
+            sums[name] = chunked_token_loss(states, head.weight, head.bias, target_ids, chunk_size)
+            targets[name] = target_ids
+        return sums, targets
+
+    def _target_rows(self, hidden: Tensor, queries: DecoderQueries) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{modality: ([n_m, D] decoder output rows, [n_m] target ids)}`` of its valid queries, row-major."""
+        rows = {}
         for index, name in enumerate(queries.modalities):
             selected = queries.modality_index == index
-            logits[name] = self.decoder_embeddings[name].to_logits(hidden[selected])
-            targets[name] = queries.target_ids[selected]
-        return logits, targets
+            rows[name] = hidden[selected], queries.target_ids[selected]
+        return rows
 
     @cached_property
     def matmuls(self) -> FourMMatmuls:
@@ -358,8 +389,11 @@ class FourM(ReadWriteBlock):
         context = self.decoder_context(self.encode(inputs), inputs)
         queries = self.embed_targets(data)
         hidden = self.decode(queries, context, inputs.valid)
-        logits_key, targets_key = self.write_keys
-        data[logits_key], data[targets_key] = self.predict(hidden, queries)
+        logits_key, targets_key, loss_key = self.write_keys
+        if self.loss_chunk_size is None:
+            data[logits_key], data[targets_key] = self.predict(hidden, queries)
+        else:
+            data[loss_key], data[targets_key] = self.loss_sums(hidden, queries, self.loss_chunk_size)
         return data
 
 
