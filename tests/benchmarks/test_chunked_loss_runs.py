@@ -24,3 +24,20 @@ def test_tiny_run_prints_equal_losses_peaks_and_times(benchmark, capsys):
 def test_an_all_ignored_batch_is_loss_zero_on_both_sides(benchmark, capsys):
     result = benchmark.main([*TINY, "--labelled", "0", "--rounds", "1"])
     assert result.loss == 0.0 and result.max_difference == 0.0
+
+
+FOURM_TINY = ["--model", "fourm", "--dim", "48", "--batch", "2", "--tokens", "16", "--seq-tokens", "8",
+              "--chunk-size", "7", "--rounds", "1"]  # fmt: skip
+
+
+def test_fourm_step_prints_equal_losses_peaks_and_times(benchmark, capsys):
+    """A whole 4M step: the chunked head loss against F.cross_entropy on full logits, on the same weights."""
+    result = benchmark.main(FOURM_TINY)
+    output = capsys.readouterr().out
+    assert "4M tiny (dim 48): batch 2, 16 input + 16 target tokens" in output
+    losses = re.search(r"loss: chunked (\d+\.\d+), full (\d+\.\d+)", output)
+    assert losses and abs(float(losses[1]) - float(losses[2])) < 1e-5
+    assert re.search(r"max relative difference over loss and gradients: \d\.\de-\d+", output)
+    assert re.search(r"ratio full/chunked \d+\.\d", output) and re.search(r"ratio A/B\s+\d+\.\d+\s+\d+\.\d+", output)
+    assert result.max_difference < 1e-4  # relative to each gradient's largest entry; some are ~1e-5 in size
+    assert min(result.peak_bytes) > 0 and len(result.step_s[0]) == len(result.step_s[1]) == 1
