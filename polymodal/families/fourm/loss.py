@@ -75,7 +75,7 @@ class FourMLoss(Objective):
     def _combine(self, totals: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
         """The per-modality sums ``totals`` as one mean, by ``mode`` (module docstring)."""
         if self.mode == "token":
-            return sum(totals, torch.zeros_like(totals[0])) / max(sum(counts), 1)
+            return sum(totals) / max(sum(counts), 1)
         means = [total / count for total, count in zip(totals, counts, strict=True) if count]
         denominator = len(counts) if self.count_empty_modalities else max(len(means), 1)
         return sum(means, torch.zeros_like(totals[0])) / denominator
