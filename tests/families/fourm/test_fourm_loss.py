@@ -24,6 +24,8 @@ def test_modality_mode_averages_modalities_with_targets():
     torch.testing.assert_close(loss, sum(per_modality) / 2)
     assert metrics["tok_depth/tokens"] == 0 and metrics["tok_rgb/tokens"] == 20
     torch.testing.assert_close(metrics["caption/loss"], per_modality[0])
+    hits = (data["logits"]["tok_rgb"].argmax(-1) == data["targets"]["tok_rgb"]).float().mean()
+    torch.testing.assert_close(metrics["tok_rgb/accuracy"], hits)
     upstream, _ = FourMLoss(count_empty_modalities=True)(data)  # upstream's denominator counted tok_depth
     torch.testing.assert_close(upstream, sum(per_modality) / 3)
 
@@ -33,6 +35,10 @@ def test_token_mode_weights_by_token_count_not_vocabulary():
     loss, _ = FourMLoss(mode="token")(data)
     everything = [F.cross_entropy(data["logits"][m], data["targets"][m], reduction="sum") for m in data["logits"]]
     torch.testing.assert_close(loss, sum(everything) / 25)
+    with_z, metrics = FourMLoss(mode="token", z_loss_weight=0.01)(data)
+    log_z_squared = sum(torch.logsumexp(data["logits"][m], -1).square().sum() for m in data["logits"]) / 25
+    torch.testing.assert_close(metrics["z_loss"], 0.01 * log_z_squared)
+    torch.testing.assert_close(with_z, loss + 0.01 * log_z_squared)
 
 
 def test_heads_without_targets_still_get_a_zero_gradient():
