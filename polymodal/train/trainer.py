@@ -46,6 +46,7 @@ from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
+from polymodal.train.flop_count import StepFlopCounter
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
 from polymodal.train.mfu import device_peak_flops, mfu
@@ -151,6 +152,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.to(self.env.device)
         self.optimizer: torch.optim.Optimizer = instantiate(cfg.optim.optimizer, model=self.model)
+        self.flop_counter = self._flop_counter(cfg)
         self.progress = Progress()
         self.dtype = torch.bfloat16 if self.exp.precision == "bf16" else torch.float32
 
@@ -163,6 +165,19 @@ class Trainer:
             return schedule.for_run(self.exp.total_steps)
         except ValueError as error:
             raise ConfigError(f"optim.schedule: {error}") from error
+
+    def _flop_counter(self, cfg: DictConfig) -> StepFlopCounter | None:
+        """FlopCounterMode on a fake-tensor twin built from the same config, for a model without an analytic
+        ``train_flops`` (:class:`~polymodal.train.flop_count.StepFlopCounter`); ``None`` when the model counts."""
+        if hasattr(self.model, "train_flops"):
+            return None
+
+        def build_twin() -> nn.Module:
+            model = instantiate(cfg.model)
+            freeze_parameters(model, self.exp.freeze)
+            return model
+
+        return StepFlopCounter(build_twin, self.env.device, self._autocast, type(self.model).__name__)
 
     def _build_mesh(self) -> Mesh | None:
         dims = ParallelDims.from_config(self.exp.distributed, self.env.world_size)  # checked on one process too
@@ -288,6 +303,9 @@ class Trainer:
         started = time.perf_counter()
         batches = [move_to_device(next(self.data.train), self.env.device) for _ in range(exp.grad_accum_steps)]
         data_wait = time.perf_counter() - started
+        counting = time.perf_counter()
+        counted = [self.flop_counter(batch) for batch in batches] if self.flop_counter is not None else []  # as loaded
+        counting_s = time.perf_counter() - counting
         parts = [self._split_sequence(batch) for batch in batches]
         for micro_step, (part, share) in enumerate(zip(parts, self._shares(parts), strict=True)):
             sync = micro_step == exp.grad_accum_steps - 1
@@ -298,7 +316,7 @@ class Trainer:
             for name, value in metrics.items():
                 values[name].append(_plain(value.detach()) * share)
         samples = float(sum(_batch_size(batch) for batch in batches))
-        flops = sum(self.model.train_flops(batch) for batch in batches) if hasattr(self.model, "train_flops") else 0.0
+        flops = self._step_flops(batches, counted)
 
         stats: dict[str, torch.Tensor | float] = {"loss": _mean(losses)}
         stats.update({name: _mean(micro) for name, micro in values.items()})
@@ -319,10 +337,18 @@ class Trainer:
             grad_norm=grad_norm.detach(),
             lr=self.optimizer.param_groups[0]["lr"],
             data_wait_s=data_wait,
+            flop_counting_s=counting_s,
             flops=flops,
             samples=samples,
         )
         return stats
+
+    def _step_flops(self, batches: list[DataDict], counted: list[float | None]) -> float:
+        """The step's training FLOPs: the model's analytic ``train_flops`` on the batches after the forward (4M reads
+        what its forward wrote), else the twin's counts of the batches as loaded; 0 when neither is known."""
+        if self.flop_counter is None:
+            return float(sum(self.model.train_flops(batch) for batch in batches))
+        return 0.0 if None in counted else float(sum(counted))
 
     def _on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         policy = self.exp.nonfinite
@@ -499,8 +525,9 @@ class Trainer:
 
         Samples and FLOPs are counted per data-parallel rank on the whole (unsplit) batch, so the global numbers
         are the rank mean times the data-parallel world; MFU divides by every device, TP/CP peers included.
-        Tokens/s is logged only for token data, MFU only for models that count their FLOPs (``train_flops``):
-        a 0 would read as a measurement.
+        Tokens/s is logged only for token data, MFU only when the step's FLOPs are known (an analytic
+        ``train_flops``, else the FlopCounterMode twin): a 0 would read as a measurement. The time spent counting
+        FLOPs (the first step of each new batch shape) is not training time and is left out of the rates.
         """
         names = sorted(window)
         stacked = torch.stack([torch.as_tensor(window[name], device=self.env.device).float() for name in names])
@@ -509,6 +536,7 @@ class Trainer:
         samples = totals.pop("samples") * self.dp_world
         flops = totals.pop("flops") * self.dp_world
         data_wait = totals.pop("data_wait_s")
+        elapsed -= totals.pop("flop_counting_s")
         lr = totals.pop("lr") / steps
         summary = {name: value / steps for name, value in totals.items()}
         summary.update(

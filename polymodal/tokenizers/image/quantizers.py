@@ -105,7 +105,11 @@ class Quantizer(nn.Module, abc.ABC):
             )
 
     def _usage(self, codes: Tensor) -> Tensor:
-        return torch.bincount(codes.flatten(), minlength=self.codebook_size).float()
+        """Assignments per code, ``[codebook_size]`` floats (exact integers). An index-add, not ``bincount``: its shape
+        does not depend on the codes' values, so the forward also runs on fake tensors (as FLOP counting does)."""
+        flat = codes.flatten()
+        counts = torch.zeros(self.codebook_size, device=codes.device)
+        return counts.index_add_(0, flat, torch.ones(flat.shape, device=codes.device))
 
 
 def _distributed() -> bool:
@@ -220,7 +224,7 @@ class VectorQuantizer(Quantizer):
 
     @torch.no_grad()
     def _update_codebook(self, flat: Tensor, flat_codes: Tensor) -> None:
-        counts = torch.bincount(flat_codes, minlength=self.codebook_size).float()
+        counts = self._usage(flat_codes)
         if self.ema_decay is None:
             statistics = counts.unsqueeze(1)
         else:

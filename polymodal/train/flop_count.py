@@ -1,0 +1,185 @@
+"""Training FLOPs of a step for models without an analytic count: ``torch.utils.flop_counter`` on a fake-tensor twin.
+
+A model that implements ``train_flops(batch)`` (``models/protocol.py``) reports its own analytic count and is
+always preferred. Any other model (a ViT or AIM composed in YAML, the image tokenizers, ...) gets its forward +
+backward counted by :class:`~torch.utils.flop_counter.FlopCounterMode`, once per batch shape signature.
+
+Why a fake-tensor twin, not the real step: the twin is built from the same config (same architecture, same frozen
+parameters) under :class:`~torch._subclasses.fake_tensor.FakeTensorMode` and runs the model and the objective on
+fake copies of the batch (same shapes, dtypes and device, no data). Nothing the real step sees is touched — no
+parameter, gradient, optimizer state, buffer (EMA codebooks, running statistics) or RNG stream — whatever wraps the
+real model (DDP, FSDP2, tensor/context parallelism, activation checkpointing, ``torch.compile``), and the count is
+the whole unsplit model on the whole batch of one data-parallel rank, which is what the trainer divides by. Fake
+tensors hold no memory and run no kernels, so a count costs a fraction of a second of Python; unlike the ``meta``
+device they keep the real device, so device-dependent code (``torch.autocast(x.device.type)``, kernel choice) runs
+as in the real step. The price: a forward that needs the batch's *values* (``.item()``, boolean indexing,
+data-dependent shapes) cannot run on fake tensors; such a model is reported once with the reason and logs no MFU
+until it implements ``train_flops``.
+
+What is counted: matmuls, convolutions and attention (FlopCounterMode's registry, 2 FLOPs per multiply-accumulate);
+norms, activations, softmax and other elementwise ops are not, nor are embedding lookups. Attention follows the MFU
+conventions of :mod:`polymodal.models.flops`: torch counts the CUDA kernels but not the CPU fused kernel, which
+:func:`flop_counter` maps (backward = 2x forward, the kernel's recompute not counted); causal and padding masks are
+not discounted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
+
+from polymodal.models.meta import DataDict, call_block
+
+log = logging.getLogger(__name__)
+
+ShapeSignature = tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+_aten = torch.ops.aten
+
+
+def _cpu_sdpa_flops(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(
+    grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+) -> int:
+    """The backward's model FLOPs: grad of scores and of V, then of Q and K (4 matmuls, 2x the forward). The
+    kernel's recompute of the scores is not counted (MFU, not HFU), as on the meta device's math path."""
+    return 2 * sdpa_flop_count(query, key, value)
+
+
+def _missing_attention_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for the CPU fused attention ops, where this torch's FlopCounterMode has none (torch 2.14
+    counts the CUDA flash / efficient / cuDNN kernels but sees 0 FLOPs in ``F.scaled_dot_product_attention`` on
+    CPU)."""
+    formulas = {
+        "_scaled_dot_product_flash_attention_for_cpu": _cpu_sdpa_flops,
+        "_scaled_dot_product_flash_attention_for_cpu_backward": _cpu_sdpa_backward_flops,
+    }
+    packets = {name: getattr(_aten, name, None) for name in formulas}
+    return {packet: formulas[name] for name, packet in packets.items() if packet is not None and packet not in flop_registry}
+
+
+def flop_counter() -> FlopCounterMode:
+    """A silent :class:`FlopCounterMode` that also counts CPU attention (see :func:`_missing_attention_formulas`)."""
+    return FlopCounterMode(display=False, custom_mapping=_missing_attention_formulas())
+
+
+def shape_signature(batch: DataDict, prefix: str = "") -> ShapeSignature:
+    """The shapes and dtypes of every tensor in ``batch`` (nested dicts included), in key order."""
+    signature: list[tuple[str, tuple[int, ...], torch.dtype]] = []
+    for key in sorted(batch, key=str):
+        value, path = batch[key], f"{prefix}{key}"
+        if isinstance(value, torch.Tensor):
+            signature.append((path, tuple(value.shape), value.dtype))
+        elif isinstance(value, dict):
+            signature.extend(shape_signature(value, f"{path}."))
+    return tuple(signature)
+
+
+def _copy_batch(batch: DataDict) -> DataDict:
+    """A copy of the batch (nested dicts too) whose tensors are clones: the twin writes its outputs into its own
+    dicts, and no in-place op of its forward can reach the real step's tensors."""
+    return {
+        key: value.clone()
+        if isinstance(value, torch.Tensor)
+        else _copy_batch(value)
+        if isinstance(value, dict)
+        else value
+        for key, value in batch.items()
+    }
+
+
+def _differentiable_outputs(data: DataDict) -> list[torch.Tensor]:
+    """Every tensor of ``data`` (nested dicts too) that carries a gradient: what the model computed from weights."""
+    found: list[torch.Tensor] = []
+    for value in data.values():
+        if isinstance(value, torch.Tensor) and value.requires_grad:
+            found.append(value)
+        elif isinstance(value, dict):
+            found.extend(_differentiable_outputs(value))
+    return found
+
+
+class StepFlopCounter:
+    """Forward + backward FLOPs of one training step on a batch, counted on a fake-tensor twin of the model (module
+    docstring) once per :func:`shape_signature` and cached.
+
+    ``build_twin`` returns the twin model; it is called once, on first use, under a :class:`FakeTensorMode` and
+    ``torch.device(device)`` (so every parameter and buffer it creates is fake, on ``device``), with the RNG streams
+    forked. The twin's forward runs under ``autocast()`` (the trainer's mixed precision) on a clone of the real
+    batch; its backward starts from the sum of every output that carries a gradient. ``__call__`` returns the
+    FLOPs, or ``None`` when the twin cannot run (warned once; later calls return ``None`` at once).
+    """
+
+    def __init__(
+        self,
+        build_twin: Callable[[], nn.Module],
+        device: torch.device | str = "cpu",
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+        model_name: str = "the model",
+    ):
+        self._build_twin = build_twin
+        self._device = torch.device(device)
+        self._autocast = autocast
+        self._model_name = model_name
+        self._mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self._twin: nn.Module | None = None
+        self._counts: dict[ShapeSignature, float] = {}
+        self._failed = False
+
+    @property
+    def counted_signatures(self) -> int:
+        """How many distinct batch shape signatures have been counted (each counted once)."""
+        return len(self._counts)
+
+    def __call__(self, batch: DataDict) -> float | None:
+        if self._failed:
+            return None
+        signature = shape_signature(batch)
+        if signature not in self._counts:
+            try:
+                self._counts[signature] = self._count(batch)
+            except Exception as error:  # a forward the twin cannot run: report it, train on without MFU
+                self._failed = True
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                log.warning(
+                    "MFU not logged: %s has no train_flops(batch) and its FLOPs cannot be counted on fake tensors "
+                    "(%s: %s). Implement train_flops (models/protocol.py) to log MFU.",
+                    self._model_name,
+                    type(error).__name__,
+                    reason,
+                )
+                return None
+        return self._counts[signature]
+
+    def _count(self, batch: DataDict) -> float:
+        devices = [self._device] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if self._twin is None:
+                with self._mode, self._device:
+                    self._twin = self._build_twin()
+            try:
+                return self._count_step(self._twin, batch)
+            except (DataDependentOutputException, DynamicOutputShapeException):
+                # A training-only branch that needs values (the VQ codebook's dead-code restarts): count the step in
+                # eval mode, which skips such state updates (no matmuls in them) and runs the same matmuls.
+                self._twin.eval()
+                return self._count_step(self._twin, batch)
+
+    def _count_step(self, model: nn.Module, batch: DataDict) -> float:
+        with flop_counter() as counter:
+            with self._autocast():
+                outputs = _differentiable_outputs(call_block(model, _copy_batch(batch), name="model"))
+            if outputs:
+                torch.stack([output.float().sum() for output in outputs]).sum().backward()
+        model.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
