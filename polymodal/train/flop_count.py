@@ -1,26 +1,33 @@
-"""Training FLOPs of a step for models without an analytic count: ``torch.utils.flop_counter`` on a fake-tensor twin.
+"""Training FLOPs of a step for models without an analytic count: ``torch.utils.flop_counter`` on a fake twin.
 
-A model that implements ``train_flops(batch)`` (``models/protocol.py``) reports its own analytic count and is
-always preferred. Any other model (a ViT or AIM composed in YAML, the image tokenizers, ...) gets its forward +
-backward counted by :class:`~torch.utils.flop_counter.FlopCounterMode`, once per batch shape signature.
+A model that implements ``train_flops(batch)`` (``models/protocol.py``) reports its own analytic count, which is
+always preferred. Any other model (a ViT or AIM composed in YAML, the image tokenizers, ...) has one step's forward +
+backward counted by :class:`~torch.utils.flop_counter.FlopCounterMode`, once per batch shape signature (the shapes
+and dtypes of the batch's tensors; a new signature is counted once more).
 
-Why a fake-tensor twin, not the real step: the twin is built from the same config (same architecture, same frozen
-parameters) under :class:`~torch._subclasses.fake_tensor.FakeTensorMode` and runs the model and the objective on
-fake copies of the batch (same shapes, dtypes and device, no data). Nothing the real step sees is touched — no
-parameter, gradient, optimizer state, buffer (EMA codebooks, running statistics) or RNG stream — whatever wraps the
-real model (DDP, FSDP2, tensor/context parallelism, activation checkpointing, ``torch.compile``), and the count is
-the whole unsplit model on the whole batch of one data-parallel rank, which is what the trainer divides by. Fake
-tensors hold no memory and run no kernels, so a count costs a fraction of a second of Python; unlike the ``meta``
-device they keep the real device, so device-dependent code (``torch.autocast(x.device.type)``, kernel choice) runs
-as in the real step. The price: a forward that needs the batch's *values* (``.item()``, boolean indexing,
-data-dependent shapes) cannot run on fake tensors; such a model is reported once with the reason and logs no MFU
-until it implements ``train_flops``.
+How, and why not on the real step: the *twin* is the same model built again from the config (same architecture,
+same frozen parameters) on the meta device, its parameters and buffers then made fake tensors on the real device
+(:class:`~torch._subclasses.fake_tensor.FakeTensorMode`: shapes, dtypes and device, no storage). It runs on a clone
+of the real batch, whose values are real, so checks and masks built from the data run as in the real step, while
+everything that touches a weight is fake: it allocates nothing and runs no kernel. Its backward starts from the sum
+of the model's differentiable outputs. Nothing the real step sees is touched — no parameter, gradient, optimizer
+state, buffer (EMA codebooks, running statistics) or RNG stream (forked while counting) — whatever wraps the real
+model (DDP, FSDP2, activation checkpointing, ``torch.compile``), and the count is the whole unsplit model on the
+whole batch of a data-parallel rank, which is what the trainer divides by. Counting on the real step itself would see
+activation-checkpoint recompute (HFU, not MFU), per-shard shapes under parallelism, and would put a dispatch mode
+around compiled code; a count here costs a fraction of a second of Python, once per shape.
+
+The limits: the objective is not run (its elementwise loss costs no matmul FLOPs; a contrastive loss's ``B x B``
+logits are left out, as the analytic CLIP count leaves them out). A forward that needs the *values* of tensors
+computed from weights cannot run on fake tensors: a training-only branch of that kind (the VQ codebook's dead-code
+restarts) is counted in eval mode, which runs the same matmuls; anything else (e.g. the LLM head picking labelled
+rows by value) is reported once with the reason, and that model logs no MFU until it implements ``train_flops``.
 
 What is counted: matmuls, convolutions and attention (FlopCounterMode's registry, 2 FLOPs per multiply-accumulate);
-norms, activations, softmax and other elementwise ops are not, nor are embedding lookups. Attention follows the MFU
-conventions of :mod:`polymodal.models.flops`: torch counts the CUDA kernels but not the CPU fused kernel, which
-:func:`flop_counter` maps (backward = 2x forward, the kernel's recompute not counted); causal and padding masks are
-not discounted.
+norms, activations, softmax and other elementwise ops are not, nor are embedding lookups — the conventions of
+:mod:`polymodal.models.flops`. torch 2.14 counts the CUDA attention kernels but not the CPU fused kernel of
+``F.scaled_dot_product_attention``; :func:`flop_counter` maps it (backward = 2x forward, the kernel's recompute not
+counted); causal and padding masks are not discounted.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ def _cpu_sdpa_backward_flops(
     grad_out: Any, query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any
 ) -> int:
     """The backward's model FLOPs: grad of scores and of V, then of Q and K (4 matmuls, 2x the forward). The
-    kernel's recompute of the scores is not counted (MFU, not HFU), as on the meta device's math path."""
+    kernel's recompute of the scores is not counted (MFU, not HFU), as the math backend's backward has none."""
     return 2 * sdpa_flop_count(query, key, value)
 
 
@@ -65,7 +72,9 @@ def _missing_attention_formulas() -> dict[Any, Callable[..., int]]:
         "_scaled_dot_product_flash_attention_for_cpu_backward": _cpu_sdpa_backward_flops,
     }
     packets = {name: getattr(_aten, name, None) for name in formulas}
-    return {packet: formulas[name] for name, packet in packets.items() if packet is not None and packet not in flop_registry}
+    return {
+        packet: formulas[name] for name, packet in packets.items() if packet is not None and packet not in flop_registry
+    }
 
 
 def flop_counter() -> FlopCounterMode:
@@ -113,11 +122,10 @@ class StepFlopCounter:
     """Forward + backward FLOPs of one training step on a batch, counted on a fake-tensor twin of the model (module
     docstring) once per :func:`shape_signature` and cached.
 
-    ``build_twin`` returns the twin model; it is called once, on first use, under a :class:`FakeTensorMode` and
-    ``torch.device(device)`` (so every parameter and buffer it creates is fake, on ``device``), with the RNG streams
-    forked. The twin's forward runs under ``autocast()`` (the trainer's mixed precision) on a clone of the real
-    batch; its backward starts from the sum of every output that carries a gradient. ``__call__`` returns the
-    FLOPs, or ``None`` when the twin cannot run (warned once; later calls return ``None`` at once).
+    ``build_twin`` builds the model; it is called once, on first use, under ``torch.device("meta")`` with the RNG
+    streams forked, and the parameters and buffers it made are then replaced by fake tensors on ``device``. The
+    twin's forward runs under ``autocast()`` (the trainer's mixed precision). ``__call__`` returns the FLOPs, or
+    ``None`` when the twin cannot run (warned once; later calls return ``None`` at once).
     """
 
     def __init__(
@@ -165,8 +173,7 @@ class StepFlopCounter:
         devices = [self._device] if self._device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if self._twin is None:
-                with self._mode, self._device:
-                    self._twin = self._build_twin()
+                self._twin = self._materialize_twin()
             try:
                 return self._count_step(self._twin, batch)
             except (DataDependentOutputException, DynamicOutputShapeException):
@@ -174,6 +181,14 @@ class StepFlopCounter:
                 # eval mode, which skips such state updates (no matmuls in them) and runs the same matmuls.
                 self._twin.eval()
                 return self._count_step(self._twin, batch)
+
+    def _materialize_twin(self) -> nn.Module:
+        """Built on the meta device (as ``experiment.distributed.meta_init`` builds models: no memory, no
+        initialisation drawn), then given fake parameters and buffers on the device."""
+        with torch.device("meta"):
+            twin = self._build_twin()
+        with self._mode:
+            return twin.to_empty(device=self._device)
 
     def _count_step(self, model: nn.Module, batch: DataDict) -> float:
         with flop_counter() as counter:

@@ -9,8 +9,9 @@ Files in ``output_dir`` (written by rank 0 only, except the per-rank text logs):
   same wandb run.
 * ``logs/rank{rank}.log`` - every rank's text log (see :func:`setup_console_logging`).
 
-The plain progress line formats three metric names specially: ``loss``, ``lr`` and ``tokens_per_s``; any
-other metric is printed as ``name value``.
+The plain progress line formats four metric names specially: ``loss``, ``lr``, and the throughputs in their units,
+``samples_per_s`` (``samples/s``) and ``tokens_per_s`` (``tok/s``, logged for token data only); any other metric is
+printed as ``name value``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ _WANDB_FILE_KEYS = frozenset({"entity", "project", "mode", "api_key"})
 _WANDB_MODES = frozenset({"online", "offline", "disabled"})
 _WANDB_ENV_SWITCHES = ("WANDB_API_KEY", "WANDB_MODE")
 _RESERVED_KEYS = frozenset({"step", "split", "time"})
-_SPECIAL_METRICS = frozenset({"loss", "lr", "tokens_per_s"})  # given their own format in progress lines
+_THROUGHPUT_UNITS = {"samples_per_s": "samples/s", "tokens_per_s": "tok/s"}  # shown last, in these units
+_SPECIAL_METRICS = frozenset({"loss", "lr", *_THROUGHPUT_UNITS})  # given their own format in progress lines
 _OWN_HANDLER = "_polymodal_handler"
 # `logger.info(..., extra=FILE_ONLY)` reaches the rank log file but not the console.
 FILE_ONLY = {"file_only": True}
@@ -252,8 +254,7 @@ def _format_metrics(values: dict[str, float]) -> str:
     if "lr" in values:
         parts.append(f"lr {values['lr']:.1e}")
     parts += [f"{name} {value:.4g}" for name, value in values.items() if name not in _SPECIAL_METRICS]
-    if "tokens_per_s" in values:
-        parts.append(f"{_si(values['tokens_per_s'])} tok/s")
+    parts += [f"{_si(values[name])} {unit}" for name, unit in _THROUGHPUT_UNITS.items() if name in values]
     return " | ".join(parts)
 
 
@@ -261,7 +262,7 @@ def _si(value: float) -> str:
     for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.1f}{suffix}"
-    return f"{value:.0f}"
+    return f"{value:.3g}"  # a slow run's 0.25 samples/s is not 0
 
 
 def _parse_metrics(text: str) -> tuple[list[dict[str, Any]], int]:

@@ -168,7 +168,8 @@ class Trainer:
 
     def _flop_counter(self, cfg: DictConfig) -> StepFlopCounter | None:
         """FlopCounterMode on a fake-tensor twin built from the same config, for a model without an analytic
-        ``train_flops`` (:class:`~polymodal.train.flop_count.StepFlopCounter`); ``None`` when the model counts."""
+        ``train_flops`` (:class:`~polymodal.train.flop_count.StepFlopCounter`); ``None`` when the model counts (and
+        ``None`` set later switches counting off: no MFU is logged)."""
         if hasattr(self.model, "train_flops"):
             return None
 
@@ -346,9 +347,9 @@ class Trainer:
     def _step_flops(self, batches: list[DataDict], counted: list[float | None]) -> float:
         """The step's training FLOPs: the model's analytic ``train_flops`` on the batches after the forward (4M reads
         what its forward wrote), else the twin's counts of the batches as loaded; 0 when neither is known."""
-        if self.flop_counter is None:
+        if hasattr(self.model, "train_flops"):
             return float(sum(self.model.train_flops(batch) for batch in batches))
-        return 0.0 if None in counted else float(sum(counted))
+        return float(sum(counted)) if counted and None not in counted else 0.0
 
     def _on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         policy = self.exp.nonfinite

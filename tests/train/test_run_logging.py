@@ -129,10 +129,12 @@ def test_plain_progress_lines_go_to_console_and_rank_file(tmp_path, capsys, monk
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     setup_console_logging(tmp_path, rank=0, debug=False)
     with RunLogger(tmp_path, total_steps=1000, tensorboard=False, start_step=100) as run:
-        run.log(120, "train", {"loss": 3.12344, "lr": 3e-4, "tokens_per_s": 5210.0, "mfu": 0.4125})
+        run.log(120, "train", {"loss": 3.12344, "lr": 3e-4, "tokens_per_s": 5210.0, "samples_per_s": 20.35, "mfu": 0.4})
+        run.log(140, "train", {"loss": 3.0, "samples_per_s": 0.25})  # image data: samples/s only
         run.log(120, "val", {"loss": 3.5})
     out = capsys.readouterr().out
-    assert "step 120/1000 | loss 3.1234 | lr 3.0e-04 | mfu 0.4125 | 5.2k tok/s | eta 0:" in out
+    assert "step 120/1000 | loss 3.1234 | lr 3.0e-04 | mfu 0.4 | 20.4 samples/s | 5.2k tok/s | eta 0:" in out
+    assert "step 140/1000 | loss 3.0000 | 0.25 samples/s | eta 0:" in out
     assert "val step 120 | loss 3.5000" in out
     rank_log = (tmp_path / "logs" / "rank0.log").read_text()
     assert "rank0 INFO" in rank_log and "step 120/1000 | loss 3.1234" in rank_log
