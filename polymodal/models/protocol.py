@@ -8,7 +8,9 @@ model up by its class, so a new family's model plugs in by implementing what it 
     device, materialised, then initialised identically on every rank).
 ``train_flops(batch) -> float``
     Forward + backward FLOPs of one training step on ``batch`` (after the forward pass), by the conventions of
-    :mod:`polymodal.models.flops`. Without it MFU is reported as 0.
+    :mod:`polymodal.models.flops`. Without it the trainer counts them with ``FlopCounterMode`` on a fake-tensor twin
+    of the model, once per batch shape (``train/flop_count.py``); a model whose forward fake tensors cannot run
+    logs no MFU.
 ``parallel_plan() -> ParallelPlan``
     Where tensor parallelism splits the model and which batch keys context parallelism splits along the sequence.
     Without it a run with ``tp > 1`` or ``cp > 1`` is refused with a clear error.

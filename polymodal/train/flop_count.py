@@ -17,11 +17,13 @@ whole batch of a data-parallel rank, which is what the trainer divides by. Count
 activation-checkpoint recompute (HFU, not MFU), per-shard shapes under parallelism, and would put a dispatch mode
 around compiled code; a count here costs a fraction of a second of Python, once per shape.
 
-The limits: the objective is not run (its elementwise loss costs no matmul FLOPs; a contrastive loss's ``B x B``
-logits are left out, as the analytic CLIP count leaves them out). A forward that needs the *values* of tensors
-computed from weights cannot run on fake tensors: a training-only branch of that kind (the VQ codebook's dead-code
-restarts) is counted in eval mode, which runs the same matmuls; anything else (e.g. the LLM head picking labelled
-rows by value) is reported once with the reason, and that model logs no MFU until it implements ``train_flops``.
+The twin runs in eval mode: training-only branches (dropout, drop-path, a VQ codebook's EMA update and dead-code
+restarts, synchronised batch statistics) draw random numbers, update state, read values or talk to other ranks, and
+multiply no weights; the matmuls are the same. The objective is not run (an elementwise loss multiplies no weights;
+a contrastive loss's ``B x B`` logits are left out, as the analytic CLIP count leaves them out). A forward that
+needs the *values* of tensors computed from weights cannot run on fake tensors (e.g. the LLM head picking labelled
+rows by value): such a model is reported once with the reason, and logs no MFU until it implements
+``train_flops``.
 
 What is counted: matmuls, convolutions and attention (FlopCounterMode's registry, 2 FLOPs per multiply-accumulate);
 norms, activations, softmax and other elementwise ops are not, nor are embedding lookups — the conventions of
@@ -39,7 +41,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, sdpa_flop_count
 
 from polymodal.models.meta import DataDict, call_block
@@ -174,21 +176,16 @@ class StepFlopCounter:
         with torch.random.fork_rng(devices=devices):
             if self._twin is None:
                 self._twin = self._materialize_twin()
-            try:
-                return self._count_step(self._twin, batch)
-            except (DataDependentOutputException, DynamicOutputShapeException):
-                # A training-only branch that needs values (the VQ codebook's dead-code restarts): count the step in
-                # eval mode, which skips such state updates (no matmuls in them) and runs the same matmuls.
-                self._twin.eval()
-                return self._count_step(self._twin, batch)
+            return self._count_step(self._twin, batch)
 
     def _materialize_twin(self) -> nn.Module:
         """Built on the meta device (as ``experiment.distributed.meta_init`` builds models: no memory, no
-        initialisation drawn), then given fake parameters and buffers on the device."""
+        initialisation drawn), then given fake parameters and buffers on the device, in eval mode (module
+        docstring)."""
         with torch.device("meta"):
             twin = self._build_twin()
         with self._mode:
-            return twin.to_empty(device=self._device)
+            return twin.to_empty(device=self._device).eval()
 
     def _count_step(self, model: nn.Module, batch: DataDict) -> float:
         with flop_counter() as counter:

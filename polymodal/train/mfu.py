@@ -1,5 +1,6 @@
 """Model FLOPs utilisation: the device's dense peak FLOP/s and the MFU ratio. The model's FLOPs come from the
-model itself (``train_flops``, with the formulas of :mod:`polymodal.models.flops`).
+model itself (``train_flops``, with the formulas of :mod:`polymodal.models.flops`), else from FlopCounterMode on a
+fake-tensor twin (:mod:`polymodal.train.flop_count`).
 
 * Peaks are *dense* numbers. Vendor headline figures that assume 2:4 structured sparsity are twice these
   and are never used here.
