@@ -9,7 +9,7 @@ cached (``polymodal/train/mfu.py``). CPU MFU is a regression number for this box
 * ``llm``: ``configs/llm/tiny.yaml`` at dim 512, 8 layers, 8 heads (no GQA), T 256, batch 8, vocab 8192, untied head,
   on its stdlib-docstring data (the BPE tokenizer is trained once and cached under ``--cache-dir``).
 * ``fourm``: ``configs/fourm/tiny.yaml`` as shipped (128 wide, 2+2 layers, 64+64 tokens, batch 32) on a tiny
-  pre-tokenized synthetic world built in a temporary directory (16 scenes; untrained image tokenizers give valid
+  pre-tokenized synthetic world built in a temporary directory (128 scenes; untrained image tokenizers give valid
   codes, which is all a step needs).
 
     python benchmarks/mfu.py                           # 4 cases, ~2 minutes on 2 CPU cores
@@ -97,12 +97,12 @@ def llm_config(output_dir: Path, cache_dir: Path, precision: str, warmup: int, s
 
 
 def build_fourm_world(root: Path) -> dict[str, str]:
-    """16 synthetic scenes in 4 shards (3 train, 1 val), pre-tokenized by untrained tiny image tokenizers, and a
-    WordPiece tokenizer of their captions: the ``constants`` overrides that point configs/fourm/tiny.yaml at them."""
+    """128 synthetic scenes in 4 shards of a batch each (3 train, 1 val), pre-tokenized by untrained tiny image
+    tokenizers, and a WordPiece tokenizer of their captions: the ``constants`` overrides that point
+    configs/fourm/tiny.yaml at them."""
     scenes = root / "scenes"
-    write_shards(
-        scenes, num_samples=16, samples_per_shard=4, seed=3, size=64, modalities=(*FOURM_CODEBOOKS, "caption", "det")
-    )
+    modalities = (*FOURM_CODEBOOKS, "caption", "det")
+    write_shards(scenes, num_samples=128, samples_per_shard=32, seed=3, size=64, modalities=modalities)
     tokenizers = {}
     for modality, codebook_size in FOURM_CODEBOOKS.items():
         torch.manual_seed(codebook_size)
@@ -113,7 +113,7 @@ def build_fourm_world(root: Path) -> dict[str, str]:
             channels=[8, 8, 8, 8],
             num_classes=5 if modality == "semseg" else None,
         ).eval()
-    pretokenize_4m(scenes, tokenizers, options=CropOptions(n_crops=2, image_size=64, seed=1), cache_dir=root)
+    pretokenize_4m(scenes, tokenizers, options=CropOptions(n_crops=1, image_size=64, seed=1), cache_dir=root)
     text = train_wordpiece(synthetic_scene_texts(40), vocab_size=4800)
     return {
         "constants.scenes": str(scenes),
