@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from parallel_runs import torchrun
 from torch import nn
 
 from polymodal.config import load_config
@@ -83,6 +84,21 @@ def test_each_batch_shape_is_counted_once():
     assert counter.counted_signatures == 2 and doubled == pytest.approx(2 * first)
     assert counter(llm_batch(4, 64)) == doubled and counter.counted_signatures == 2
     assert shape_signature(llm_batch(2, 64)) != shape_signature(llm_batch(2, 32))
+
+
+def two_linears(frozen_first: bool) -> nn.Module:
+    net = nn.Sequential(nn.Linear(32, 32, bias=False), nn.Linear(32, 32, bias=False))
+    net[0].weight.requires_grad_(not frozen_first)
+    return ModuleBlock(net, "x", "y")
+
+
+def test_backward_counts_what_is_computed_and_frozen_weights_get_no_gradient():
+    """Per Linear on [B, d] inputs: forward 2·B·d², weight gradient 2·B·d² (trainable weights only), input gradient
+    2·B·d² (only where something below needs it: the batch does not, nor does a frozen first layer)."""
+    b, d = 8, 32
+    unit = 2 * b * d * d
+    assert StepFlopCounter(lambda: two_linears(False))({"x": torch.randn(b, d)}) == 2 * unit + 3 * unit
+    assert StepFlopCounter(lambda: two_linears(True))({"x": torch.randn(b, d)}) == 1 * unit + 2 * unit
 
 
 class _ValueDependentNet(nn.Module):
@@ -195,16 +211,17 @@ def scenes(tmp_path_factory) -> Path:
     return root
 
 
-def trainer(recipe: str, root: Path, out: Path) -> Trainer:
+def trainer(recipe: str, root: Path, out: Path, *overrides: str) -> Trainer:
     config = out.with_suffix(".yaml")
     config.write_text(RECIPES[recipe].format(repo=REPO, root=root, out=out))
-    return Trainer(load_config(config))
+    return Trainer(load_config(config, overrides))
 
 
 @pytest.mark.usefixtures("single_thread")
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_a_model_without_train_flops_logs_a_positive_mfu(recipe, scenes, tmp_path):
-    run = trainer(recipe, scenes, tmp_path / recipe)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_model_without_train_flops_logs_a_positive_mfu(recipe, precision, scenes, tmp_path):
+    run = trainer(recipe, scenes, tmp_path / recipe, f"experiment.precision={precision}")
     assert not hasattr(run.model, "train_flops") and run.flop_counter is not None
     run.fit()
     rows = [json.loads(line) for line in (tmp_path / recipe / "metrics.jsonl").read_text().splitlines()]
@@ -231,3 +248,18 @@ def test_counting_leaves_the_training_trajectory_bit_identical(recipe, scenes, t
     plain_state = plain.model.state_dict()
     for name, value in counted.model.state_dict().items():
         torch.testing.assert_close(value, plain_state[name], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("recipe", "strategy"), [("vq_tokenizer", "ddp"), ("vit", "fsdp")])
+def test_two_ranks_count_and_log_mfu(recipe, strategy, scenes, tmp_path):
+    """Under DDP (the VQ's forward all-reduces its codebook statistics) and FSDP2 the twin, in eval mode, runs no
+    collective: both ranks count, train and log MFU."""
+    out = tmp_path / recipe
+    config = out.with_suffix(".yaml")
+    config.write_text(RECIPES[recipe].format(repo=REPO, root=scenes, out=out))
+    torchrun(2, config, "constants.batch_size=2" if recipe == "vq_tokenizer" else "data.batch_size=2",
+             f"experiment.distributed.strategy={strategy}")  # fmt: skip
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [row for row in rows if row["split"] == "train"]
+    assert [row["step"] for row in train] == [2, 4] and all(0 < row["mfu"] < 1 for row in train)
