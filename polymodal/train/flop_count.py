@@ -20,10 +20,10 @@ around compiled code; a count here costs a fraction of a second of Python, once 
 The twin runs in eval mode: training-only branches (dropout, drop-path, a VQ codebook's EMA update and dead-code
 restarts, synchronised batch statistics) draw random numbers, update state, read values or talk to other ranks, and
 multiply no weights; the matmuls are the same. The objective is not run (an elementwise loss multiplies no weights;
-a contrastive loss's ``B x B`` logits are left out, as the analytic CLIP count leaves them out). A forward that
-needs the *values* of tensors computed from weights cannot run on fake tensors (e.g. the LLM head picking labelled
-rows by value): such a model is reported once with the reason, and logs no MFU until it implements
-``train_flops``.
+a contrastive loss's ``B x B`` logits are left out, as the analytic CLIP count leaves them out). A forward that reads
+the values of a tensor computed from weights (``.item()``), or whose shapes follow values (boolean indexing of such a
+tensor, as the LLM head's selection of labelled rows) cannot run on fake tensors: such a model is reported once with
+the reason, and logs no MFU until it implements ``train_flops``.
 
 What is counted: matmuls, convolutions and attention (FlopCounterMode's registry, 2 FLOPs per multiply-accumulate);
 norms, activations, softmax and other elementwise ops are not, nor are embedding lookups — the conventions of
