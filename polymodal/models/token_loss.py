@@ -39,8 +39,9 @@ def chunked_token_loss(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     targets = targets.flatten()
     labelled = targets != ignore_index
+    rows = labelled.nonzero().squeeze(1)  # indices: shapes follow the targets alone (FLOP counting on fake weights)
     cross_entropy, log_z_squared, correct = _ChunkedHeadLoss.apply(
-        hidden.flatten(0, -2)[labelled], weight, bias, targets[labelled], chunk_size
+        hidden.flatten(0, -2)[rows], weight, bias, targets[rows], chunk_size
     )
     return TokenLossSums(cross_entropy, log_z_squared, correct, labelled.sum())
 

@@ -21,20 +21,23 @@ The twin runs in eval mode: training-only branches (dropout, drop-path, a VQ cod
 restarts, synchronised batch statistics) draw random numbers, update state, read values or talk to other ranks, and
 multiply no weights; the matmuls are the same. The objective is not run (an elementwise loss multiplies no weights;
 a contrastive loss's ``B x B`` logits are left out, as the analytic CLIP count leaves them out). A forward that reads
-the values of a tensor computed from weights (``.item()``), or whose shapes follow values (boolean indexing of such a
-tensor, as the LLM head's selection of labelled rows) cannot run on fake tensors: such a model is reported once with
-the reason, and logs no MFU until it implements ``train_flops``.
+the values of a tensor computed from weights (``.item()``), or whose shapes follow such values (boolean indexing of
+such a tensor) cannot run on fake tensors: such a model is reported once with the reason, and logs no MFU until it
+implements ``train_flops``.
 
 What is counted: matmuls, convolutions and attention (FlopCounterMode's registry, 2 FLOPs per multiply-accumulate);
 norms, activations, softmax and other elementwise ops are not, nor are embedding lookups — the conventions of
 :mod:`polymodal.models.flops`. torch 2.14 counts the CUDA attention kernels but not the CPU fused kernel of
-``F.scaled_dot_product_attention``; :func:`flop_counter` maps it (backward = 2x forward, the kernel's recompute not
-counted); causal and padding masks are not discounted.
+``F.scaled_dot_product_attention`` nor in-place ``addmm_``; :func:`flop_counter` maps them (attention backward =
+2x forward, the kernel's recompute not counted); causal and padding masks are not discounted. A custom backward
+that recomputes is counted as it runs: the chunked LM head (``models/token_loss.py``) recomputes its logits, one
+more ``2·D·V`` per labelled row than the analytic ``6·D·V``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
@@ -65,13 +68,20 @@ def _cpu_sdpa_backward_flops(
     return 2 * sdpa_flop_count(query, key, value)
 
 
-def _missing_attention_formulas() -> dict[Any, Callable[..., int]]:
-    """FLOP formulas for the CPU fused attention ops, where this torch's FlopCounterMode has none (torch 2.14
+def _inplace_addmm_flops(self: Any, a: Any, b: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """``self += a @ b`` with ``a`` [..., m, k] and ``b`` [..., k, n] (``addmm_`` and ``baddbmm_``)."""
+    return 2 * math.prod(a) * b[-1]
+
+
+def _missing_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for ops this torch's FlopCounterMode does not count: the CPU fused attention kernel (torch 2.14
     counts the CUDA flash / efficient / cuDNN kernels but sees 0 FLOPs in ``F.scaled_dot_product_attention`` on
-    CPU)."""
+    CPU), and the in-place matmul-accumulates (``addmm_``: the chunked LM head's weight gradient)."""
     formulas = {
         "_scaled_dot_product_flash_attention_for_cpu": _cpu_sdpa_flops,
         "_scaled_dot_product_flash_attention_for_cpu_backward": _cpu_sdpa_backward_flops,
+        "addmm_": _inplace_addmm_flops,
+        "baddbmm_": _inplace_addmm_flops,
     }
     packets = {name: getattr(_aten, name, None) for name in formulas}
     return {
@@ -80,8 +90,8 @@ def _missing_attention_formulas() -> dict[Any, Callable[..., int]]:
 
 
 def flop_counter() -> FlopCounterMode:
-    """A silent :class:`FlopCounterMode` that also counts CPU attention (see :func:`_missing_attention_formulas`)."""
-    return FlopCounterMode(display=False, custom_mapping=_missing_attention_formulas())
+    """A silent :class:`FlopCounterMode` that also counts CPU attention and in-place matmuls (``_missing_formulas``)."""
+    return FlopCounterMode(display=False, custom_mapping=_missing_formulas())
 
 
 def shape_signature(batch: DataDict, prefix: str = "") -> ShapeSignature:
@@ -109,15 +119,16 @@ def _copy_batch(batch: DataDict) -> DataDict:
     }
 
 
-def _differentiable_outputs(data: DataDict) -> list[torch.Tensor]:
-    """Every tensor of ``data`` (nested dicts too) that carries a gradient: what the model computed from weights."""
-    found: list[torch.Tensor] = []
-    for value in data.values():
-        if isinstance(value, torch.Tensor) and value.requires_grad:
-            found.append(value)
-        elif isinstance(value, dict):
-            found.extend(_differentiable_outputs(value))
-    return found
+def _differentiable_outputs(value: Any) -> list[torch.Tensor]:
+    """Every tensor in ``value`` (dicts, lists and tuples, named ones too, walked) that carries a gradient: what the
+    model computed from trainable weights."""
+    if isinstance(value, torch.Tensor):
+        return [value] if value.requires_grad else []
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _differentiable_outputs(item)]
+    return []
 
 
 class StepFlopCounter:
