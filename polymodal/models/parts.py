@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from polymodal.models.layers.block import Transformer
-from polymodal.models.layers.masks import document_mask, prefix_causal_mask
+from polymodal.models.layers.mask_rules import (
+    ATTENTION_IMPLS,
+    AttentionImpl,
+    CausalMask,
+    DocumentCausalRule,
+    PrefixCausalRule,
+    one_document_per_row,
+    resolve_mask,
+)
 from polymodal.models.meta import DataDict, ReadWriteBlock
 from polymodal.models.token_loss import chunked_token_loss
 
@@ -27,8 +35,12 @@ def _optional(data: DataDict, key: str | None) -> Any:
 
 
 class DocumentCausalMask(ReadWriteBlock):
-    """Writes a causal, block-diagonal mask: a token attends earlier tokens of its own document only (with a
-    cache: earlier tokens of its document, cached or new)."""
+    """Writes a causal, block-diagonal mask: a token attends earlier tokens of its own document only.
+
+    When every row holds one document it writes a :class:`~polymodal.models.layers.mask_rules.CausalMask` (no mask
+    tensor: SDPA's ``is_causal``), else a :class:`~polymodal.models.layers.mask_rules.DocumentCausalRule` that the
+    trunk turns into a dense or a FlexAttention block mask. With a cache (decoding) it writes the dense mask over
+    the earlier tokens of each document, cached or new."""
 
     def __init__(self, read_key: str = "document_ids", write_key: str = "attn_mask", cache_key: str | None = KV_CACHE):
         super().__init__([read_key] + ([cache_key] if cache_key else []), write_key)
@@ -36,14 +48,19 @@ class DocumentCausalMask(ReadWriteBlock):
 
     def forward(self, data: DataDict) -> DataDict:
         documents, cache = data[self.read_keys[0]], _optional(data, self.cache_key)
-        data[self.write_keys[0]] = (
-            document_mask(documents, causal=True) if cache is None else cache.extend_mask(documents)
-        )
+        if cache is not None:
+            data[self.write_keys[0]] = cache.extend_mask(documents)
+        elif one_document_per_row(documents):
+            data[self.write_keys[0]] = CausalMask()
+        else:
+            data[self.write_keys[0]] = DocumentCausalRule(documents)
         return data
 
 
 class PrefixCausalMask(ReadWriteBlock):
-    """Writes the prefix-LM mask of AIM: ``causal OR key-in-prefix``, as a ``[B, 1, T, T]`` bool mask.
+    """Writes the prefix-LM mask of AIM: ``causal OR key-in-prefix``, as a
+    :class:`~polymodal.models.layers.mask_rules.PrefixCausalRule` (the trunk builds its ``[B, 1, T, T]`` bool mask
+    or its FlexAttention block mask).
 
     Sample ``b``'s first ``prefix_lengths[b]`` patches attend each other bidirectionally; every later patch attends
     the whole prefix and causally the patches up to itself. ``prefix_lengths`` (int ``[B]``, in ``[0, N]``) count
@@ -74,12 +91,17 @@ class PrefixCausalMask(ReadWriteBlock):
         num_patches = seq_len - extra
         if prefix_lengths.numel() and (prefix_lengths.min() < 0 or prefix_lengths.max() > num_patches):
             raise ValueError(f"prefix_lengths must lie in [0, N={num_patches}], got {prefix_lengths.tolist()}")
-        data[self.write_keys[0]] = prefix_causal_mask(prefix_lengths.to(tokens.device) + extra, seq_len)
+        data[self.write_keys[0]] = PrefixCausalRule(prefix_lengths.to(tokens.device) + extra, seq_len)
         return data
 
 
 class TransformerTrunk(ReadWriteBlock):
-    """Runs a :class:`Transformer` on ``hidden`` with an optional mask and position ids read from the dict."""
+    """Runs a :class:`Transformer` on ``hidden`` with an optional mask and position ids read from the dict.
+
+    ``attention`` picks the kernel of rule masks (:mod:`polymodal.models.layers.mask_rules`): ``"sdpa"`` builds the
+    dense bool mask once per forward pass, ``"flex"`` a FlexAttention block mask (fused on a GPU; on the CPU
+    forward-only and slow). A :class:`~polymodal.models.layers.mask_rules.CausalMask` or no mask runs SDPA either
+    way."""
 
     def __init__(
         self,
@@ -90,23 +112,30 @@ class TransformerTrunk(ReadWriteBlock):
         position_key: str | None = "position_ids",
         is_causal: bool = False,
         cache_key: str | None = KV_CACHE,
+        attention: AttentionImpl = "sdpa",
     ):
         reads = [read_key] + [key for key in (mask_key, position_key, cache_key) if key is not None]
         super().__init__(reads, write_key)
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
         self.transformer = transformer
         self.mask_key, self.position_key, self.is_causal = mask_key, position_key, is_causal
         self.cache_key = cache_key
+        self.attention = attention
 
     @property
     def depth(self) -> int:
         return len(self.transformer.blocks)
 
     def forward(self, data: DataDict) -> DataDict:
-        mask = data[self.mask_key] if self.mask_key else None
+        mask, is_causal = resolve_mask(data[self.mask_key] if self.mask_key else None, self.attention, self.is_causal)
         positions = data[self.position_key] if self.position_key else None
         cache = _optional(data, self.cache_key)
-        data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, self.is_causal, positions, cache)
+        data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, is_causal, positions, cache)
         return data
+
+    def extra_repr(self) -> str:
+        return f"is_causal={self.is_causal}, attention={self.attention!r}"
 
 
 class ConcatenateTokens(ReadWriteBlock):

@@ -1,9 +1,19 @@
-"""PrefixCausalMask against a mask built with loops, with and without extra (CLS/register) tokens."""
+"""PrefixCausalMask against a mask built with loops, with and without extra (CLS/register) tokens: its dense mask
+and its FlexAttention rule alike."""
 
 import pytest
 import torch
 
+from polymodal.models.layers.mask_rules import MaskRule
 from polymodal.models.parts import PrefixCausalMask
+
+
+def evaluate_mask_mod(rule: MaskRule) -> torch.Tensor:
+    """The rule's ``mask_mod`` on every (sample, query, key), as a ``[B, 1, T, T]`` bool tensor."""
+    samples = torch.arange(rule.batch_size)[:, None, None]
+    positions = torch.arange(rule.seq_len)
+    allowed = rule.mask_mod()(samples, torch.tensor(0), positions[None, :, None], positions[None, None, :])
+    return allowed.expand(rule.batch_size, rule.seq_len, rule.seq_len)[:, None]
 
 
 def loop_mask(prefix_lengths: list[int], num_patches: int, extra: int) -> torch.Tensor:
@@ -22,14 +32,16 @@ def test_mask_matches_loops(extra):
     prefix_lengths = [0, 1, 3, 5]
     tokens = torch.randn(4, extra + 5, 8)
     data = {"tokens": tokens, "prefix_lengths": torch.tensor(prefix_lengths), "num_extra_tokens": extra}
-    mask = PrefixCausalMask()(data)["attn_mask"]
+    rule = PrefixCausalMask()(data)["attn_mask"]
+    mask = rule.dense()
     assert mask.dtype == torch.bool
     assert torch.equal(mask, loop_mask(prefix_lengths, 5, extra))
+    assert torch.equal(evaluate_mask_mod(rule), mask)
 
 
 def test_full_prefix_is_bidirectional_and_extra_tokens_never_see_later_patches():
     data = {"tokens": torch.randn(2, 6, 4), "prefix_lengths": torch.tensor([5, 2]), "num_extra_tokens": 1}
-    mask = PrefixCausalMask()(data)["attn_mask"]
+    mask = PrefixCausalMask()(data)["attn_mask"].dense()
     assert mask[0].all()
     cls_row = mask[1, 0, 0]
     assert cls_row.tolist() == [True, True, True, False, False, False]  # itself and the 2 prefix patches
@@ -38,7 +50,7 @@ def test_full_prefix_is_bidirectional_and_extra_tokens_never_see_later_patches()
 def test_without_extra_tokens_key():
     block = PrefixCausalMask(extra_tokens_key=None)
     assert block.read_keys == ("tokens", "prefix_lengths")
-    mask = block({"tokens": torch.randn(1, 4, 2), "prefix_lengths": torch.tensor([2])})["attn_mask"]
+    mask = block({"tokens": torch.randn(1, 4, 2), "prefix_lengths": torch.tensor([2])})["attn_mask"].dense()
     assert torch.equal(mask, loop_mask([2], 4, 0))
 
 

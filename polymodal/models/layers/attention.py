@@ -4,18 +4,26 @@ Boolean masks follow SDPA semantics (``True`` = may attend) and broadcast to ``[
 A mask is never ignored: with ``is_causal=True`` the causal mask is AND-ed into it. A query row
 left with no key to attend (all-padding samples, left padding under a causal mask) is allowed to
 attend itself, so SDPA never sees an empty row and never returns NaN.
+
+Two mask values take faster kernels (:mod:`polymodal.models.layers.mask_rules`): a
+:class:`~polymodal.models.layers.mask_rules.CausalMask` runs SDPA with ``is_causal`` and no mask tensor, a
+FlexAttention ``BlockMask`` runs ``flex_attention``. The dense bool mask is the reference both are tested against.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from polymodal.models.layers.kv_cache import LayerCache
+from polymodal.models.layers.mask_rules import AttentionMask, CausalMask
 from polymodal.models.layers.norm import PerHeadLayerNorm, RMSNorm
 
 
@@ -36,7 +44,7 @@ def _sdpa_supports_enable_gqa() -> bool:
 SDPA_SUPPORTS_ENABLE_GQA = _sdpa_supports_enable_gqa()
 
 
-AttentionKernel = Callable[[Tensor, Tensor, Tensor, "Tensor | None", bool, float], Tensor]
+AttentionKernel = Callable[[Tensor, Tensor, Tensor, AttentionMask, bool, float], Tensor]
 QKNorm: TypeAlias = bool | Literal["rmsnorm", "per_head_layernorm"] | Callable[[int], nn.Module]
 
 
@@ -63,7 +71,7 @@ def masked_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    mask: Tensor | None = None,
+    mask: AttentionMask = None,
     is_causal: bool = False,
     dropout_p: float = 0.0,
     q_offset: int = 0,
@@ -71,10 +79,14 @@ def masked_attention(
     """SDPA of queries ``[B, H, Tq, d]`` against keys/values ``[B, Hkv, Tk, d]`` (GQA when Hkv < H).
 
     The queries are positions ``q_offset .. q_offset + Tq`` of the key sequence (0 unless the sequence is split
-    across ranks or the earlier keys come from a cache). ``mask`` broadcasts to ``[B, H, Tq, Tk]``, or covers every
-    query position (``[.., Tk, Tk]``), in which case this call's rows are taken from it. ``is_causal`` is AND-ed
+    across ranks or the earlier keys come from a cache). A bool ``mask`` broadcasts to ``[B, H, Tq, Tk]``, or covers
+    every query position (``[.., Tk, Tk]``), in which case this call's rows are taken from it. ``is_causal`` is AND-ed
     into the mask; a query row left with nothing to attend may attend its own position, so the result is never NaN.
+    A :class:`CausalMask` attends keys ``0 .. q_offset + i`` from query ``i`` without a mask tensor; a ``BlockMask``
+    runs FlexAttention (whole sequences only: no ``q_offset``, dropout or ``is_causal`` on top).
     """
+    if isinstance(mask, BlockMask):
+        return _flex_attention(q, k, v, mask, is_causal, dropout_p, q_offset)
     batch, heads, q_len, _ = q.shape
     kv_len = k.shape[-2]
     groups = heads // k.shape[1]
@@ -83,6 +95,8 @@ def masked_attention(
         gqa_kwargs["enable_gqa"] = True
     elif groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if isinstance(mask, CausalMask):
+        return _causal_attention(q, k, v, dropout_p, q_offset, gqa_kwargs)
     if mask is None and q_offset == 0:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=is_causal, **gqa_kwargs)
     attn_mask = _query_rows(mask, batch, heads, q_len, kv_len, q_offset)
@@ -96,10 +110,51 @@ def masked_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, **gqa_kwargs)
 
 
+def _causal_attention(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, q_offset: int, gqa_kwargs: dict) -> Tensor:
+    """Query ``i`` attends keys ``0 .. q_offset + i``: the later keys are dropped, so the causal diagonal ends in the
+    bottom-right corner (SDPA's plain ``is_causal`` when ``q_offset`` is 0, else a lower-right causal bias, which
+    CUDA's flash and memory-efficient kernels take without a mask tensor)."""
+    q_len, end = q.shape[-2], q_offset + q.shape[-2]
+    if k.shape[-2] < end:
+        raise ValueError(f"a causal mask needs keys up to position {end}, got {k.shape[-2]} keys (q_offset={q_offset})")
+    k, v = k[..., :end, :], v[..., :end, :]
+    if q_offset == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, **gqa_kwargs)
+    bias = causal_lower_right(q_len, end)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, **gqa_kwargs)
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable[..., Tensor]:
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_attention(
+    q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask, is_causal: bool, dropout_p: float, q_offset: int
+) -> Tensor:
+    """FlexAttention with ``block_mask``: compiled into one fused kernel on accelerators; on the CPU eager, which
+    torch runs unfused and forward-only (its CPU build has no FlexAttention backward)."""
+    if is_causal or dropout_p or q_offset:
+        raise ValueError(
+            "a FlexAttention block mask takes no is_causal, dropout or q_offset: fold causality into the mask "
+            f"(resolve_mask does), got is_causal={is_causal}, dropout_p={dropout_p}, q_offset={q_offset}"
+        )
+    if block_mask.shape[-2:] != (q.shape[-2], k.shape[-2]):
+        raise ValueError(f"block mask of shape {tuple(block_mask.shape)} does not fit {q.shape[-2]} queries and "
+                         f"{k.shape[-2]} keys")
+    attend = flex_attention if q.device.type == "cpu" else _compiled_flex_attention()
+    return attend(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
 def _query_rows(mask: Tensor | None, batch: int, heads: int, q_len: int, kv_len: int, q_offset: int) -> Tensor | None:
     """Validate ``mask`` and cut out the rows of this call's queries."""
     if mask is None:
         return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(
+            f"mask must be a bool tensor, a CausalMask or a BlockMask, got {type(mask).__name__} "
+            "(a MaskRule is turned into one by mask_rules.resolve_mask)"
+        )
     if mask.dtype != torch.bool:
         raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
     if mask.dim() == 4 and mask.shape[-2] not in (1, q_len) and mask.shape[-2] >= q_offset + q_len:
@@ -175,7 +230,7 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor | None = None,
+        mask: AttentionMask = None,
         is_causal: bool = False,
         position_ids: Tensor | None = None,
         cache: LayerCache | None = None,

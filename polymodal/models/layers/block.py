@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from polymodal.models.layers.attention import Attention, QKNorm
 from polymodal.models.layers.drop_path import DropPath
 from polymodal.models.layers.kv_cache import KVCache, LayerCache
+from polymodal.models.layers.mask_rules import AttentionMask
 from polymodal.models.layers.mlp import MLP, QuickGELU, SwiGLU, swiglu_hidden_dim
 from polymodal.models.layers.norm import NormKind, RMSNorm, norm_factory
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
@@ -49,7 +50,7 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor | None = None,
+        mask: AttentionMask = None,
         is_causal: bool = False,
         position_ids: Tensor | None = None,
         cache: LayerCache | None = None,
@@ -76,7 +77,7 @@ class Transformer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        mask: Tensor | None = None,
+        mask: AttentionMask = None,
         is_causal: bool = False,
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from polymodal.models.layers.attention import Attention, QKNorm, masked_attention, qk_norms
 from polymodal.models.layers.drop_path import DropPath
+from polymodal.models.layers.mask_rules import AttentionMask
 from polymodal.models.layers.norm import RMSNorm
 
 
@@ -95,7 +96,7 @@ class CrossAttentionBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(
-        self, x: Tensor, context: Tensor, self_mask: Tensor | None = None, cross_mask: Tensor | None = None
+        self, x: Tensor, context: Tensor, self_mask: AttentionMask = None, cross_mask: Tensor | None = None
     ) -> Tensor:
         x = x + self.drop_path(self.self_attn(self.self_attn_norm(x), self_mask))
         x = x + self.drop_path(
@@ -113,7 +114,7 @@ class CrossAttentionTransformer(nn.Module):
         self.final_norm = final_norm
 
     def forward(
-        self, x: Tensor, context: Tensor, self_mask: Tensor | None = None, cross_mask: Tensor | None = None
+        self, x: Tensor, context: Tensor, self_mask: AttentionMask = None, cross_mask: Tensor | None = None
     ) -> Tensor:
         for block in self.blocks:
             x = block(x, context, self_mask, cross_mask)
