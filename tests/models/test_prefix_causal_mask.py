@@ -3,17 +3,9 @@ and its FlexAttention rule alike."""
 
 import pytest
 import torch
+from mask_rule_checks import evaluate_mask_mod
 
-from polymodal.models.layers.mask_rules import MaskRule
 from polymodal.models.parts import PrefixCausalMask
-
-
-def evaluate_mask_mod(rule: MaskRule) -> torch.Tensor:
-    """The rule's ``mask_mod`` on every (sample, query, key), as a ``[B, 1, T, T]`` bool tensor."""
-    samples = torch.arange(rule.batch_size)[:, None, None]
-    positions = torch.arange(rule.seq_len)
-    allowed = rule.mask_mod()(samples, torch.tensor(0), positions[None, :, None], positions[None, None, :])
-    return allowed.expand(rule.batch_size, rule.seq_len, rule.seq_len)[:, None]
 
 
 def loop_mask(prefix_lengths: list[int], num_patches: int, extra: int) -> torch.Tensor:

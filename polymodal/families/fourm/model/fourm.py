@@ -43,6 +43,7 @@ from polymodal.families.fourm.model.flops import FourMMatmuls, fourm_train_flops
 from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import Transformer, TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttention, CrossAttentionBlock, CrossAttentionTransformer
+from polymodal.models.layers.mask_rules import ATTENTION_IMPLS, AttentionImpl, MaskMod, MaskRule, resolve_mask
 from polymodal.models.layers.masks import padding_mask
 from polymodal.models.layers.mlp import MLP, SwiGLU
 from polymodal.models.layers.norm import LayerNorm
@@ -103,6 +104,39 @@ def decoder_self_attention_mask(queries: DecoderQueries) -> Tensor:
     return allowed[:, None]
 
 
+@dataclass(frozen=True, eq=False)
+class DecoderSelfAttentionRule(MaskRule):
+    """:func:`decoder_self_attention_mask` as a rule, so the decoder can run FlexAttention. A padding query attends
+    itself (the dense path's fallback for a row with no key), so both give the same output everywhere."""
+
+    queries: DecoderQueries
+
+    @property
+    def batch_size(self) -> int:
+        return self.queries.valid.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.queries.valid.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.queries.valid.device
+
+    def dense(self) -> Tensor:
+        return decoder_self_attention_mask(self.queries)
+
+    def mask_mod(self) -> MaskMod:
+        index, valid, causal = self.queries.modality_index, self.queries.valid, self.queries.causal
+
+        def decoder_self_attention(sample: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+            same_modality = (index[sample, query] == index[sample, key]) & valid[sample, key]
+            allowed = same_modality & ~(causal[sample, query] & (key > query))
+            return allowed | ((key == query) & ~valid[sample, query])
+
+        return decoder_self_attention
+
+
 class FourM(ReadWriteBlock):
     """4M: per-modality embeddings, a pre-norm encoder, a cross-attending decoder and per-modality heads.
 
@@ -122,6 +156,8 @@ class FourM(ReadWriteBlock):
             target rows projected at a time) under ``loss_key`` instead of its logits; None: it writes the logits.
         logits_key / targets_key / loss_key: where :meth:`forward` writes ``{modality: logits}``, ``{modality: target
             ids}`` and ``{modality: TokenLossSums}``.
+        attention: the decoder's self-attention kernel, ``"sdpa"`` (dense bool mask) or ``"flex"`` (a FlexAttention
+            block mask of :class:`DecoderSelfAttentionRule`; fused on a GPU, forward-only on the CPU).
     """
 
     def __init__(
@@ -149,7 +185,10 @@ class FourM(ReadWriteBlock):
         logits_key: str = "logits",
         targets_key: str = "targets",
         loss_key: str = "token_loss",
+        attention: AttentionImpl = "sdpa",
     ) -> None:
+        if attention not in ATTENTION_IMPLS:
+            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
         if mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {mlp!r}")
         if activation not in ACTIVATIONS:
@@ -173,6 +212,7 @@ class FourM(ReadWriteBlock):
         self.dim = dim
         self.num_encoder_tokens = num_encoder_tokens
         self.num_decoder_tokens = num_decoder_tokens
+        self.attention = attention
 
         self.encoder_embeddings = nn.ModuleDict({spec.name: encoder_embedding(spec, dim) for spec in encoders})
         self.decoder_embeddings = nn.ModuleDict(
@@ -316,11 +356,9 @@ class FourM(ReadWriteBlock):
 
     def decode(self, queries: DecoderQueries, context: Tensor, context_valid: Tensor) -> Tensor:
         """``[B, M, D]`` decoder output (after its final norm)."""
+        self_mask, _ = resolve_mask(DecoderSelfAttentionRule(queries), self.attention, is_causal=False)
         return self.decoder(
-            queries.tokens + queries.emb,
-            context,
-            self_mask=decoder_self_attention_mask(queries),
-            cross_mask=padding_mask(context_valid),
+            queries.tokens + queries.emb, context, self_mask=self_mask, cross_mask=padding_mask(context_valid)
         )
 
     def predict(self, hidden: Tensor, queries: DecoderQueries) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
