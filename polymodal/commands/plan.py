@@ -11,6 +11,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML file")
     parser.add_argument("--gpus", type=int, default=None, help="world size (default: the configured mesh, else 8)")
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU")
+    parser.add_argument(
+        "--mask",
+        choices=("document", "causal"),
+        default="document",
+        help="a transformer LM's rows: packed documents (a dense mask, the default bound) or one document each",
+    )
     parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. experiment.distributed.tp=2")
 
 
@@ -21,4 +27,4 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     from polymodal.train.parallel.planner import plan_main
 
-    return plan_main(args.config, args.overrides, args.gpus, args.gpu_memory)
+    return plan_main(args.config, args.overrides, args.gpus, args.gpu_memory, args.mask)

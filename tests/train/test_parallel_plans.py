@@ -16,6 +16,9 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from polymodal.config.schema import DistributedConfig, ExperimentConfig
 from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.distributed.env import gradient_sync
+from polymodal.models.layers.attention import masked_attention
+from polymodal.models.layers.mask_rules import CausalMask
+from polymodal.models.layers.masks import causal_mask
 from polymodal.models.llm import build_llm
 from polymodal.objectives.lm import NextTokenLoss
 from polymodal.train.optim import freeze_parameters
@@ -53,10 +56,12 @@ def tiny_llm(**overrides):
     return build_llm(**(settings | overrides))
 
 
-def lm_batch(batch: int = 2, seq: int = 16) -> dict:
+def lm_batch(batch: int = 2, seq: int = 16, one_document: bool = False) -> dict:
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 64, (batch, seq + 1), generator=generator)
     documents = (torch.arange(seq) >= seq // 2).long().expand(batch, seq)  # two documents per row
+    if one_document:
+        documents = torch.zeros_like(documents)
     positions = torch.arange(seq) - (seq // 2) * documents[0]
     return {
         "input_ids": tokens[:, :-1],
@@ -191,10 +196,10 @@ def test_tensor_parallel_keeps_frozen_parameters_frozen():
         assert is_dtensor and requires_grad == (not name.startswith("trunk.transformer.blocks.0.")), name
 
 
-def context_parallel_worker(rank, world):
+def context_parallel_worker(rank, world, one_document):
     model, mesh = parallel_model(world, cp=2)
     kernels = {type(m.kernel).__name__ for m in model.modules() if hasattr(m, "kernel")}
-    batch = split_sequence(lm_batch(), plan_for(model).sequence_keys, mesh.cp_rank, 2)
+    batch = split_sequence(lm_batch(one_document=one_document), plan_for(model).sequence_keys, mesh.cp_rank, 2)
     with torch.no_grad():
         sums = model(dict(batch))["token_loss"]
         logits = model(without_targets(batch))["logits"]
@@ -206,16 +211,46 @@ def without_targets(batch: dict) -> dict:
     return {key: value for key, value in batch.items() if key != "target_ids"}
 
 
-def test_context_parallel_splits_the_sequence_and_matches_one_process():
-    results = spawn(context_parallel_worker, 2)
+@pytest.mark.parametrize("one_document", [False, True], ids=["document-mask", "causal-mask"])
+def test_context_parallel_splits_the_sequence_and_matches_one_process(one_document):
+    results = spawn(context_parallel_worker, 2, one_document)
     with torch.no_grad():
-        full = tiny_llm()(without_targets(lm_batch()))["logits"]
-        sums = tiny_llm()(lm_batch())["token_loss"]
+        full = tiny_llm()(without_targets(lm_batch(one_document=one_document)))["logits"]
+        sums = tiny_llm()(lm_batch(one_document=one_document))["token_loss"]
     assert results[0]["kernels"] == {ContextParallelAttention.__name__}
     assert results[0]["seq"] == 8
     torch.testing.assert_close(torch.cat([results[0]["logits"], results[1]["logits"]], dim=1), full)
     for name, total in sums._asdict().items():  # each rank's head sums its own positions
         torch.testing.assert_close(sum(getattr(results[rank]["sums"], name) for rank in range(2)), total, msg=name)
+
+
+def attention_inputs() -> tuple[torch.Tensor, ...]:
+    """Queries (4 heads), keys and values (2 heads: GQA) of a 12-token sequence, and weights of a loss on the output."""
+    generator = torch.Generator().manual_seed(5)
+    shapes = [(2, 4, 12, 8), (2, 2, 12, 8), (2, 2, 12, 8), (2, 4, 12, 8)]
+    return tuple(torch.randn(shape, generator=generator) for shape in shapes)
+
+
+def causal_context_parallel_worker(rank, world):
+    *full, weights = attention_inputs()
+    rows = slice(rank * 12 // world, (rank + 1) * 12 // world)
+    local = [tensor[:, :, rows].clone().requires_grad_() for tensor in full]
+    out = ContextParallelAttention(dist.group.WORLD)(*local, CausalMask(), False, 0.0)
+    (out * weights[:, :, rows]).sum().backward()
+    return {"out": out.detach(), "grads": [tensor.grad for tensor in local]}
+
+
+def test_context_parallel_kernel_attends_causally_from_each_ranks_offset():
+    """Outputs and gradients of a CausalMask split over 2 ranks against the dense causal mask on one process."""
+    results = spawn(causal_context_parallel_worker, 2)
+    *full, weights = attention_inputs()
+    full = [tensor.requires_grad_() for tensor in full]
+    out = masked_attention(*full, causal_mask(12)[None, None])
+    (out * weights).sum().backward()
+    torch.testing.assert_close(torch.cat([results[rank]["out"] for rank in range(2)], dim=2), out.detach())
+    for index, tensor in enumerate(full):
+        got = torch.cat([results[rank]["grads"][index] for rank in range(2)], dim=2)
+        torch.testing.assert_close(got, tensor.grad, msg=f"gradient of input {index}")
 
 
 def hsdp_worker(rank, world):

@@ -51,11 +51,12 @@ def small_config(*overrides: str):
     return load_config(TINY, [*SMALL, *overrides])
 
 
-def synthetic_batch(cfg, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Two packed documents per row (the second starts at 5/8 of the row), like the packed text loader makes."""
+def synthetic_batch(cfg, seed: int = 0, one_document: bool = False) -> dict[str, torch.Tensor]:
+    """Two packed documents per row (the second starts at 5/8 of the row), like the packed text loader makes; or,
+    with ``one_document``, one document per row."""
     generator = torch.Generator().manual_seed(seed)
     batch, length, vocab = cfg.data.batch_size, cfg.data.seq_len, cfg.model.vocab_size
-    boundary = 5 * length // 8
+    boundary = length if one_document else 5 * length // 8
     positions = torch.arange(length).repeat(batch, 1)
     positions[:, boundary:] -= boundary
     documents = torch.zeros(batch, length, dtype=torch.long)
@@ -114,8 +115,8 @@ def parallel_model(cfg, world: int) -> tuple[nn.Module, nn.Module, int]:
     return model, train_model, dims.cp
 
 
-def rank_batch(cfg, model: nn.Module, cp: int) -> dict[str, torch.Tensor]:
-    return split_sequence(synthetic_batch(cfg), plan_for(model).sequence_keys, 0, cp)
+def rank_batch(cfg, model: nn.Module, cp: int, one_document: bool = False) -> dict[str, torch.Tensor]:
+    return split_sequence(synthetic_batch(cfg, one_document=one_document), plan_for(model).sequence_keys, 0, cp)
 
 
 def plain_tensors(tensor: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -250,9 +251,9 @@ def test_fsdp_shard_is_the_ceiling_of_dim0_over_the_group():
 # ------------------------------------------------------------------------------------------------ activations
 
 
-def measure_saved_activation_bytes(cfg, world: int) -> int:
+def measure_saved_activation_bytes(cfg, world: int, one_document: bool = False) -> int:
     model, train_model, cp = parallel_model(cfg, world)
-    return saved_activation_bytes(cfg, model, train_model, rank_batch(cfg, model, cp))
+    return saved_activation_bytes(cfg, model, train_model, rank_batch(cfg, model, cp, one_document))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -276,6 +277,27 @@ def test_saved_activations_equal_what_autograd_saves(world, overrides):
     predicted = blocks + sum(t.bytes for t in report.outside_saved) + weight_copies
 
     measured = in_fake_world(world, measure_saved_activation_bytes, cfg, world)
+    assert measured == pytest.approx(predicted, rel=ACTIVATION_TOLERANCE)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    ("world", "overrides"),
+    [(1, []), (4, ["experiment.precision=bf16"]), (8, ["experiment.precision=bf16", "experiment.distributed.cp=2"])],
+)
+def test_one_document_rows_save_no_mask(world, overrides):
+    """Rows of one document attend through a CausalMask: no mask tensor, no bias saved by any block."""
+    cfg = small_config(*overrides)
+    report = plan_report(cfg, gpus=world, mask="causal")
+    assert "attention mask as additive bias" not in {t.name for t in report.block_saved}
+    document = memory_of(plan_report(cfg, gpus=world))["batch and attention mask"]
+    size, length = cfg.data.batch_size, cfg.data.seq_len
+    assert document - memory_of(report)["batch and attention mask"] == size * length**2
+    blocks = report.model.depth * sum(t.bytes for t in report.block_saved)
+    weight_copies = memory_of(report).get("bf16 weight copies (autocast)", 0)
+    predicted = blocks + sum(t.bytes for t in report.outside_saved) + weight_copies
+
+    measured = in_fake_world(world, measure_saved_activation_bytes, cfg, world, True)
     assert measured == pytest.approx(predicted, rel=ACTIVATION_TOLERANCE)
 
 

@@ -140,8 +140,9 @@ def _flex_attention(
             f"(resolve_mask does), got is_causal={is_causal}, dropout_p={dropout_p}, q_offset={q_offset}"
         )
     if block_mask.shape[-2:] != (q.shape[-2], k.shape[-2]):
-        raise ValueError(f"block mask of shape {tuple(block_mask.shape)} does not fit {q.shape[-2]} queries and "
-                         f"{k.shape[-2]} keys")
+        raise ValueError(
+            f"block mask of shape {tuple(block_mask.shape)} does not fit {q.shape[-2]} queries and {k.shape[-2]} keys"
+        )
     attend = flex_attention if q.device.type == "cpu" else _compiled_flex_attention()
     return attend(q, k, v, block_mask=block_mask, enable_gqa=k.shape[1] != q.shape[1])
 

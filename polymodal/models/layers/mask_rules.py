@@ -127,7 +127,9 @@ def flex_block_mask(rule: MaskRule, is_causal: bool = False) -> BlockMask:
     and shared by all heads."""
     mask_mod = and_masks(rule.mask_mod(), _causal) if is_causal else rule.mask_mod()
     size = rule.seq_len
-    return create_block_mask(mask_mod, rule.batch_size, None, size, size, device=rule.device, BLOCK_SIZE=FLEX_BLOCK_SIZE)
+    return create_block_mask(
+        mask_mod, rule.batch_size, None, size, size, device=rule.device, BLOCK_SIZE=FLEX_BLOCK_SIZE
+    )
 
 
 AttentionMask: TypeAlias = Tensor | CausalMask | BlockMask | None

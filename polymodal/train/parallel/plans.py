@@ -10,7 +10,9 @@ heads is replicated (its gradient summed over the ranks' heads), a per-head norm
 
 Context parallelism: the sequence keys of the batch are split into ``cp`` contiguous chunks; each rank embeds
 and attends with its chunk of queries against keys/values all-gathered from the CP group (the mask is built from
-the full document ids, so document masks work). Ring attention (``torch.distributed.tensor.experimental.
+the full document ids, so document masks work; a batch of one-document rows brings a ``CausalMask``, and rank ``r``
+then attends the keys up to the end of its own chunk with a lower-right causal bias, no mask tensor). FlexAttention
+block masks cover whole sequences and are refused here. Ring attention (``torch.distributed.tensor.experimental.
 context_parallel``) would save the gathered K/V memory, but it runs only on CUDA SDPA kernels and only for plain
 causal masks, not our block-diagonal document masks, and not on gloo/CPU where the tests run.
 """
@@ -32,11 +34,13 @@ from torch.distributed.tensor.parallel import (
     SequenceParallel,
     parallelize_module,
 )
+from torch.nn.attention.flex_attention import BlockMask
 
 from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.models.layers.attention import Attention, masked_attention
 from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttentionBlock
+from polymodal.models.layers.mask_rules import AttentionMask
 from polymodal.models.layers.norm import PerHeadLayerNorm
 from polymodal.models.meta import DataDict
 from polymodal.models.parts import VocabularyHead
@@ -159,10 +163,12 @@ class ContextParallelAttention:
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: AttentionMask,
         is_causal: bool,
         dropout_p: float,
     ) -> torch.Tensor:
+        if isinstance(mask, BlockMask):
+            raise ValueError("context parallelism takes dense or causal masks: build the model with attention='sdpa'")
         k = all_gather_with_grad(k, dim=2, group=self.group)
         v = all_gather_with_grad(v, dim=2, group=self.group)
         return masked_attention(q, k, v, mask, is_causal, dropout_p, q_offset=self.rank * q.shape[2])

@@ -55,9 +55,9 @@ def block_saved_tensors(block: BlockShape, layout: TokenLayout) -> list[SavedTen
 
     Pre-norm RMSNorm, q/k/v/o projections with RoPE (cos/sin gathered by position ids) and GQA, SDPA with the
     document mask turned into an additive bias (flash / memory-efficient kernels: no ``T×T`` probabilities, but
-    the bias is ``B×Tq×Tk``), SwiGLU. Sequence-parallel regions hold ``1/tp`` of the tokens, head-sharded and
-    MLP-hidden tensors ``1/tp`` of the width; context parallelism splits the queries, and keys/values are
-    gathered over the whole sequence.
+    the bias is ``B×Tq×Tk``; none for one-document rows, whose causal mask is no tensor), SwiGLU.
+    Sequence-parallel regions hold ``1/tp`` of the tokens, head-sharded and MLP-hidden tensors ``1/tp`` of the
+    width; context parallelism splits the queries, and keys/values are gathered over the whole sequence.
     """
     tp, e = layout.dims.tp, layout.precision.compute
     tokens, sp_tokens = layout.tokens, layout.sequence_parallel_tokens
@@ -76,10 +76,11 @@ def block_saved_tensors(block: BlockShape, layout: TokenLayout) -> list[SavedTen
         SavedTensor("rotated queries", e * q_width * tokens),
         SavedTensor("rotated keys", e * kv_width * all_tokens),
         SavedTensor("values", e * kv_width * all_tokens),
-        SavedTensor(
-            "attention mask as additive bias",
-            e * layout.batch_size * (layout.seq_len // layout.dims.cp) * layout.seq_len,
-        ),
+    ]
+    if layout.mask == "document":
+        bias = e * layout.batch_size * (layout.seq_len // layout.dims.cp) * layout.seq_len
+        saved.append(SavedTensor("attention mask as additive bias", bias))
+    saved += [
         SavedTensor("attention output (o_proj input)", e * q_width * tokens),
         SavedTensor("attention log-sum-exp (fp32)", FP32 * (block.num_heads // tp) * tokens),
     ]
@@ -132,9 +133,10 @@ def block_input_bytes(model: ModelShape, layout: TokenLayout) -> int:
 
 def batch_bytes(layout: TokenLayout) -> int:
     """Document ids (whole sequence: the mask is built from all of them), this rank's position ids and the
-    boolean ``B×T×T`` document mask, alive for the whole micro-step."""
+    boolean ``B×T×T`` document mask (none for one-document rows), alive for the whole micro-step."""
     full = layout.batch_size * layout.seq_len
-    return INT64 * full + INT64 * layout.tokens + layout.batch_size * layout.seq_len**2
+    mask = layout.batch_size * layout.seq_len**2 if layout.mask == "document" else 0
+    return INT64 * full + INT64 * layout.tokens + mask
 
 
 # ---------------------------------------------------------------------------------------------------- memory

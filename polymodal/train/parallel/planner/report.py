@@ -39,7 +39,9 @@ from polymodal.train.parallel.planner.memory import (
 )
 from polymodal.train.parallel.planner.shapes import (
     FP32,
+    LM_MASKS,
     Layout,
+    LMMask,
     ModelShape,
     Precision,
     TokenLayout,
@@ -136,10 +138,15 @@ def plan_report(
     gpu_memory_gb: float = 80.0,
     headroom: float = 0.10,
     reserved_gib: float = 1.0,
+    mask: LMMask = "document",
 ) -> PlanReport:
     """Plan ``cfg`` on ``gpus`` GPUs of ``gpu_memory_gb`` GiB each (default GPU count: the product of the
     configured degrees, or 8 when ``dp_shard`` is -1). A run fits when its total stays within
-    ``gpu_memory_gb·(1 - headroom) - reserved_gib`` (allocator fragmentation; CUDA context and NCCL buffers)."""
+    ``gpu_memory_gb·(1 - headroom) - reserved_gib`` (allocator fragmentation; CUDA context and NCCL buffers).
+    A transformer LM's attention mask is ``mask`` (``TokenLayout``): ``"document"`` (rows of packed documents,
+    the bound) or ``"causal"`` (every row one document)."""
+    if mask not in LM_MASKS:
+        raise ValueError(f"mask must be one of {LM_MASKS}, got {mask!r}")
     if gpu_memory_gb <= 0:
         raise ValueError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
     if not 0 <= headroom < 1:
@@ -184,7 +191,7 @@ def plan_report(
             memory=tuple(measured_memory_lines(measured, layout)),
             collectives=tuple(data_parallel_collectives(measured.params, measured.num_units, layout)),
         )
-    token_layout = TokenLayout(**vars(layout), seq_len=_positive_int(cfg, "data.seq_len"))
+    token_layout = TokenLayout(**vars(layout), seq_len=_positive_int(cfg, "data.seq_len"), mask=mask)
     _check_divisible(shape, token_layout)
     block_saved = tuple(block_saved_tensors(shape.block, token_layout))
     outside_saved = tuple(outside_saved_tensors(shape, token_layout))
@@ -228,7 +235,8 @@ def format_plan(report: PlanReport) -> str:
     if isinstance(model, ModelShape):
         what = f"{_billions(model.num_params)} parameters ({in_units} in {model.depth} blocks), "
         what += f"vocabulary {model.vocab_size}"
-        batch = f"{layout.batch_size} x {layout.seq_len} tokens"
+        rows = "rows of packed documents" if layout.mask == "document" else "one document per row"
+        batch = f"{layout.batch_size} x {layout.seq_len} tokens, {rows}"
     else:
         units = f"{in_units} in {model.num_units} FSDP units" if model.num_units else "no FSDP units"
         what = f"{model.kind}, {_billions(model.num_params)} parameters ({units})"
@@ -274,9 +282,13 @@ def format_plan(report: PlanReport) -> str:
 
 
 def plan_main(
-    config_path: str, overrides: Sequence[str] = (), gpus: int | None = None, gpu_memory_gb: float = 80.0
+    config_path: str,
+    overrides: Sequence[str] = (),
+    gpus: int | None = None,
+    gpu_memory_gb: float = 80.0,
+    mask: LMMask = "document",
 ) -> int:
     """``polymodal plan``: print the plan; exit status 0 when the configured run fits, 1 when it does not."""
-    report = plan_report(load_config(config_path, overrides), gpus=gpus, gpu_memory_gb=gpu_memory_gb)
+    report = plan_report(load_config(config_path, overrides), gpus=gpus, gpu_memory_gb=gpu_memory_gb, mask=mask)
     print(format_plan(report))
     return 0 if report.fits else 1

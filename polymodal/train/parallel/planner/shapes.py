@@ -33,6 +33,8 @@ INT64 = 8
 
 
 Wrapper = Literal["none", "ddp", "fsdp", "hsdp"]
+LMMask = Literal["document", "causal"]  # rows of several packed documents / every row one document
+LM_MASKS: tuple[LMMask, ...] = ("document", "causal")
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,12 @@ class Layout:
 
 @dataclass(frozen=True)
 class TokenLayout(Layout):
-    """A transformer LM's run: the micro-batch is ``batch_size`` sequences of ``seq_len`` tokens."""
+    """A transformer LM's run: the micro-batch is ``batch_size`` sequences of ``seq_len`` tokens. ``mask``:
+    ``"document"`` when a row may hold several packed documents (a dense bool mask, the bound for a packed loader),
+    ``"causal"`` when every row is one document (``CausalMask``: no mask tensor at all)."""
 
     seq_len: int
+    mask: LMMask = "document"
 
     @property
     def tokens(self) -> int:
