@@ -16,6 +16,7 @@ from polymodal.models.flops import matmul_params, transformer_train_flops_per_to
 from polymodal.models.layers.attention import QKNorm
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
+from polymodal.models.layers.mask_rules import AttentionImpl
 from polymodal.models.meta import DataDict, MetaModel, ReadWriteBlock
 from polymodal.models.parts import DocumentCausalMask, TransformerTrunk, VocabularyHead
 from polymodal.models.protocol import DecoderLayout, ParallelPlan
@@ -144,6 +145,7 @@ def build_llm(
     residual_dropout: float = 0.0,
     res_post_norm: bool = False,
     loss_chunk_size: int | None = 1024,
+    attention: AttentionImpl = "sdpa",
 ) -> CausalLM:
     """Build and initialise the model (trunc-normal init with GPT-2 depth scaling of residual projections).
 
@@ -151,7 +153,8 @@ def build_llm(
     and ``multiple_of``; ``qk_norm``, ``norm_eps``, ``residual_dropout`` and ``res_post_norm`` are as in
     :func:`~polymodal.models.layers.block.build_transformer`. Given ``target_ids`` the head writes the next-token
     loss sums, ``loss_chunk_size`` labelled positions at a time, instead of logits (``None``: always logits; see
-    :class:`~polymodal.models.parts.VocabularyHead`)."""
+    :class:`~polymodal.models.parts.VocabularyHead`). ``attention="flex"`` runs rows of several documents through
+    FlexAttention block masks (``docs/attention.md``); rows of one document take SDPA's ``is_causal`` either way."""
     transformer = build_transformer(
         dim,
         depth,
@@ -173,7 +176,7 @@ def build_llm(
     model = CausalLM(
         TokenEmbedding(vocab_size, dim),
         DocumentCausalMask(),
-        TransformerTrunk(transformer),
+        TransformerTrunk(transformer, attention=attention),
         VocabularyHead(dim, vocab_size, loss_chunk_size=loss_chunk_size),
         init_std=init_std,
     )

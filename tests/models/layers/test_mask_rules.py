@@ -161,8 +161,7 @@ def test_flex_block_mask_gradients_match_the_dense_masks(name):
 
 def test_a_flex_trunk_matches_an_sdpa_trunk():
     batch = llm_batch(torch.tensor([[0] * 10, [5] * 4 + [6] * 6]))
-    sdpa, flex = tiny_llm(), tiny_llm()
-    flex.trunk.attention = "flex"
+    sdpa, flex = tiny_llm(), tiny_llm(attention="flex")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.testing.assert_close(flex(dict(batch))["logits"], sdpa(dict(batch))["logits"], **TOL)
