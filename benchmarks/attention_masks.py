@@ -12,8 +12,8 @@ First it prints what each kind of mask costs in memory at 8k and 32k tokens (:fu
 ``docs/attention.md``). A step is forward (the head's chunked next-token loss, ``NextTokenLoss`` with z-loss) and
 backward. The script prints both losses and the largest relative difference over the loss and the gradients; then
 the sides alternate A/B, B/A, ... for ``--rounds`` rounds after one untimed warm-up step each
-(``timing.compare``): median and best seconds and their ratio. Defaults: the d512 LLM of issue 17 (dim 512, 8 layers, 8 heads, T 256, B 8,
-vocabulary 8192), float32.
+(``timing.compare``): median and best seconds and their ratio. Defaults: the d512 LLM of issue 17 (dim 512,
+8 layers, 8 heads, T 256, B 8, vocabulary 8192), float32.
 
     python benchmarks/attention_masks.py --threads 2          # ~2 minutes on 2 CPU cores
     python benchmarks/attention_masks.py --seq-len 1024 --batch-size 2 --rounds 3
