@@ -32,7 +32,7 @@ import torch
 from timing import compare, parse_with_threads, start_measuring
 from torch import Tensor
 
-from polymodal.models.layers.mask_rules import FLEX_BLOCK_SIZE
+from polymodal.models.layers.mask_rules import FLEX_BLOCK_SIZE, one_document_per_row
 from polymodal.models.layers.masks import document_mask
 from polymodal.models.llm import CausalLM, build_llm
 from polymodal.models.meta import DataDict
@@ -117,6 +117,24 @@ def _relative_difference(ours: Tensor, theirs: Tensor) -> float:
     return float((ours.double() - theirs.double()).abs().max()) / scale if scale else float(ours.abs().max())
 
 
+def mask_microseconds(document_ids: Tensor, repeats: int = 200) -> tuple[float, float]:
+    """Median µs of what each side's mask block does with ``document_ids``: (A) the one-document check (with its
+    host sync), (B) building the dense mask (synchronised on CUDA, so the build is finished)."""
+
+    def dense() -> None:
+        document_mask(document_ids, causal=True)
+        if document_ids.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def seconds(step) -> float:
+        started = time.perf_counter()
+        step()
+        return time.perf_counter() - started
+
+    timings = compare(lambda: seconds(lambda: one_document_per_row(document_ids)), lambda: seconds(dense), repeats)
+    return 1e6 * statistics.median(timings.ours_s), 1e6 * statistics.median(timings.baseline_s)
+
+
 def build(args: argparse.Namespace, device: torch.device) -> tuple[Side, Side]:
     torch.manual_seed(0)
     model = build_llm(
@@ -152,6 +170,8 @@ def run(args: argparse.Namespace) -> Result:
     print(f"loss: causal {loss:.7f}, dense {theirs[0].item():.7f}")
     print(f"max relative difference over loss and gradients: {difference:.1e}", flush=True)
     del ours, theirs
+    check_us, dense_us = mask_microseconds(causal.batch["document_ids"])
+    print(f"mask block, median µs: one-document check (A) {check_us:.0f}, dense mask build (B) {dense_us:.0f}")
 
     timings = compare(causal.seconds, dense.seconds, args.rounds)
     print(f"time per step (forward + backward), s, over {args.rounds} rounds:")

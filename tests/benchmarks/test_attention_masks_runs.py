@@ -17,6 +17,7 @@ def test_tiny_run_prints_equal_losses_and_times(benchmark, capsys, restore_threa
     output = capsys.readouterr().out
     losses = re.search(r"loss: causal (\d+\.\d+), dense (\d+\.\d+)", output)
     assert losses and losses[1] == losses[2]
+    assert re.search(r"one-document check \(A\) \d+, dense mask build \(B\) \d+", output)
     for label in (r"causal mask, is_causal \(A\)", r"dense bool mask \(B\)", r"ratio B/A \(speed-up\)"):
         assert re.search(rf"{label}\s+\d+\.\d+\s+\d+\.\d+", output)
     assert result.max_difference < 1e-5
