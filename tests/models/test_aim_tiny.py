@@ -1,6 +1,8 @@
 """A tiny AIM: ViT preprocessor -> prefix-causal mask -> transformer trunk -> MLP pixel head -> next-patch loss,
 fed by the resumable loader with random prefix lengths for training and a fixed prefix for validation."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ class Gradients:
         return {"image": image + slopes[:, 2, None, None]}
 
 
-def build_aim() -> MetaModel:
+def build_aim(attention: str = "sdpa") -> MetaModel:
     torch.manual_seed(0)
     model = MetaModel(
         preprocessor=[
@@ -43,12 +45,22 @@ def build_aim() -> MetaModel:
         ],
         trunk=TransformerTrunk(
             build_transformer(DIM, depth=2, num_heads=4, mlp="gelu", norm="layernorm", rope=None),
-            read_key="tokens", write_key="tokens", position_key=None,
+            read_key="tokens", write_key="tokens", position_key=None, attention=attention,
         ),
         head=MLPHead(DIM, PATCH * PATCH * 3, depth=2, grid_size=GRID),
     )  # fmt: skip
     init_weights(model, scheme="xavier")
     return model
+
+
+def test_a_flex_attention_trunk_matches_the_dense_prefix_mask():
+    """FlexAttention's prefix-causal block mask against the dense mask, forward only (no CPU backward)."""
+    batch = next(loader(RandomPrefixLengths(NUM_PATCHES)))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager FlexAttention on the CPU says it is unfused
+        flex = build_aim("flex").eval()(dict(batch))["tokens"]
+        dense = build_aim().eval()(dict(batch))["tokens"]
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
 
 
 def loader(transform, **options) -> ResumableLoader:

@@ -17,7 +17,7 @@ from polymodal.config.schema import DistributedConfig, ExperimentConfig
 from polymodal.distributed.collectives import all_gather_with_grad
 from polymodal.distributed.env import gradient_sync
 from polymodal.models.layers.attention import masked_attention
-from polymodal.models.layers.mask_rules import CausalMask
+from polymodal.models.layers.mask_rules import CausalMask, DocumentCausalRule, flex_block_mask
 from polymodal.models.layers.masks import causal_mask
 from polymodal.models.llm import build_llm
 from polymodal.objectives.lm import NextTokenLoss
@@ -235,13 +235,18 @@ def causal_context_parallel_worker(rank, world):
     *full, weights = attention_inputs()
     rows = slice(rank * 12 // world, (rank + 1) * 12 // world)
     local = [tensor[:, :, rows].clone().requires_grad_() for tensor in full]
-    out = ContextParallelAttention(dist.group.WORLD)(*local, CausalMask(), False, 0.0)
+    kernel = ContextParallelAttention(dist.group.WORLD)
+    out = kernel(*local, CausalMask(), False, 0.0)
     (out * weights[:, :, rows]).sum().backward()
+    block_mask = flex_block_mask(DocumentCausalRule(torch.zeros(2, 12, dtype=torch.long)))
+    with pytest.raises(ValueError, match="attention='sdpa'"):
+        kernel(*local, block_mask, False, 0.0)
     return {"out": out.detach(), "grads": [tensor.grad for tensor in local]}
 
 
 def test_context_parallel_kernel_attends_causally_from_each_ranks_offset():
-    """Outputs and gradients of a CausalMask split over 2 ranks against the dense causal mask on one process."""
+    """Outputs and gradients of a CausalMask split over 2 ranks against the dense causal mask on one process; a
+    FlexAttention block mask is refused."""
     results = spawn(causal_context_parallel_worker, 2)
     *full, weights = attention_inputs()
     full = [tensor.requires_grad_() for tensor in full]
