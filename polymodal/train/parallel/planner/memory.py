@@ -110,7 +110,7 @@ def outside_saved_tensors(model: ModelShape, layout: TokenLayout) -> list[SavedT
         rows = layout.precision.param * model.block.dim * tokens
         return saved + [
             SavedTensor("final norm output, labelled rows (head input)", rows),
-            SavedTensor("labelled-position mask (row selection)", tokens),
+            SavedTensor("labelled-position indices (row selection, int64)", INT64 * tokens),
             SavedTensor("target ids of labelled positions", INT64 * tokens),
             SavedTensor("log-sum-exp per labelled position (fp32)", FP32 * tokens),
         ]
