@@ -88,7 +88,7 @@ class ExperimentConfig:
     total_steps: int = field(default=1000, metadata=POSITIVE)
     seed: int = 0
     resume: str = field(default="auto", metadata=NON_EMPTY)  # "auto", "none", or a checkpoint path
-    torch_compile: bool = False
+    torch_compile: bool = False  # compile each transformer block (the FSDP units); a model without blocks whole
     activation_checkpointing: bool = False
     log_every: int = field(default=10, metadata=POSITIVE)
     ckpt_every: int = field(default=500, metadata=POSITIVE)

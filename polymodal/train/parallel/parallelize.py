@@ -1,7 +1,14 @@
 """Apply parallelism to a built model, in the one order that composes: tensor parallel → context parallel →
-activation checkpointing → data parallel (FSDP2 / HSDP / DDP) → ``torch.compile``."""
+activation checkpointing → ``torch.compile`` of each unit → data parallel (FSDP2 / HSDP / DDP).
+
+Compiling per unit (as torchtitan does) rather than the whole model: the units are the transformer blocks FSDP2
+shards and activation checkpointing wraps, so each compiled region is one FSDP unit (its all-gather and
+reduce-scatter hooks stay outside the graph), the blocks share one compiled graph (they differ only in their
+parameters), and the code between blocks (embeddings, masks, heads, losses) stays eager."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
@@ -16,12 +23,21 @@ from polymodal.config.schema import ExperimentConfig
 from polymodal.train.parallel.mesh import Mesh
 from polymodal.train.parallel.plans import decoder_tensor_parallel, fsdp_units, install_context_parallel, plan_for
 
+log = logging.getLogger(__name__)
+
 
 def checkpoint_activations(model: nn.Module, units: list[nn.Module]) -> list[nn.Module]:
     """Recompute each unit's activations in backward; returns the wrappers that replaced the units."""
     targets = set(units)
     apply_activation_checkpointing(model, check_fn=lambda module: module in targets)
     return [m for m in model.modules() if isinstance(m, CheckpointWrapper) and m._checkpoint_wrapped_module in targets]
+
+
+def compile_units(units: list[nn.Module]) -> None:
+    """``torch.compile`` each unit in place (``nn.Module.compile``): the module keeps its identity and its
+    parameters' names, so FSDP2 then shards the very modules that were compiled and state dicts do not change."""
+    for unit in units:
+        unit.compile()
 
 
 def shard_data_parallel(model: nn.Module, units: list[nn.Module], mesh: Mesh, exp: ExperimentConfig) -> None:
@@ -59,6 +75,8 @@ def parallelize(
     units = fsdp_units(model)
     if exp.activation_checkpointing:
         units = checkpoint_activations(model, units)
+    if exp.torch_compile and units:
+        compile_units(units)
 
     train_model = model
     if dims is not None and dims.strategy == "ddp":
@@ -66,6 +84,7 @@ def parallelize(
         train_model = DistributedDataParallel(model, process_group=mesh.group("dp_cp"), device_ids=device_ids)
     elif dims is not None and dims.dp_replicate * dims.dp_shard * dims.cp > 1:
         shard_data_parallel(model, units, mesh, exp)
-    if exp.torch_compile:
+    if exp.torch_compile and not units:
+        log.info("torch_compile: %s has no transformer blocks to compile one by one; compiling it whole", type(model))
         train_model = torch.compile(train_model)
     return model, train_model
