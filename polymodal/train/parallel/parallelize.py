@@ -2,9 +2,10 @@
 activation checkpointing → ``torch.compile`` of each unit → data parallel (FSDP2 / HSDP / DDP).
 
 Compiling per unit (as torchtitan does) rather than the whole model: the units are the transformer blocks FSDP2
-shards and activation checkpointing wraps, so each compiled region is one FSDP unit (its all-gather and
-reduce-scatter hooks stay outside the graph), the blocks share one compiled graph (they differ only in their
-parameters), and the code between blocks (embeddings, masks, heads, losses) stays eager."""
+shards and activation checkpointing wraps, so each compiled region is one FSDP unit (FSDP2's all-gather and
+reduce-scatter hooks are Dynamo-disabled: they run eagerly around the block's graph), the blocks share one compiled
+graph (they differ only in their parameters), and the code between blocks (embeddings, masks, heads, losses) stays
+eager. A model without such units is compiled whole."""
 
 from __future__ import annotations
 
