@@ -13,7 +13,11 @@ from torch._dynamo.utils import counters
 from polymodal.config import load_config
 from polymodal.config.schema import ExperimentConfig
 from polymodal.models.clip import SelectToken
+from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import build_transformer
+from polymodal.models.layers.cross_attention import CrossAttention, CrossAttentionBlock
+from polymodal.models.layers.mlp import SwiGLU
+from polymodal.models.layers.norm import LayerNorm
 from polymodal.models.llm import build_llm
 from polymodal.models.meta import MetaModel
 from polymodal.models.parts import LinearHead, TransformerTrunk
@@ -106,11 +110,30 @@ def test_compiled_blocks_train_like_eager(build, objective, batches):
     assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"], dict(counters["graph_break"])
 
 
-def test_llm_block_is_one_graph_without_breaks():
-    block = tiny_llm().trunk.transformer.blocks[0]
-    batch = llm_batches()[0]
+def block_calls() -> dict[str, tuple]:
+    """A block of each kind the families train, with the arguments their trunks pass: the LLM's (RoPE, a document
+    mask), Lumina's (per-head QK-norm, res-post-norm), a ViT/AIM/CLIP trunk's (no mask, no RoPE) and 4M's decoder
+    block (cross-attention to the encoder output, per-modality self mask, padding cross mask)."""
+    torch.manual_seed(0)
+    x, context = torch.randn(2, 16, 32), torch.randn(2, 8, 32)
     mask = torch.ones(2, 1, 16, 16, dtype=torch.bool).tril()
-    explained = torch._dynamo.explain(block)(torch.randn(2, 16, 32), mask, False, batch["position_ids"])
+    positions = llm_batches()[0]["position_ids"]
+    lumina = build_transformer(32, 1, 4, qk_norm="per_head_layernorm", res_post_norm=True).blocks[0]
+    vit = tiny_vit().trunk.transformer.blocks[0]
+    decoder = CrossAttentionBlock(32, Attention(32, 4), CrossAttention(32, 4), SwiGLU(32, 64), norm=LayerNorm)
+    cross_mask = torch.ones(2, 1, 16, 8, dtype=torch.bool)
+    return {
+        "llm": (tiny_llm().trunk.transformer.blocks[0], (x, mask, False, positions)),
+        "lumina": (lumina, (x, mask, False, positions)),
+        "vit": (vit, (x, None, False, None)),
+        "fourm-decoder": (decoder, (x, context, mask, cross_mask)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["llm", "lumina", "vit", "fourm-decoder"])
+def test_each_family_block_is_one_graph_without_breaks(kind):
+    block, args = block_calls()[kind]
+    explained = torch._dynamo.explain(block)(*args)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
