@@ -3,9 +3,10 @@
 Validation loss often sits below training loss, and the figure then says why (:data:`VAL_BELOW_TRAIN_NOTE`): the
 :class:`~polymodal.train.trainer.Trainer` does not measure the two alike.
 
-* Samples: training batches go through the data's training transform (random resized crops and flips for image
-  data; for 4M a random pre-tokenized crop row, random crops and flips, and a random caption phrasing), validation
-  batches through the evaluation transform (the centre crop, the first caption) on fixed batches.
+* Samples: training batches go through the data's training transform (random resized crops, and flips unless the
+  data turns them off, for image data; for 4M a random pre-tokenized crop row, random crops and flips, and a random
+  caption phrasing), validation batches through the evaluation transform (the centre crop, the first caption) on
+  fixed batches.
 * Weights: a train point is the mean of the losses of its logging window (``log_every`` steps), each computed before
   that step's update; a validation point uses the weights after the step.
 * Mode: training runs in train mode, validation in eval mode (dropout and drop-path off, where a model has them).
@@ -31,9 +32,9 @@ from polymodal.train.logging import read_metrics
 # Switch to a log y-axis when the largest loss is this many times the smallest.
 _LOG_SCALE_RATIO = 10.0
 VAL_BELOW_TRAIN_NOTE = (
-    "Why validation is below training: training batches are augmented (random crops and flips; 4M: a random crop of "
-    "each scene), validation\nuses the centre crop, an easier task; and a train point is the mean of the {window} "
-    "steps up to it, each measured before its update (older weights) in train mode."
+    "Why validation is below training: training batches are augmented (random crops, flips where on; 4M: a random "
+    "crop of each scene),\nvalidation uses the centre crop, an easier task; and a train point is the mean of the "
+    "{window} steps up to it, each measured before its update (older weights) in train mode."
 )
 
 Curves = dict[str, tuple[list[int], list[float]]]
