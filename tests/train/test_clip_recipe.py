@@ -31,7 +31,7 @@ def test_vit_b16_has_clip_vit_b16_parameter_count_on_meta():
 
 
 @pytest.mark.usefixtures("single_thread")
-def test_tiny_recipe_trains_and_evaluates_zero_shot_and_retrieval(tmp_path):
+def test_tiny_recipe_trains_and_evaluates_zero_shot_retrieval_and_probes(tmp_path):
     scenes = tmp_path / "scenes"
     write_shards(scenes, num_samples=32, samples_per_shard=8, size=32, modalities=MODALITIES)  # shards 0-3
     tokenizer = save_tokenizer(train_wordpiece(synthetic_scene_texts(50), 4400), tmp_path / "wordpiece.json")
@@ -51,3 +51,5 @@ def test_tiny_recipe_trains_and_evaluates_zero_shot_and_retrieval(tmp_path):
     for name in ("zero_shot_count", "zero_shot_colour", "zero_shot_shape"):
         assert 0.0 <= evaluated[f"{name}/top1"] <= 1.0
     assert 0.0 <= evaluated["retrieval/image_to_text_R@1"] <= evaluated["retrieval/image_to_text_R@5"] <= 1.0
+    for name in ("colour_probe", "shape_probe", "count_probe"):  # linear probes of the image embedding
+        assert 0.0 <= evaluated[f"{name}/accuracy"] <= 1.0 and 0.0 < evaluated[f"{name}/baseline_accuracy"] <= 1.0
