@@ -30,17 +30,20 @@ from polymodal.train.evaluators.clip import Retrieval, ZeroShotClassification
 from polymodal.train.evaluators.context import EvalContext, Evaluator, EvaluatorFailed, run_evaluators
 from polymodal.train.evaluators.data import ImageSplit, TextEncoder
 from polymodal.train.evaluators.probes import AttentiveProbe, LinearProbe, ProbeTraining
+from polymodal.train.evaluators.sides import ImageSide, TextSide
 
 __all__ = [
     "AttentiveProbe",
     "EvalContext",
     "Evaluator",
     "EvaluatorFailed",
+    "ImageSide",
     "ImageSplit",
     "LinearProbe",
     "ProbeTraining",
     "Retrieval",
     "TextEncoder",
+    "TextSide",
     "ZeroShotClassification",
     "build_evaluators",
     "run_evaluators",

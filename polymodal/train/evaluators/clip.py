@@ -1,13 +1,10 @@
 """Evaluators of a model with image and text embeddings (CLIP-like): zero-shot classification and image<->text
 retrieval.
 
-The model protocol is data_dict keys: given ``{image_key: float [B, 3, H, W]}`` the model (or its ``image_part``, one
-model of a :class:`~polymodal.models.meta.ModelSeries`) writes ``image_embed_key`` ``[B, D]``; given ``{text_key:
-int64 [B, L]}`` (and, with a ``text_mask_key``, a bool ``[B, L]`` mask of the real tokens) the model (or its
-``text_part``) writes ``text_embed_key`` ``[B, D]``. Embeddings are L2-normalised here, so the model may write them
-raw. Token ids are right-padded with ``pad_id`` to ``context_length``. With a ``text_eot_key`` the texts are encoded
-as the multimodal data encodes captions (start token, text, end token, the tokenizer's padding: a text tower
-trained on ``caption_ids`` sees the same layout) and the end token's position ``[B]`` goes under that key.
+The model protocol is data_dict keys, set per side: ``image`` (an :class:`~polymodal.train.evaluators.sides.ImageSide`
+or its settings: the images' key, the embedding key, the model part) and ``text`` (a
+:class:`~polymodal.train.evaluators.sides.TextSide` or its settings: the tokenizer and the token layout, the keys,
+the model part). Embeddings are L2-normalised here, so the model may write them raw.
 """
 
 from __future__ import annotations
@@ -18,59 +15,44 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from polymodal.config.arguments import settings_from
 from polymodal.train.evaluators.context import EvalContext
-from polymodal.train.evaluators.data import IMAGE, ImageSplit, TextEncoder, as_split
+from polymodal.train.evaluators.data import IMAGE, ImageSplit
 from polymodal.train.evaluators.features import embed_images, embed_texts, image_features
+from polymodal.train.evaluators.sides import ImageSide, TextSide
 
 DEFAULT_TEMPLATES = ("a photo of {}.",)
 
 
 class _ImageText:
-    """What both evaluators share: the data, the text encoder and the model protocol's keys and parts."""
+    """What both evaluators share: the data (an ImageSplit or its arguments), the text and image sides of the model
+    protocol, and the batch size of the model's forwards."""
 
     def __init__(
         self,
         data: ImageSplit | Mapping[str, Any],
-        tokenizer: Any,
-        context_length: int,
-        pad_id: int,
-        image_key: str,
-        text_key: str,
-        text_mask_key: str | None,
-        text_eot_key: str | None,
-        image_embed_key: str,
-        text_embed_key: str,
-        image_part: str | None,
-        text_part: str | None,
+        text: TextSide | Mapping[str, Any],
+        image: ImageSide | Mapping[str, Any] | None,
         batch_size: int,
     ) -> None:
-        self.data = as_split(data, "data")
-        self.encoder = TextEncoder(tokenizer, context_length, pad_id, caption_layout=text_eot_key is not None)
-        self.image_key, self.text_key, self.text_mask_key = image_key, text_key, text_mask_key
-        self.text_eot_key = text_eot_key
-        self.image_embed_key, self.text_embed_key = image_embed_key, text_embed_key
-        self.image_part, self.text_part = image_part, text_part
+        self.data = settings_from(ImageSplit, data, "data")
+        self.text = settings_from(TextSide, text, "text")
+        self.image = settings_from(ImageSide, image, "image")
+        self.encoder = self.text.encoder()
         self.batch_size = batch_size
 
     def image_embeddings(self, context: EvalContext) -> dict[str, torch.Tensor]:
-        values = image_features(
-            context, self.data, self.image_embed_key, self.image_part, self.image_key, "none", self.batch_size
-        )
+        image = self.image
+        values = image_features(context, self.data, image.embed_key, image.part, image.key, "none", self.batch_size)
         return {**values, "features": F.normalize(values["features"], dim=-1)}
 
     def text_embeddings(self, context: EvalContext, texts: list[str]) -> torch.Tensor:
         """Normalised ``[len(texts), D]``, the same on every rank."""
 
         def compute(indices: list[int]) -> dict[str, torch.Tensor]:
-            return {"text": self._embed_texts(context, [texts[index] for index in indices])}
+            return {"text": embed_texts(context, [texts[index] for index in indices], self.encoder, self.text)}
 
         return F.normalize(context.map_items(len(texts), self.batch_size, compute)["text"], dim=-1)
-
-    def _embed_texts(self, context: EvalContext, texts: list[str]) -> torch.Tensor:
-        return embed_texts(
-            context, texts, self.encoder, self.text_embed_key, self.text_part, self.text_key, self.text_mask_key,
-            self.text_eot_key,
-        )  # fmt: skip
 
 
 class ZeroShotClassification(_ImageText):
@@ -83,25 +65,13 @@ class ZeroShotClassification(_ImageText):
     def __init__(
         self,
         data: ImageSplit | Mapping[str, Any],
-        tokenizer: Any,
+        text: TextSide | Mapping[str, Any],
+        image: ImageSide | Mapping[str, Any] | None = None,
         class_names: Sequence[str] | None = None,
         templates: Sequence[str] = DEFAULT_TEMPLATES,
-        context_length: int = 32,
-        pad_id: int = 0,
-        image_key: str = IMAGE,
-        text_key: str = "text_ids",
-        text_mask_key: str | None = None,
-        text_eot_key: str | None = None,
-        image_embed_key: str = "image_embeds",
-        text_embed_key: str = "text_embeds",
-        image_part: str | None = None,
-        text_part: str | None = None,
         batch_size: int = 64,
     ) -> None:
-        super().__init__(
-            data, tokenizer, context_length, pad_id, image_key, text_key, text_mask_key, text_eot_key,
-            image_embed_key, text_embed_key, image_part, text_part, batch_size,
-        )  # fmt: skip
+        super().__init__(data, text, image, batch_size)
         names = list(class_names) if class_names is not None else self.data.class_names
         if not names:
             raise ValueError("zero-shot classification needs class_names (only an ImageFolder split names its classes)")
@@ -142,31 +112,20 @@ class Retrieval(_ImageText):
     def __init__(
         self,
         data: ImageSplit | Mapping[str, Any],
-        tokenizer: Any,
-        context_length: int = 32,
-        pad_id: int = 0,
-        image_key: str = IMAGE,
-        text_key: str = "text_ids",
-        text_mask_key: str | None = None,
-        text_eot_key: str | None = None,
-        image_embed_key: str = "image_embeds",
-        text_embed_key: str = "text_embeds",
-        image_part: str | None = None,
-        text_part: str | None = None,
+        text: TextSide | Mapping[str, Any],
+        image: ImageSide | Mapping[str, Any] | None = None,
         batch_size: int = 64,
     ) -> None:
-        super().__init__(
-            data, tokenizer, context_length, pad_id, image_key, text_key, text_mask_key, text_eot_key,
-            image_embed_key, text_embed_key, image_part, text_part, batch_size,
-        )  # fmt: skip
+        super().__init__(data, text, image, batch_size)
         if self.data.caption_key is None:
             raise ValueError("retrieval needs captions: give the data a caption_key")
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         def compute(indices: list[int]) -> dict[str, torch.Tensor]:
             batch = self.data.load(indices)
-            images = embed_images(context, batch[IMAGE], self.image_embed_key, self.image_part, self.image_key, "none")
-            return {"image": images, "text": self._embed_texts(context, batch["caption"])}
+            image = self.image
+            images = embed_images(context, batch[IMAGE], image.embed_key, image.part, image.key, "none")
+            return {"image": images, "text": embed_texts(context, batch["caption"], self.encoder, self.text)}
 
         pairs = context.map_items(len(self.data), self.batch_size, compute)
         similarity = F.normalize(pairs["image"], dim=-1) @ F.normalize(pairs["text"], dim=-1).T

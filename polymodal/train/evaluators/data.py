@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from polymodal.config.arguments import check_arguments
 from polymodal.config.errors import ConfigError
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.shards import MultimodalShards
@@ -109,16 +108,6 @@ def _caption(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"a caption must be a string or a list of strings, got {value!r}")
     return value
-
-
-def as_split(value: ImageSplit | Mapping[str, Any], path: str) -> ImageSplit:
-    """An :class:`ImageSplit` from itself or from its arguments (keys checked, named by ``path``)."""
-    if isinstance(value, ImageSplit):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{path}: expected the arguments of an ImageSplit (location, split, ...), got {value!r}")
-    check_arguments(ImageSplit, [str(key) for key in value], path)
-    return ImageSplit(**value)
 
 
 class TextEncoder:

@@ -19,6 +19,7 @@ from polymodal.data.multimodal.loader import BatchTransform
 from polymodal.models.meta import DataDict
 from polymodal.train.evaluators.context import EvalContext
 from polymodal.train.evaluators.data import IMAGE, ImageSplit, TextEncoder
+from polymodal.train.evaluators.sides import TextSide
 
 Pool = Literal["none", "mean", "first"]
 POOLS = ("none", "mean", "first")
@@ -68,24 +69,15 @@ def embed_images(
     return pooled(output_key(output, feature_key, "the evaluation images"), pool).float()
 
 
-def embed_texts(
-    context: EvalContext,
-    texts: list[str],
-    encoder: TextEncoder,
-    feature_key: str,
-    part: str | None,
-    text_key: str,
-    mask_key: str | None,
-    eot_key: str | None = None,
-) -> torch.Tensor:
-    """float32: the model's ``feature_key`` for a batch of texts (token ids under ``text_key``, mask under
-    ``mask_key``, end-of-text positions under ``eot_key``)."""
+def embed_texts(context: EvalContext, texts: list[str], encoder: TextEncoder, side: TextSide) -> torch.Tensor:
+    """float32: the model's ``side.embed_key`` for a batch of texts encoded by ``encoder`` (token ids under
+    ``side.key``, the mask under ``side.mask_key``, end-of-text positions under ``side.eot_key``)."""
     encoded = encoder.encode(texts)
-    batch = {text_key: encoded["ids"].to(context.device)}
-    for key, name in ((mask_key, "mask"), (eot_key, "eot")):
+    batch = {side.key: encoded["ids"].to(context.device)}
+    for key, name in ((side.mask_key, "mask"), (side.eot_key, "eot")):
         if key is not None:
             batch[key] = encoded[name].to(context.device)
-    return output_key(context.forward(batch, part), feature_key, "the evaluation texts").float()
+    return output_key(context.forward(batch, side.part), side.embed_key, "the evaluation texts").float()
 
 
 def image_features(

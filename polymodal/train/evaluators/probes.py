@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from polymodal.config.arguments import check_arguments
+from polymodal.config.arguments import settings_from
 from polymodal.data.multimodal.loader import BatchTransform
 from polymodal.models.meta import ReadWriteBlock
 from polymodal.models.pooling import AttentivePoolingHead
 from polymodal.train.evaluators.context import EvalContext
-from polymodal.train.evaluators.data import IMAGE, ImageSplit, as_split
+from polymodal.train.evaluators.data import IMAGE, ImageSplit
 from polymodal.train.evaluators.features import Pool, image_features
 
 
@@ -155,12 +155,9 @@ def fit_attentive_probe(
 
 def as_training(value: ProbeTraining | Mapping[str, Any] | None) -> ProbeTraining:
     """A :class:`ProbeTraining` from itself or from its arguments (keys checked); None: the defaults."""
-    if value is None:
-        return ProbeTraining()
-    if isinstance(value, ProbeTraining):
-        return value
-    check_arguments(ProbeTraining, [str(key) for key in value], "sweep")
-    return ProbeTraining(**{key: tuple(v) if isinstance(v, list) else v for key, v in value.items()})
+    if isinstance(value, Mapping):
+        value = {key: tuple(v) if isinstance(v, list) else v for key, v in value.items()}
+    return settings_from(ProbeTraining, value, "sweep")
 
 
 class _Probe(ABC):
@@ -174,15 +171,15 @@ class _Probe(ABC):
         self,
         train: ImageSplit | Mapping[str, Any],
         val: ImageSplit | Mapping[str, Any],
-        feature_key: str,
-        part: str | None,
-        image_key: str,
-        pool: Pool,
-        sweep: ProbeTraining | Mapping[str, Any] | None,
-        extract_batch_size: int,
-        batch_transform: BatchTransform | None,
+        feature_key: str = "features",
+        part: str | None = None,
+        image_key: str = IMAGE,
+        pool: Pool = "none",
+        sweep: ProbeTraining | Mapping[str, Any] | None = None,
+        extract_batch_size: int = 64,
+        batch_transform: BatchTransform | None = None,
     ) -> None:
-        self.train, self.val = as_split(train, "train"), as_split(val, "val")
+        self.train, self.val = settings_from(ImageSplit, train, "train"), settings_from(ImageSplit, val, "val")
         if self.train.label_key is None or self.val.label_key is None:
             raise ValueError("a probe needs labels: give both splits a label_key")
         self.feature_key, self.part, self.image_key, self.pool = feature_key, part, image_key, pool
@@ -218,21 +215,8 @@ class _Probe(ABC):
 
 
 class LinearProbe(_Probe):
-    """Linear probe on ``[N, D]`` features (``pool: mean`` or ``first`` reduces ``[N, T, D]`` tokens first)."""
-
-    def __init__(
-        self,
-        train: ImageSplit | Mapping[str, Any],
-        val: ImageSplit | Mapping[str, Any],
-        feature_key: str = "features",
-        part: str | None = None,
-        image_key: str = IMAGE,
-        pool: Pool = "none",
-        sweep: ProbeTraining | Mapping[str, Any] | None = None,
-        extract_batch_size: int = 64,
-        batch_transform: BatchTransform | None = None,
-    ) -> None:
-        super().__init__(train, val, feature_key, part, image_key, pool, sweep, extract_batch_size, batch_transform)
+    """Linear probe on ``[N, D]`` features (``pool: mean`` or ``first`` reduces ``[N, T, D]`` tokens first); its
+    arguments are the probes' own (:class:`_Probe`)."""
 
     def fit(self, train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor]) -> ProbeResult:
         return fit_linear_probe(train, val, self.training)

@@ -6,14 +6,18 @@ import torch
 import torch.nn.functional as F
 from tiny_clip import TEMPLATES, tiny_clip
 
+from polymodal.config import ConfigError
 from polymodal.train.evaluators import (
     EvalContext,
     EvaluatorFailed,
+    ImageSide,
     ImageSplit,
     LinearProbe,
     Retrieval,
     TextEncoder,
+    TextSide,
     ZeroShotClassification,
+    build_evaluators,
     run_evaluators,
 )
 
@@ -30,10 +34,8 @@ def embed(model, images=None, text_ids=None) -> torch.Tensor:
 def test_zero_shot_top1_matches_a_plain_computation(eval_data, single_thread):
     model = tiny_clip().eval()
     split = ImageSplit(str(eval_data["folder"]), split="val", image_size=32)
-    evaluator = ZeroShotClassification(
-        split, str(eval_data["tokenizer"]), templates=TEMPLATES, context_length=8, image_part="image",
-        text_part="text", batch_size=5,
-    )  # fmt: skip
+    text = {"tokenizer": str(eval_data["tokenizer"]), "context_length": 8, "part": "text"}
+    evaluator = ZeroShotClassification(split, text, {"part": "image"}, templates=TEMPLATES, batch_size=5)
     result = run_evaluators({"zs": evaluator}, EvalContext(model, CPU))
 
     everything = split.load(range(len(split)))
@@ -55,8 +57,8 @@ def test_retrieval_recalls_match_a_plain_computation(eval_data, single_thread):
     model = tiny_clip().eval()
     shards = str(eval_data["shards"]) + "/[rgb,label,caption]/shard-{00000..00002}.tar"
     split = ImageSplit(shards, format="shards", image_size=32, caption_key="caption", label_key=None)
-    evaluator = Retrieval(split, str(eval_data["tokenizer"]), context_length=24, image_part="image", text_part="text",
-        batch_size=4)  # fmt: skip
+    text = TextSide(str(eval_data["tokenizer"]), context_length=24, part="text")
+    evaluator = Retrieval(split, text, ImageSide(part="image"), batch_size=4)
     result = run_evaluators({"ret": evaluator}, EvalContext(model, CPU))
 
     everything = split.load(range(len(split)))
@@ -109,7 +111,7 @@ def test_a_failing_evaluator_stops_the_evaluation_with_its_name(eval_data):
 
 
 def test_texts_in_the_caption_layout_reach_the_model_with_their_end_positions(eval_data, single_thread):
-    """text_eot_key: prompts are encoded as MultimodalData encodes captions (CaptionEncoder) and the text tower
+    """text.eot_key: prompts are encoded as MultimodalData encodes captions (CaptionEncoder) and the text tower
     pools at the end token's position it is given."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -132,13 +134,45 @@ def test_texts_in_the_caption_layout_reach_the_model_with_their_end_positions(ev
     vision = dict(image_size=32, patch_size=8, dim=16, depth=1, num_heads=2, image_key="rgb")
     model = build_clip(8, vision=vision, text=text | {"eot_key": "caption_eot"}).eval()
     evaluator = ZeroShotClassification(
-        ImageSplit(str(eval_data["folder"]), split="val", image_size=32), tokenizer, templates=TEMPLATES,
-        context_length=8, text_key="caption_ids", text_eot_key="caption_eot", image_part="image_tower",
-        text_part="text_tower",
-    )  # fmt: skip
+        ImageSplit(str(eval_data["folder"]), split="val", image_size=32),
+        TextSide(tokenizer, context_length=8, key="caption_ids", eot_key="caption_eot", part="text_tower"),
+        ImageSide(part="image_tower"),
+        templates=TEMPLATES,
+    )
     prompts = ["a photo of two objects.", "a rendering of one object."]
     got = evaluator.text_embeddings(EvalContext(model, CPU), prompts)
     captions = CaptionEncoder(tokenizer, 8)(prompts)
     with torch.no_grad():
         direct = model({"caption_ids": captions["ids"], "caption_eot": captions["eot"]}, only="text_tower")
     torch.testing.assert_close(got, F.normalize(direct["text_embeds"], dim=-1))
+
+
+TEXT_SETTINGS = "text takes tokenizer, context_length, pad_id, key, mask_key, eot_key, embed_key, part"
+
+
+@pytest.mark.parametrize(
+    ("text", "image", "message"),
+    [
+        ({"tokenizer": "t.json", "eot": "caption_eot"}, None,
+            f"evaluators.zs: unknown key 'text.eot' — did you mean 'text.eot_key'? ({TEXT_SETTINGS})"),
+        ({"tokenizer": "t.json", "text_part": "text"}, None,
+            f"evaluators.zs: unknown key 'text.text_part' — did you mean 'text.part'? ({TEXT_SETTINGS})"),
+        ({"tokenizer": "t.json", "layout": "caption"}, None,
+            f"evaluators.zs: unknown key 'text.layout' ({TEXT_SETTINGS})"),
+        ({"context_length": 8}, None, f"evaluators.zs: missing key 'text.tokenizer' ({TEXT_SETTINGS})"),
+        ("t.json", None,
+            f"evaluators.zs: text: expected a mapping of TextSide's settings ({TEXT_SETTINGS}), got 't.json'"),
+        ({"tokenizer": "t.json"}, {"prat": "image"},
+            "evaluators.zs: unknown key 'image.prat' — did you mean 'image.part'? (image takes key, embed_key, part)"),
+    ],
+)  # fmt: skip
+def test_a_wrong_key_of_a_side_is_a_one_line_error_naming_the_allowed_ones(eval_data, text, image, message):
+    node = {
+        "_target_": "polymodal.train.evaluators.ZeroShotClassification",
+        "data": {"location": str(eval_data["folder"]), "split": "val", "image_size": 32},
+        "text": text,
+        **({"image": image} if image is not None else {}),
+    }
+    with pytest.raises(ConfigError) as error:
+        build_evaluators({"zs": node})
+    assert str(error.value) == message

@@ -77,10 +77,10 @@ def evaluators_of(data: dict[str, Path]) -> dict:
         "linear": LinearProbe(train, val, feature_key="features", part="image", sweep=sweep, extract_batch_size=4),
         "attentive": AttentiveProbe(train, val, feature_key="tokens", part="image", sweep=sweep, num_heads=2),
         "zero_shot": ZeroShotClassification(
-            val, tokenizer, templates=TEMPLATES, context_length=8,
-            image_part="image", text_part="text", batch_size=4,
+            val, {"tokenizer": tokenizer, "context_length": 8, "part": "text"}, {"part": "image"},
+            templates=TEMPLATES, batch_size=4,
         ),
         "retrieval": Retrieval(
-            captions, tokenizer, context_length=24, image_part="image", text_part="text", batch_size=4
+            captions, {"tokenizer": tokenizer, "context_length": 24, "part": "text"}, {"part": "image"}, batch_size=4
         ),
     }  # fmt: skip
