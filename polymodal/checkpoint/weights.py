@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import logging
 import re
@@ -57,19 +58,35 @@ def load_trained_model(path: str | Path, initial: bool = False) -> tuple[nn.Modu
 def initial_model(config: DictConfig) -> nn.Module:
     """The model a run of ``config`` starts from: built as the trainer builds it, from ``experiment.seed`` (on the
     meta device and initialised by ``initialize_weights()`` when ``experiment.distributed.meta_init`` is set)."""
-    from polymodal.checkpoint.rng import seed_everything
-    from polymodal.config import instantiate
-
     experiment = config.get("experiment") or {}
-    seed_everything(int(experiment.get("seed", 0)))
-    if not (experiment.get("distributed") or {}).get("meta_init", False):
-        return instantiate(config.model)
-    with torch.device("meta"):
-        model = instantiate(config.model)
-    model.to_empty(device="cpu")
+    meta_init = (experiment.get("distributed") or {}).get("meta_init", False)
+    model = build_seeded_model(config.model, int(experiment.get("seed", 0)), meta_init)
+    if meta_init:
+        materialise_model(model, torch.device("cpu"))
+    return model
+
+
+def build_seeded_model(model_config: Any, seed: int, meta_init: bool) -> nn.Module:
+    """``model_config`` instantiated right after seeding with ``seed`` (so every rank, and every rebuild of a run,
+    gets the same initial weights); with ``meta_init`` on the meta device, for :func:`materialise_model` once it is
+    placed (sharded)."""
+    from polymodal.checkpoint.rng import seed_everything
+    from polymodal.config import ConfigError, instantiate
+
+    seed_everything(seed)
+    with torch.device("meta") if meta_init else contextlib.nullcontext():
+        model: nn.Module = instantiate(model_config)
+    if meta_init and not hasattr(model, "initialize_weights"):
+        name = type(model).__name__
+        raise ConfigError(f"meta_init needs {name} to define initialize_weights() (see models/protocol.py)")
+    return model
+
+
+def materialise_model(model: nn.Module, device: torch.device) -> None:
+    """Allocate a meta-device model's tensors on ``device`` and fill them with its ``initialize_weights()``."""
+    model.to_empty(device=device)
     with torch.no_grad():
         model.initialize_weights()
-    return model
 
 
 def export_weights(model: nn.Module, out_dir: Path, config_yaml: str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import signal
 import time
 import zlib
@@ -24,13 +23,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.experimental import implicit_replication
 from torch.distributed.tensor.parallel import loss_parallel
 
 from polymodal.checkpoint.dcp import Checkpointer
 from polymodal.checkpoint.rng import seed_everything
-from polymodal.checkpoint.weights import load_pretrained
+from polymodal.checkpoint.weights import build_seeded_model, load_pretrained, materialise_model
 from polymodal.config import ConfigError, experiment_config, instantiate
 from polymodal.data.multimodal.loader import BAD_SAMPLES_KEY, merge_rank_states
 from polymodal.distributed.env import (
@@ -45,17 +43,21 @@ from polymodal.distributed.groups import set_data_parallel_group
 from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
+from polymodal.train.batches import batch_size, move_to_device
 from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 from polymodal.train.flop_count import StepFlopCounter
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
-from polymodal.train.mfu import device_peak_flops, mfu
+from polymodal.train.mfu import device_peak_flops
+from polymodal.train.micro_batches import micro_batch_mean, micro_batch_shares
+from polymodal.train.nonfinite import ForwardState, stop_reason
 from polymodal.train.optim import freeze_parameters
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import plan_for, split_sequence
 from polymodal.train.plots import plot_loss_curves
 from polymodal.train.preemption import StopSignals
+from polymodal.train.step_metrics import StepWindow, plain
 
 log = logging.getLogger("polymodal")
 
@@ -76,53 +78,6 @@ class Progress:
     skipped_steps: int = 0
 
 
-def _persistent_float_buffers(model: nn.Module) -> list[torch.Tensor]:
-    """The floating-point buffers a checkpoint keeps: the state a forward pass may update in place (EMA codebooks,
-    running statistics), which a non-finite step must not leave behind."""
-    persistent = set(model.state_dict(keep_vars=True))
-    return [buffer for name, buffer in model.named_buffers() if name in persistent and buffer.is_floating_point()]
-
-
-def move_to_device(batch: DataDict, device: torch.device) -> DataDict:
-    """The batch with every tensor on ``device``, also inside nested dicts (4M's ``{modality: {...}}``)."""
-    return {
-        k: v.to(device, non_blocking=True)
-        if isinstance(v, torch.Tensor)
-        else move_to_device(v, device)
-        if isinstance(v, dict)
-        else v
-        for k, v in batch.items()
-    }
-
-
-def _batch_size(batch: DataDict) -> int:
-    """Samples in a batch: the leading size of a top-level tensor, else of the first nested dict's (4M's
-    ``{modality: {"tensor", ...}}`` without a ``sample_id``)."""
-    for value in batch.values():
-        if isinstance(value, torch.Tensor):
-            return value.shape[0]
-    for value in batch.values():
-        if isinstance(value, dict):
-            return _batch_size(value)
-    raise ValueError(f"the batch holds no tensor to count samples from (keys: {sorted(batch)})")
-
-
-def _plain(value: torch.Tensor) -> torch.Tensor:
-    """A DTensor's full value as a plain tensor (statistics are logged and compared as plain tensors)."""
-    return value.full_tensor() if isinstance(value, DTensor) else value
-
-
-def _mean(values: list[torch.Tensor]) -> torch.Tensor:
-    """Mean of micro-batch values (no extra work for the common single micro-batch)."""
-    return values[0] if len(values) == 1 else torch.stack(values).float().mean()
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak RSS
-
-
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.exp = experiment_config(cfg)
@@ -135,7 +90,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.output_dir / "checkpoints", self.exp.keep_last, self.env)
         self.mesh = self._build_mesh()
         self.model, self.train_model = self._build_model(cfg)
-        self._forward_state = _persistent_float_buffers(self.model)
+        self._forward_state = ForwardState(self.model)
         seed_everything(self.exp.seed + self.env.rank)  # dropout and data-side randomness differ per rank
 
         dp_rank, dp_world = (self.mesh.dp_rank, self.mesh.dims.dp) if self.mesh else (0, 1)
@@ -191,14 +146,9 @@ class Trainer:
         meta_init = self.exp.distributed.meta_init
         sharded = self.exp.distributed.strategy != "ddp"  # FSDP and TP split the training state over the ranks
         check_training_state_fits(cfg.model, self.env.device, self.env.world_size if sharded else 1)
-        seed_everything(self.exp.seed)  # the same initial weights on every rank
-        with torch.device("meta") if meta_init else contextlib.nullcontext():
-            model: nn.Module = instantiate(cfg.model)
+        model = build_seeded_model(cfg.model, self.exp.seed, meta_init)  # the same initial weights on every rank
         if not meta_init:
             model.to(self.env.device)
-        elif not hasattr(model, "initialize_weights"):
-            name = type(model).__name__
-            raise ConfigError(f"meta_init needs {name} to define initialize_weights() (see models/protocol.py)")
         init = self.exp.init_from
         if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
             if meta_init:
@@ -210,9 +160,7 @@ class Trainer:
             raise ConfigError(f"experiment.freeze: {error}") from error
         model, train_model = parallelize(model, self.mesh, self.exp, self.env.device)
         if meta_init:
-            model.to_empty(device=self.env.device)
-            with torch.no_grad():
-                model.initialize_weights()
+            materialise_model(model, self.env.device)
         return model, train_model
 
     def _split_sequence(self, batch: DataDict) -> DataDict:
@@ -279,26 +227,11 @@ class Trainer:
             loss, metrics = call_block(self.objective, output, name="loss")
         return loss, metrics, output
 
-    def _shares(self, parts: list[DataDict]) -> list[torch.Tensor | float]:
-        """Each micro-batch's weight in the step relative to the mean over every micro-batch of every rank.
-
-        An objective that averages over a data-dependent number of units (``loss_weight(batch)``: e.g. the
-        labelled tokens of :class:`~polymodal.objectives.lm.NextTokenLoss`) has its loss and values scaled by
-        this share, so that the step's gradient and logged means are over all units of all micro-batches and
-        ranks alike — as one process with the whole global batch computes them — rather than a mean of
-        micro-batch means. Other objectives weigh every micro-batch alike (shares of 1)."""
-        weigh = getattr(self.objective, "loss_weight", None)
-        if weigh is None:
-            return [1.0] * len(parts)
-        weights = torch.stack([weigh(part).float() for part in parts])
-        mean = all_reduce_mean(weights.mean())  # TP peers count alike, so a mean over every rank is the data mean
-        return list(weights / mean.clamp_min(torch.finfo(torch.float32).tiny))
-
     def train_step(self) -> dict[str, torch.Tensor | float]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; tensors in the result stay on device."""
         exp = self.exp
         self.schedule.apply(self.optimizer, self.progress.step, exp.total_steps)
-        buffers_before = [buffer.clone() for buffer in self._forward_state]
+        forward_state_before = self._forward_state.snapshot()
         losses: list[torch.Tensor] = []
         values: dict[str, list[torch.Tensor]] = defaultdict(list)
         started = time.perf_counter()
@@ -308,28 +241,27 @@ class Trainer:
         counted = [self.flop_counter(batch) for batch in batches] if self.flop_counter is not None else []  # as loaded
         counting_s = time.perf_counter() - counting
         parts = [self._split_sequence(batch) for batch in batches]
-        for micro_step, (part, share) in enumerate(zip(parts, self._shares(parts), strict=True)):
+        for micro_step, (part, share) in enumerate(zip(parts, micro_batch_shares(self.objective, parts), strict=True)):
             sync = micro_step == exp.grad_accum_steps - 1
             with gradient_sync(self.train_model, enabled=sync), self._loss_context():
                 loss, metrics, _ = self.forward_loss(part)
                 (loss * share / exp.grad_accum_steps).backward()
-            losses.append(_plain(loss.detach()) * share)
+            losses.append(plain(loss.detach()) * share)
             for name, value in metrics.items():
-                values[name].append(_plain(value.detach()) * share)
-        samples = float(sum(_batch_size(batch) for batch in batches))
+                values[name].append(plain(value.detach()) * share)
+        samples = float(sum(batch_size(batch) for batch in batches))
         flops = self._step_flops(batches, counted)
 
-        stats: dict[str, torch.Tensor | float] = {"loss": _mean(losses)}
-        stats.update({name: _mean(micro) for name, micro in values.items()})
+        stats: dict[str, torch.Tensor | float] = {"loss": micro_batch_mean(losses)}
+        stats.update({name: micro_batch_mean(micro) for name, micro in values.items()})
         max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = _plain(grad_norm)
+        grad_norm = plain(grad_norm)
         finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
         if finite:
             self.optimizer.step()
         else:  # the forward's own updates (EMA codebooks, running statistics) saw the bad batch too: undo them
-            for buffer, before in zip(self._forward_state, buffers_before, strict=True):
-                buffer.copy_(before)
+            self._forward_state.restore(forward_state_before)
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.step += 1
         if not finite:
@@ -352,16 +284,17 @@ class Trainer:
         return float(sum(counted)) if counted and None not in counted else 0.0
 
     def _on_non_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        policy = self.exp.nonfinite
+        """Count a skipped update; stop (with a checkpoint of the last good state) when the policy says so."""
         self.progress.skipped_steps += 1
         what = (
             f"non-finite loss/gradient at step {self.progress.step} (loss={loss.item()}, grad_norm={grad_norm.item()})"
         )
-        if policy.policy == "skip" and self.progress.skipped_steps <= policy.max_skips:
-            log.warning("%s: update skipped (%d/%d allowed)", what, self.progress.skipped_steps, policy.max_skips)
+        reason = stop_reason(self.exp.nonfinite, self.progress.skipped_steps)
+        if reason is None:
+            allowed = self.exp.nonfinite.max_skips
+            log.warning("%s: update skipped (%d/%d allowed)", what, self.progress.skipped_steps, allowed)
             return
         checkpoint = self.save_checkpoint()
-        reason = "policy is 'stop'" if policy.policy == "stop" else f"more than {policy.max_skips} steps skipped"
         raise TrainingStopped(
             f"{what}; stopping because {reason}. The last good state is saved in {checkpoint}: lower the learning "
             f"rate, check the data, or raise experiment.nonfinite.max_skips, then resume."
@@ -381,9 +314,9 @@ class Trainer:
                     with checking_keys(self.exp.debug):
                         metrics = {**metrics, **call_block(self.metrics, output, name="metrics")[1]}
             share = weigh(part).float() if weigh is not None else torch.ones((), device=self.env.device)
-            sums["loss"] += _plain(loss).float() * share
+            sums["loss"] += plain(loss).float() * share
             for name, value in metrics.items():
-                sums[name] += _plain(value).float() * share
+                sums[name] += plain(value).float() * share
             batches, weight = batches + 1, weight + share
         self.train_model.train()
         if batches == 0:
@@ -446,19 +379,15 @@ class Trainer:
         last_val: dict[str, float] = {}
         last_eval: dict[str, float] = {}
         with run_logger, StopSignals() as stop:
-            window: dict[str, torch.Tensor | float] = defaultdict(float)
-            window_steps, window_start = 0, time.perf_counter()
+            window = StepWindow(self.env.device, self.dp_world, self.env.world_size, peak, tokens_per_sample)
             while self.progress.step < exp.total_steps:
-                for name, value in self.train_step().items():
-                    window[name] = window[name] + value
-                window_steps += 1
+                window.add(self.train_step())
                 step = self.progress.step
                 run_logger.advance(step)
                 if step % exp.log_every == 0 or step == exp.total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    last_train = self._summarise(window, window_steps, elapsed, peak, tokens_per_sample)
+                    last_train = self._summarise(window)
                     run_logger.log(step, "train", last_train)
-                    window, window_steps, window_start = defaultdict(float), 0, time.perf_counter()
+                    window.reset()
                 if step % exp.eval_every == 0 or step == exp.total_steps:
                     last_val = self.evaluate()
                     run_logger.log(step, "val", last_val)
@@ -514,43 +443,9 @@ class Trainer:
         why = received.name if received is not None else "a stop signal on another rank"
         raise TrainingPreempted(f"{why} at step {step}: checkpoint saved; run again (or requeue) to resume")
 
-    def _summarise(
-        self,
-        window: dict[str, torch.Tensor | float],
-        steps: int,
-        elapsed: float,
-        peak: float,
-        tokens_per_sample: int | None,
-    ) -> dict[str, float]:
-        """Turn a logging window's sums into the logged numbers: averaged over ranks, one host sync per window.
-
-        Samples and FLOPs are counted per data-parallel rank on the whole (unsplit) batch, so the global numbers
-        are the rank mean times the data-parallel world; MFU divides by every device, TP/CP peers included.
-        Tokens/s is logged only for token data, MFU only when the step's FLOPs are known (an analytic
-        ``train_flops``, else the FlopCounterMode twin): a 0 would read as a measurement. The time spent counting
-        FLOPs (the first step of each new batch shape) is not training time and is left out of the rates.
-        """
-        names = sorted(window)
-        stacked = torch.stack([torch.as_tensor(window[name], device=self.env.device).float() for name in names])
-        totals = dict(zip(names, all_reduce_mean(stacked).tolist(), strict=True))
-        world = self.env.world_size
-        samples = totals.pop("samples") * self.dp_world
-        flops = totals.pop("flops") * self.dp_world
-        data_wait = totals.pop("data_wait_s")
-        elapsed -= totals.pop("flop_counting_s")
-        lr = totals.pop("lr") / steps
-        summary = {name: value / steps for name, value in totals.items()}
-        summary.update(
-            lr=lr,
-            samples_per_s=samples / elapsed,
-            data_wait_fraction=data_wait / elapsed,
-            peak_memory_gb=_peak_memory_gb(self.env.device),
-            skipped_steps=float(self.progress.skipped_steps),
-        )
-        if tokens_per_sample is not None:
-            summary["tokens_per_s"] = samples * tokens_per_sample / elapsed
-        if flops:
-            summary["mfu"] = mfu(flops, elapsed, peak, num_devices=world)
+    def _summarise(self, window: StepWindow) -> dict[str, float]:
+        """The logging window's numbers, and the data's skipped samples when its loader counts them."""
+        summary = window.summary(self.progress.skipped_steps)
         if hasattr(self.data, "skip_counts"):
             summary["skipped_samples"] = self._skipped_samples()
         return summary

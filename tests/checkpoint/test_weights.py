@@ -1,8 +1,16 @@
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from polymodal.checkpoint.weights import export_weights, load_pretrained, tensor_aliases
+from polymodal.checkpoint.weights import (
+    build_seeded_model,
+    export_weights,
+    load_pretrained,
+    materialise_model,
+    tensor_aliases,
+)
+from polymodal.config import ConfigError
 
 
 class TiedModel(nn.Module):
@@ -76,3 +84,27 @@ def test_the_same_weights_export_to_the_same_bytes_in_separate_processes(tmp_pat
         subprocess.run([sys.executable, "-c", EXPORT_IN_A_FRESH_PROCESS, str(tmp_path / name)], check=True, timeout=120)
     exports = {path.read_bytes() for path in tmp_path.glob("*/model.safetensors")}
     assert len(list(tmp_path.glob("*/model.safetensors"))) == 8 and len(exports) == 1
+
+
+POOLING = OmegaConf.create({"_target_": "polymodal.models.pooling.AttentivePooling", "dim": 8, "num_heads": 2})
+
+
+@pytest.mark.parametrize("meta_init", [False, True])
+def test_seeded_builds_repeat_their_initial_weights(meta_init):
+    def build():
+        model = build_seeded_model(POOLING, seed=3, meta_init=meta_init)
+        if meta_init:
+            assert model.query.is_meta
+            materialise_model(model, torch.device("cpu"))
+        return model.state_dict()
+
+    first, second = build(), build()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert first["query"].abs().max() <= 0.04 and first["query"].std() > 0  # initialize_weights() filled it
+
+
+def test_meta_init_of_a_model_without_initialize_weights_is_a_config_error():
+    linear = OmegaConf.create({"_target_": "torch.nn.Linear", "in_features": 3, "out_features": 2})
+    with pytest.raises(ConfigError, match="meta_init needs Linear to define initialize_weights"):
+        build_seeded_model(linear, seed=0, meta_init=True)

@@ -17,7 +17,8 @@ from polymodal.tokenizers.image.quantizers import VectorQuantizer
 from polymodal.tokenizers.image.tokenizer import build_image_tokenizer
 from polymodal.tokenizers.text.bpe import save_tokenizer
 from polymodal.tokenizers.text.wordpiece import train_wordpiece
-from polymodal.train.trainer import Trainer, _batch_size
+from polymodal.train.batches import batch_size
+from polymodal.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[3]
 CONFIG = REPO / "configs" / "fourm" / "tiny.yaml"
@@ -117,7 +118,7 @@ def test_a_step_counts_samples_and_flops_of_the_nested_batch(world, tmp_path):
     batch = next(trainer.data.train)
     output = trainer.model(dict(batch))
     assert stats["flops"] > 0 and trainer.model.train_flops(output) > 0
-    assert _batch_size({"tok_rgb@64": batch["tok_rgb@64"]}) == BATCH  # no sample_id: read inside the modality
+    assert batch_size({"tok_rgb@64": batch["tok_rgb@64"]}) == BATCH  # no sample_id: read inside the modality
 
 
 def test_resume_repeats_the_uninterrupted_losses(world, tmp_path):
@@ -145,4 +146,4 @@ def test_resume_repeats_the_uninterrupted_losses(world, tmp_path):
 
 def test_batch_without_tensors_is_a_clear_error():
     with pytest.raises(ValueError, match="no tensor"):
-        _batch_size({"caption": {}, "name": "x"})
+        batch_size({"caption": {}, "name": "x"})
