@@ -118,6 +118,20 @@ def test_a_model_fake_tensors_cannot_run_is_reported_once_and_gets_no_count(capl
     assert len(warnings) == 1 and "ValueDependentNet" in warnings[0] and "train_flops" in warnings[0]
 
 
+# The short, quiet run every config below ends with.
+EXPERIMENT = """
+experiment:
+  output_dir: {out}
+  total_steps: 4
+  log_every: 2
+  eval_every: 4
+  eval_steps: 1
+  ckpt_every: 4
+  peak_flops: 1.0e11
+  tensorboard: false
+  wandb: {{enabled: false}}
+"""
+
 VIT = """
 defaults:
   - {repo}/configs/optim/adamw_cosine.yaml
@@ -161,16 +175,6 @@ data:
   image_size: 16
   batch_size: 4
   cache_dir: {root}/cache
-experiment:
-  output_dir: {out}
-  total_steps: 4
-  log_every: 2
-  eval_every: 4
-  eval_steps: 1
-  ckpt_every: 4
-  peak_flops: 1.0e11
-  tensorboard: false
-  wandb: {{enabled: false}}
 """
 
 VQ_TOKENIZER = """
@@ -187,19 +191,9 @@ constants:
   warmup_steps: 1
 data:
   cache_dir: {root}/cache
-experiment:
-  output_dir: {out}
-  total_steps: 4
-  log_every: 2
-  eval_every: 4
-  eval_steps: 1
-  ckpt_every: 4
-  peak_flops: 1.0e11
-  tensorboard: false
-  wandb: {{enabled: false}}
 """
 
-RECIPES = {"vit": VIT, "vq_tokenizer": VQ_TOKENIZER}
+RECIPES = {"vit": VIT + EXPERIMENT, "vq_tokenizer": VQ_TOKENIZER + EXPERIMENT}
 
 
 @pytest.fixture(scope="module")
