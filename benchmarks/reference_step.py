@@ -14,11 +14,20 @@
   model's arithmetic; ours also pays the selection (gathering the selected tokens, building the masks) and the
   chunked head loss.
 
-Both sides get a plain ``torch.optim.AdamW``; after ``--warmup`` untimed steps each, they alternate ours/theirs for
-``--rounds`` rounds (``timing.compare``). ``--compile``: ours compiles each transformer block (as
-``experiment.torch_compile`` does), theirs is ``torch.compile``-d whole.
+Both sides step a fused ``torch.optim.AdamW``: ours as the trainer builds it (``build_optimizer``, fused wherever
+torch has the kernels, the CPU included), theirs as the ``transformers`` Trainer's default (``adamw_torch_fused``
+on torch >= 2.8). After ``--warmup`` untimed steps each, they alternate ours/theirs for ``--rounds`` rounds
+(``timing.compare``). ``--compile``: ours compiles each transformer block (as ``experiment.torch_compile`` does),
+theirs is ``torch.compile``-d whole.
+
+``--profile`` then profiles ``--profile-steps`` steps of each side and splits their time by kernel: matrix
+multiplications, the attention kernels, and everything else (norms, activations, RoPE, the optimizer, copies).
+Both sides run the same matmuls and attention, so their time is a floor no implementation of the same
+arithmetic goes under: ``floor`` is that share of the reference's step, the best ratio an implementation with
+nothing else would reach.
 
     python benchmarks/reference_step.py --threads 1                   # both cases, eager
+    python benchmarks/reference_step.py --model llm --profile --threads 1
     python benchmarks/reference_step.py --model llm --compile --threads 1
 """
 
@@ -35,6 +44,7 @@ import torch.nn.functional as F
 from masking import build_masking, build_registry, synthetic_batch
 from timing import compare, parse_with_threads, start_measuring
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
 from polymodal.config.schema import ExperimentConfig
 from polymodal.families.fourm.loss import FourMLoss
@@ -42,9 +52,11 @@ from polymodal.families.fourm.model import SIZES, build_fourm
 from polymodal.families.fourm.model.fourm import FourM
 from polymodal.models.llm import build_llm
 from polymodal.objectives.lm import NextTokenLoss
+from polymodal.train.optim import build_optimizer
 from polymodal.train.parallel.parallelize import parallelize
 
 LR = 1e-4
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"})
 
 
 @dataclass
@@ -59,9 +71,7 @@ class Timed:
         return time.perf_counter() - start
 
 
-def training_step(params: Sequence[nn.Parameter], loss_of: Callable[[], Tensor]) -> Timed:
-    optimizer = torch.optim.AdamW(params, lr=LR)
-
+def training_step(optimizer: torch.optim.Optimizer, loss_of: Callable[[], Tensor]) -> Timed:
     def step() -> Tensor:
         loss = loss_of()
         loss.backward()
@@ -70,6 +80,16 @@ def training_step(params: Sequence[nn.Parameter], loss_of: Callable[[], Tensor])
         return loss.detach()
 
     return Timed(step)
+
+
+def our_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """The trainer's AdamW (``build_optimizer``: fused where torch has the kernels)."""
+    return build_optimizer(model, lr=LR)
+
+
+def their_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """The ``transformers`` Trainer's default AdamW on torch >= 2.8 (``adamw_torch_fused``)."""
+    return torch.optim.AdamW(model.parameters(), lr=LR, fused=True)
 
 
 def parameter_count(model: nn.Module) -> int:
@@ -115,9 +135,9 @@ def llm_sides(args: argparse.Namespace) -> tuple[Timed, Timed, str]:
         f"ours {parameter_count(ours):,} params, transformers Llama {parameter_count(theirs):,} params"
     )
     return (
-        training_step(list(ours.parameters()), lambda: objective(ours_run(dict(batch)))[0]),
+        training_step(our_optimizer(ours), lambda: objective(ours_run(dict(batch)))[0]),
         training_step(
-            list(theirs.parameters()), lambda: theirs_run(input_ids=inputs, labels=targets, shift_labels=targets).loss
+            their_optimizer(theirs), lambda: theirs_run(input_ids=inputs, labels=targets, shift_labels=targets).loss
         ),
         what,
     )
@@ -230,16 +250,52 @@ def fourm_sides(args: argparse.Namespace) -> tuple[Timed, Timed, str]:
         f"params, plain {parameter_count(plain):,} params (ours adds the modality embeddings and the mask token)"
     )
     return (
-        training_step(list(ours.parameters()), lambda: objective(ours_run(dict(masked)))[0]),
-        training_step(list(plain.parameters()), lambda: plain_run(layout)),
+        training_step(our_optimizer(ours), lambda: objective(ours_run(dict(masked)))[0]),
+        training_step(their_optimizer(plain), lambda: plain_run(layout)),
         what,
     )
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Seconds per step in matmuls, in attention kernels and in everything else (profiler self times)."""
+
+    matmul_s: float
+    attention_s: float
+    other_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.matmul_s + self.attention_s + self.other_s
+
+
+def time_split(side: Timed, steps: int) -> TimeSplit:
+    """Profile ``steps`` steps of ``side`` and split the self time of every op into the three kinds."""
+    with profile(
+        activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])]
+    ) as prof:
+        for _ in range(steps):
+            side.step()
+    seconds = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        kind = "matmul" if event.key in MATMUL_OPS else "attention" if "attention" in event.key else "other"
+        seconds[kind] += event.self_cpu_time_total / 1e6 / steps
+    return TimeSplit(seconds["matmul"], seconds["attention"], seconds["other"])
+
+
+def print_splits(labels: tuple[str, str], ours: TimeSplit, theirs: TimeSplit) -> None:
+    print(f"  {'profiled, s per step':30}{'matmul':>9}{'attn':>9}{'other':>9}{'total':>9}")
+    for label, split in zip(labels, (ours, theirs), strict=True):
+        print(f"  {label:30}{split.matmul_s:9.3f}{split.attention_s:9.3f}{split.other_s:9.3f}{split.total_s:9.3f}")
+    floor = (theirs.matmul_s + theirs.attention_s) / theirs.total_s
+    print(f"  {'floor (matmul+attn of theirs)':30}{floor:9.2f}  the best ratio with nothing else", flush=True)
 
 
 @dataclass
 class Result:
     ours_s: list[float]
     theirs_s: list[float]
+    splits: tuple[TimeSplit, TimeSplit] | None = None
 
     @property
     def ratio(self) -> float:
@@ -259,6 +315,9 @@ def measure(case: str, args: argparse.Namespace) -> Result:
     result = Result(timings.ours_s, timings.baseline_s)
     best = min(result.ours_s) / min(result.theirs_s)
     print(f"  {'ratio ours/theirs':30}{result.ratio:9.2f}{best:9.2f}", flush=True)
+    if args.profile:
+        result.splits = (time_split(ours, args.profile_steps), time_split(theirs, args.profile_steps))
+        print_splits(labels, *result.splits)
     return result
 
 
@@ -268,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Result]:
     parser.add_argument("--rounds", type=int, default=10, help="timed steps per side")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per side first (compilation happens here)")
     parser.add_argument("--compile", action="store_true", help="ours per-block torch.compile, theirs whole")
+    parser.add_argument("--profile", action="store_true", help="then split each side's step time by kernel kind")
+    parser.add_argument("--profile-steps", type=int, default=2, help="profiled steps per side")
     llm = parser.add_argument_group("--model llm")
     llm.add_argument("--dim", type=int, default=512)
     llm.add_argument("--depth", type=int, default=8)
@@ -281,7 +342,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Result]:
     fourm.add_argument("--fourm-batch", type=int, default=8)
     fourm.add_argument("--tokens", type=int, default=128, help="input and target tokens per sample")
     fourm.add_argument("--seq-tokens", type=int, default=64, help="max_tokens of caption and det")
-    positive = ("rounds", "dim", "depth", "heads", "seq_len", "batch", "vocab", "fourm_batch", "tokens", "seq_tokens")
+    positive = (
+        "rounds",
+        "profile_steps",
+        "dim",
+        "depth",
+        "heads",
+        "seq_len",
+        "batch",
+        "vocab",
+        "fourm_batch",
+        "tokens",
+        "seq_tokens",
+    )
     args = parse_with_threads(parser, argv, positive)
     start_measuring(args.threads)
     cases = ("llm", "fourm") if args.model == "both" else (args.model,)

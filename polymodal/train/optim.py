@@ -188,15 +188,14 @@ def _lr_scale_of(info: _ParamInfo, lr_scales: Mapping[str, float]) -> float:
 
 
 def _fused_by_default(params: list[nn.Parameter]) -> bool:
-    """Fused AdamW only when every parameter is a floating tensor on one accelerator with fused kernels."""
+    """Fused AdamW when every parameter is a floating tensor on one device type with fused kernels (the CPU
+    included: there the fused step is ~4-5x faster than the foreach one, benchmarks/reference_step.py)."""
     device_types = {param.device.type for param in params}
     if len(device_types) != 1:
         return False
     (device_type,) = device_types
-    return (
-        device_type != "cpu"
-        and device_type in _get_fused_kernels_supported_devices()
-        and all(torch.is_floating_point(param) for param in params)
+    return device_type in _get_fused_kernels_supported_devices() and all(
+        torch.is_floating_point(param) for param in params
     )
 
 
@@ -219,7 +218,7 @@ def build_optimizer(
     Parameters that do not require grad are left out. Every ``lr_scales`` and ``layer_embeddings`` pattern must
     match some parameter (typo protection). ``layer_decay`` in (0, 1] turns on layer-wise lr decay over the blocks
     of ``layer_blocks`` (module docstring). ``fused=None`` picks fused kernels when all parameters sit on one
-    accelerator that supports them.
+    device type that has them (CPU, CUDA, ...).
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")

@@ -33,3 +33,15 @@ def test_plain_fourm_step_gives_a_finite_loss_that_falls(benchmark, restore_thre
     _, plain, _ = benchmark.fourm_sides(args)
     losses = [plain.step().item() for _ in range(4)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_profile_splits_each_side_into_matmul_attention_and_other(benchmark, capsys, restore_threads):
+    argv = [*TINY[: TINY.index("--fourm-dim")], "--rounds", "1", "--warmup", "1", "--threads", "1"]
+    results = benchmark.main(["--model", "llm", "--profile", "--profile-steps", "1", *argv])
+    output = capsys.readouterr().out
+    ours, theirs = results["llm"].splits
+    for split in (ours, theirs):
+        assert split.matmul_s > 0 and split.attention_s > 0 and split.other_s > 0
+        assert split.total_s == split.matmul_s + split.attention_s + split.other_s
+    floor = re.search(r"floor \(matmul\+attn of theirs\)\s+(\d\.\d\d)", output)
+    assert floor and float(floor[1]) == round((theirs.matmul_s + theirs.attention_s) / theirs.total_s, 2)

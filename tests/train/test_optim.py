@@ -167,9 +167,19 @@ def test_model_without_parameters_raises():
         build_optimizer(nn.ReLU(), lr=1e-3)
 
 
-def test_cpu_does_not_default_to_fused():
-    optimizer = build_optimizer(TinyModel(), lr=1e-3)
-    assert not optimizer.defaults["fused"]
+def test_cpu_defaults_to_fused_and_steps_like_foreach():
+    fused_model, foreach_model = TinyModel(), TinyModel()
+    foreach_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, lr=1e-2)
+    foreach = build_optimizer(foreach_model, lr=1e-2, foreach=True)
+    assert fused.defaults["fused"] and not foreach.defaults["fused"]
+    for step in range(3):
+        for model, optimizer in ((fused_model, fused), (foreach_model, foreach)):
+            sum((param.sin() * (step + 1)).sum() for param in model.parameters()).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for (name, a), b in zip(fused_model.named_parameters(), foreach_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_hydra_partial_construction():
