@@ -16,11 +16,11 @@ from torch import nn
 
 from polymodal.models.layers.block import Transformer
 from polymodal.models.layers.mask_rules import (
-    ATTENTION_IMPLS,
     AttentionImpl,
     CausalMask,
     DocumentCausalRule,
     PrefixCausalRule,
+    check_attention_impl,
     one_document_per_row,
     resolve_mask,
 )
@@ -116,12 +116,10 @@ class TransformerTrunk(ReadWriteBlock):
     ):
         reads = [read_key] + [key for key in (mask_key, position_key, cache_key) if key is not None]
         super().__init__(reads, write_key)
-        if attention not in ATTENTION_IMPLS:
-            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
         self.transformer = transformer
         self.mask_key, self.position_key, self.is_causal = mask_key, position_key, is_causal
         self.cache_key = cache_key
-        self.attention = attention
+        self.attention = check_attention_impl(attention)
 
     @property
     def depth(self) -> int:

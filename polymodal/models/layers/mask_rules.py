@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from polymodal.models.layers.masks import document_mask, prefix_causal_mask
 
 AttentionImpl = Literal["sdpa", "flex"]
 ATTENTION_IMPLS: tuple[AttentionImpl, ...] = ("sdpa", "flex")
+
 FLEX_BLOCK_SIZE = 128  # FlexAttention's default block (tokens per side of one block of the block mask)
 
 MaskMod: TypeAlias = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (sample, head, query, key) -> may attend
@@ -135,14 +136,20 @@ def flex_block_mask(rule: MaskRule, is_causal: bool = False) -> BlockMask:
 AttentionMask: TypeAlias = Tensor | CausalMask | BlockMask | None
 
 
+def check_attention_impl(attention: str) -> AttentionImpl:
+    """``attention`` if it names a kernel rule masks can run on (:data:`ATTENTION_IMPLS`), else a clear error."""
+    if attention not in ATTENTION_IMPLS:
+        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+    return cast(AttentionImpl, attention)
+
+
 def resolve_mask(
     mask: Tensor | CausalMask | MaskRule | None, attention: AttentionImpl, is_causal: bool
 ) -> tuple[AttentionMask, bool]:
     """The mask and ``is_causal`` a transformer's blocks get, built once per forward pass: a rule becomes a
     FlexAttention block mask (``attention="flex"``, ``is_causal`` folded into it) or its dense bool mask
     (``"sdpa"``); anything else is passed on as it is."""
-    if attention not in ATTENTION_IMPLS:
-        raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+    check_attention_impl(attention)
     if not isinstance(mask, MaskRule):
         return mask, is_causal
     if attention == "flex":

@@ -43,7 +43,7 @@ from polymodal.families.fourm.model.flops import FourMMatmuls, fourm_train_flops
 from polymodal.models.layers.attention import Attention
 from polymodal.models.layers.block import Transformer, TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttention, CrossAttentionBlock, CrossAttentionTransformer
-from polymodal.models.layers.mask_rules import ATTENTION_IMPLS, AttentionImpl, MaskMod, MaskRule, resolve_mask
+from polymodal.models.layers.mask_rules import AttentionImpl, MaskMod, MaskRule, check_attention_impl, resolve_mask
 from polymodal.models.layers.masks import padding_mask
 from polymodal.models.layers.mlp import MLP, SwiGLU
 from polymodal.models.layers.norm import LayerNorm
@@ -187,8 +187,7 @@ class FourM(ReadWriteBlock):
         loss_key: str = "token_loss",
         attention: AttentionImpl = "sdpa",
     ) -> None:
-        if attention not in ATTENTION_IMPLS:
-            raise ValueError(f"attention must be one of {ATTENTION_IMPLS}, got {attention!r}")
+        check_attention_impl(attention)
         if mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {mlp!r}")
         if activation not in ACTIVATIONS:
