@@ -6,23 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_configs import experiment_block, optim_header
 
 from polymodal.config import load_config
 from polymodal.data.synth.writers import write_shards
 from polymodal.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[2]
-
-CONFIG = """
-defaults:
-  - {repo}/configs/optim/adamw_cosine.yaml
-constants:
-  lr: 2.0e-3
-  warmup_steps: 2
-  image_size: 16
-  patch_size: 4
-  num_patches: 16
-  dim: 32
+MODEL_AND_DATA = """
 model:
   _target_: polymodal.models.meta.MetaModel
   preprocessor:
@@ -67,21 +57,14 @@ data:
   cache_dir: {root}/cache
   batch_transform: {{_target_: polymodal.data.multimodal.prefix.RandomPrefixLengths, num_patches: 16}}
   eval_batch_transform: {{_target_: polymodal.data.multimodal.prefix.FixedPrefixLengths, length: 1}}
-experiment:
-  output_dir: {out}
-  total_steps: 6
-  log_every: 1
-  eval_every: 3
-  eval_steps: 2
-  ckpt_every: 3
-  tensorboard: false
-  wandb: {{enabled: false}}
 """
 
 
 def write_config(tmp_path: Path, root: Path, name: str) -> Path:
     config = tmp_path / f"{name}.yaml"
-    config.write_text(CONFIG.format(repo=REPO, root=root, out=tmp_path / name))
+    header = optim_header(lr=2.0e-3, image_size=16, patch_size=4, num_patches=16, dim=32)
+    experiment = experiment_block(tmp_path / name, total_steps=6, log_every=1, eval_every=3, eval_steps=2, ckpt_every=3)
+    config.write_text(header + MODEL_AND_DATA.format(root=root) + experiment)
     return config
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from parallel_runs import torchrun
 from torch import nn
+from trainer_configs import REPO, experiment_block, optim_header
 
 from polymodal.config import load_config
 from polymodal.data.synth.writers import write_shards
@@ -19,8 +20,6 @@ from polymodal.models.llm import build_llm
 from polymodal.models.meta import ModuleBlock
 from polymodal.train.flop_count import StepFlopCounter, flop_counter, shape_signature
 from polymodal.train.trainer import Trainer
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def llm() -> nn.Module:
@@ -118,26 +117,7 @@ def test_a_model_fake_tensors_cannot_run_is_reported_once_and_gets_no_count(capl
     assert len(warnings) == 1 and "ValueDependentNet" in warnings[0] and "train_flops" in warnings[0]
 
 
-# The short, quiet run every config below ends with.
-EXPERIMENT = """
-experiment:
-  output_dir: {out}
-  total_steps: 4
-  log_every: 2
-  eval_every: 4
-  eval_steps: 1
-  ckpt_every: 4
-  peak_flops: 1.0e11
-  tensorboard: false
-  wandb: {{enabled: false}}
-"""
-
 VIT = """
-defaults:
-  - {repo}/configs/optim/adamw_cosine.yaml
-constants:
-  lr: 3.0e-3
-  warmup_steps: 2
 model:
   _target_: polymodal.models.meta.MetaModel
   preprocessor:
@@ -193,7 +173,7 @@ data:
   cache_dir: {root}/cache
 """
 
-RECIPES = {"vit": VIT + EXPERIMENT, "vq_tokenizer": VQ_TOKENIZER + EXPERIMENT}
+RECIPES = {"vit": optim_header() + VIT, "vq_tokenizer": VQ_TOKENIZER}
 
 
 @pytest.fixture(scope="module")
@@ -203,10 +183,18 @@ def scenes(tmp_path_factory) -> Path:
     return root
 
 
-def trainer(recipe: str, root: Path, out: Path, *overrides: str) -> Trainer:
+def write_config(recipe: str, root: Path, out: Path) -> Path:
+    """``recipe`` reading the scenes in ``root``, as a short, quiet run writing to ``out``."""
     config = out.with_suffix(".yaml")
-    config.write_text(RECIPES[recipe].format(repo=REPO, root=root, out=out))
-    return Trainer(load_config(config, overrides))
+    experiment = experiment_block(
+        out, total_steps=4, log_every=2, eval_every=4, eval_steps=1, ckpt_every=4, peak_flops=1.0e11
+    )
+    config.write_text(RECIPES[recipe].format(repo=REPO, root=root) + experiment)
+    return config
+
+
+def trainer(recipe: str, root: Path, out: Path, *overrides: str) -> Trainer:
+    return Trainer(load_config(write_config(recipe, root, out), overrides))
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -248,10 +236,8 @@ def test_two_ranks_count_and_log_mfu(recipe, strategy, scenes, tmp_path):
     """Under DDP (the VQ's forward all-reduces its codebook statistics) and FSDP2 the twin, in eval mode, runs no
     collective: both ranks count, train and log MFU."""
     out = tmp_path / recipe
-    config = out.with_suffix(".yaml")
-    config.write_text(RECIPES[recipe].format(repo=REPO, root=scenes, out=out))
-    torchrun(2, config, "constants.batch_size=2" if recipe == "vq_tokenizer" else "data.batch_size=2",
-             f"experiment.distributed.strategy={strategy}")  # fmt: skip
+    batch_size = "constants.batch_size=2" if recipe == "vq_tokenizer" else "data.batch_size=2"
+    torchrun(2, write_config(recipe, scenes, out), batch_size, f"experiment.distributed.strategy={strategy}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train = [row for row in rows if row["split"] == "train"]
     assert [row["step"] for row in train] == [2, 4] and all(0 < row["mfu"] < 1 for row in train)

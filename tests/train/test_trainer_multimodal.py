@@ -7,20 +7,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from trainer_configs import experiment_block, optim_header
 
 from polymodal.config import load_config
 from polymodal.data.synth.writers import write_shards
 from polymodal.objectives.classification import ClassificationLoss
 from polymodal.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[2]
-
-CONFIG = """
-defaults:
-  - {repo}/configs/optim/adamw_cosine.yaml
-constants:
-  lr: 3.0e-3
-  warmup_steps: 2
+MODEL_AND_DATA = """
 model:
   _target_: polymodal.models.meta.ModuleBlock
   read_keys: rgb
@@ -43,16 +37,6 @@ data:
   image_size: 32
   batch_size: 4
   cache_dir: {root}/cache
-experiment:
-  output_dir: {out}
-  total_steps: 6
-  log_every: 1
-  eval_every: 3
-  eval_steps: 2
-  ckpt_every: 3
-  peak_flops: 1.0e11
-  tensorboard: false
-  wandb: {{enabled: false}}
 """
 
 
@@ -67,7 +51,10 @@ def corrupt_member(tar_path, member_name: str) -> None:
 
 def write_config(tmp_path, root, name: str) -> Path:
     config = tmp_path / f"{name}.yaml"
-    config.write_text(CONFIG.format(repo=REPO, root=root, out=tmp_path / name))
+    experiment = experiment_block(
+        tmp_path / name, total_steps=6, log_every=1, eval_every=3, eval_steps=2, ckpt_every=3, peak_flops=1.0e11
+    )
+    config.write_text(optim_header() + MODEL_AND_DATA.format(root=root) + experiment)
     return config
 
 

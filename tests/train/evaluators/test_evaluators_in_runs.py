@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_configs import experiment_block, optim_header
 
 from polymodal import cli
 from polymodal.checkpoint.weights import load_trained_model
@@ -14,14 +15,7 @@ from polymodal.runs import load_run
 from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 from polymodal.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[3]
-
-CONFIG = """
-defaults:
-  - {repo}/configs/optim/adamw_cosine.yaml
-constants:
-  lr: 3.0e-3
-  warmup_steps: 2
+MODEL_AND_DATA = """
 model:
   _target_: polymodal.models.meta.MetaModel
   preprocessor:
@@ -46,15 +40,9 @@ data:
   modalities: [rgb, label]
   image_size: 32
   batch_size: 4
-experiment:
-  output_dir: {out}
-  total_steps: 4
-  log_every: 2
-  eval_every: 2
-  eval_steps: 1
-  ckpt_every: 4
-  tensorboard: false
-  wandb: {{enabled: false}}
+"""
+
+EVALUATORS = """
 evaluators:
   linear_probe:
     _target_: polymodal.train.evaluators.LinearProbe
@@ -66,7 +54,10 @@ evaluators:
 
 
 def write_config(directory: Path, folder: Path, *replacements: tuple[str, str]) -> Path:
-    text = CONFIG.format(repo=REPO, folder=folder, out=directory / "run")
+    experiment = experiment_block(
+        directory / "run", total_steps=4, log_every=2, eval_every=2, eval_steps=1, ckpt_every=4
+    )
+    text = optim_header() + MODEL_AND_DATA.format(folder=folder) + experiment + EVALUATORS.format(folder=folder)
     for old, new in replacements:
         assert old in text
         text = text.replace(old, new)
