@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from timing import Comparison, compare, platform_line, rate_table
+from timing import Comparison, compare, measuring, parse_with_threads, rate_table
 from torch import Tensor, nn
 
 from polymodal.families.lumina.generate.sampler import FIRST_TEXT_ID, GuidedDecoder, classifier_free_guidance
@@ -148,28 +148,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=256, help="image codes drawn per row")
     parser.add_argument("--cfg-scale", type=float, default=4.0, help="guidance scale")
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per comparison")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads during the run")
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "prompt_tokens", "new_tokens", "rounds", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    return args
+    return parse_with_threads(parser, argv, ("batch_size", "prompt_tokens", "new_tokens", "rounds"), default_threads=1)
 
 
 def main(argv: Sequence[str] | None = None) -> Results:
     """Run both comparisons with ``--threads`` torch threads, print the report and return the measurements."""
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        with torch.inference_mode():
-            return run(args)
-    finally:
-        torch.set_num_threads(threads)
+    with measuring(args.threads), torch.inference_mode():
+        return run(args)
 
 
 def run(args: argparse.Namespace) -> Results:
-    print(platform_line(), flush=True)
     model = build_model()
     cond, uncond = prompts(args.batch_size, args.prompt_tokens)
     new, tokens = args.new_tokens, args.batch_size * args.new_tokens

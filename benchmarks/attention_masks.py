@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from timing import compare, parse_with_threads, start_measuring
+from timing import compare, measuring, parse_with_threads
 from torch import Tensor
 
 from polymodal.models.layers.mask_rules import FLEX_BLOCK_SIZE, one_document_per_row
@@ -201,12 +201,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Result:
     """Run both sides with ``--threads`` torch threads, print the report and return the measurements."""
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    start_measuring(args.threads)
-    try:
+    with measuring(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

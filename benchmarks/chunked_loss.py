@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from masking import build_masking, build_registry, synthetic_batch
-from timing import compare, platform_line
+from timing import compare, measuring, parse_with_threads
 from torch import Tensor
 from torch.profiler import ProfilerActivity, profile
 
@@ -213,7 +213,6 @@ def build_fourm_sides(args: argparse.Namespace, device: torch.device) -> tuple[S
 
 def run(args: argparse.Namespace) -> Result:
     device = torch.device(args.device)
-    print(platform_line(), flush=True)
     chunked, full, what = (build_fourm_sides if args.model == "fourm" else build_lm)(args, device)
     print(what, flush=True)
     ours, theirs = chunked.outputs(), full.outputs()  # also the warm-up step of each
@@ -256,9 +255,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     fourm.add_argument("--tokens", type=int, default=128, help="input and target tokens per sample")
     fourm.add_argument("--seq-tokens", type=int, default=256, help="max_tokens of caption and det")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    args = parse_with_threads(parser, argv, ())
     if args.model == "lm" and args.dim is None:
         args.dim = 512
     if args.positions % args.seq_len:
@@ -269,12 +267,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Result:
     """Run both sides with ``--threads`` torch threads, print the report and return the measurements."""
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads or threads)
-    try:
+    with measuring(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

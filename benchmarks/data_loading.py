@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import webdataset as wds
-from timing import Comparison, compare, platform_line, rate_table
+from timing import Comparison, check_at_least, compare, platform_line, rate_table
 from webdataset.tariterators import tarfile_samples
 
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, collate_with_absent
@@ -311,12 +311,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also print the top N functions of a cProfile of ours at workers=0",
     )
     args = parser.parse_args(argv)
-    for name in ("samples", "samples_per_shard", "size", "batch_size", "rounds", "batches"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("warmup", "resume_batch", "profile"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    check_at_least(parser, args, ("samples", "samples_per_shard", "size", "batch_size", "rounds", "batches"))
+    check_at_least(parser, args, ("warmup", "resume_batch", "profile"), minimum=0)
     if any(w < 0 for w in args.workers):
         parser.error(f"--workers must all be >= 0, got {args.workers}")
     return args

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from timing import Comparison, compare, platform_line, rate_table
+from timing import Comparison, compare, measuring, parse_with_threads, rate_table
 
 from polymodal.families.fourm.masking.alphas import DirichletMixture
 from polymodal.families.fourm.masking.budgets import TokenBudgets
@@ -252,28 +252,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seq-tokens", type=int, default=40, help="max_tokens of caption and det")
     parser.add_argument("--rounds", type=int, default=5, help="A/B rounds")
     parser.add_argument("--batches", type=int, default=4, help="timed batches per side and round")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads during the run")
     parser.add_argument("--t5-caption", action="store_true", help="add t5_caption (77 x 4096 float32, seq_emb)")
-    args = parser.parse_args(argv)
-    for name in ("batch_size", "tokens", "seq_tokens", "rounds", "batches", "threads"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    return args
+    positive = ("batch_size", "tokens", "seq_tokens", "rounds", "batches")
+    return parse_with_threads(parser, argv, positive, default_threads=1)
 
 
 def main(argv: Sequence[str] | None = None) -> Comparison:
     """Run the A/B rounds with ``--threads`` torch threads, print the report and return the measurements."""
     args = parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with measuring(args.threads):
         return run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> Comparison:
-    print(platform_line(), flush=True)
     registry = build_registry(args.seq_tokens, args.t5_caption)
     masking = build_masking(registry, args.tokens)
     raw = synthetic_batch(registry, args.batch_size, SEED)

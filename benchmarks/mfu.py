@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-from timing import parse_with_threads, start_measuring
+from timing import measuring, parse_with_threads
 
 from polymodal.config import load_config
 from polymodal.data.synth.texts import synthetic_scene_texts
@@ -170,7 +170,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> list[CaseResult]:
     args = parse_args(argv)
-    start_measuring(args.threads)
+    with measuring(args.threads):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> list[CaseResult]:
     results = []
     print(f"  {'case':12}{'GFLOP/s':>12}{'peak GF/s':>12}{'MFU':>8}{'samples/s':>10}{'tok/s':>10}{'wall s':>8}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from image_codes import SEED, TIE_TOLERANCE, assignment_gaps, build_tokenizer, codes_line
-from timing import alternate, parse_with_threads, rate_table, start_measuring
+from timing import alternate, measuring, parse_with_threads, rate_table
 
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.writers import write_shards
@@ -161,7 +161,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> EncodingResult:
     """Measure both sides and the end-to-end run, print the report and return the measurements."""
     args = parse_args(argv)
-    start_measuring(args.threads)
+    with measuring(args.threads):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> EncodingResult:
     tokenizer, image_size = build_tokenizer()
     crops = render_crops(args.images, image_size)
     batched_s, single_s, batched_codes, single_codes = measure_encoding(tokenizer, crops, args.batch_size, args.rounds)

@@ -37,7 +37,7 @@ import numpy as np
 from image_codes import CONFIG, SEED, TIE_TOLERANCE, assignment_gaps, build_tokenizer, codes_line
 from omegaconf import OmegaConf
 from PIL import Image
-from timing import alternate, parse_with_threads, rate_table, start_measuring
+from timing import alternate, measuring, parse_with_threads, rate_table
 
 from polymodal.checkpoint.weights import export_weights
 from polymodal.config import load_config
@@ -309,7 +309,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> LuminaResult:
     """Measure both sides over a fresh corpus, print the report and return the measurements."""
     args = parse_args(argv)
-    start_measuring(args.threads)
+    with measuring(args.threads):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> LuminaResult:
     with tempfile.TemporaryDirectory(prefix="pretokenize-lumina-") as scratch:
         inputs = lumina_inputs(Path(scratch) / "inputs", args.samples, args.target_size)
         result = measure_lumina(inputs, Path(scratch), args.batch_size, args.workers, args.rounds)

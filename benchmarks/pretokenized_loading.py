@@ -50,7 +50,7 @@ from pretokenize_lumina import (
     save_upstream_item,
     save_upstream_records,
 )
-from timing import compare, platform_line, rate_table
+from timing import check_at_least, compare, platform_line, rate_table
 
 from polymodal.families.lumina.records import MANIFEST, RecordSet
 
@@ -225,13 +225,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"also print the top N functions of a cProfile of ours ({PROFILE_PASSES} passes)",
     )
     args = parser.parse_args(argv)
-    for name in ("samples", "target_size", "rounds", "passes", "workers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_at_least(parser, args, ("samples", "target_size", "rounds", "passes", "workers"))
     if args.target_size % 16:
         parser.error(f"--target-size must be a multiple of 16 (the corpus's image sides), got {args.target_size}")
-    if args.profile < 0:
-        parser.error(f"--profile must be >= 0, got {args.profile}")
+    check_at_least(parser, args, ("profile",), minimum=0)
     return args
 
 

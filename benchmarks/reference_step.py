@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from masking import build_masking, build_registry, synthetic_batch
-from timing import compare, parse_with_threads, start_measuring
+from timing import compare, measuring, parse_with_threads
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -356,9 +356,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Result]:
         "seq_tokens",
     )
     args = parse_with_threads(parser, argv, positive)
-    start_measuring(args.threads)
-    cases = ("llm", "fourm") if args.model == "both" else (args.model,)
-    return {case: measure(case, args) for case in cases}
+    with measuring(args.threads):
+        cases = ("llm", "fourm") if args.model == "both" else (args.model,)
+        return {case: measure(case, args) for case in cases}
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """What the A/B benchmarks share: alternating two sides round by round, the rate table, the platform line and the
-``--threads`` option (:func:`parse_with_threads`, :func:`start_measuring`).
+``--threads`` option and its thread count while measuring (:func:`parse_with_threads`, :func:`measuring`).
 
 The scripts import it as a sibling (``from timing import ...``): ``python benchmarks/<script>.py`` puts this
 folder first on ``sys.path``.
@@ -11,7 +11,8 @@ import argparse
 import os
 import platform
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -94,27 +95,47 @@ def platform_line(*versions: str) -> str:
     )
 
 
+def check_at_least(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str], minimum: int = 1
+) -> None:
+    """A parser error unless each option named in ``names`` (as attributes: ``batch_size``) is at least ``minimum``
+    (an option left at None passes)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 def parse_with_threads(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, positive: Sequence[str]
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    positive: Sequence[str],
+    default_threads: int | None = None,
 ) -> argparse.Namespace:
-    """``argv`` parsed by ``parser`` with a ``--threads`` option added (see :func:`start_measuring`); the options
-    named in ``positive`` (as attributes: ``batch_size``) and ``--threads``, when given, must be at least 1."""
+    """``argv`` parsed by ``parser`` with a ``--threads`` option added (see :func:`measuring`; default
+    ``default_threads``, None: torch's own choice); the options named in ``positive`` and ``--threads`` must be at
+    least 1."""
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch.set_num_threads before measuring (default: torch's own choice); 1 on a busy box",
+        default=default_threads,
+        help="torch.set_num_threads while measuring (unset: torch's own choice); 1 on a busy box avoids the "
+        "scheduler stalls that make every multi-threaded op cost a time slice",
     )
     args = parser.parse_args(argv)
-    for name in (*positive, "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    check_at_least(parser, args, (*positive, "threads"))
     return args
 
 
-def start_measuring(threads: int | None) -> None:
-    """Before measuring: ``torch.set_num_threads(threads)`` (None: torch's own choice), then print the platform line."""
+@contextmanager
+def measuring(threads: int | None, *versions: str) -> Iterator[None]:
+    """While measuring: ``torch.set_num_threads(threads)`` (None: torch's own choice), restored on the way out, and
+    first the platform line (with ``versions``) printed."""
+    previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    print(platform_line(), flush=True)
+    try:
+        print(platform_line(*versions), flush=True)
+        yield
+    finally:
+        torch.set_num_threads(previous)

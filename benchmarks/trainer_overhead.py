@@ -31,7 +31,7 @@ from typing import TypeVar
 
 import torch
 from omegaconf import DictConfig
-from timing import alternate, platform_line
+from timing import alternate, check_at_least, measuring, parse_with_threads
 from torch import nn
 
 from polymodal.config import instantiate, load_config
@@ -236,31 +236,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where the stdlib tokenizer and token corpus are cached (default: the user cache)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads before measuring (default: torch's own choice). On a busy 2-core box, 1 "
-        "thread avoids the scheduler stalls that make every multi-threaded op cost a time slice",
-    )
-    args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be >= 1, got {args.threads}")
+    args = parse_with_threads(parser, argv, ("steps",))
+    check_at_least(parser, args, ("warmup",), minimum=0)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Measurement]:
     """Run the chosen regimes, print one report each, and return their measurements by regime name."""
     args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    print(platform_line(), flush=True)
     names = list(REGIMES) if args.regime == "both" else [args.regime]
-    return {name: run_regime(name, args.steps, args.warmup, args.cache_dir.resolve(), args.device) for name in names}
+    with measuring(args.threads):
+        return {
+            name: run_regime(name, args.steps, args.warmup, args.cache_dir.resolve(), args.device) for name in names
+        }
 
 
 if __name__ == "__main__":
