@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from trainer_configs import REPO, experiment_block
 
 from polymodal.checkpoint.weights import export_weights, load_pretrained
 from polymodal.config import instantiate, load_config
@@ -26,7 +27,6 @@ from polymodal.tokenizers.image.tokenizer import (
 )
 from polymodal.train.trainer import Trainer, TrainingStopped
 
-REPO = Path(__file__).resolve().parents[3]
 NUM_CLASSES = 5
 SIZE = 16
 
@@ -243,7 +243,7 @@ def test_a_few_optimizer_steps_reduce_the_loss(modality, quantizer):
 
 RECIPE = """
 defaults:
-  - {repo}/configs/tokenizers/rgb_tiny.yaml
+  - {repo}/configs/tokenizers/{tokenizer}.yaml
 constants:
   data_root: {root}
   image_size: 16
@@ -255,25 +255,23 @@ constants:
   warmup_steps: 1
 data:
   cache_dir: {root}/cache
-experiment:
-  output_dir: {out}
-  total_steps: 5
-  log_every: 1
-  eval_every: 5
-  eval_steps: 1
-  ckpt_every: 5
-  debug: true
-  tensorboard: false
-  wandb: {{enabled: false}}
 """
+
+
+def write_recipe(config: Path, tokenizer: str, root: Path, out: Path, **settings: object) -> Path:
+    """configs/tokenizers/``tokenizer``.yaml at a tiny size on the scenes in ``root``, 5 debug steps writing to
+    ``out``; ``settings`` adds keys to the experiment section."""
+    experiment = experiment_block(
+        out, total_steps=5, log_every=1, eval_every=5, eval_steps=1, ckpt_every=5, debug="true", **settings
+    )
+    config.write_text(RECIPE.format(repo=REPO, tokenizer=tokenizer, root=root) + experiment)
+    return config
 
 
 def test_tiny_recipe_trains_logs_psnr_and_exported_weights_give_the_same_codes(tmp_path):
     root = tmp_path / "scenes"
     write_shards(root, num_samples=16, samples_per_shard=4, seed=3, size=SIZE, modalities=("rgb",))
-    config = tmp_path / "rgb.yaml"
-    config.write_text(RECIPE.format(repo=REPO, root=root, out=tmp_path / "run"))
-    trainer = Trainer(load_config(config))
+    trainer = Trainer(load_config(write_recipe(tmp_path / "rgb.yaml", "rgb_tiny", root, tmp_path / "run")))
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
@@ -314,11 +312,8 @@ def test_a_nan_batch_leaves_the_ema_codebook_as_it_was(policy, tmp_path):
     """The VQ codebook's EMA statistics update inside forward: a non-finite step must not commit them."""
     root = tmp_path / "scenes"
     write_shards(root, num_samples=16, samples_per_shard=4, seed=3, size=SIZE, modalities=("depth",))
-    config = tmp_path / "depth.yaml"
-    config.write_text(
-        RECIPE.format(repo=REPO, root=root, out=tmp_path / "run").replace("rgb_tiny", "depth_tiny")
-        + f"  nonfinite: {{policy: {policy}, max_skips: 5}}\n"
-    )
+    nonfinite = f"{{policy: {policy}, max_skips: 5}}"
+    config = write_recipe(tmp_path / "depth.yaml", "depth_tiny", root, tmp_path / "run", nonfinite=nonfinite)
     trainer = Trainer(load_config(config))
     trainer.data.train = PoisonedLoader(trainer.data.train, {3, 4})
     quantizer_state = {}
