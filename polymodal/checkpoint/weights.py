@@ -7,7 +7,7 @@ import fnmatch
 import logging
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -139,12 +139,14 @@ def load_pretrained(
     exclude: Sequence[str] = (),
     rename: Mapping[str, str] | None = None,
     strict: bool = False,
+    reader: Callable[[str | Path], Mapping[str, torch.Tensor]] = read_weights,
 ) -> tuple[list[str], list[str]]:
-    """Initialise ``model`` from consolidated weights (a ``.safetensors`` file or an export directory).
+    """Initialise ``model`` from consolidated weights (a ``.safetensors`` file or an export directory), which
+    ``reader`` reads into our names (the trainer's also converts Hugging Face directories, ``models/hf_directory``).
 
     Returns the model keys left untouched and the checkpoint keys that found no home. Shape mismatches are errors.
     """
-    state = select_and_rename(read_weights(path), include, exclude, rename)
+    state = select_and_rename(reader(path), include, exclude, rename)
     if not state:
         raise ValueError(f"the include/exclude filters keep no weights from {path}")
     own = model.state_dict()

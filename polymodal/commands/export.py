@@ -1,5 +1,10 @@
 """``polymodal export --checkpoint DIR --out DIR``: consolidated safetensors weights + config from a checkpoint,
-with the tokenizers the run carries (``tokenizers/``), so the export is usable on its own."""
+with the tokenizers the run carries (``tokenizers/``), so the export is usable on its own.
+
+``--format hf`` writes a Hugging Face model directory instead (``config.json``, ``model.safetensors`` in HF's
+names, and the run's text tokenizer as ``tokenizer.json`` + ``tokenizer_config.json``) that ``transformers`` loads:
+the LLM as ``LlamaForCausalLM`` (``Qwen3ForCausalLM`` with QK-norm), a family's model as the family registers
+(Lumina's as ``ChameleonForConditionalGeneration``); see docs/hf_export.md."""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ from polymodal.commands import run_command
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint dir, or a run dir (takes its newest)")
     parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--format", choices=("polymodal", "hf"), default="polymodal", help="our layout, or a Hugging Face model dir"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +31,30 @@ def run(args: argparse.Namespace) -> int:
     from polymodal.tokenizers.carried import TOKENIZERS_DIR, carried_tokenizer_paths, copy_tokenizers
 
     model, config_yaml = load_trained_model(args.checkpoint)
+    if args.format == "hf":
+        return export_hf_directory(model, config_yaml, args)
     weights = export_weights(model, Path(args.out), config_yaml)
     tokenizers = copy_tokenizers(carried_tokenizer_paths(args.checkpoint), Path(args.out) / TOKENIZERS_DIR)
     print(f"exported {args.checkpoint} -> {weights}" + (f" with tokenizers {sorted(tokenizers)}" if tokenizers else ""))
+    return 0
+
+
+def export_hf_directory(model, config_yaml: str, args: argparse.Namespace) -> int:  # noqa: ANN001 - an nn.Module
+    from omegaconf import OmegaConf
+
+    from polymodal.config import ConfigError
+    from polymodal.config.aliases import current_target
+    from polymodal.models.hf_directory import export_hf, write_hf_directory
+    from polymodal.tokenizers.carried import TEXT, carried_tokenizer_paths
+
+    arguments = OmegaConf.to_container(OmegaConf.create(config_yaml).model, resolve=True)
+    builder = current_target(arguments.pop("_target_"))
+    tokenizer = carried_tokenizer_paths(args.checkpoint).get(TEXT)
+    try:
+        config, state = export_hf(builder, arguments, model.state_dict(), tokenizer)
+    except ValueError as error:
+        raise ConfigError(f"--format hf: {error}") from error
+    out = write_hf_directory(args.out, config, state, tokenizer)
+    with_tokenizer = f" with tokenizer {tokenizer.name}" if tokenizer else " (the run carries no text tokenizer)"
+    print(f"exported {args.checkpoint} -> {out} as {config['architectures'][0]}{with_tokenizer}")
     return 0

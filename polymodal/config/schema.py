@@ -51,8 +51,9 @@ class WandbConfig:
 
 @dataclass
 class InitFromConfig:
-    """Initialise weights from a checkpoint: keep parameters matching ``include`` and not ``exclude``
-    (glob patterns), rename by prefix with ``rename``; ``strict`` requires every model parameter to load."""
+    """Initialise weights from a checkpoint (an export, or a Hugging Face model directory): keep parameters matching
+    ``include`` and not ``exclude`` (glob patterns), rename by prefix with ``rename``; ``strict`` requires every
+    model parameter to load."""
 
     path: str | None = None
     include: list[str] = field(default_factory=lambda: ["*"])

@@ -41,6 +41,7 @@ from polymodal.distributed.env import (
 )
 from polymodal.distributed.groups import set_data_parallel_group
 from polymodal.files import RunDirectoryBusy, atomic_output, run_directory_lock
+from polymodal.models.hf_directory import read_any_weights
 from polymodal.models.meta import DataDict, call_block, checking_keys
 from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 from polymodal.train.batches import batch_size, move_to_device
@@ -153,7 +154,9 @@ class Trainer:
         if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
             if meta_init:
                 raise ConfigError("experiment.init_from needs experiment.distributed.meta_init=false")
-            load_pretrained(model, init.path, init.include, init.exclude, init.rename, init.strict)
+            load_pretrained(
+                model, init.path, init.include, init.exclude, init.rename, init.strict, reader=read_any_weights
+            )
         try:  # before parallelize: DDP fixes at wrap time the parameters whose gradients it waits for
             freeze_parameters(model, self.exp.freeze)
         except ValueError as error:

@@ -1,0 +1,199 @@
+"""Hugging Face ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` weights and configs in and out of :func:`build_llm`.
+
+Plain state dicts and config dicts only: nothing here imports ``transformers``. A config is a ``LlamaConfig`` /
+``Qwen3Config`` (anything with ``to_dict()``) or its dict (a checkpoint's ``config.json``). Names map one to one and
+no tensor is transposed or permuted: HF's RoPE pairs dims by halves, as ours does (``layers/rope.py``).
+:func:`decoder_key_map` is the one table of HF decoder names, shared with the families' Llama-derived decoders.
+
+Without QK-norm our LLM is a Llama; with ``qk_norm="rmsnorm"`` (one RMSNorm weight over ``head_dim`` shared by the
+heads, before RoPE) it is a Qwen3, whose QK-norms take the model's ``rms_norm_eps`` where ours take 1e-6, so only
+``norm_eps=1e-6`` converts.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from polymodal.checkpoint.weights import check_names, check_shapes, config_as_dict
+from polymodal.models.llm import CausalLM, build_llm
+
+GLOBAL_KEYS = {
+    "model.embed_tokens.weight": "preprocessor.blocks.0.embedding.weight",
+    "model.norm.weight": "trunk.transformer.final_norm.weight",
+    "lm_head.weight": "head.proj.weight",
+}
+LAYER_KEYS = {  # under model.layers.{i}. / trunk.transformer.blocks.{i}.
+    "input_layernorm.weight": "attn_norm.weight",  # with res-post-norm (Chameleon's swin norm): the attention output's
+    "self_attn.q_proj.weight": "attn.q_proj.weight",
+    "self_attn.k_proj.weight": "attn.k_proj.weight",
+    "self_attn.v_proj.weight": "attn.v_proj.weight",
+    "self_attn.o_proj.weight": "attn.o_proj.weight",
+    "post_attention_layernorm.weight": "mlp_norm.weight",  # with res-post-norm: the norm of the MLP output
+    "mlp.gate_proj.weight": "mlp.fc1.weight",
+    "mlp.up_proj.weight": "mlp.fc3.weight",
+    "mlp.down_proj.weight": "mlp.fc2.weight",
+}
+QK_NORM_WEIGHTS = ("weight",)  # Qwen3: q_norm.weight, k_norm.weight
+QK_NORM_WEIGHTS_AND_BIASES = ("weight", "bias")  # Chameleon's per-head LayerNorm
+QK_NORM_EPS = 1e-6  # our RMSNorm QK-norm's epsilon (layers/attention.py: qk_norms)
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def decoder_key_map(num_layers: int, qk_norm_tensors: tuple[str, ...] = (), tied: bool = False) -> dict[str, str]:
+    """HF name -> our name for every tensor of a ``num_layers`` Llama-style decoder; ``qk_norm_tensors`` names the
+    tensors of ``self_attn.q_norm`` / ``k_norm`` (none without QK-norm); ``tied``: no ``lm_head.weight`` (HF
+    stores a tied head once, as the embedding)."""
+    layer_keys = dict(LAYER_KEYS)
+    for norm in ("q_norm", "k_norm"):
+        layer_keys |= {f"self_attn.{norm}.{tensor}": f"attn.{norm}.{tensor}" for tensor in qk_norm_tensors}
+    names = {theirs: ours for theirs, ours in GLOBAL_KEYS.items() if not (tied and theirs == "lm_head.weight")}
+    for layer in range(num_layers):
+        for theirs, ours in layer_keys.items():
+            names[f"model.layers.{layer}.{theirs}"] = f"trunk.transformer.blocks.{layer}.{ours}"
+    return names
+
+
+def llm_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The :func:`build_llm` arguments of a ``LlamaConfig`` / ``Qwen3Config``; a ValueError naming what it cannot
+    build (biases, another activation, RoPE scaling, sliding windows, a head dim other than width / heads)."""
+    config = config_as_dict(config)
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"model_type {model_type!r} is not a Llama or Qwen3 config ({sorted(ARCHITECTURES)})")
+    rope = dict(config.get("rope_parameters") or {})
+    num_heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // num_heads
+    qwen3 = model_type == "qwen3"
+    unsupported = {
+        "hidden_act": config.get("hidden_act", "silu") != "silu",
+        "attention_bias": bool(config.get("attention_bias")),
+        "mlp_bias": bool(config.get("mlp_bias")),
+        "attention_dropout": bool(config.get("attention_dropout")),
+        "pretraining_tp": config.get("pretraining_tp", 1) != 1,
+        "rope_parameters": rope.get("rope_type", "default") != "default",
+        "rope_scaling": bool(config.get("rope_scaling")),  # transformers 4.x
+        "use_sliding_window": bool(config.get("use_sliding_window")),
+        "head_dim": head_dim * num_heads != config["hidden_size"],
+        "rms_norm_eps": qwen3 and config.get("rms_norm_eps", QK_NORM_EPS) != QK_NORM_EPS,
+    }
+    if any(unsupported.values()):
+        settings = {name: config.get(name) for name, bad in unsupported.items() if bad}
+        raise ValueError(f"{model_type} config settings our LLM cannot express: {settings}")
+    return {
+        "vocab_size": config["vocab_size"],
+        "dim": config["hidden_size"],
+        "depth": config["num_hidden_layers"],
+        "num_heads": num_heads,
+        "num_kv_heads": config.get("num_key_value_heads") or num_heads,
+        "ffn_dim": config["intermediate_size"],
+        "max_seq_len": config.get("max_position_embeddings", 2048),
+        "rope_theta": rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        "norm_eps": config.get("rms_norm_eps", 1e-6),
+        "qk_norm": "rmsnorm" if qwen3 else False,
+        "tie_embeddings": bool(config.get("tie_word_embeddings")),
+        "init_std": config.get("initializer_range", 0.02),
+    }
+
+
+def build_from_llama_config(config: Mapping[str, Any] | Any) -> CausalLM:
+    """Our model with the shapes of a ``LlamaConfig`` / ``Qwen3Config`` (randomly initialised)."""
+    return build_llm(**llm_arguments(config))
+
+
+def llama_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` of a :func:`build_llm` model with these arguments (the defaults fill the rest): a
+    ``LlamaForCausalLM``, or a ``Qwen3ForCausalLM`` with ``qk_norm``; a ValueError naming what neither expresses."""
+    arguments = {**_defaults(build_llm), **arguments}
+    qk_norm = arguments["qk_norm"]
+    if qk_norm not in (False, True, "rmsnorm"):
+        raise ValueError(f"qk_norm={qk_norm!r}: Llama has no QK-norm and Qwen3's is an RMSNorm shared by the heads")
+    if qk_norm and arguments["norm_eps"] != QK_NORM_EPS:
+        raise ValueError(f"norm_eps={arguments['norm_eps']}: Qwen3's QK-norms share it, ours use {QK_NORM_EPS}")
+    if arguments["res_post_norm"]:
+        raise ValueError("res_post_norm: Llama and Qwen3 normalise each branch's input, not its output")
+    dim, num_heads = arguments["dim"], arguments["num_heads"]
+    model_type = "qwen3" if qk_norm else "llama"
+    config = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        "vocab_size": arguments["vocab_size"],
+        "hidden_size": dim,
+        "intermediate_size": _ffn_dim(arguments),
+        "num_hidden_layers": arguments["depth"],
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": arguments["num_kv_heads"] or num_heads,
+        "head_dim": dim // num_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": arguments["max_seq_len"],
+        "rms_norm_eps": arguments["norm_eps"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(arguments["rope_theta"])},
+        "tie_word_embeddings": bool(arguments["tie_embeddings"]),
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": arguments["init_std"],
+        "dtype": "float32",
+    }
+    return config | ({"use_sliding_window": False} if qk_norm else {"mlp_bias": False})
+
+
+def _ffn_dim(arguments: Mapping[str, Any]) -> int:
+    with torch.device("meta"):
+        model = build_llm(**{**arguments, "depth": 1, "vocab_size": 1})
+    return model.trunk.transformer.blocks[0].mlp.fc1.out_features
+
+
+def _defaults(function: Any) -> dict[str, Any]:
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def _qk_norm_tensors(config: Mapping[str, Any]) -> tuple[str, ...]:
+    return QK_NORM_WEIGHTS if config["model_type"] == "qwen3" else ()
+
+
+def llama_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> dict[str, Tensor]:
+    """A ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` state dict as ours (same tensors, renamed), checked against
+    the shapes ``config`` gives. A tied head may be stored (``lm_head.weight``) or not: ours is the embedding."""
+    config = config_as_dict(config)
+    tied = bool(config.get("tie_word_embeddings"))
+    names = decoder_key_map(config["num_hidden_layers"], _qk_norm_tensors(config), tied=tied)
+    found = set(state_dict) - ({"lm_head.weight"} if tied else set())
+    check_names(f"{config['model_type']} state dict", found, set(names))
+    converted = {ours: state_dict[theirs] for theirs, ours in names.items()}
+    _check_shapes(converted, config)
+    return converted
+
+
+def polymodal_to_llama(state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> dict[str, Tensor]:
+    """Our state dict as a ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` one (same tensors, renamed; a tied head
+    stored once, as the embedding)."""
+    config = config_as_dict(config)
+    tied = bool(config.get("tie_word_embeddings"))
+    names = decoder_key_map(config["num_hidden_layers"], _qk_norm_tensors(config), tied=tied)
+    found = set(state_dict) - ({GLOBAL_KEYS["lm_head.weight"]} if tied else set())
+    check_names("state dict", found, set(names.values()))
+    _check_shapes({ours: state_dict[ours] for ours in names.values()}, config)
+    return {theirs: state_dict[ours] for theirs, ours in names.items()}
+
+
+def _check_shapes(ours: Mapping[str, Tensor], config: Mapping[str, Any]) -> None:
+    """Compare with the model ``config`` builds, on the meta device (no memory, no time)."""
+    with torch.device("meta"):
+        model = build_from_llama_config(config)
+    check_shapes(ours, {name: tensor.shape for name, tensor in model.state_dict().items() if name in ours})
+
+
+def export_llm(
+    arguments: Mapping[str, Any], state_dict: Mapping[str, Tensor], tokenizer_file: Any = None
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The ``config.json`` and state dict of a :func:`build_llm` model (its ``HF_EXPORTERS`` entry)."""
+    config = llama_config(arguments)
+    return config, polymodal_to_llama(state_dict, config)
