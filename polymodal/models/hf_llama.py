@@ -161,13 +161,16 @@ def _qk_norm_tensors(config: Mapping[str, Any]) -> tuple[str, ...]:
 
 def llama_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> dict[str, Tensor]:
     """A ``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` state dict as ours (same tensors, renamed), checked against
-    the shapes ``config`` gives. A tied head may be stored (``lm_head.weight``) or not: ours is the embedding."""
+    the shapes ``config`` gives. A tied head may be stored (``lm_head.weight``) or not: ours is the embedding
+    (under both names, as in our state dict)."""
     config = config_as_dict(config)
     tied = bool(config.get("tie_word_embeddings"))
     names = decoder_key_map(config["num_hidden_layers"], _qk_norm_tensors(config), tied=tied)
     found = set(state_dict) - ({"lm_head.weight"} if tied else set())
     check_names(f"{config['model_type']} state dict", found, set(names))
     converted = {ours: state_dict[theirs] for theirs, ours in names.items()}
+    if tied:
+        converted[GLOBAL_KEYS["lm_head.weight"]] = converted[GLOBAL_KEYS["model.embed_tokens.weight"]]
     _check_shapes(converted, config)
     return converted
 
