@@ -13,7 +13,7 @@ heads, before RoPE) it is a Qwen3, whose QK-norms take the model's ``rms_norm_ep
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -105,10 +105,11 @@ def build_from_llama_config(config: Mapping[str, Any] | Any) -> CausalLM:
     return build_llm(**llm_arguments(config))
 
 
-def llama_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``config.json`` of a :func:`build_llm` model with these arguments (the defaults fill the rest): a
-    ``LlamaForCausalLM``, or a ``Qwen3ForCausalLM`` with ``qk_norm``; a ValueError naming what neither expresses."""
-    arguments = {**_defaults(build_llm), **arguments}
+def llama_config(arguments: Mapping[str, Any], intermediate_size: int) -> dict[str, Any]:
+    """The ``config.json`` of a :func:`build_llm` model with these arguments (the defaults fill the rest) and SwiGLU
+    width: a ``LlamaForCausalLM``, or a ``Qwen3ForCausalLM`` with ``qk_norm``; a ValueError naming what neither
+    expresses."""
+    arguments = with_defaults(build_llm, arguments)
     qk_norm = arguments["qk_norm"]
     if qk_norm not in (False, True, "rmsnorm"):
         raise ValueError(f"qk_norm={qk_norm!r}: Llama has no QK-norm and Qwen3's is an RMSNorm shared by the heads")
@@ -123,7 +124,7 @@ def llama_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
         "model_type": model_type,
         "vocab_size": arguments["vocab_size"],
         "hidden_size": dim,
-        "intermediate_size": _ffn_dim(arguments),
+        "intermediate_size": intermediate_size,
         "num_hidden_layers": arguments["depth"],
         "num_attention_heads": num_heads,
         "num_key_value_heads": arguments["num_kv_heads"] or num_heads,
@@ -141,18 +142,19 @@ def llama_config(arguments: Mapping[str, Any]) -> dict[str, Any]:
     return config | ({"use_sliding_window": False} if qk_norm else {"mlp_bias": False})
 
 
-def _ffn_dim(arguments: Mapping[str, Any]) -> int:
-    with torch.device("meta"):
-        model = build_llm(**{**arguments, "depth": 1, "vocab_size": 1})
-    return model.trunk.transformer.blocks[0].mlp.fc1.out_features
-
-
-def _defaults(function: Any) -> dict[str, Any]:
-    return {
+def with_defaults(builder: Callable[..., Any], arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """``arguments`` completed with ``builder``'s defaults (a run's config names only what it changes)."""
+    defaults = {
         name: parameter.default
-        for name, parameter in inspect.signature(function).parameters.items()
+        for name, parameter in inspect.signature(builder).parameters.items()
         if parameter.default is not inspect.Parameter.empty
     }
+    return {**defaults, **arguments}
+
+
+def swiglu_width(state_dict: Mapping[str, Tensor]) -> int:
+    """The SwiGLU hidden width of our decoder's state dict (HF's ``intermediate_size``)."""
+    return state_dict[f"trunk.transformer.blocks.0.{LAYER_KEYS['mlp.gate_proj.weight']}"].shape[0]
 
 
 def _qk_norm_tensors(config: Mapping[str, Any]) -> tuple[str, ...]:
@@ -198,5 +200,5 @@ def export_llm(
     arguments: Mapping[str, Any], state_dict: Mapping[str, Tensor], tokenizer_file: Any = None
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The ``config.json`` and state dict of a :func:`build_llm` model (its ``HF_EXPORTERS`` entry)."""
-    config = llama_config(arguments)
+    config = llama_config(arguments, swiglu_width(state_dict))
     return config, polymodal_to_llama(state_dict, config)

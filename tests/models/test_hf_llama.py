@@ -91,7 +91,8 @@ def test_our_model_exported_gives_hf_our_logits(kind, tmp_path):
 
 
 def test_swiglu_width_from_mlp_ratio_is_written():
-    assert llama_config(dict(TINY, ffn_dim=None, mlp_ratio=4.0, multiple_of=32))["intermediate_size"] == 192
+    arguments = dict(TINY, ffn_dim=None, mlp_ratio=4.0, multiple_of=32)
+    assert export_llm(arguments, build_llm(**arguments).state_dict())[0]["intermediate_size"] == 192
 
 
 @pytest.mark.parametrize(
@@ -104,7 +105,7 @@ def test_swiglu_width_from_mlp_ratio_is_written():
 )
 def test_models_neither_architecture_expresses_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
-        llama_config(TINY | arguments)
+        llama_config(TINY | arguments, intermediate_size=96)
 
 
 @pytest.mark.parametrize(

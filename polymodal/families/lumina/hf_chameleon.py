@@ -2,51 +2,32 @@
 
 Plain state dicts and config dicts only: nothing here imports ``transformers``. A config is a ``ChameleonConfig``
 (anything with ``to_dict()``) or its dict (a checkpoint's ``config.json``). Names map one to one, no tensor is
-transposed or permuted (HF's RoPE pairs dims by halves, as ours does); :func:`key_map` is the one table and
-docs/lumina_checkpoints.md explains it. The checkpoint's ``model.vqmodel.*`` tensors (the VQ-VAE image tokenizer,
-which a model over pre-tokenized images never runs) are left out on import and can be passed back on export.
+transposed or permuted (HF's RoPE pairs dims by halves, as ours does); :func:`key_map` is the engine's Llama table
+(:mod:`polymodal.models.hf_llama`) with the per-head QK-norms, and docs/lumina_checkpoints.md explains it. The
+checkpoint's ``model.vqmodel.*`` tensors (the VQ-VAE image tokenizer, which a model over pre-tokenized images never
+runs) are left out on import and can be passed back on export. ``model.py`` registers :func:`chameleon_to_polymodal`
+and :func:`export_chameleon` for ``init_from`` and ``polymodal export --format hf``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 from torch import Tensor
 
-from polymodal.checkpoint.weights import check_names, check_shapes
+from polymodal.checkpoint.weights import check_names, check_shapes, config_as_dict
 from polymodal.families.lumina.model import build_chameleon
+from polymodal.models.hf_llama import QK_NORM_WEIGHTS_AND_BIASES, decoder_key_map, swiglu_width, with_defaults
 from polymodal.models.llm import CausalLM
 
 log = logging.getLogger(__name__)
 
 VQMODEL_PREFIX = "model.vqmodel."
-GLOBAL_KEYS = {
-    "model.embed_tokens.weight": "preprocessor.blocks.0.embedding.weight",
-    "model.norm.weight": "trunk.transformer.final_norm.weight",
-    "lm_head.weight": "head.proj.weight",
-}
-LAYER_KEYS = {  # under model.layers.{i}. / trunk.transformer.blocks.{i}.
-    "input_layernorm.weight": "attn_norm.weight",  # with swin_norm: the norm of the attention output
-    "self_attn.q_proj.weight": "attn.q_proj.weight",
-    "self_attn.k_proj.weight": "attn.k_proj.weight",
-    "self_attn.v_proj.weight": "attn.v_proj.weight",
-    "self_attn.o_proj.weight": "attn.o_proj.weight",
-    "self_attn.q_norm.weight": "attn.q_norm.weight",
-    "self_attn.q_norm.bias": "attn.q_norm.bias",
-    "self_attn.k_norm.weight": "attn.k_norm.weight",
-    "self_attn.k_norm.bias": "attn.k_norm.bias",
-    "post_attention_layernorm.weight": "mlp_norm.weight",  # with swin_norm: the norm of the MLP output
-    "mlp.gate_proj.weight": "mlp.fc1.weight",
-    "mlp.up_proj.weight": "mlp.fc3.weight",
-    "mlp.down_proj.weight": "mlp.fc2.weight",
-}
-
-
-def _config_dict(config: Mapping[str, Any] | Any) -> Mapping[str, Any]:
-    return config if isinstance(config, Mapping) else config.to_dict()
 
 
 def chameleon_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -55,7 +36,7 @@ def chameleon_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
     ``num_key_value_heads`` defaults to ``num_attention_heads``; Lumina-mGPT's ``dropout`` becomes
     ``residual_dropout``. The QK-norm epsilon is 1e-5, hard-coded in HF's Chameleon as in ours.
     """
-    config = _config_dict(config)
+    config = config_as_dict(config)
     rope = dict(config.get("rope_parameters") or {})
     unsupported = {
         "hidden_act": config.get("hidden_act", "silu") != "silu",
@@ -91,18 +72,15 @@ def build_from_chameleon_config(config: Mapping[str, Any] | Any) -> CausalLM:
 
 
 def key_map(num_layers: int) -> dict[str, str]:
-    """HF name -> our name for every tensor of a ``num_layers`` Chameleon, VQ-VAE aside."""
-    names = dict(GLOBAL_KEYS)
-    for layer in range(num_layers):
-        for theirs, ours in LAYER_KEYS.items():
-            names[f"model.layers.{layer}.{theirs}"] = f"trunk.transformer.blocks.{layer}.{ours}"
-    return names
+    """HF name -> our name for every tensor of a ``num_layers`` Chameleon, VQ-VAE aside: the Llama names plus the
+    weight and bias of each per-head QK-norm."""
+    return decoder_key_map(num_layers, QK_NORM_WEIGHTS_AND_BIASES)
 
 
 def chameleon_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> dict[str, Tensor]:
     """A ``ChameleonForConditionalGeneration`` state dict as ours (same tensors, renamed), checked against the
     shapes ``config`` gives; its ``model.vqmodel.*`` tensors are left out (logged once, at INFO)."""
-    names = key_map(_config_dict(config)["num_hidden_layers"])
+    names = key_map(config_as_dict(config)["num_hidden_layers"])
     vqmodel = [name for name in state_dict if name.startswith(VQMODEL_PREFIX)]
     check_names("Chameleon state dict", set(state_dict) - set(vqmodel), set(names))
     converted = {ours: state_dict[theirs] for theirs, ours in names.items()}
@@ -120,7 +98,7 @@ def polymodal_to_chameleon(
     """Our state dict as a ``ChameleonForConditionalGeneration`` one (same tensors, renamed). ``vqmodel``: the
     ``model.vqmodel.*`` tensors to add (e.g. those of the imported checkpoint), without which HF's model, which
     always holds a VQ-VAE, loads the result only with ``strict=False``."""
-    names = key_map(_config_dict(config)["num_hidden_layers"])
+    names = key_map(config_as_dict(config)["num_hidden_layers"])
     check_names("state dict", set(state_dict), set(names.values()))
     _check_shapes(state_dict, config)
     foreign = [name for name in vqmodel or {} if not name.startswith(VQMODEL_PREFIX)]
@@ -134,3 +112,45 @@ def _check_shapes(ours: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -
     with torch.device("meta"):
         model = build_from_chameleon_config(config)
     check_shapes(ours, {name: tensor.shape for name, tensor in model.state_dict().items()})
+
+
+def chameleon_config(arguments: Mapping[str, Any], intermediate_size: int, vocabulary: Mapping[str, int]) -> dict:
+    """The ``config.json`` of a :func:`build_chameleon` model with these arguments (the defaults fill the rest) and
+    SwiGLU width. ``vocabulary`` (token -> id; the text tokenizer's) becomes HF's ``vocabulary_map``: it names no
+    image code ``IMGIMG*``, so HF masks no logits, as ours never does. ``vq_config`` is left to HF's default: the
+    VQ-VAE is not ours to export (see docs/hf_export.md)."""
+    arguments = with_defaults(build_chameleon, arguments)
+    if arguments["qk_norm"] != "per_head_layernorm":
+        raise ValueError(f"qk_norm={arguments['qk_norm']!r}: Chameleon's QK-norm is a LayerNorm per head")
+    num_heads = arguments["num_heads"]
+    config = {
+        "architectures": ["ChameleonForConditionalGeneration"],
+        "model_type": "chameleon",
+        "vocab_size": arguments["vocab_size"],
+        "hidden_size": arguments["dim"],
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": arguments["depth"],
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": arguments["num_kv_heads"] or num_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": arguments["max_seq_len"],
+        "rms_norm_eps": arguments["norm_eps"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(arguments["rope_theta"])},
+        "swin_norm": bool(arguments["swin_norm"]),
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "initializer_range": arguments["init_std"],
+        "vocabulary_map": dict(vocabulary),
+        "dtype": "float32",
+    }
+    return config | ({"dropout": arguments["residual_dropout"]} if arguments["residual_dropout"] else {})
+
+
+def export_chameleon(
+    arguments: Mapping[str, Any], state_dict: Mapping[str, Tensor], tokenizer_file: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The ``config.json`` and state dict (no ``model.vqmodel.*``) of a :func:`build_chameleon` model; its
+    ``vocabulary_map`` is the vocabulary of ``tokenizer_file`` (the run's text tokenizer), if any."""
+    vocabulary = Tokenizer.from_file(str(tokenizer_file)).get_vocab() if tokenizer_file else {}
+    config = chameleon_config(arguments, swiglu_width(state_dict), vocabulary)
+    return config, polymodal_to_chameleon(state_dict, config)

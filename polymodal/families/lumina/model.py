@@ -5,12 +5,13 @@ Chameleon is a Llama-2 decoder (RMSNorm, SwiGLU, RoPE) with two changes for stab
 as a LayerNorm over ``head_dim`` with a weight and bias per head, and in the 34B model the "swin norm" ordering
 (each branch's output normalised before the residual add). Lumina-mGPT adds dropout on each branch output
 (``residual_dropout``) and a z-loss (``NextTokenLoss(z_loss_weight=1e-5)``), and trains with image-token logits
-left unmasked, as this model always leaves them. Weight import from Hugging Face checkpoints:
-:mod:`polymodal.families.lumina.hf_chameleon`.
+left unmasked, as this model always leaves them. Weights in and out of Hugging Face checkpoints:
+:mod:`polymodal.families.lumina.hf_chameleon`, registered below for ``init_from`` and ``export --format hf``.
 """
 
 from __future__ import annotations
 
+from polymodal.models.hf_directory import register_hf_format
 from polymodal.models.layers.attention import QKNorm
 from polymodal.models.llm import CausalLM, build_llm
 
@@ -57,3 +58,11 @@ def build_chameleon(
         init_std=init_std,
         loss_chunk_size=loss_chunk_size,
     )
+
+
+register_hf_format(
+    "chameleon",
+    importer="polymodal.families.lumina.hf_chameleon:chameleon_to_polymodal",
+    builder=f"{__name__}.build_chameleon",
+    exporter="polymodal.families.lumina.hf_chameleon:export_chameleon",
+)
