@@ -29,7 +29,10 @@ class Verb:
 
 VERBS: dict[str, Verb] = {
     "train": Verb("polymodal.commands.train:main", "train the experiment a config file describes"),
-    "export": Verb("polymodal.commands.export:main", "consolidated weights + config, or a Hugging Face model dir, from a checkpoint"),
+    "export": Verb(
+        "polymodal.commands.export:main",
+        "consolidated weights + config, or a Hugging Face model dir, from a checkpoint",
+    ),
     "plan": Verb("polymodal.commands.plan:main", "per-GPU memory and traffic of a config on a GPU mesh"),
     "synth": Verb("polymodal.commands.synth:main", "generate the built-in synthetic multimodal scene data set"),
     "configs": Verb("polymodal.commands.configs:main", "list, show or copy the experiment configs shipped with it"),
