@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from polymodal.commands import run_command
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_hf_directory(model, config_yaml: str, args: argparse.Namespace) -> int:  # noqa: ANN001 - an nn.Module
+def export_hf_directory(model: nn.Module, config_yaml: str, args: argparse.Namespace) -> int:
+    """Write ``model`` (built from ``config_yaml``'s ``model`` section) as a Hugging Face model directory through
+    the exporter registered for its builder (``models/hf_directory.py``)."""
     from omegaconf import OmegaConf
 
     from polymodal.config import ConfigError
