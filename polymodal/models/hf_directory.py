@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,13 @@ def write_hf_directory(
     tokenizer_file: Path | None = None,
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (contiguous copies: safetensors stores no views), and with
-    ``tokenizer_file`` (an HF ``tokenizers`` JSON) ``tokenizer.json`` + ``tokenizer_config.json``, so that
-    ``transformers``' ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained(out_dir)`` load it."""
+    ``tokenizer_file`` (an HF ``tokenizers`` JSON) ``tokenizer.json`` + ``tokenizer_config.json`` and the ids of its
+    special tokens in ``config.json`` (``generate`` stops at ``eos_token_id``), so that ``transformers``'
+    ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained(out_dir)`` load it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if tokenizer_file is not None:
+        config = {**config, **special_token_ids(tokenizer_file)}
     (out_dir / HF_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
     weights = out_dir / HF_WEIGHTS
     save_file({name: tensor.detach().contiguous() for name, tensor in state_dict.items()}, str(weights),
@@ -118,14 +122,23 @@ def write_hf_directory(
     return out_dir
 
 
+def _special_token_ids(tokenizer_file: Path) -> dict[str, int]:
+    """HF's role (``eos_token``) -> id, for the special tokens of our BPE vocabulary that the tokenizer holds."""
+    added = {token["content"]: token["id"] for token in json.loads(Path(tokenizer_file).read_text())["added_tokens"]}
+    return {role: added[token] for role, token in SPECIAL_TOKEN_ROLES.items() if token in added}
+
+
+def special_token_ids(tokenizer_file: Path) -> dict[str, int]:
+    """``{"bos_token_id": 1, ...}``: the ``config.json`` entries of the special tokens the tokenizer holds."""
+    return {f"{role}_id": token_id for role, token_id in _special_token_ids(tokenizer_file).items()}
+
+
 def write_hf_tokenizer(tokenizer_file: Path, out_dir: Path, max_length: int | None) -> None:
     """``tokenizer.json`` (our tokenizer's file as it is) and a ``tokenizer_config.json`` naming the special tokens
     of our BPE vocabulary that the tokenizer holds."""
-    tokenizer = json.loads(Path(tokenizer_file).read_text())
-    (out_dir / HF_TOKENIZER).write_text(json.dumps(tokenizer, ensure_ascii=False))
-    added = {token["content"] for token in tokenizer.get("added_tokens", [])}
-    settings: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
-    settings |= {role: token for role, token in SPECIAL_TOKEN_ROLES.items() if token in added}
+    shutil.copyfile(tokenizer_file, out_dir / HF_TOKENIZER)
+    roles = {role: SPECIAL_TOKEN_ROLES[role] for role in _special_token_ids(tokenizer_file)}
+    settings: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", **roles}
     if max_length:
         settings["model_max_length"] = max_length
     (out_dir / HF_TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")

@@ -75,6 +75,8 @@ def test_the_llm_exports_as_a_transformers_model_with_its_tokenizer(qk_norm, arc
     for text in TEXTS:
         assert hf_tokenizer(text)["input_ids"] == tokenizer.encode(text).ids, text
     assert (hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id, hf_tokenizer.pad_token_id) == (1, 2, 0)
+    assert (hf.config.bos_token_id, hf.config.eos_token_id, hf.config.pad_token_id) == (1, 2, 0)
+    assert hf.generation_config.eos_token_id == 2  # generate stops at <|eos|>
     assert hf_tokenizer.decode(tokenizer.encode(TEXTS[0]).ids) == TEXTS[0]
 
 
