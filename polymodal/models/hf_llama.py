@@ -166,6 +166,7 @@ def llama_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str, An
     the shapes ``config`` gives. A tied head may be stored (``lm_head.weight``) or not: ours is the embedding
     (under both names, as in our state dict)."""
     config = config_as_dict(config)
+    llm_arguments(config)  # a setting our LLM cannot express is named before any tensor name
     tied = bool(config.get("tie_word_embeddings"))
     names = decoder_key_map(config["num_hidden_layers"], _qk_norm_tensors(config), tied=tied)
     found = set(state_dict) - ({"lm_head.weight"} if tied else set())

@@ -154,9 +154,12 @@ class Trainer:
         if init.path and self._checkpoint_to_resume() is None:  # fine-tuning start; a resume restores its own
             if meta_init:
                 raise ConfigError("experiment.init_from needs experiment.distributed.meta_init=false")
-            load_pretrained(
-                model, init.path, init.include, init.exclude, init.rename, init.strict, reader=read_any_weights
-            )
+            try:
+                load_pretrained(
+                    model, init.path, init.include, init.exclude, init.rename, init.strict, reader=read_any_weights
+                )
+            except ValueError as error:  # weights that do not fit, a Hugging Face config the model cannot express
+                raise ConfigError(f"experiment.init_from: {error}") from error
         try:  # before parallelize: DDP fixes at wrap time the parameters whose gradients it waits for
             freeze_parameters(model, self.exp.freeze)
         except ValueError as error:

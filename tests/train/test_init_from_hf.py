@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from polymodal.config import load_config
+from polymodal.config import ConfigError, load_config
 from polymodal.models.hf_directory import read_any_weights
 from polymodal.models.hf_llama import export_llm
 from polymodal.models.llm import build_llm
@@ -13,11 +13,15 @@ from polymodal.train.trainer import Trainer
 transformers = pytest.importorskip("transformers")
 
 
-def test_training_starts_from_a_save_pretrained_llama(tiny_config, tmp_path):
-    overrides = [f"experiment.init_from.path={tmp_path}/hf", "experiment.init_from.strict=true"]
-    cfg = load_config(tiny_config, overrides)
+def model_arguments(cfg) -> dict:
     arguments = OmegaConf.to_container(cfg.model, resolve=True)
     del arguments["_target_"]
+    return arguments
+
+
+def test_training_starts_from_a_save_pretrained_llama(tiny_config, tmp_path):
+    overrides = [f"experiment.init_from.path={tmp_path}/hf", "experiment.init_from.strict=true"]
+    arguments = model_arguments(load_config(tiny_config, overrides))
     hf_config, _ = export_llm(arguments, build_llm(**arguments).state_dict())
     torch.manual_seed(3)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config))
@@ -41,3 +45,14 @@ def test_training_starts_from_a_save_pretrained_llama(tiny_config, tmp_path):
     torch.testing.assert_close(first["loss"], expected, atol=1e-6, rtol=1e-6)
     embedding = "preprocessor.blocks.0.embedding.weight"
     assert not torch.equal(trainer.model.state_dict()[embedding], imported[embedding])  # it trained on
+
+
+def test_a_hf_directory_the_model_cannot_express_is_one_config_error(tiny_config, tmp_path):
+    arguments = model_arguments(load_config(tiny_config))
+    hf_config, _ = export_llm(arguments, build_llm(**arguments).state_dict())
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_config | {"attention_bias": True})).save_pretrained(
+        tmp_path / "hf"
+    )
+    overrides = [f"experiment.init_from.path={tmp_path}/hf", f"experiment.output_dir={tmp_path}/run"]
+    with pytest.raises(ConfigError, match=r"experiment.init_from: llama config settings .*'attention_bias': True"):
+        Trainer(load_config(tiny_config, overrides))

@@ -80,6 +80,7 @@ def key_map(num_layers: int) -> dict[str, str]:
 def chameleon_to_polymodal(state_dict: Mapping[str, Tensor], config: Mapping[str, Any] | Any) -> dict[str, Tensor]:
     """A ``ChameleonForConditionalGeneration`` state dict as ours (same tensors, renamed), checked against the
     shapes ``config`` gives; its ``model.vqmodel.*`` tensors are left out (logged once, at INFO)."""
+    chameleon_arguments(config)  # a setting the model cannot express is named before any tensor name
     names = key_map(config_as_dict(config)["num_hidden_layers"])
     vqmodel = [name for name in state_dict if name.startswith(VQMODEL_PREFIX)]
     check_names("Chameleon state dict", set(state_dict) - set(vqmodel), set(names))
