@@ -8,6 +8,8 @@ compared on the other columns and the masked ones are checked to be what HF make
 
 import inspect
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -154,3 +156,20 @@ def test_configs_lumina_7b_is_hf_default_chameleon():
     arguments.apply_defaults()
     expected = chameleon_arguments(transformers.ChameleonConfig())
     assert {key: arguments.arguments[key] for key in expected} == expected | {"residual_dropout": 0.05}  # Lumina's
+
+
+def test_building_the_model_registers_its_hf_format():
+    """``init_from`` and ``export --format hf`` find Chameleon once the family's model module is imported (which
+    building the model does), without the engine importing the family."""
+    import subprocess
+    import sys
+
+    script = (
+        "from polymodal.models.hf_directory import HF_EXPORTERS, HF_IMPORTERS\n"
+        "assert 'chameleon' not in HF_IMPORTERS\n"
+        "import polymodal.families.lumina.model\n"
+        "assert HF_IMPORTERS['chameleon'].endswith('hf_chameleon:chameleon_to_polymodal')\n"
+        "assert HF_EXPORTERS['polymodal.families.lumina.model.build_chameleon'].endswith(':export_chameleon')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
