@@ -161,9 +161,6 @@ def test_configs_lumina_7b_is_hf_default_chameleon():
 def test_building_the_model_registers_its_hf_format():
     """``init_from`` and ``export --format hf`` find Chameleon once the family's model module is imported (which
     building the model does), without the engine importing the family."""
-    import subprocess
-    import sys
-
     script = (
         "from polymodal.models.hf_directory import HF_EXPORTERS, HF_IMPORTERS\n"
         "assert 'chameleon' not in HF_IMPORTERS\n"
