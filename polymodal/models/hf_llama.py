@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -198,8 +199,9 @@ def _check_shapes(ours: Mapping[str, Tensor], config: Mapping[str, Any]) -> None
 
 
 def export_llm(
-    arguments: Mapping[str, Any], state_dict: Mapping[str, Tensor], tokenizer_file: Any = None
+    arguments: Mapping[str, Any], state_dict: Mapping[str, Tensor], tokenizer_file: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The ``config.json`` and state dict of a :func:`build_llm` model (its ``HF_EXPORTERS`` entry)."""
+    """The ``config.json`` and state dict of a :func:`build_llm` model (its ``HF_EXPORTERS`` entry; the tokenizer
+    needs nothing of the config)."""
     config = llama_config(arguments, swiglu_width(state_dict))
     return config, polymodal_to_llama(state_dict, config)
