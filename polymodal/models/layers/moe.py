@@ -160,16 +160,16 @@ class MoEFeedForward(nn.Module):
         tokens = x.reshape(-1, shape[-1])
         logits = F.linear(tokens.float(), self.router.weight.float())
         routing = self.route(logits)
-        token_of_slot = torch.arange(routing.expert.numel(), device=x.device) // self.top_k
-        kept = routing.kept.nonzero().squeeze(-1)
-        buffer_index = routing.expert[kept] * routing.capacity + routing.position[kept]
-        source = token_of_slot[kept]
-
-        buffer = tokens.new_zeros(self.num_experts * routing.capacity, shape[-1])
-        buffer = buffer.index_copy(0, buffer_index, tokens[source])
-        expert_out = self.experts(buffer.view(self.num_experts, routing.capacity, -1)).flatten(0, 1)
-        weighted = expert_out[buffer_index] * routing.weight[kept, None].to(expert_out.dtype)
-        out = tokens.new_zeros(tokens.shape).index_add(0, source, weighted.to(tokens.dtype))
+        # Dropped slots are written to a spare last row of the buffer and combined with weight 0: no data-dependent
+        # shapes, so a compiled block with a capacity factor is one graph.
+        spare = self.num_experts * routing.capacity
+        slot_index = torch.where(routing.kept, routing.expert * routing.capacity + routing.position, spare)
+        source = torch.arange(routing.expert.numel(), device=x.device) // self.top_k
+        buffer = tokens.new_zeros(spare + 1, shape[-1]).index_copy(0, slot_index, tokens[source])
+        expert_out = self.experts(buffer[:spare].view(self.num_experts, routing.capacity, -1)).flatten(0, 1)
+        gathered = expert_out[torch.where(routing.kept, slot_index, 0)]
+        weight = (routing.weight * routing.kept).to(gathered.dtype)
+        out = tokens.new_zeros(tokens.shape).index_add(0, source, (gathered * weight[:, None]).to(tokens.dtype))
         return out.view(shape), self.stats(logits, routing)
 
     def extra_repr(self) -> str:
