@@ -14,6 +14,7 @@ from polymodal.models.parts import LinearHead, TransformerTrunk
 from polymodal.objectives.lm import NextTokenLoss
 from polymodal.objectives.moe import MoEAuxLoss
 from polymodal.train.parallel.parallelize import parallelize
+from polymodal.train.parallel.plans import transformer_block_plan
 
 MOE = {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0}
 
@@ -68,3 +69,8 @@ def test_checkpointed_compiled_moe_blocks_train_like_eager():
     both = train_losses(ExperimentConfig(activation_checkpointing=True, torch_compile=True))
     assert checkpointed == pytest.approx(eager, rel=1e-6)
     assert both == pytest.approx(eager, rel=1e-5)
+
+
+def test_tensor_parallel_plan_of_a_moe_block_is_a_clear_error():
+    with pytest.raises(ValueError, match="tensor parallelism of mixture-of-experts blocks is not supported"):
+        transformer_block_plan(tiny_moe_model().trunk.transformer.blocks[0])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from polymodal.models.layers.block import build_transformer
+from polymodal.models.layers.init import init_weights
 from polymodal.models.layers.moe import GroupedExperts, MoEFeedForward
 from polymodal.models.meta import MetaModel, WeightedObjectives
 from polymodal.models.parts import LinearHead, TransformerTrunk
@@ -176,3 +177,14 @@ def test_one_layer_moe_transformer_trains():
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
     assert {"moe/balance_loss", "moe/router_z_loss", "moe/dropped_fraction"} <= set(metrics)
+
+
+def test_init_weights_draws_each_expert_like_a_dense_linear():
+    torch.manual_seed(0)
+    transformer = build_transformer(64, 2, 2, mlp="gelu", rope=None, moe={"num_experts": 8})
+    init_weights(transformer, "normal", std=0.02, depth=2)
+    experts = transformer.blocks[0].mlp.experts
+    assert experts.w1.std().item() == pytest.approx(0.02, rel=0.05)
+    assert experts.w2.std().item() == pytest.approx(0.02 / 2, rel=0.05)  # residual projection: std / sqrt(2 depth)
+    assert experts.b1.abs().sum() == 0 and experts.b2.abs().sum() == 0
+    assert transformer.blocks[0].mlp.router.weight.std().item() == pytest.approx(0.02, rel=0.1)
