@@ -1,5 +1,6 @@
 """configs/aimv2_moe: the paper-sized config's encoder (AIMv2-MoE's ViT-B with 4 SwiGLU experts per block) counted
-term by term on the meta device, and a few steps of the tiny recipe through the Trainer, with its data_dict keys checked and the MoE losses logged."""
+term by term on the meta device, and a few steps of the tiny recipe through the Trainer, with its data_dict keys
+checked and the MoE losses logged."""
 
 import json
 from pathlib import Path
