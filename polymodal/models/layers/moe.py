@@ -158,7 +158,8 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])
-        logits = F.linear(tokens.float(), self.router.weight.float())
+        with torch.autocast(x.device.type, enabled=False):  # router logits in fp32 under bf16 autocast too
+            logits = F.linear(tokens.float(), self.router.weight.float())
         routing = self.route(logits)
         # Dropped slots are written to a spare last row of the buffer and combined with weight 0: no data-dependent
         # shapes, so a compiled block with a capacity factor is one graph.

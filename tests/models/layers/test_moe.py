@@ -188,3 +188,15 @@ def test_init_weights_draws_each_expert_like_a_dense_linear():
     assert experts.w2.std().item() == pytest.approx(0.02 / 2, rel=0.05)  # residual projection: std / sqrt(2 depth)
     assert experts.b1.abs().sum() == 0 and experts.b2.abs().sum() == 0
     assert transformer.blocks[0].mlp.router.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_router_runs_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    moe = MoEFeedForward(16, 24, 4, top_k=2)
+    x = torch.randn(4, 6, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, stats = moe(x)
+    _, fp32_stats = moe(x)
+    assert out.dtype == torch.float32  # the residual stream's dtype
+    torch.testing.assert_close(stats["router_z_loss"], fp32_stats["router_z_loss"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats["balance_loss"], fp32_stats["balance_loss"], rtol=1e-6, atol=0)
