@@ -60,6 +60,11 @@ class GroupedExperts(nn.Module):
             if bias is not None:
                 nn.init.zeros_(bias)
 
+    @property
+    def weights_per_expert(self) -> int:
+        """The matmul weights one token meets in one expert (biases excluded)."""
+        return sum(weight[0].numel() for weight in (self.w1, self.w3, self.w2) if weight is not None)
+
     def expert_forward(self, tokens: Tensor, expert: int) -> Tensor:
         """Expert ``expert`` alone on ``[n, D]`` tokens: the per-expert computation the batched one must equal."""
         act = _ACTIVATIONS[self.kind]

@@ -41,6 +41,10 @@ class ExpertParallelExperts(nn.Module):
         self.num_experts = experts.num_experts
         self.local = local_experts(experts, dist.get_rank(group), self.world)
 
+    @property
+    def weights_per_expert(self) -> int:
+        return self.local.weights_per_expert
+
     def forward(self, buffer: Tensor) -> Tensor:
         num_experts, capacity, dim = buffer.shape
         if num_experts != self.num_experts:

@@ -5,12 +5,15 @@ import math
 import pytest
 import torch
 
+from polymodal.models.flops import matmul_params
 from polymodal.models.layers.block import build_transformer
 from polymodal.models.layers.init import init_weights
 from polymodal.models.layers.moe import GroupedExperts, MoEFeedForward
+from polymodal.models.llm import build_llm
 from polymodal.models.meta import MetaModel, WeightedObjectives
 from polymodal.models.parts import LinearHead, TransformerTrunk
 from polymodal.objectives.classification import ClassificationLoss
+from polymodal.objectives.lm import NextTokenLoss
 from polymodal.objectives.moe import MoEAuxLoss
 
 
@@ -200,3 +203,29 @@ def test_router_runs_in_fp32_under_bf16_autocast():
     assert out.dtype == torch.float32  # the residual stream's dtype
     torch.testing.assert_close(stats["router_z_loss"], fp32_stats["router_z_loss"], rtol=1e-6, atol=0)
     torch.testing.assert_close(stats["balance_loss"], fp32_stats["balance_loss"], rtol=1e-6, atol=0)
+
+
+def test_matmul_params_count_the_router_and_top_k_experts():
+    transformer = build_transformer(16, 2, 2, mlp="gelu", rope=None, ffn_dim=24, moe={"num_experts": 4, "top_k": 2})
+    attention = 4 * 16 * 16
+    per_expert = 16 * 24 + 24 * 16
+    assert matmul_params(transformer) == 2 * (attention + 16 * 4 + 2 * per_expert)
+
+
+def test_llm_with_moe_trains_flops_and_generates():
+    torch.manual_seed(0)
+    model = build_llm(vocab_size=32, dim=16, depth=2, num_heads=2, max_seq_len=16, multiple_of=8,
+                      moe={"num_experts": 4, "top_k": 2})  # fmt: skip
+    tokens = torch.randint(0, 32, (2, 9))
+    batch = {"input_ids": tokens[:, :-1], "target_ids": tokens[:, 1:], "document_ids": torch.zeros(2, 8).long(),
+             "position_ids": torch.arange(8).expand(2, 8)}  # fmt: skip
+    data = model(dict(batch))
+    assert data["moe_stats"]["balance_loss"].shape == (2,)
+    objective = WeightedObjectives({"lm": NextTokenLoss(), "moe": MoEAuxLoss()})
+    loss, _ = objective(data)
+    loss.backward()
+    assert all(p.grad is not None for p in model.trunk.transformer.blocks[0].mlp.parameters())
+    hidden = model.trunk.transformer.blocks[0].mlp.experts.hidden_dim
+    active = 2 * (4 * 16 * 16 + 16 * 4 + 2 * 3 * 16 * hidden) + 32 * 16  # blocks, then the head
+    assert model.train_flops(batch) == (6 * active + 12 * 2 * 16 * 8) * 16
+    assert model.generate(tokens[:, :4], max_new_tokens=3, temperature=0).shape == (2, 7)
