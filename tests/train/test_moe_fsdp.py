@@ -35,7 +35,8 @@ def make_model() -> MetaModel:
 
 def loss_of(model: MetaModel, rank: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(rank)
-    batch = {"tokens": torch.randn(2, 6, 16, generator=generator), "target_ids": torch.randint(0, 8, (2, 6), generator=generator)}
+    tokens = torch.randn(2, 6, 16, generator=generator)
+    batch = {"tokens": tokens, "target_ids": torch.randint(0, 8, (2, 6), generator=generator)}
     objective = WeightedObjectives({"lm": NextTokenLoss(), "moe": MoEAuxLoss(balance_weight=0.1, z_loss_weight=0.1)})
     return objective(model(batch))[0]
 
