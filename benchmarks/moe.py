@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from timing import compare, parse_with_threads, start_measuring
+from timing import compare, measuring, parse_with_threads
 from torch import Tensor
 
 from polymodal.models.layers.moe import MoEFeedForward
@@ -70,32 +70,32 @@ def main(argv: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
     parser.add_argument("--capacity-factor", type=float, default=None, help="default: dropless")
     parser.add_argument("--rounds", type=int, default=5)
     args = parse_with_threads(parser, argv, ("batch", "seq_len", "dim", "hidden", "experts", "top_k", "rounds"))
-    start_measuring(args.threads)
-    torch.manual_seed(0)
-    layer = MoEFeedForward(args.dim, args.hidden, args.experts, args.top_k, args.capacity_factor, kind="swiglu")
-    x = torch.randn(args.batch, args.seq_len, args.dim)
-    print(
-        f"MoE swiglu: {args.batch} x {args.seq_len} tokens, dim {args.dim}, hidden {args.hidden}, "
-        f"{args.experts} experts, top-{args.top_k}, capacity factor {args.capacity_factor or 'none (dropless)'}"
-    )
+    with measuring(args.threads):
+        torch.manual_seed(0)
+        layer = MoEFeedForward(args.dim, args.hidden, args.experts, args.top_k, args.capacity_factor, kind="swiglu")
+        x = torch.randn(args.batch, args.seq_len, args.dim)
+        print(
+            f"MoE swiglu: {args.batch} x {args.seq_len} tokens, dim {args.dim}, hidden {args.hidden}, "
+            f"{args.experts} experts, top-{args.top_k}, capacity factor {args.capacity_factor or 'none (dropless)'}"
+        )
 
-    def batched(tokens: Tensor) -> Tensor:
-        return layer(tokens)[0]
+        def batched(tokens: Tensor) -> Tensor:
+            return layer(tokens)[0]
 
-    def looped(tokens: Tensor) -> Tensor:
-        return looped_forward(layer, tokens)
+        def looped(tokens: Tensor) -> Tensor:
+            return looped_forward(layer, tokens)
 
-    (out_a, grad_a), (out_b, grad_b) = outputs(batched, x), outputs(looped, x)
-    difference = max((out_a - out_b).abs().max().item(), (grad_a - grad_b).abs().max().item())
-    print(f"max |difference| of output and input gradient: {difference:.1e}")
-    batched_step, looped_step = timed_step(batched, x), timed_step(looped, x)
-    batched_step(), looped_step()  # warm-up
-    times = compare(batched_step, looped_step, args.rounds)
-    a, b = times.ours_s, times.baseline_s
-    print(f"  {'seconds per step':24}{'median':>10}{'best':>10}")
-    print(f"  {'batched (A)':24}{statistics.median(a):10.4f}{min(a):10.4f}")
-    print(f"  {'per-expert loop (B)':24}{statistics.median(b):10.4f}{min(b):10.4f}")
-    print(f"  {'ratio B/A':24}{statistics.median(b) / statistics.median(a):10.2f}{min(b) / min(a):10.2f}")
+        (out_a, grad_a), (out_b, grad_b) = outputs(batched, x), outputs(looped, x)
+        difference = max((out_a - out_b).abs().max().item(), (grad_a - grad_b).abs().max().item())
+        print(f"max |difference| of output and input gradient: {difference:.1e}")
+        batched_step, looped_step = timed_step(batched, x), timed_step(looped, x)
+        batched_step(), looped_step()  # warm-up
+        times = compare(batched_step, looped_step, args.rounds)
+        a, b = times.ours_s, times.baseline_s
+        print(f"  {'seconds per step':24}{'median':>10}{'best':>10}")
+        print(f"  {'batched (A)':24}{statistics.median(a):10.4f}{min(a):10.4f}")
+        print(f"  {'per-expert loop (B)':24}{statistics.median(b):10.4f}{min(b):10.4f}")
+        print(f"  {'ratio B/A':24}{statistics.median(b) / statistics.median(a):10.2f}{min(b) / min(a):10.2f}")
     return a, b
 
 

@@ -7,7 +7,7 @@ BENCHMARK = "moe"
 TINY = ["--batch", "2", "--seq-len", "8", "--dim", "16", "--hidden", "24", "--experts", "4", "--rounds", "2"]
 
 
-def test_tiny_run_prints_agreement_times_and_ratio(benchmark, capsys, restore_threads):
+def test_tiny_run_prints_agreement_times_and_ratio(benchmark, capsys):
     for extra in ([], ["--capacity-factor", "0.5", "--top-k", "1"]):
         batched, looped = benchmark.main([*TINY, *extra, "--threads", "1"])
         output = capsys.readouterr().out
