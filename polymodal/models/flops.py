@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from polymodal.models.layers.moe import MoEFeedForward
+
 
 def transformer_train_flops_per_token(n_matmul_params: int, n_layers: int, dim: int, seq_len: int) -> float:
     """Training FLOPs per token of a dense transformer: ``6 * N_matmul + 12 * L * d * T``.
@@ -39,7 +41,9 @@ def matmul_params(model: nn.Module, exclude_types: tuple[type[nn.Module], ...] =
     several Linears is counted once; an output head tied to the embedding table *is* counted, since the
     head matmul runs per token. Raw ``nn.Parameter`` matmuls (e.g. ``nn.MultiheadAttention.in_proj_weight``)
     and patchify convolutions are not seen. ``exclude_types`` drops whole sub-trees, e.g. a frozen tower
-    whose forward-only FLOPs (2 per parameter, not 6) you account for separately.
+    whose forward-only FLOPs (2 per parameter, not 6) you account for separately. A mixture-of-experts layer
+    counts its router and ``top_k`` of its experts: the weights one token is multiplied by (capacity drops and the
+    padding of the expert buffers are not counted).
     """
     excluded = {
         id(inner)
@@ -50,6 +54,8 @@ def matmul_params(model: nn.Module, exclude_types: tuple[type[nn.Module], ...] =
     counted: set[int] = set()
     total = 0
     for module in model.modules():
+        if isinstance(module, MoEFeedForward) and id(module) not in excluded:
+            total += module.top_k * module.experts.weights_per_expert
         if not isinstance(module, nn.Linear) or id(module) in excluded:
             continue
         if id(module.weight) not in counted:

@@ -8,6 +8,8 @@ head:         linear projection to the vocabulary, optionally tied to the embedd
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -146,6 +148,7 @@ def build_llm(
     res_post_norm: bool = False,
     loss_chunk_size: int | None = 1024,
     attention: AttentionImpl = "sdpa",
+    moe: dict[str, Any] | None = None,
 ) -> CausalLM:
     """Build and initialise the model (trunc-normal init with GPT-2 depth scaling of residual projections).
 
@@ -154,7 +157,9 @@ def build_llm(
     :func:`~polymodal.models.layers.block.build_transformer`. Given ``target_ids`` the head writes the next-token
     loss sums, ``loss_chunk_size`` labelled positions at a time, instead of logits (``None``: always logits; see
     :class:`~polymodal.models.parts.VocabularyHead`). ``attention="flex"`` runs rows of several documents through
-    FlexAttention block masks (``docs/attention.md``); rows of one document take SDPA's ``is_causal`` either way."""
+    FlexAttention block masks (``docs/attention.md``); rows of one document take SDPA's ``is_causal`` either way.
+    ``moe`` makes every feed-forward a mixture of SwiGLU experts (``docs/moe.md``); the trunk then also writes
+    ``moe_stats``."""
     transformer = build_transformer(
         dim,
         depth,
@@ -172,6 +177,7 @@ def build_llm(
         rope_theta=rope_theta,
         residual_dropout=residual_dropout,
         res_post_norm=res_post_norm,
+        moe=moe,
     )
     model = CausalLM(
         TokenEmbedding(vocab_size, dim),

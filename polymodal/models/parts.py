@@ -101,7 +101,8 @@ class TransformerTrunk(ReadWriteBlock):
     ``attention`` picks the kernel of rule masks (:mod:`polymodal.models.layers.mask_rules`): ``"sdpa"`` builds the
     dense bool mask once per forward pass, ``"flex"`` a FlexAttention block mask (fused on a GPU; on the CPU
     forward-only and slow). A :class:`~polymodal.models.layers.mask_rules.CausalMask` or no mask runs SDPA either
-    way."""
+    way. A transformer with mixture-of-experts blocks also writes its per-layer router statistics under
+    ``moe_stats_key`` (read by :class:`~polymodal.objectives.moe.MoEAuxLoss`)."""
 
     def __init__(
         self,
@@ -113,9 +114,10 @@ class TransformerTrunk(ReadWriteBlock):
         is_causal: bool = False,
         cache_key: str | None = KV_CACHE,
         attention: AttentionImpl = "sdpa",
+        moe_stats_key: str = "moe_stats",
     ):
         reads = [read_key] + [key for key in (mask_key, position_key, cache_key) if key is not None]
-        super().__init__(reads, write_key)
+        super().__init__(reads, [write_key, moe_stats_key] if transformer.has_moe else write_key)
         self.transformer = transformer
         self.mask_key, self.position_key, self.is_causal = mask_key, position_key, is_causal
         self.cache_key = cache_key
@@ -129,7 +131,10 @@ class TransformerTrunk(ReadWriteBlock):
         mask, is_causal = resolve_mask(data[self.mask_key] if self.mask_key else None, self.attention, self.is_causal)
         positions = data[self.position_key] if self.position_key else None
         cache = _optional(data, self.cache_key)
-        data[self.write_keys[0]] = self.transformer(data[self.read_keys[0]], mask, is_causal, positions, cache)
+        out = self.transformer(data[self.read_keys[0]], mask, is_causal, positions, cache)
+        if self.transformer.has_moe:
+            out, data[self.write_keys[1]] = out
+        data[self.write_keys[0]] = out
         return data
 
     def extra_repr(self) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from polymodal.models.layers.attention import Attention, QKNorm
@@ -12,6 +13,7 @@ from polymodal.models.layers.drop_path import DropPath
 from polymodal.models.layers.kv_cache import KVCache, LayerCache
 from polymodal.models.layers.mask_rules import AttentionMask
 from polymodal.models.layers.mlp import MLP, QuickGELU, SwiGLU, swiglu_hidden_dim
+from polymodal.models.layers.moe import MOE_STATS, MoEFeedForward
 from polymodal.models.layers.norm import NormKind, RMSNorm, norm_factory
 from polymodal.models.layers.rope import AxialRotaryEmbedding2D, RotaryEmbedding
 
@@ -24,6 +26,7 @@ class TransformerBlock(nn.Module):
       it joins the residual stream (Swin v2's res-post-norm; Chameleon-34B's ``swin_norm``).
 
     ``residual_dropout`` (standard dropout on each branch output) and stochastic depth act in training mode only.
+    With a :class:`~polymodal.models.layers.moe.MoEFeedForward` as ``mlp`` the block returns ``(x, router_stats)``.
     """
 
     def __init__(
@@ -61,18 +64,28 @@ class TransformerBlock(nn.Module):
         else:
             attended = self.attn(self.attn_norm(x), mask, is_causal, position_ids, cache=cache)
         x = x + self.drop_path(self.residual_dropout(attended))
-        transformed = self.mlp_norm(self.mlp(x)) if self.res_post_norm else self.mlp(self.mlp_norm(x))
-        return x + self.drop_path(self.residual_dropout(transformed))
+        transformed = self.mlp(x if self.res_post_norm else self.mlp_norm(x))
+        stats = None
+        if isinstance(self.mlp, MoEFeedForward):
+            transformed, stats = transformed
+        if self.res_post_norm:
+            transformed = self.mlp_norm(transformed)
+        x = x + self.drop_path(self.residual_dropout(transformed))
+        return x if stats is None else (x, stats)
 
 
 class Transformer(nn.Module):
     """A stack of blocks (an ``nn.ModuleList``, so each can be sharded/checkpointed on its own) and
-    an optional final norm."""
+    an optional final norm.
+
+    When some blocks are mixture-of-experts blocks (``has_moe``) it returns ``(x, moe_stats)``: each of
+    :data:`~polymodal.models.layers.moe.MOE_STATS` as a ``[num_moe_layers]`` tensor."""
 
     def __init__(self, blocks: list[TransformerBlock], final_norm: nn.Module | None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = final_norm
+        self.has_moe = any(isinstance(block.mlp, MoEFeedForward) for block in blocks)
 
     def forward(
         self,
@@ -81,20 +94,47 @@ class Transformer(nn.Module):
         is_causal: bool = False,
         position_ids: Tensor | None = None,
         cache: KVCache | None = None,
-    ) -> Tensor:
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
         """With a ``cache`` (decoding), block ``i`` appends to and attends ``cache.layer(i)``. Without one the blocks
         are called exactly as in training (wrappers such as activation checkpointing see no extra argument)."""
+        layer_stats: list[dict[str, Tensor]] = []
         for index, block in enumerate(self.blocks):
             if cache is None:
                 x = block(x, mask, is_causal, position_ids)
             else:
                 x = block(x, mask, is_causal, position_ids, cache=cache.layer(index))
-        return x if self.final_norm is None else self.final_norm(x)
+            if isinstance(x, tuple):
+                x, stats = x
+                layer_stats.append(stats)
+        x = x if self.final_norm is None else self.final_norm(x)
+        if not self.has_moe:
+            return x
+        return x, {name: torch.stack([stats[name] for stats in layer_stats]) for name in MOE_STATS}
 
 
 def _choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _build_moe(dim: int, hidden_dim: int, mlp: str, options: dict[str, Any]) -> MoEFeedForward:
+    allowed = ("num_experts", "top_k", "capacity_factor", "normalize_top_k", "kind")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown moe option(s) {unknown}; valid: {list(allowed)}")
+    if "num_experts" not in options:
+        raise ValueError("moe needs num_experts")
+    kind = options.get("kind", mlp)
+    return MoEFeedForward(
+        dim,
+        hidden_dim,
+        options["num_experts"],
+        top_k=options.get("top_k", 1),
+        capacity_factor=options.get("capacity_factor"),
+        kind=kind,
+        bias=kind in ("gelu", "quick_gelu"),
+        normalize_top_k=options.get("normalize_top_k", False),
+    )
 
 
 def build_transformer(
@@ -121,6 +161,7 @@ def build_transformer(
     ffn_dim: int | None = None,
     residual_dropout: float = 0.0,
     res_post_norm: bool = False,
+    moe: dict[str, Any] | None = None,
 ) -> Transformer:
     """Build a transformer (pre-norm unless ``res_post_norm``).
 
@@ -134,6 +175,10 @@ def build_transformer(
     leading tokens. One rotary module (tables only, no parameters) is shared by all blocks. Stochastic
     depth grows linearly from 0 at the first block to ``drop_path`` at the last; ``residual_dropout`` and
     ``res_post_norm`` are the same in every :class:`TransformerBlock`.
+
+    ``moe`` (e.g. ``{num_experts: 4, top_k: 1}``) turns every block's feed-forward into a
+    :class:`~polymodal.models.layers.moe.MoEFeedForward` whose experts have the width and kind of the dense one
+    (``kind: geglu`` picks a GELU-gated expert); its other keys are ``capacity_factor`` and ``normalize_top_k``.
     """
     _choice("mlp", mlp, ("swiglu", "gelu", "quick_gelu"))
     _choice("rope", rope, ("1d", "2d", None))
@@ -153,11 +198,16 @@ def build_transformer(
 
     make_norm = norm_factory(norm, norm_eps, norm_bias)
 
+    dense_width = swiglu_hidden_dim(dim, mlp_ratio, multiple_of) if mlp == "swiglu" else int(mlp_ratio * dim)
+    hidden_dim = ffn_dim or dense_width
+
     def make_mlp() -> nn.Module:
+        if moe is not None:
+            return _build_moe(dim, hidden_dim, mlp, moe)
         if mlp == "swiglu":
-            return SwiGLU(dim, ffn_dim or swiglu_hidden_dim(dim, mlp_ratio, multiple_of))
+            return SwiGLU(dim, hidden_dim)
         activation = QuickGELU if mlp == "quick_gelu" else nn.GELU
-        return MLP(dim, ffn_dim or int(mlp_ratio * dim), activation=activation)
+        return MLP(dim, hidden_dim, activation=activation)
 
     blocks = [
         TransformerBlock(

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from polymodal.models.layers.moe import GroupedExperts
+
 InitScheme = Literal["normal", "trunc_normal", "xavier"]
 RESIDUAL_PROJECTIONS = ("attn.o_proj", "mlp.fc2")
 DRAWN_MODULES = (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -29,6 +31,20 @@ def _draw(weight: Tensor, scheme: InitScheme, std: float) -> None:
 
 def _is_residual_projection(name: str) -> bool:
     return any(name == suffix or name.endswith("." + suffix) for suffix in RESIDUAL_PROJECTIONS)
+
+
+def _draw_experts(experts: GroupedExperts, scheme: InitScheme, std: float, residual_scale: float) -> None:
+    """Each expert's matrices as the Linear layers of a dense MLP (``w2`` is its residual output projection)."""
+    for weight, scale in ((experts.w1, 1.0), (experts.w3, 1.0), (experts.w2, residual_scale)):
+        if weight is None:
+            continue
+        for expert_weight in weight:
+            _draw(expert_weight, scheme, std * scale)
+            if scheme == "xavier" and scale != 1.0:
+                expert_weight.mul_(scale)
+    for bias in (experts.b1, experts.b2):
+        if bias is not None:
+            nn.init.zeros_(bias)
 
 
 @torch.no_grad()
@@ -54,7 +70,8 @@ def init_weights(
     ``depth`` (number of residual blocks) turns on the GPT-2 scaled init (Radford et al. 2019, also
     used by Megatron-LM and OLMo): the residual output projections ``attn.o_proj`` and ``mlp.fc2``
     get ``std / sqrt(2·depth)`` (for xavier, their Glorot draw is multiplied by ``1 / sqrt(2·depth)``),
-    so the variance of the residual stream does not grow with depth.
+    so the variance of the residual stream does not grow with depth. The stacked experts of a mixture-of-experts
+    layer are drawn expert by expert like a dense MLP's linears (``w2`` as the residual projection).
     """
     if scheme not in ("normal", "trunc_normal", "xavier"):
         raise ValueError(f"scheme must be 'normal', 'trunc_normal' or 'xavier', got {scheme!r}")
@@ -76,5 +93,7 @@ def init_weights(
                 nn.init.zeros_(submodule.bias)
             if isinstance(submodule, nn.Embedding) and submodule.padding_idx is not None:
                 weight[submodule.padding_idx].zero_()
+        elif isinstance(submodule, GroupedExperts):
+            _draw_experts(submodule, scheme, std, residual_scale)
         elif hasattr(submodule, "reset_parameters"):
             submodule.reset_parameters()

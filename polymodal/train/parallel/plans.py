@@ -41,6 +41,7 @@ from polymodal.models.layers.attention import Attention, masked_attention
 from polymodal.models.layers.block import TransformerBlock
 from polymodal.models.layers.cross_attention import CrossAttentionBlock
 from polymodal.models.layers.mask_rules import AttentionMask
+from polymodal.models.layers.moe import MoEFeedForward
 from polymodal.models.layers.norm import PerHeadLayerNorm
 from polymodal.models.meta import DataDict
 from polymodal.models.parts import VocabularyHead
@@ -82,6 +83,8 @@ def qk_norm_style(norm: nn.Module) -> ParallelStyle:
 def transformer_block_plan(block: TransformerBlock) -> dict[str, object]:
     """Tensor + sequence parallel styles for one block; its input and output are ``Shard(1)`` local tensors (the
     norms return local tensors, so the residual adds work in pre-norm and res-post-norm order alike)."""
+    if isinstance(block.mlp, MoEFeedForward):
+        raise ValueError("tensor parallelism of mixture-of-experts blocks is not supported: set distributed.tp=1")
     plan: dict[str, object] = {
         "attn_norm": SequenceParallel(use_local_output=True),
         "attn": PrepareModuleInput(

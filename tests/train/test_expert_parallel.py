@@ -1,0 +1,80 @@
+"""Expert parallelism over 2 real gloo processes equals one process holding every expert.
+
+Each rank routes its own tokens; the reference runs the unsharded layer on each rank's tokens in one process. Outputs,
+router statistics and router gradients match per rank; each rank's expert gradients match the reference gradients of
+its experts from both ranks' tokens (the all-to-all sends them the other rank's slots)."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from polymodal.models.layers.moe import GroupedExperts, MoEFeedForward
+from polymodal.train.parallel.expert_parallel import ExpertParallelExperts, local_experts, shard_experts
+
+WORLD = 2
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_layer(capacity_factor) -> MoEFeedForward:
+    torch.manual_seed(0)
+    return MoEFeedForward(8, 12, 4, top_k=2, capacity_factor=capacity_factor, kind="swiglu")
+
+
+def tokens(rank: int) -> torch.Tensor:
+    return torch.randn(3 + 2 * rank, 5, 8, generator=torch.Generator().manual_seed(10 + rank))  # ranks differ in size
+
+
+def loss_of(out: torch.Tensor, stats: dict) -> torch.Tensor:
+    return out.square().mean() + stats["balance_loss"] + 0.1 * stats["router_z_loss"]
+
+
+def worker(rank: int, port: int, capacity_factor, errors) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        reference = make_layer(capacity_factor)
+        expected = [reference(tokens(r)) for r in range(WORLD)]
+        sum(loss_of(*result) for result in expected).backward()
+        own_router_grad = torch.autograd.grad(loss_of(*reference(tokens(rank))), reference.router.weight)[0]
+
+        layer = make_layer(capacity_factor)
+        assert shard_experts(layer) == 1 and isinstance(layer.experts, ExpertParallelExperts)
+        out, stats = layer(tokens(rank))
+        loss_of(out, stats).backward()
+
+        torch.testing.assert_close(out, expected[rank][0], **TOL)
+        for name, value in stats.items():
+            torch.testing.assert_close(value, expected[rank][1][name], **TOL)
+        torch.testing.assert_close(layer.router.weight.grad, own_router_grad, **TOL)
+        mine = slice(2 * rank, 2 * rank + 2)
+        for name, param in layer.experts.local.named_parameters():
+            torch.testing.assert_close(param.grad, getattr(reference.experts, name).grad[mine], **TOL)
+    except Exception as error:  # reported to the parent, which fails the test with the message
+        errors.put(f"rank {rank}: {type(error).__name__}: {error}")
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("capacity_factor", [None, 0.75], ids=["dropless", "capacity"])
+def test_expert_parallel_equals_one_process_with_all_experts(capacity_factor):
+    context = mp.get_context("spawn")
+    errors = context.SimpleQueue()
+    mp.start_processes(worker, args=(free_port(), capacity_factor, errors), nprocs=WORLD, start_method="spawn")
+    assert errors.empty(), errors.get()
+
+
+def test_expert_parallel_size_must_divide_experts():
+    with pytest.raises(ValueError, match="must divide num_experts=3"):
+        local_experts(GroupedExperts(3, 8, 12), 0, 2)
