@@ -127,7 +127,7 @@ lumina-demo: $(STAMP)
 # The l3m recipes on the synthetic world: AIMv1, AIMv2, CLIP and a supervised ViT, each trained from its tiny config
 # and evaluated on held-out scenes beside the same evaluators on its initial weights and the trivial baselines.
 VIT_FOLDER := data/scenes_imagefolder_object
-VISION_RECIPES := aimv1 aimv2 clip vit
+VISION_RECIPES := aimv1 aimv2 aimv2_moe clip vit
 VISION_TABLE := runs/vision-demo.md
 VISION_RUNS := $(foreach r,$(VISION_RECIPES),runs/$(r)-tiny/.done)
 
@@ -135,7 +135,7 @@ $(VIT_FOLDER)/.done: | $(STAMP)
 	$(BIN)/polymodal synth --out $(VIT_FOLDER) --format imagefolder --label object --num-samples 4000
 	touch $@
 
-runs/aimv1-tiny/.done runs/aimv2-tiny/.done runs/clip-tiny/.done: $(SCENES)/.done $(WORDPIECE)
+runs/aimv1-tiny/.done runs/aimv2-tiny/.done runs/aimv2_moe-tiny/.done runs/clip-tiny/.done: $(SCENES)/.done $(WORDPIECE)
 runs/vit-tiny/.done: $(VIT_FOLDER)/.done
 
 # VISION_THREADS=1 with `make -j2` trains two recipes at once, one thread each (as the tokenizers above).
