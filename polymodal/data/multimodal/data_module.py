@@ -232,7 +232,9 @@ class MultimodalData(SourcedData):
             specs[CAPTION] = ((caption_tokens,), torch.int64)
         if batch_transform is not None:
             added = batch_transform(batch, torch.Generator().manual_seed(0))
-            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in added.items()}
+            batch = {
+                key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in added.items()
+            }
         shapes = ", ".join(f"{name} {'x'.join(map(str, shape))}".strip() for name, (shape, _) in specs.items())
         return LargestBatch(batch, f"{batch_size} samples of {shapes}")
 
