@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from polymodal import cli
 from polymodal.config import ConfigError, instantiate, load_config
 from polymodal.models.layers.moe import MoEFeedForward
 from polymodal.train.parallel.planner import FP32, format_plan, plan_report
@@ -104,3 +105,11 @@ def test_an_expert_parallel_size_that_does_not_divide_is_a_clear_error():
         plan_report(load_config(MOE, DDP), gpus=2, expert_parallel=3)
     with pytest.raises(ConfigError, match=r"ep=8 must divide .*num_experts=4"):
         plan_report(load_config(MOE, DDP), gpus=8, expert_parallel=8)
+
+
+def test_the_cli_plans_expert_parallelism_and_a_balanced_dropless_capacity(capsys):
+    code = cli.main(["plan", "--config", MOE, "--gpus", "2", "--ep", "2", "--dropless-capacity", "balanced", *DDP])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "C=64 slots (dropless, planned at balanced load)" in out and "experts sharded over ep=2 ranks" in out
+    assert "EP all-to-all expert tokens" in out
