@@ -19,7 +19,7 @@ backward, and two more when activation checkpointing recomputes the block; one r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Literal
@@ -36,16 +36,16 @@ DROPLESS_CAPACITIES: tuple[DroplessCapacity, ...] = ("worst", "balanced")
 
 @dataclass(frozen=True)
 class MoELayer:
-    """One MoE layer as planned: its experts, the tokens of its input in one micro-step (``tokens``; 0 until the
-    fake run has seen them) and their bytes per element, its planned capacity rule, and its parameters (router and
-    experts)."""
+    """One MoE layer as planned: its experts, the capacity factor it is planned at (``dropless``: the rule that gave
+    a dropless layer's, None when configured), its parameters (router and experts), and the tokens of its input in
+    one micro-step and their bytes per element (0 until the fake run has seen them)."""
 
     name: str
     num_experts: int
     top_k: int
     dim: int
-    capacity_factor: float | Fraction  # as planned: a dropless layer's stands for its DroplessCapacity
-    dropless: bool
+    capacity_factor: float | Fraction
+    dropless: DroplessCapacity | None
     router_params: int
     expert_params: int
     tokens: int = 0
@@ -62,11 +62,8 @@ class MoELayer:
         return self.router_params + self.expert_params * self.top_k // self.num_experts
 
 
-def _planned_factor(layer: MoEFeedForward, dropless: DroplessCapacity) -> float | Fraction:
-    if layer.capacity_factor is not None:
-        return layer.capacity_factor
-    if dropless not in DROPLESS_CAPACITIES:
-        raise ValueError(f"dropless capacity must be one of {DROPLESS_CAPACITIES}, got {dropless!r}")
+def _dropless_factor(layer: MoEFeedForward, dropless: DroplessCapacity) -> Fraction:
+    """The capacity factor that gives ``C = N`` (worst) or ``C = ceil(N·k/E)`` (balanced) in the layer's formula."""
     return Fraction(layer.num_experts, layer.top_k) if dropless == "worst" else Fraction(1)
 
 
@@ -79,7 +76,8 @@ class MoELayers:
         self._planned: list[MoELayer] = []
         self._inputs: dict[int, tuple[int, int]] = {}  # layer index -> (tokens, bytes per element)
         for index, (name, module) in enumerate(self._modules):
-            factor = _planned_factor(module, dropless)
+            rule = dropless if module.capacity_factor is None else None
+            factor = module.capacity_factor if rule is None else _dropless_factor(module, rule)
             self._planned.append(
                 MoELayer(
                     name,
@@ -87,7 +85,7 @@ class MoELayers:
                     module.top_k,
                     module.router.in_features,
                     factor,
-                    dropless=module.capacity_factor is None,
+                    rule,
                     router_params=sum(p.numel() for p in module.router.parameters()),
                     expert_params=sum(p.numel() for p in module.experts.parameters()),
                 )
@@ -136,7 +134,9 @@ def check_expert_parallel(ep: int, layers: Sequence[MoELayer], layout: Layout) -
             raise ConfigError(f"ep={ep} must divide {layer.name}'s num_experts={layer.num_experts}")
 
 
-def expert_parallel_params(params: Sequence[ParamShape], expert_names: set[str], ep: int) -> tuple[ParamShape, ...]:
+def expert_parallel_params(
+    params: Sequence[ParamShape], expert_names: Container[str], ep: int
+) -> tuple[ParamShape, ...]:
     """``params`` as one rank of ``ep`` holds them: each expert weight's slice of ``E/ep`` experts."""
     if ep == 1:
         return tuple(params)

@@ -245,9 +245,9 @@ def _billions(count: int) -> str:
 
 
 def _capacity(layer: MoELayer) -> str:
-    if not layer.dropless:
+    if layer.dropless is None:
         return f"capacity_factor {layer.capacity_factor:g}"
-    rule = "worst case, all tokens to one expert" if layer.capacity_factor != 1 else "balanced load"
+    rule = "worst case, all tokens to one expert" if layer.dropless == "worst" else "balanced load"
     return f"dropless, planned at {rule}"
 
 
