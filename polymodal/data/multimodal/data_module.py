@@ -200,13 +200,15 @@ class MultimodalData(SourcedData):
         caption_tokenizer: str | None = None,
         caption_tokens: int = 32,
         mixup: Mapping[str, Any] | None = None,
+        batch_transform: BatchTransform | None = None,
         device: torch.device | str = "cpu",
         **sources_and_loading: Any,
     ) -> LargestBatch:
         """A batch of the shape ``train`` yields, every modality present (zeros; class 0; with ``mixup``, soft targets
         of class 0; captions of ``caption_tokens`` tokens), from the config alone: no source or tokenizer is opened
-        (``sources_and_loading``: the other arguments, which change no shape). Detections, and captions without a
-        tokenizer, are text of any length and have no largest shape. See :mod:`polymodal.data.largest`."""
+        (``sources_and_loading``: the other arguments, which change no shape). The train ``batch_transform`` (AIM's
+        prefix lengths) adds its keys, drawn from a fixed seed. Detections, and captions without a tokenizer, are
+        text of any length and have no largest shape. See :mod:`polymodal.data.largest`."""
         resolutions = parse_modalities_spec(modalities, image_size)
         specs = batch_specs(resolutions)
         mixing = mixup_transform(mixup, list(resolutions))
@@ -228,6 +230,11 @@ class MultimodalData(SourcedData):
             batch[f"{CAPTION}_eot"] = torch.full((batch_size,), caption_tokens - 1, dtype=torch.int64, device=device)
             batch[f"{CAPTION}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
             specs[CAPTION] = ((caption_tokens,), torch.int64)
+        if batch_transform is not None:
+            added = batch_transform(batch, torch.Generator().manual_seed(0))
+            batch = {
+                key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in added.items()
+            }
         shapes = ", ".join(f"{name} {'x'.join(map(str, shape))}".strip() for name, (shape, _) in specs.items())
         return LargestBatch(batch, f"{batch_size} samples of {shapes}")
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from polymodal.config import instantiate
 from polymodal.data.multimodal.data_module import MultimodalData
+from polymodal.data.multimodal.prefix import RandomPrefixLengths
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.synth.writers import write_imagefolder, write_shards
 
@@ -220,6 +221,16 @@ def test_the_largest_batch_is_shaped_like_training_batches_without_reading_a_fil
     assert largest.description == "4 samples of rgb 3x32x32, depth 1x16x16, semseg 32x32, label"
     with pytest.raises(ValueError, match=r"\['caption'\] are text of any length"):
         MultimodalData.largest_batch(modalities=SPEC, image_size=32, batch_size=4)
+
+
+def test_the_largest_batch_carries_the_train_batch_transform_keys():
+    """AIM's prefix lengths: the model reads them, so the planner's batch has them, drawn like the loader's."""
+    largest = MultimodalData.largest_batch(
+        modalities=["rgb"], image_size=32, batch_size=4, batch_transform=RandomPrefixLengths(num_patches=16)
+    )
+    lengths = largest.batch["prefix_lengths"]
+    assert lengths.dtype == torch.int64 and lengths.shape == (4,)
+    assert lengths.min() >= 1 and lengths.max() <= 15
 
 
 def test_every_scene_label_reaches_the_batch_from_shards_and_from_an_imagefolder(tmp_path):

@@ -16,13 +16,20 @@ reduce-scatter of a full buffer of ``N`` bytes over ``n`` ranks: ``(n-1)/n·N``;
 
 Modules: ``shapes`` (parameter and block shapes of a meta-device model; the run's layout and precision),
 ``states`` (training state lines), ``memory`` (a transformer LM's saved tensors and memory lines),
-``communication`` (collectives per step), ``measured`` (the plan of any other model) on ``fake_run`` (the
+``communication`` (collectives per step), ``experts`` (MoE layers: dropless capacity, active parameters, expert
+parallelism), ``measured`` (the plan of any other model) on ``fake_run`` (the
 micro-step on fake tensors), ``integer_values`` (values of integer tensors on fake tensors), ``saved_storages``
 and ``live_bytes`` (counting storages), ``report`` (config reading, ``PlanReport``, ``format_plan``,
 ``plan_main``).
 """
 
-from polymodal.train.parallel.planner.communication import Collective, collectives, data_parallel_collectives
+from polymodal.train.parallel.planner.communication import (
+    Collective,
+    collectives,
+    data_parallel_collectives,
+    expert_parallel_collectives,
+)
+from polymodal.train.parallel.planner.experts import DROPLESS_CAPACITIES, MoELayer, MoELayers, active_params
 from polymodal.train.parallel.planner.fake_run import StepMemory, measure_step
 from polymodal.train.parallel.planner.measured import MeasuredModel, measure_model, measured_memory_lines
 from polymodal.train.parallel.planner.memory import (
@@ -63,6 +70,7 @@ from polymodal.train.parallel.planner.states import MemoryLine, state_lines
 
 __all__ = [
     "ANALYTIC",
+    "DROPLESS_CAPACITIES",
     "DEFAULT_GPUS",
     "FP32",
     "GIB",
@@ -73,6 +81,8 @@ __all__ = [
     "Layout",
     "MeasuredModel",
     "MemoryLine",
+    "MoELayer",
+    "MoELayers",
     "ModelShape",
     "ParamShape",
     "PlanReport",
@@ -83,11 +93,13 @@ __all__ = [
     "StepMemory",
     "TokenLayout",
     "Wrapper",
+    "active_params",
     "batch_bytes",
     "block_input_bytes",
     "block_saved_tensors",
     "collectives",
     "data_parallel_collectives",
+    "expert_parallel_collectives",
     "format_plan",
     "fsdp_shard_numel",
     "measure_model",

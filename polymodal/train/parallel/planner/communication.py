@@ -3,8 +3,9 @@
 Bytes are what one GPU *sends* with ring algorithms (all-gather and reduce-scatter of a full buffer of ``N`` bytes
 over ``n`` ranks: ``(n-1)/n·N``; all-reduce: ``2·(n-1)/n·N``). ``collectives`` accounts for data parallelism (FSDP
 all-gathers and reduce-scatters, the HSDP all-reduce across replicas, or DDP's all-reduce), tensor parallelism
-(sequence-parallel activations, logits, gradients of replicated parameters) and context parallelism (keys and
-values and their gradients); groups of one rank are left out.
+(sequence-parallel activations, logits, gradients of replicated parameters), context parallelism (keys and
+values and their gradients) and expert parallelism (the all-to-alls of MoE layers, ``expert_parallel_collectives``);
+groups of one rank are left out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from polymodal.train.parallel.planner.experts import MoELayer, all_to_all_bytes
 from polymodal.train.parallel.planner.shapes import FP32, Layout, ModelShape, ParamShape, TokenLayout
 from polymodal.train.parallel.planner.states import local_numel
 
@@ -121,3 +123,13 @@ def collectives(model: ModelShape, layout: TokenLayout) -> list[Collective]:
         + _tensor_parallel_collectives(model, layout)
         + _context_parallel_collectives(model, layout)
     )
+
+
+def expert_parallel_collectives(layers: Sequence[MoELayer], layout: Layout) -> list[Collective]:
+    """Per MoE layer and micro-step, 2 all-to-alls of its ``[E, C, D]`` buffer forward (dispatch, return) and 2 in
+    backward, 2 more when activation checkpointing recomputes the forward; each sends ``(ep-1)/ep`` of the buffer
+    (``experts.all_to_all_bytes``)."""
+    ep, micro = layout.expert_parallel, layout.grad_accum_steps
+    per_layer = 4 + (2 if layout.activation_checkpointing else 0)
+    sent = micro * per_layer * sum(all_to_all_bytes(layer, ep) for layer in layers)
+    return _collective("EP all-to-all expert tokens", "ep", ep, micro * per_layer * len(layers), sent)

@@ -22,6 +22,7 @@ from polymodal.config import ConfigError, instantiate
 from polymodal.config.aliases import current_target
 from polymodal.data.largest import LargestBatch
 from polymodal.train.parallel.mesh import ParallelDims
+from polymodal.train.parallel.planner.experts import DroplessCapacity, MoELayer, MoELayers, expert_parallel_params
 from polymodal.train.parallel.planner.fake_run import StepMemory, measure_step
 from polymodal.train.parallel.planner.shapes import FP32, Layout, ParamShape, param_shapes
 from polymodal.train.parallel.planner.states import MemoryLine, same, state_lines, unit_numels
@@ -31,7 +32,8 @@ from polymodal.train.parallel.plans import fsdp_units, plan_for
 @dataclass(frozen=True)
 class MeasuredModel:
     """A model planned by measurement: its class, parameters, FSDP units, buffers, what one micro-batch saves
-    for backward, and what that micro-batch is (for people)."""
+    for backward, and what that micro-batch is (for people); its MoE layers as planned and the names of their
+    expert parameters."""
 
     kind: str
     params: tuple[ParamShape, ...]
@@ -39,10 +41,16 @@ class MeasuredModel:
     buffer_bytes: int
     step: StepMemory
     batch: str
+    moe_layers: tuple[MoELayer, ...] = ()
+    expert_names: frozenset[str] = frozenset()
 
     @property
     def num_params(self) -> int:
         return sum(math.prod(param.shape) for param in self.params)
+
+    def rank_params(self, layout: Layout) -> tuple[ParamShape, ...]:
+        """The parameters as one rank holds them before data parallelism: experts cut by expert parallelism."""
+        return expert_parallel_params(self.params, self.expert_names, layout.expert_parallel)
 
 
 def refuse_tensor_and_context_parallel(model: nn.Module, dims: ParallelDims) -> None:
@@ -77,11 +85,16 @@ def largest_batch(cfg: DictConfig, device: str) -> LargestBatch:
     return instantiate(cfg.data, _target_=f"{target}.largest_batch", device=device)
 
 
-def measure_model(cfg: DictConfig, model: nn.Module, trainable: set[int], layout: Layout) -> MeasuredModel:
+def measure_model(
+    cfg: DictConfig, model: nn.Module, trainable: set[int], layout: Layout, dropless: DroplessCapacity = "worst"
+) -> MeasuredModel:
     """Read the states of ``model`` (built on the meta device; ``trainable``: ids of the parameters the optimizer
-    trains), then measure one micro-step of the largest micro-batch on fake tensors, as the trainer runs it."""
+    trains), then measure one micro-step of the largest micro-batch on fake tensors, as the trainer runs it, its
+    dropless MoE layers at the ``dropless`` capacity (:mod:`~polymodal.train.parallel.planner.experts`)."""
     units = fsdp_units(model)
     params = param_shapes(model, units, trainable)
+    moe = MoELayers(model, dropless)
+    expert_names = moe.expert_parameter_names(model)
     buffer_bytes = sum({b.untyped_storage()._cdata: b.untyped_storage().nbytes() for b in model.buffers()}.values())
     kind = type(model).__name__
     made: list[LargestBatch] = []
@@ -105,7 +118,7 @@ def measure_model(cfg: DictConfig, model: nn.Module, trainable: set[int], layout
     except (ValueError, RuntimeError, NotImplementedError) as error:  # the model refuses the batch, no meta kernel
         reason = " ".join(str(error).split())
         raise ConfigError(f"measuring {kind} on the meta device failed: {type(error).__name__}: {reason}") from error
-    return MeasuredModel(kind, params, len(units), buffer_bytes, step, made[-1].description)
+    return MeasuredModel(kind, params, len(units), buffer_bytes, step, made[-1].description, moe.layers(), expert_names)
 
 
 def _unsharded_gradients(params: Sequence[ParamShape], layout: Layout) -> int:
@@ -122,11 +135,12 @@ def _unsharded_gradients(params: Sequence[ParamShape], layout: Layout) -> int:
 
 def measured_memory_lines(model: MeasuredModel, layout: Layout) -> list[MemoryLine]:
     """The memory lines of a measured model, each with and without activation checkpointing."""
-    lines = state_lines(model.params, layout)
+    params = model.rank_params(layout)
+    lines = state_lines(params, layout)
     if model.buffer_bytes:
         lines.append(same("buffers", model.buffer_bytes, "whole on every GPU: FSDP does not shard buffers"))
     if layout.wrapper in ("fsdp", "hsdp"):
-        unsharded = _unsharded_gradients(model.params, layout)
+        unsharded = _unsharded_gradients(params, layout)
         lines.append(same("unsharded gradients (FSDP)", unsharded, "the root's, and one unit's being reduced"))
     saved = model.step.saved
     if model.num_units:

@@ -24,7 +24,19 @@ from polymodal.config import ConfigError, experiment_config, instantiate, load_c
 from polymodal.config.schema import ExperimentConfig
 from polymodal.train.optim import freeze_parameters
 from polymodal.train.parallel.mesh import ParallelDims
-from polymodal.train.parallel.planner.communication import Collective, collectives, data_parallel_collectives
+from polymodal.train.parallel.planner.communication import (
+    Collective,
+    collectives,
+    data_parallel_collectives,
+    expert_parallel_collectives,
+)
+from polymodal.train.parallel.planner.experts import (
+    DROPLESS_CAPACITIES,
+    DroplessCapacity,
+    MoELayer,
+    active_params,
+    check_expert_parallel,
+)
 from polymodal.train.parallel.planner.measured import (
     MeasuredModel,
     measure_model,
@@ -139,14 +151,19 @@ def plan_report(
     headroom: float = 0.10,
     reserved_gib: float = 1.0,
     mask: LMMask = "document",
+    expert_parallel: int = 1,
+    dropless: DroplessCapacity = "worst",
 ) -> PlanReport:
     """Plan ``cfg`` on ``gpus`` GPUs of ``gpu_memory_gb`` GiB each (default GPU count: the product of the
     configured degrees, or 8 when ``dp_shard`` is -1). A run fits when its total stays within
     ``gpu_memory_gb·(1 - headroom) - reserved_gib`` (allocator fragmentation; CUDA context and NCCL buffers).
     A transformer LM's attention mask is ``mask`` (``TokenLayout``): ``"document"`` (rows of packed documents,
-    the bound) or ``"causal"`` (every row one document)."""
+    the bound) or ``"causal"`` (every row one document). MoE layers (``planner.experts``): their experts are
+    sharded over ``expert_parallel`` data-parallel ranks, dropless ones planned at the ``dropless`` capacity."""
     if mask not in LM_MASKS:
         raise ValueError(f"mask must be one of {LM_MASKS}, got {mask!r}")
+    if dropless not in DROPLESS_CAPACITIES:
+        raise ValueError(f"dropless must be one of {DROPLESS_CAPACITIES}, got {dropless!r}")
     if gpu_memory_gb <= 0:
         raise ValueError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
     if not 0 <= headroom < 1:
@@ -172,6 +189,7 @@ def plan_report(
         activation_checkpointing=exp.activation_checkpointing,
         reshard_after_forward=settings.reshard_after_forward,
         loss_parallel=settings.loss_parallel,
+        expert_parallel=expert_parallel,
     )
     with torch.device("meta"):
         model = instantiate(cfg.model)
@@ -184,13 +202,16 @@ def plan_report(
         shape = None
     if shape is None:
         refuse_tensor_and_context_parallel(model, dims)
-        measured = measure_model(cfg, model, trainable, layout)
+        measured = measure_model(cfg, model, trainable, layout, dropless)
+        check_expert_parallel(expert_parallel, measured.moe_layers, layout)
+        found = data_parallel_collectives(measured.rank_params(layout), measured.num_units, layout)
         return report(
             model=measured,
             layout=layout,
             memory=tuple(measured_memory_lines(measured, layout)),
-            collectives=tuple(data_parallel_collectives(measured.params, measured.num_units, layout)),
+            collectives=tuple(found + expert_parallel_collectives(measured.moe_layers, layout)),
         )
+    check_expert_parallel(expert_parallel, (), layout)
     token_layout = TokenLayout(**vars(layout), seq_len=_positive_int(cfg, "data.seq_len"), mask=mask)
     _check_divisible(shape, token_layout)
     block_saved = tuple(block_saved_tensors(shape.block, token_layout))
@@ -221,6 +242,34 @@ def _trainable(cfg: DictConfig, exp: ExperimentConfig, model: nn.Module) -> set[
 def _billions(count: int) -> str:
     """``6.74 B``, ``0.00583 B``: three significant digits, so that small models do not read as 0."""
     return f"{count / 1e9:.3g} B"
+
+
+def _capacity(layer: MoELayer) -> str:
+    if layer.dropless is None:
+        return f"capacity_factor {layer.capacity_factor:g}"
+    rule = "worst case, all tokens to one expert" if layer.dropless == "worst" else "balanced load"
+    return f"dropless, planned at {rule}"
+
+
+def _experts(model: MeasuredModel, layout: Layout) -> list[str]:
+    """The MoE lines of the header: parameters a token meets, the experts' share, capacities, expert parallelism."""
+    if not model.moe_layers:
+        return []
+    layers, total = model.moe_layers, model.num_params
+    experts = sum(layer.expert_params for layer in layers)
+    kinds = sorted(
+        {
+            f"{layer.num_experts} experts top-{layer.top_k}, C={layer.capacity} slots ({_capacity(layer)})"
+            for layer in layers
+        }
+    )
+    ep = layout.expert_parallel
+    sharding = f"experts sharded over ep={ep} ranks" if ep > 1 else "experts not sharded (ep=1)"
+    return [
+        f"mixture of experts: {len(layers)} MoE layer(s): {'; '.join(kinds)}",
+        f"  {_billions(active_params(total, layers))} parameters active per token of {_billions(total)}; "
+        f"experts hold {_billions(experts)} ({100 * experts / total:.1f}%); {sharding}",
+    ]
 
 
 def _gib(size: float) -> str:
@@ -256,6 +305,7 @@ def format_plan(report: PlanReport) -> str:
         f"cp={dims.cp} tp={dims.tp}), reshard_after_forward={layout.reshard_after_forward}",
         f"micro-batch: {batch}",
         f"{layout.grad_accum_steps} accumulation step(s), {precision}",
+        *(_experts(model, layout) if isinstance(model, MeasuredModel) else []),
         "",
         f"{'memory per GPU (GiB)':40s} {'AC off':>9s} {'AC on':>9s}  note",
     ]
@@ -287,8 +337,17 @@ def plan_main(
     gpus: int | None = None,
     gpu_memory_gb: float = 80.0,
     mask: LMMask = "document",
+    expert_parallel: int = 1,
+    dropless: DroplessCapacity = "worst",
 ) -> int:
     """``polymodal plan``: print the plan; exit status 0 when the configured run fits, 1 when it does not."""
-    report = plan_report(load_config(config_path, overrides), gpus=gpus, gpu_memory_gb=gpu_memory_gb, mask=mask)
+    report = plan_report(
+        load_config(config_path, overrides),
+        gpus=gpus,
+        gpu_memory_gb=gpu_memory_gb,
+        mask=mask,
+        expert_parallel=expert_parallel,
+        dropless=dropless,
+    )
     print(format_plan(report))
     return 0 if report.fits else 1

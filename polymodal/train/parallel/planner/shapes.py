@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
@@ -95,7 +95,8 @@ class Precision:
 
 @dataclass(frozen=True)
 class Layout:
-    """What the planner needs about a run: the mesh, the data-parallel wrapper, the micro-batch."""
+    """What the planner needs about a run: the mesh, the data-parallel wrapper, the micro-batch; and the
+    ``expert_parallel`` ranks each MoE layer's experts are sharded over (``planner.experts``)."""
 
     dims: ParallelDims
     wrapper: Wrapper
@@ -105,6 +106,7 @@ class Layout:
     activation_checkpointing: bool
     reshard_after_forward: bool
     loss_parallel: bool
+    expert_parallel: int = field(default=1, kw_only=True)
 
     @property
     def shard_group(self) -> int:
