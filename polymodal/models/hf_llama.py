@@ -59,32 +59,32 @@ def decoder_key_map(num_layers: int, qk_norm_tensors: tuple[str, ...] = (), tied
     return names
 
 
-def llm_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """The :func:`build_llm` arguments of a ``LlamaConfig`` / ``Qwen3Config``; a ValueError naming what it cannot
-    build (biases, another activation, RoPE scaling, sliding windows, a head dim other than width / heads)."""
-    config = config_as_dict(config)
-    model_type = config.get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"model_type {model_type!r} is not a Llama or Qwen3 config ({sorted(ARCHITECTURES)})")
+def decoder_refusals(config: Mapping[str, Any]) -> dict[str, bool]:
+    """What no decoder of ours expresses, by ``config.json`` key: biases, another activation, attention dropout,
+    RoPE scaling (Llama, Qwen3 and Chameleon alike)."""
     rope = dict(config.get("rope_parameters") or {})
-    num_heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // num_heads
-    qwen3 = model_type == "qwen3"
-    unsupported = {
+    return {
         "hidden_act": config.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(config.get("attention_bias")),
         "mlp_bias": bool(config.get("mlp_bias")),
         "attention_dropout": bool(config.get("attention_dropout")),
-        "pretraining_tp": config.get("pretraining_tp", 1) != 1,
         "rope_parameters": rope.get("rope_type", "default") != "default",
         "rope_scaling": bool(config.get("rope_scaling")),  # transformers 4.x
-        "use_sliding_window": bool(config.get("use_sliding_window")),
-        "head_dim": head_dim * num_heads != config["hidden_size"],
-        "rms_norm_eps": qwen3 and config.get("rms_norm_eps", QK_NORM_EPS) != QK_NORM_EPS,
     }
-    if any(unsupported.values()):
-        settings = {name: config.get(name) for name, bad in unsupported.items() if bad}
-        raise ValueError(f"{model_type} config settings our LLM cannot express: {settings}")
+
+
+def refuse(what: str, config: Mapping[str, Any], refusals: Mapping[str, bool]) -> None:
+    """A ValueError naming the ``config`` settings ``refusals`` marks, if any."""
+    if any(refusals.values()):
+        settings = {name: config.get(name) for name, refused in refusals.items() if refused}
+        raise ValueError(f"{what}: {settings}")
+
+
+def decoder_arguments(config: Mapping[str, Any], max_seq_len: int, norm_eps: float) -> dict[str, Any]:
+    """The decoder shape every builder of ours shares, from an HF decoder config; ``max_seq_len`` and ``norm_eps``
+    are the architecture's defaults for keys the config leaves out."""
+    rope = dict(config.get("rope_parameters") or {})
+    num_heads = config["num_attention_heads"]
     return {
         "vocab_size": config["vocab_size"],
         "dim": config["hidden_size"],
@@ -92,9 +92,51 @@ def llm_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
         "num_heads": num_heads,
         "num_kv_heads": config.get("num_key_value_heads") or num_heads,
         "ffn_dim": config["intermediate_size"],
-        "max_seq_len": config.get("max_position_embeddings", 2048),
+        "max_seq_len": config.get("max_position_embeddings", max_seq_len),
         "rope_theta": rope.get("rope_theta", config.get("rope_theta", 10000.0)),
-        "norm_eps": config.get("rms_norm_eps", 1e-6),
+        "norm_eps": config.get("rms_norm_eps", norm_eps),
+    }
+
+
+def decoder_config(arguments: Mapping[str, Any], intermediate_size: int) -> dict[str, Any]:
+    """The ``config.json`` keys of a decoder every architecture we export shares (the inverse of
+    :func:`decoder_arguments`)."""
+    num_heads = arguments["num_heads"]
+    return {
+        "vocab_size": arguments["vocab_size"],
+        "hidden_size": arguments["dim"],
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": arguments["depth"],
+        "num_attention_heads": num_heads,
+        "num_key_value_heads": arguments["num_kv_heads"] or num_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": arguments["max_seq_len"],
+        "rms_norm_eps": arguments["norm_eps"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(arguments["rope_theta"])},
+        "attention_bias": False,
+        "initializer_range": arguments["init_std"],
+        "dtype": "float32",
+    }
+
+
+def llm_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The :func:`build_llm` arguments of a ``LlamaConfig`` / ``Qwen3Config``; a ValueError naming what it cannot
+    build (biases, another activation, RoPE scaling, sliding windows, a head dim other than width / heads)."""
+    config = config_as_dict(config)
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"model_type {model_type!r} is not a Llama or Qwen3 config ({sorted(ARCHITECTURES)})")
+    num_heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // num_heads
+    qwen3 = model_type == "qwen3"
+    refusals = decoder_refusals(config) | {
+        "pretraining_tp": config.get("pretraining_tp", 1) != 1,
+        "use_sliding_window": bool(config.get("use_sliding_window")),
+        "head_dim": head_dim * num_heads != config["hidden_size"],
+        "rms_norm_eps": qwen3 and config.get("rms_norm_eps", QK_NORM_EPS) != QK_NORM_EPS,
+    }
+    refuse(f"{model_type} config settings our LLM cannot express", config, refusals)
+    return decoder_arguments(config, max_seq_len=2048, norm_eps=1e-6) | {
         "qk_norm": "rmsnorm" if qwen3 else False,
         "tie_embeddings": bool(config.get("tie_word_embeddings")),
         "init_std": config.get("initializer_range", 0.02),
@@ -118,27 +160,14 @@ def llama_config(arguments: Mapping[str, Any], intermediate_size: int) -> dict[s
         raise ValueError(f"norm_eps={arguments['norm_eps']}: Qwen3's QK-norms share it, ours use {QK_NORM_EPS}")
     if arguments["res_post_norm"]:
         raise ValueError("res_post_norm: Llama and Qwen3 normalise each branch's input, not its output")
-    dim, num_heads = arguments["dim"], arguments["num_heads"]
     model_type = "qwen3" if qk_norm else "llama"
     config = {
         "architectures": [ARCHITECTURES[model_type]],
         "model_type": model_type,
-        "vocab_size": arguments["vocab_size"],
-        "hidden_size": dim,
-        "intermediate_size": intermediate_size,
-        "num_hidden_layers": arguments["depth"],
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": arguments["num_kv_heads"] or num_heads,
-        "head_dim": dim // num_heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": arguments["max_seq_len"],
-        "rms_norm_eps": arguments["norm_eps"],
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(arguments["rope_theta"])},
+        **decoder_config(arguments, intermediate_size),
+        "head_dim": arguments["dim"] // arguments["num_heads"],
         "tie_word_embeddings": bool(arguments["tie_embeddings"]),
-        "attention_bias": False,
         "attention_dropout": 0.0,
-        "initializer_range": arguments["init_std"],
-        "dtype": "float32",
     }
     return config | ({"use_sliding_window": False} if qk_norm else {"mlp_bias": False})
 

@@ -22,7 +22,16 @@ from torch import Tensor
 
 from polymodal.checkpoint.weights import check_names, check_shapes, config_as_dict
 from polymodal.families.lumina.model import build_chameleon
-from polymodal.models.hf_llama import QK_NORM_WEIGHTS_AND_BIASES, decoder_key_map, swiglu_width, with_defaults
+from polymodal.models.hf_llama import (
+    QK_NORM_WEIGHTS_AND_BIASES,
+    decoder_arguments,
+    decoder_config,
+    decoder_key_map,
+    decoder_refusals,
+    refuse,
+    swiglu_width,
+    with_defaults,
+)
 from polymodal.models.llm import CausalLM
 
 log = logging.getLogger(__name__)
@@ -37,30 +46,9 @@ def chameleon_arguments(config: Mapping[str, Any] | Any) -> dict[str, Any]:
     ``residual_dropout``. The QK-norm epsilon is 1e-5, hard-coded in HF's Chameleon as in ours.
     """
     config = config_as_dict(config)
-    rope = dict(config.get("rope_parameters") or {})
-    unsupported = {
-        "hidden_act": config.get("hidden_act", "silu") != "silu",
-        "attention_bias": bool(config.get("attention_bias")),
-        "mlp_bias": bool(config.get("mlp_bias")),
-        "attention_dropout": bool(config.get("attention_dropout")),
-        "tie_word_embeddings": bool(config.get("tie_word_embeddings")),
-        "rope_parameters.rope_type": rope.get("rope_type", "default") != "default",
-        "rope_scaling": bool(config.get("rope_scaling")),  # transformers 4.x
-    }
-    if any(unsupported.values()):
-        settings = {name: config.get(name.split(".")[0]) for name, bad in unsupported.items() if bad}
-        raise ValueError(f"Chameleon config settings the model does not support: {settings}")
-    num_heads = config["num_attention_heads"]
-    return {
-        "vocab_size": config["vocab_size"],
-        "dim": config["hidden_size"],
-        "depth": config["num_hidden_layers"],
-        "num_heads": num_heads,
-        "num_kv_heads": config.get("num_key_value_heads") or num_heads,
-        "ffn_dim": config["intermediate_size"],
-        "max_seq_len": config.get("max_position_embeddings", 4096),
-        "rope_theta": rope.get("rope_theta", config.get("rope_theta", 10000.0)),
-        "norm_eps": config.get("rms_norm_eps", 1e-5),
+    refusals = decoder_refusals(config) | {"tie_word_embeddings": bool(config.get("tie_word_embeddings"))}
+    refuse("Chameleon config settings the model does not support", config, refusals)
+    return decoder_arguments(config, max_seq_len=4096, norm_eps=1e-5) | {
         "swin_norm": bool(config.get("swin_norm")),
         "residual_dropout": config.get("dropout", 0.0),
     }
@@ -123,26 +111,13 @@ def chameleon_config(arguments: Mapping[str, Any], intermediate_size: int, vocab
     arguments = with_defaults(build_chameleon, arguments)
     if arguments["qk_norm"] != "per_head_layernorm":
         raise ValueError(f"qk_norm={arguments['qk_norm']!r}: Chameleon's QK-norm is a LayerNorm per head")
-    num_heads = arguments["num_heads"]
     config = {
         "architectures": ["ChameleonForConditionalGeneration"],
         "model_type": "chameleon",
-        "vocab_size": arguments["vocab_size"],
-        "hidden_size": arguments["dim"],
-        "intermediate_size": intermediate_size,
-        "num_hidden_layers": arguments["depth"],
-        "num_attention_heads": num_heads,
-        "num_key_value_heads": arguments["num_kv_heads"] or num_heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": arguments["max_seq_len"],
-        "rms_norm_eps": arguments["norm_eps"],
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(arguments["rope_theta"])},
+        **decoder_config(arguments, intermediate_size),
         "swin_norm": bool(arguments["swin_norm"]),
         "tie_word_embeddings": False,
-        "attention_bias": False,
-        "initializer_range": arguments["init_std"],
         "vocabulary_map": dict(vocabulary),
-        "dtype": "float32",
     }
     return config | ({"dropout": arguments["residual_dropout"]} if arguments["residual_dropout"] else {})
 
