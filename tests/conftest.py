@@ -54,6 +54,19 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def fresh_compiler(tmp_path, monkeypatch, single_thread):
+    """torch.compile from scratch for the test (its own Inductor cache, dynamo state and counters reset), on one
+    thread."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus") / "scenes.jsonl")

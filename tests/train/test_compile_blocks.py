@@ -34,13 +34,7 @@ RTOL = 1e-5
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def fresh_compiler(tmp_path, monkeypatch, single_thread):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compiler")
 
 
 def tiny_llm() -> torch.nn.Module:

@@ -5,7 +5,6 @@ trains like the eager one with checkpointed and compiled blocks, router statisti
 
 import pytest
 import torch
-from torch._dynamo.utils import counters
 
 from polymodal.config.schema import ExperimentConfig
 from polymodal.models.layers.block import build_transformer
@@ -19,13 +18,7 @@ from polymodal.train.parallel.plans import transformer_block_plan
 MOE = {"num_experts": 4, "top_k": 2, "capacity_factor": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def fresh_compiler(tmp_path, monkeypatch, single_thread):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    torch._dynamo.reset()
-    counters.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compiler")
 
 
 def tiny_moe_model() -> MetaModel:
