@@ -39,3 +39,28 @@ def experiment_block(
         "wandb": "{enabled: false}",
     }
     return "\n".join(["experiment:"] + [f"  {name}: {value}" for name, value in values.items()]) + "\n"
+
+
+SCENE_MODALITIES = ("rgb", "caption", "label", "colour_label", "shape_label")  # captions and the probes' labels
+
+
+def tiny_scene_recipe_overrides(tmp_path: Path, eval_every: int = 3) -> list[str]:
+    """Overrides that run a shipped image-caption recipe (AIMv2, AIMv2-MoE, CLIP: their `constants`) for 3 steps on
+    32 tiny scenes written under ``tmp_path`` (4 shards of 8, 32 px) with a WordPiece tokenizer trained on scene
+    texts, one layer per tower, into ``tmp_path / "run"``, quietly."""
+    from polymodal.data.synth.texts import synthetic_scene_texts
+    from polymodal.data.synth.writers import write_shards
+    from polymodal.tokenizers.text.bpe import save_tokenizer
+    from polymodal.tokenizers.text.wordpiece import train_wordpiece
+
+    scenes = tmp_path / "scenes"
+    write_shards(scenes, num_samples=32, samples_per_shard=8, size=32, modalities=SCENE_MODALITIES)
+    tokenizer = save_tokenizer(train_wordpiece(synthetic_scene_texts(50), 4400), tmp_path / "wordpiece.json")
+    return [
+        f"constants.scenes={scenes}", f"constants.tokenizer={tokenizer}", "constants.vocab_size=4400",
+        "constants.image_size=32", "constants.vision_depth=1", "constants.text_depth=1", "constants.batch_size=8",
+        "data.num_workers=0", f"+data.cache_dir={tmp_path / 'cache'}", f"experiment.output_dir={tmp_path / 'run'}",
+        "experiment.total_steps=3", f"experiment.eval_every={eval_every}", "experiment.eval_steps=1",
+        "experiment.ckpt_every=3", "experiment.log_every=1", "experiment.tensorboard=false",
+        "experiment.wandb.enabled=false",
+    ]  # fmt: skip

@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_configs import tiny_scene_recipe_overrides
 
 from polymodal.config import instantiate, load_config
-from polymodal.data.synth.texts import synthetic_scene_texts
-from polymodal.data.synth.writers import write_shards
 from polymodal.models.layers.moe import MoEFeedForward
 from polymodal.models.meta import checking_keys
-from polymodal.tokenizers.text.bpe import save_tokenizer
-from polymodal.tokenizers.text.wordpiece import train_wordpiece
 from polymodal.train.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "aimv2_moe"
@@ -40,17 +37,7 @@ def test_base_builds_on_meta_with_the_moe_encoder_count():
 
 @pytest.mark.usefixtures("single_thread")
 def test_tiny_recipe_trains_with_moe_losses(tmp_path):
-    scenes = tmp_path / "scenes"
-    modalities = ("rgb", "caption", "label", "colour_label", "shape_label")  # the probes' labels too
-    write_shards(scenes, num_samples=32, samples_per_shard=8, size=32, modalities=modalities)  # shards 0-3
-    tokenizer = save_tokenizer(train_wordpiece(synthetic_scene_texts(50), 4400), tmp_path / "wordpiece.json")
-    overrides = [
-        f"constants.scenes={scenes}", f"constants.tokenizer={tokenizer}", "constants.vocab_size=4400",
-        "constants.image_size=32", "constants.vision_depth=1", "constants.text_depth=1", "constants.batch_size=8",
-        "data.num_workers=0", f"+data.cache_dir={tmp_path / 'cache'}", f"experiment.output_dir={tmp_path / 'run'}",
-        "experiment.total_steps=3", "experiment.eval_every=100", "experiment.ckpt_every=3", "experiment.log_every=1",
-        "experiment.tensorboard=false", "experiment.wandb.enabled=false",
-    ]  # fmt: skip
+    overrides = tiny_scene_recipe_overrides(tmp_path, eval_every=100)
     with checking_keys():  # as --debug: every block touches only the keys it declares (the trunk's moe_stats too)
         Trainer(load_config(CONFIGS / "tiny.yaml", overrides)).fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
