@@ -12,9 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from lumina_corpus import CODEBOOK, TEXT_VOCAB
 from parallel_runs import assert_losses_match, losses, torchrun
 
+from polymodal.checkpoint.weights import load_trained_model
+from polymodal.commands.export import main as export_command
 from polymodal.config import load_config
 from polymodal.train.trainer import Trainer
 
@@ -92,3 +95,20 @@ def test_two_processes_train_like_one(lumina_training, layout):
     single = [json.loads(line) for line in (directory / "single" / "metrics.jsonl").read_text().splitlines()]
     val_loss = [[r["loss"] for r in records if r["split"] == "val"] for records in (validation, single)]
     assert val_loss[0] == pytest.approx(val_loss[1], rel=1e-4) and val_loss[0]
+
+
+def test_training_continues_from_its_hugging_face_export(lumina_training, tmp_path):
+    """`polymodal export --format hf` of the trained run, then `experiment.init_from` that directory: the model
+    starts from exactly the run's weights (through Chameleon's names and back) and trains on."""
+    directory, config, _ = lumina_training
+    hf = tmp_path / "hf"
+    assert export_command(["--checkpoint", str(directory / "single"), "--out", str(hf), "--format", "hf"]) == 0
+    trained, _ = load_trained_model(directory / "single")
+    overrides = [f"experiment.init_from.path={hf}", "experiment.init_from.strict=true"]
+    trainer = Trainer(load_config(config, [*overrides, f"experiment.output_dir={tmp_path / 'continued'}"]))
+    started = {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(started[name], tensor), name
+    loss = trainer.train_step()["loss"]
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(started[name], tensor) for name, tensor in trainer.model.state_dict().items())
