@@ -2,6 +2,7 @@
 for tests of tiny models; the tiny rgb tokenizer trained once a session for the slow tests that need one."""
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -42,6 +43,19 @@ def isolated_cache(tmp_path_factory):
         os.environ.pop(CACHE_DIR_ENV, None)
     else:
         os.environ[CACHE_DIR_ENV] = previous
+
+
+@pytest.fixture(autouse=True)
+def own_log_handlers():
+    """The ``polymodal`` logger as it was before each test: a run started in-process adds a console handler on the
+    test's captured stdout, which is closed once that test ends and must not receive a later test's records."""
+    logger = logging.getLogger("polymodal")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    for handler in [h for h in logger.handlers if h not in handlers]:
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(level)
 
 
 @pytest.fixture
