@@ -18,9 +18,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(nproc: int, config, *overrides: str) -> None:
+def torchrun_env() -> dict[str, str]:
+    """This process's environment without its own rank variables, one thread per process, warnings off."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def torchrun(nproc: int, config, *overrides: str) -> None:
+    env = torchrun_env()
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
         f"--master_port={free_port()}", "-m", "polymodal", "train", "--config", str(config), *overrides,

@@ -18,18 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a transformer LM's rows: packed documents (a dense mask, the default bound) or one document each",
     )
     parser.add_argument(
-        "--ep",
-        type=int,
-        default=1,
-        help="expert-parallel size: MoE experts sharded over this many data-parallel ranks (the trainer does not yet)",
-    )
-    parser.add_argument(
         "--dropless-capacity",
         choices=("worst", "balanced"),
         default="worst",
         help="plan dropless MoE layers with every token on one expert (the bound) or a balanced load",
     )
-    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. experiment.distributed.tp=2")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value, e.g. experiment.distributed.ep=2")
 
 
 def main(argv: list[str]) -> int:
@@ -39,6 +33,4 @@ def main(argv: list[str]) -> int:
 def run(args: argparse.Namespace) -> int:
     from polymodal.train.parallel.planner import plan_main
 
-    return plan_main(
-        args.config, args.overrides, args.gpus, args.gpu_memory, args.mask, args.ep, args.dropless_capacity
-    )
+    return plan_main(args.config, args.overrides, args.gpus, args.gpu_memory, args.mask, args.dropless_capacity)

@@ -69,6 +69,8 @@ class DistributedConfig:
     ``strategy``: ``fsdp`` shards parameters, gradients and optimizer state over dp_shard·cp (FSDP2);
     ``hsdp`` shards within groups of dp_shard·cp and replicates across ``dp_replicate`` groups; ``ddp``
     replicates over every data-parallel rank. ``dp_shard: -1`` takes whatever the other degrees leave.
+    ``ep`` shards the experts of every mixture-of-experts layer over groups of ``ep`` of the ``dp_shard`` ranks
+    (it adds no ranks; see :mod:`polymodal.train.parallel.mesh`).
     """
 
     strategy: Literal["fsdp", "hsdp", "ddp"] = "fsdp"
@@ -76,6 +78,7 @@ class DistributedConfig:
     dp_shard: int = -1
     tp: int = field(default=1, metadata=POSITIVE)
     cp: int = field(default=1, metadata=POSITIVE)
+    ep: int = field(default=1, metadata=POSITIVE)  # expert parallel: MoE experts sharded over ep of the dp_shard ranks
     reshard_after_forward: bool = True  # FSDP2: free gathered parameters after forward (re-gather in backward)
     loss_parallel: bool = False  # TP: keep logits sharded over the vocabulary for the loss
     meta_init: bool = False  # build on the meta device, shard, then materialise and initialise

@@ -47,6 +47,7 @@ from polymodal.tokenizers.carried import TOKENIZERS_DIR, copy_tokenizers
 from polymodal.train.batches import batch_size, move_to_device
 from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
 from polymodal.train.flop_count import StepFlopCounter
+from polymodal.train.grad_clip import clip_grad_norm
 from polymodal.train.logging import RunLogger, setup_console_logging
 from polymodal.train.memory import check_training_state_fits
 from polymodal.train.mfu import device_peak_flops
@@ -261,8 +262,7 @@ class Trainer:
         stats: dict[str, torch.Tensor | float] = {"loss": micro_batch_mean(losses)}
         stats.update({name: micro_batch_mean(micro) for name, micro in values.items()})
         max_norm = exp.grad_clip if exp.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = plain(grad_norm)
+        grad_norm = plain(clip_grad_norm(self.model.parameters(), max_norm))
         finite = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the one host sync per step
         if finite:
             self.optimizer.step()

@@ -2,7 +2,8 @@
 
 Each rank routes its own tokens; the reference runs the unsharded layer on each rank's tokens in one process. Outputs,
 router statistics and router gradients match per rank; each rank's expert gradients match the reference gradients of
-its experts from both ranks' tokens (the all-to-all sends them the other rank's slots)."""
+its experts from both ranks' tokens (the all-to-all sends them the other rank's slots). The sharded parameters keep
+the unsharded names and global shapes (``Shard(0)`` DTensors), so state dicts do not depend on the ep size."""
 
 import os
 import socket
@@ -11,9 +12,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor.parallel import parallelize_module
 
 from polymodal.models.layers.moe import GroupedExperts, MoEFeedForward
-from polymodal.train.parallel.expert_parallel import ExpertParallelExperts, local_experts, shard_experts
+from polymodal.train.parallel.expert_parallel import ExpertParallel, shard_experts
 
 WORLD = 2
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -49,7 +53,14 @@ def worker(rank: int, port: int, capacity_factor, errors) -> None:
         own_router_grad = torch.autograd.grad(loss_of(*reference(tokens(rank))), reference.router.weight)[0]
 
         layer = make_layer(capacity_factor)
-        assert shard_experts(layer) == 1 and isinstance(layer.experts, ExpertParallelExperts)
+        mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("ep",))
+        with pytest.raises(ValueError, match="must divide num_experts=3"):
+            parallelize_module(GroupedExperts(3, 8, 12), mesh, ExpertParallel())
+        assert shard_experts(layer, mesh) == 1
+        assert set(layer.state_dict()) == set(reference.state_dict())
+        for name, param in layer.experts.named_parameters():
+            assert isinstance(param, DTensor) and param.placements == (Shard(0),)
+            assert param.shape == getattr(reference.experts, name).shape
         out, stats = layer(tokens(rank))
         loss_of(out, stats).backward()
 
@@ -58,8 +69,9 @@ def worker(rank: int, port: int, capacity_factor, errors) -> None:
             torch.testing.assert_close(value, expected[rank][1][name], **TOL)
         torch.testing.assert_close(layer.router.weight.grad, own_router_grad, **TOL)
         mine = slice(2 * rank, 2 * rank + 2)
-        for name, param in layer.experts.local.named_parameters():
-            torch.testing.assert_close(param.grad, getattr(reference.experts, name).grad[mine], **TOL)
+        for name, param in layer.experts.named_parameters():
+            torch.testing.assert_close(param.grad.to_local(), getattr(reference.experts, name).grad[mine], **TOL)
+            torch.testing.assert_close(param.full_tensor(), getattr(reference.experts, name), **TOL)
     except Exception as error:  # reported to the parent, which fails the test with the message
         errors.put(f"rank {rank}: {type(error).__name__}: {error}")
         raise
@@ -73,8 +85,3 @@ def test_expert_parallel_equals_one_process_with_all_experts(capacity_factor):
     errors = context.SimpleQueue()
     mp.start_processes(worker, args=(free_port(), capacity_factor, errors), nprocs=WORLD, start_method="spawn")
     assert errors.empty(), errors.get()
-
-
-def test_expert_parallel_size_must_divide_experts():
-    with pytest.raises(ValueError, match="must divide num_experts=3"):
-        local_experts(GroupedExperts(3, 8, 12), 0, 2)

@@ -9,12 +9,17 @@ import torch
 from polymodal import cli
 from polymodal.config import ConfigError, instantiate, load_config
 from polymodal.models.layers.moe import MoEFeedForward
-from polymodal.train.parallel.planner import FP32, format_plan, plan_report
+from polymodal.train.parallel.planner import FP32, format_plan, fsdp_shard_numel, plan_report
 
 MOE = "configs/aimv2_moe/tiny.yaml"
 DENSE = "configs/aimv2/tiny.yaml"
 BATCH, PATCHES = 4, 64  # the micro-batch below; the tiny encoder's tokens per image (all patches)
 DDP = [f"constants.batch_size={BATCH}", "experiment.distributed.strategy=ddp"]
+FSDP = [f"constants.batch_size={BATCH}"]
+
+
+def ep(size: int) -> list[str]:
+    return [*FSDP, f"experiment.distributed.ep={size}"]
 
 
 def moe_layers(config: str = MOE, overrides: list[str] = DDP) -> tuple[int, int, list[MoEFeedForward]]:
@@ -54,15 +59,31 @@ def test_total_and_active_parameters_count_router_and_top_k_experts():
     assert "4 MoE layer(s): 4 experts top-1, C=256 slots (dropless, planned at worst case" in text
 
 
-@pytest.mark.parametrize("ep", [1, 2])
-def test_expert_parallelism_divides_expert_weights_gradients_and_adamw_state(ep):
-    total, tensors, layers = moe_layers()
-    experts = sum(layer.num_experts * per_expert(layer) for layer in layers)
-    held = total - experts + experts // ep  # every parameter is trained
-    report = plan_report(load_config(MOE, DDP), gpus=2, expert_parallel=ep)
+@pytest.mark.parametrize("size", [1, 2, 4])
+def test_expert_parallel_slices_are_sharded_over_the_ranks_beside_ep(size):
+    """4 GPUs under FSDP: an expert weight is cut into E/ep experts, FSDP-sharded over the 4/ep other ranks; every
+    other parameter over all 4. The experts' FSDP traffic runs on that smaller group, one unit per MoE layer."""
+    with torch.device("meta"):
+        model = instantiate(load_config(MOE, ep(size)).model)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    experts = {name for name in shapes if ".experts." in name}
+    held = sum(
+        fsdp_shard_numel((shape[0] // size, *shape[1:]), 4 // size) if name in experts else fsdp_shard_numel(shape, 4)
+        for name, shape in shapes.items()
+    )  # every parameter is trained
+    report = plan_report(load_config(MOE, ep(size)), gpus=4)
     memory = memory_of(report)
-    assert memory["parameters"] == memory["gradients"] == memory["DDP gradient buckets"] == FP32 * held
-    assert memory["optimizer state (AdamW)"] == 2 * FP32 * held + FP32 * tensors
+    assert memory["parameters"] == memory["gradients"] == FP32 * held
+    assert memory["optimizer state (AdamW)"] == 2 * FP32 * held + FP32 * len(shapes)
+    gathers = {c.name: c for c in report.collectives if c.name.startswith("FSDP all-gather")}
+    if size in (1, 4):  # ep=1: experts gathered with their blocks; ep=4: each rank holds its slice whole
+        assert "FSDP all-gather expert params (forward)" not in gathers
+        return
+    expert_gather = gathers["FSDP all-gather expert params (forward)"]
+    expert_shard = sum(fsdp_shard_numel((shapes[n][0] // size, *shapes[n][1:]), 4 // size) for n in experts)
+    assert (expert_gather.group, expert_gather.group_size) == ("dp_shard_mod_ep·cp", 4 // size)
+    assert expert_gather.calls_per_step == len(moe_layers(MOE, ep(size))[2])
+    assert expert_gather.bytes_per_step == (4 // size - 1) * expert_shard * FP32
 
 
 @pytest.mark.parametrize(
@@ -74,8 +95,8 @@ def test_expert_parallelism_divides_expert_weights_gradients_and_adamw_state(ep)
     ],
 )
 def test_all_to_alls_send_the_dispatch_buffer_twice_forward_twice_backward(ep, dropless, overrides, capacity):
-    cfg = load_config(MOE, DDP + overrides)
-    report = plan_report(cfg, gpus=2, expert_parallel=ep, dropless=dropless)
+    cfg = load_config(MOE, [*FSDP, f"experiment.distributed.ep={ep}", *overrides])
+    report = plan_report(cfg, gpus=2, dropless=dropless)
     _, _, layers = moe_layers(MOE, DDP + overrides)
     assert [layer.capacity for layer in report.model.moe_layers] == [capacity] * len(layers)
     per_layer = 4 + (2 if report.layout.activation_checkpointing else 0)  # AC recomputes the forward's two
@@ -97,18 +118,20 @@ def test_a_dense_config_has_no_moe_lines_and_refuses_expert_parallelism():
     assert report.model.moe_layers == () and all_to_all(report) is None
     assert "mixture of experts" not in format_plan(report)
     with pytest.raises(ConfigError, match=r"expert parallelism \(ep=2\) needs MoE layers"):
-        plan_report(load_config(DENSE, DDP), gpus=2, expert_parallel=2)
+        plan_report(load_config(DENSE, ep(2)), gpus=2)
 
 
 def test_an_expert_parallel_size_that_does_not_divide_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"ep=3 must divide the 2 data-parallel ranks"):
-        plan_report(load_config(MOE, DDP), gpus=2, expert_parallel=3)
+    with pytest.raises(ConfigError, match=r"ep=3 must divide dp_shard=2"):
+        plan_report(load_config(MOE, ep(3)), gpus=2)
     with pytest.raises(ConfigError, match=r"ep=8 must divide .*num_experts=4"):
-        plan_report(load_config(MOE, DDP), gpus=8, expert_parallel=8)
+        plan_report(load_config(MOE, ep(8)), gpus=8)
+    with pytest.raises(ConfigError, match=r"expert parallelism needs strategy fsdp or hsdp"):
+        plan_report(load_config(MOE, [*DDP, "experiment.distributed.ep=2"]), gpus=2)
 
 
 def test_the_cli_plans_expert_parallelism_and_a_balanced_dropless_capacity(capsys):
-    code = cli.main(["plan", "--config", MOE, "--gpus", "2", "--ep", "2", "--dropless-capacity", "balanced", *DDP])
+    code = cli.main(["plan", "--config", MOE, "--gpus", "2", "--dropless-capacity", "balanced", *ep(2)])
     out = capsys.readouterr().out
     assert code == 0
     assert "C=64 slots (dropless, planned at balanced load)" in out and "experts sharded over ep=2 ranks" in out

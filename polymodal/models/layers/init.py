@@ -34,14 +34,18 @@ def _is_residual_projection(name: str) -> bool:
 
 
 def _draw_experts(experts: GroupedExperts, scheme: InitScheme, std: float, residual_scale: float) -> None:
-    """Each expert's matrices as the Linear layers of a dense MLP (``w2`` is its residual output projection)."""
+    """Each expert's matrices as the Linear layers of a dense MLP (``w2`` is its residual output projection).
+
+    The stacked ``[E, fan_in, fan_out]`` weight is drawn at once (the draws are independent per element; xavier's
+    bound comes from one expert's fans), so a weight sharded along the experts initialises in place."""
     for weight, scale in ((experts.w1, 1.0), (experts.w3, 1.0), (experts.w2, residual_scale)):
         if weight is None:
             continue
-        for expert_weight in weight:
-            _draw(expert_weight, scheme, std * scale)
-            if scheme == "xavier" and scale != 1.0:
-                expert_weight.mul_(scale)
+        if scheme == "xavier":
+            bound = scale * math.sqrt(6.0 / (weight.shape[1] + weight.shape[2]))
+            nn.init.uniform_(weight, -bound, bound)
+        else:
+            _draw(weight, scheme, std * scale)
     for bias in (experts.b1, experts.b2):
         if bias is not None:
             nn.init.zeros_(bias)

@@ -63,7 +63,7 @@ class GroupedExperts(nn.Module):
     @property
     def weights_per_expert(self) -> int:
         """The matmul weights one token meets in one expert (biases excluded)."""
-        return sum(weight[0].numel() for weight in (self.w1, self.w3, self.w2) if weight is not None)
+        return sum(math.prod(weight.shape[1:]) for weight in (self.w1, self.w3, self.w2) if weight is not None)
 
     def expert_forward(self, tokens: Tensor, expert: int) -> Tensor:
         """Expert ``expert`` alone on ``[n, D]`` tokens: the per-expert computation the batched one must equal."""

@@ -1,11 +1,16 @@
-"""Expert parallelism: the experts of every MoE layer sharded over a process group, tokens exchanged by all-to-all.
+"""Expert parallelism: the experts of every MoE layer sharded over the ``ep`` mesh dimension, tokens exchanged by
+all-to-all.
 
 Each rank routes its own tokens and fills its ``[E, C, D]`` dispatch buffer as usual (the model code is unchanged).
-:class:`ExpertParallelExperts` replaces the layer's :class:`~polymodal.models.layers.moe.GroupedExperts`: rank ``r``
-keeps experts ``r * E/G .. (r + 1) * E/G - 1``; one ``all_to_all_single`` sends each expert's slots to its owner, the
-owner runs its experts on the slots of all ranks at once, and a second all-to-all returns the outputs. Both
-collectives are differentiable (``torch.distributed.nn.functional``), so expert gradients collect the contributions
-of every rank's tokens. The buffers are padded to the group's largest capacity (dropless layers differ per rank).
+:class:`ExpertParallel` turns the stacked weights of the layer's
+:class:`~polymodal.models.layers.moe.GroupedExperts` into ``DTensor`` parameters sharded along the experts
+(``Shard(0)``): rank ``r`` of the ``G`` ranks holds experts ``r * E/G .. (r + 1) * E/G - 1``, and the parameter names
+and global shapes are those of the unsharded layer, so checkpoints move between expert-parallel sizes. Around the
+experts' forward, one ``all_to_all_single`` sends each expert's slots to its owner, the owner runs its experts on the
+slots of all ranks at once (the batched matmuls of ``GroupedExperts`` on ``Shard(0)`` DTensors), and a second
+all-to-all returns the outputs. Both collectives are differentiable (``torch.distributed.nn.functional``), so expert
+gradients collect the contributions of every rank's tokens. The buffers are padded to the group's largest capacity
+(dropless layers, and layers fed different numbers of tokens, differ per rank).
 """
 
 from __future__ import annotations
@@ -14,57 +19,74 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.nn.functional import all_to_all_single
+from torch.distributed.tensor import DTensor, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from polymodal.models.layers.moe import GroupedExperts, MoEFeedForward
 
 
-def local_experts(experts: GroupedExperts, rank: int, world: int) -> GroupedExperts:
-    """The ``rank``-th of ``world`` equal slices of ``experts``, as a module of its own (copies of the weights)."""
-    if experts.num_experts % world:
-        raise ValueError(f"expert parallel size {world} must divide num_experts={experts.num_experts}")
-    count = experts.num_experts // world
-    local = GroupedExperts(count, experts.dim, experts.hidden_dim, experts.kind, bias=experts.b1 is not None)
-    with torch.no_grad():
-        for name, param in local.named_parameters():
-            param.copy_(getattr(experts, name)[rank * count : (rank + 1) * count])
-    return local
+class ExpertParallel(ParallelStyle):
+    """Shards a :class:`GroupedExperts` over a 1-D mesh and exchanges its ``[E, C, D]`` buffer by all-to-all.
 
+    One instance serves one module: between the input and the output hook it keeps the capacity of the buffer it
+    was given (as torchtitan's ``ExpertParallel`` keeps its splits), so each forward returns what it received."""
 
-class ExpertParallelExperts(nn.Module):
-    """``[E, C, D] -> [E, C, D]`` like :class:`GroupedExperts`, computing only this rank's experts (``self.local``)."""
-
-    def __init__(self, experts: GroupedExperts, group: dist.ProcessGroup | None = None):
+    def __init__(self) -> None:
         super().__init__()
-        self.group = group if group is not None else dist.group.WORLD
-        self.world = dist.get_world_size(group)
-        self.num_experts = experts.num_experts
-        self.local = local_experts(experts, dist.get_rank(group), self.world)
+        self.capacity = 0
 
-    @property
-    def weights_per_expert(self) -> int:
-        return self.local.weights_per_expert
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        if not isinstance(module, GroupedExperts):
+            raise TypeError(f"ExpertParallel shards GroupedExperts, not {type(module).__name__}")
+        if module.num_experts % device_mesh.size():
+            raise ValueError(f"expert parallel size {device_mesh.size()} must divide num_experts={module.num_experts}")
+        return distribute_module(module, device_mesh, self._shard_experts, self._dispatch, self._combine)
 
-    def forward(self, buffer: Tensor) -> Tensor:
+    @staticmethod
+    def _shard_experts(_name: str, module: nn.Module, mesh: DeviceMesh) -> None:
+        for name, param in list(module.named_parameters(recurse=False)):
+            sharded = distribute_tensor(param, mesh, [Shard(0)])
+            module.register_parameter(name, nn.Parameter(sharded, param.requires_grad))
+
+    def _dispatch(self, module: nn.Module, inputs: tuple[Tensor, ...], mesh: DeviceMesh) -> tuple[DTensor]:
+        """``[E, C, D]`` slots of this rank's tokens -> ``[E/G, G·C_max, D]`` slots of all ranks for this rank's
+        experts, as a ``Shard(0)`` DTensor of global shape ``[E, G·C_max, D]``."""
+        (buffer,) = inputs
         num_experts, capacity, dim = buffer.shape
-        if num_experts != self.num_experts:
-            raise ValueError(f"expected a buffer of {self.num_experts} experts, got {tuple(buffer.shape)}")
+        if num_experts != module.num_experts:
+            raise ValueError(f"expected a buffer of {module.num_experts} experts, got {tuple(buffer.shape)}")
+        group, world = mesh.get_group(), mesh.size()
         largest = torch.tensor([capacity], device=buffer.device)
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=self.group)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=group)
         padded = int(largest)
-        buffer = F.pad(buffer, (0, 0, 0, padded - capacity))
-        per_rank = self.local.num_experts
+        self.capacity = capacity
+        buffer = F.pad(buffer, (0, 0, 0, padded - capacity)).contiguous()
+        per_rank = num_experts // world
         # Row blocks of E/G experts go to their owners; what arrives is [source rank, local expert, slot, D].
-        received = all_to_all_single(torch.empty_like(buffer), buffer.contiguous(), group=self.group)
-        slots = received.view(self.world, per_rank, padded, dim).transpose(0, 1).reshape(per_rank, -1, dim)
-        out = self.local(slots).view(per_rank, self.world, padded, dim).transpose(0, 1).contiguous()
-        returned = all_to_all_single(torch.empty_like(out), out, group=self.group)
-        return returned.view(num_experts, padded, dim)[:, :capacity]
+        received = all_to_all_single(torch.empty_like(buffer), buffer, group=group)
+        slots = received.view(world, per_rank, padded, dim).transpose(0, 1).reshape(per_rank, world * padded, dim)
+        return (DTensor.from_local(slots, mesh, [Shard(0)], run_check=False),)
+
+    def _combine(self, module: nn.Module, output: DTensor, mesh: DeviceMesh) -> Tensor:
+        """The inverse exchange: this rank's ``[E, C, D]`` outputs, trimmed to the capacity it sent."""
+        group, world = mesh.get_group(), mesh.size()
+        local = output.to_local()
+        per_rank, _, dim = local.shape
+        padded = local.shape[1] // world
+        out = local.view(per_rank, world, padded, dim).transpose(0, 1).contiguous()
+        returned = all_to_all_single(torch.empty_like(out), out, group=group)
+        return returned.view(module.num_experts, padded, dim)[:, : self.capacity]
 
 
-def shard_experts(model: nn.Module, group: dist.ProcessGroup | None = None) -> int:
-    """Replace the experts of every MoE layer of ``model`` by their expert-parallel shard; returns how many layers."""
-    layers = [module for module in model.modules() if isinstance(module, MoEFeedForward)]
+def moe_layers(model: nn.Module) -> list[MoEFeedForward]:
+    return [module for module in model.modules() if isinstance(module, MoEFeedForward)]
+
+
+def shard_experts(model: nn.Module, ep_mesh: DeviceMesh) -> int:
+    """Shard the experts of every MoE layer of ``model`` over ``ep_mesh``; returns how many layers."""
+    layers = moe_layers(model)
     for layer in layers:
-        layer.experts = ExpertParallelExperts(layer.experts, group)
+        parallelize_module(layer.experts, ep_mesh, ExpertParallel())
     return len(layers)

@@ -3,6 +3,12 @@
 Ranks are laid out with ``tp`` fastest (tensor-parallel peers are neighbours, i.e. on one node), then ``cp``,
 then ``dp_shard``, then ``dp_replicate``. The data-parallel rank — which slice of the global batch a rank
 reads — is ``replicate_rank · dp_shard + shard_rank``; TP and CP peers share it and so see the same batch.
+
+Expert parallelism borrows its ranks from ``dp_shard`` (as torchtitan's does): the mesh splits ``dp_shard`` into
+``dp_shard_mod_ep × ep``, ``ep`` the faster, so the ``ep`` ranks of a group read different slices of the batch and
+exchange their tokens. Experts are sharded over ``ep`` and data-parallel over the rest (``dp_shard_mod_ep`` and
+``cp``, replicated over ``dp_replicate``); every other parameter is data-parallel over all of ``dp_shard`` as without
+experts. With ``ep = 1`` the two extra dims have sizes ``dp_shard`` and 1.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from polymodal.config.errors import ConfigError
 from polymodal.config.schema import DistributedConfig
 
-MESH_DIMS = ("dp_replicate", "dp_shard", "cp", "tp")
+MESH_DIMS = ("dp_replicate", "dp_shard_mod_ep", "ep", "cp", "tp")
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class ParallelDims:
     dp_shard: int
     cp: int
     tp: int
+    ep: int = 1
 
     @classmethod
     def from_config(cls, cfg: DistributedConfig, world_size: int) -> ParallelDims:
@@ -51,7 +58,7 @@ class ParallelDims:
                 )
             replicate = cfg.dp_replicate
             shard = data_parallel // replicate if cfg.dp_shard == -1 else cfg.dp_shard
-        dims = cls(cfg.strategy, replicate, shard, cfg.cp, cfg.tp)
+        dims = cls(cfg.strategy, replicate, shard, cfg.cp, cfg.tp, cfg.ep)
         if dims.world_size != world_size:
             raise ConfigError(
                 f"{where}: dp_replicate·dp_shard·cp·tp = {replicate}·{shard}·{cfg.cp}·{cfg.tp} = {dims.world_size}, "
@@ -63,6 +70,16 @@ class ParallelDims:
             raise ConfigError(f"{where}: loss_parallel shards the logits over tensor-parallel ranks; it needs tp > 1")
         if cfg.strategy == "ddp" and cfg.tp > 1:
             raise ConfigError(f"{where}: tensor parallelism needs strategy fsdp or hsdp, not ddp")
+        if cfg.ep > 1 and cfg.strategy == "ddp":
+            raise ConfigError(
+                f"{where}: expert parallelism needs strategy fsdp or hsdp (ddp would average the "
+                "different experts of the ep ranks)"
+            )
+        if shard % cfg.ep:
+            raise ConfigError(
+                f"{where}: ep={cfg.ep} must divide dp_shard={shard} (expert parallelism borrows "
+                "data-parallel shard ranks)"
+            )
         return dims
 
     @property
@@ -73,12 +90,17 @@ class ParallelDims:
     def dp(self) -> int:
         return self.dp_replicate * self.dp_shard
 
+    @property
+    def dp_shard_mod_ep(self) -> int:
+        return self.dp_shard // self.ep
+
 
 @dataclass(frozen=True)
 class Mesh:
-    """The mesh of a distributed run and the views of it that the parallel plans use: the four named dims, and
-    the flattened ``dp`` (the data slice), ``dp_shard_cp`` (FSDP) and ``dp_cp`` (DDP), kept here because torch
-    deprecates slicing a flattened dim from the root mesh."""
+    """The mesh of a distributed run and the views of it that the parallel plans use: the five named dims, and
+    the flattened ``dp`` (the data slice), ``dp_shard`` (``dp_shard_mod_ep × ep``), ``dp_shard_cp`` (FSDP),
+    ``dp_cp`` (DDP) and ``dp_shard_mod_ep_cp`` (FSDP of the experts), kept here because torch deprecates slicing a
+    flattened dim from the root mesh."""
 
     dims: ParallelDims
     device_mesh: DeviceMesh
@@ -86,12 +108,14 @@ class Mesh:
 
     @classmethod
     def build(cls, dims: ParallelDims, device_type: str) -> Mesh:
-        shape = (dims.dp_replicate, dims.dp_shard, dims.cp, dims.tp)
+        shape = (dims.dp_replicate, dims.dp_shard_mod_ep, dims.ep, dims.cp, dims.tp)
         mesh = init_device_mesh(device_type, shape, mesh_dim_names=MESH_DIMS)
         flattened = {
-            "dp": mesh["dp_replicate", "dp_shard"]._flatten("dp"),
-            "dp_shard_cp": mesh["dp_shard", "cp"]._flatten("dp_shard_cp"),
-            "dp_cp": mesh["dp_replicate", "dp_shard", "cp"]._flatten("dp_cp"),
+            "dp": mesh["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp"),
+            "dp_shard": mesh["dp_shard_mod_ep", "ep"]._flatten("dp_shard"),
+            "dp_shard_cp": mesh["dp_shard_mod_ep", "ep", "cp"]._flatten("dp_shard_cp"),
+            "dp_cp": mesh["dp_replicate", "dp_shard_mod_ep", "ep", "cp"]._flatten("dp_cp"),
+            "dp_shard_mod_ep_cp": mesh["dp_shard_mod_ep", "cp"]._flatten("dp_shard_mod_ep_cp"),
         }
         return cls(dims, mesh, flattened)
 

@@ -1,5 +1,5 @@
 """Apply parallelism to a built model, in the one order that composes: tensor parallel → context parallel →
-activation checkpointing → ``torch.compile`` of each unit → data parallel (FSDP2 / HSDP / DDP).
+expert parallel → activation checkpointing → ``torch.compile`` of each unit → data parallel (FSDP2 / HSDP / DDP).
 
 Compiling per unit (as torchtitan does) rather than the whole model: the units are the transformer blocks FSDP2
 shards and activation checkpointing wraps, so each compiled region is one FSDP unit (FSDP2's all-gather and
@@ -21,6 +21,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from polymodal.config.schema import ExperimentConfig
+from polymodal.train.parallel.expert_parallel import moe_layers, shard_experts
 from polymodal.train.parallel.mesh import Mesh
 from polymodal.train.parallel.plans import decoder_tensor_parallel, fsdp_units, install_context_parallel, plan_for
 
@@ -42,13 +43,27 @@ def compile_units(units: list[nn.Module]) -> None:
 
 
 def shard_data_parallel(model: nn.Module, units: list[nn.Module], mesh: Mesh, exp: ExperimentConfig) -> None:
-    """FSDP2 over dp_shard·cp (HSDP: replicated across dp_replicate); bf16 compute with fp32 reduction under bf16."""
+    """FSDP2 over dp_shard·cp (HSDP: replicated across dp_replicate); bf16 compute with fp32 reduction under bf16.
+
+    Under expert parallelism the experts of each MoE layer are a unit of their own over the ranks left beside
+    ``ep`` (dp_shard_mod_ep·cp). Their gradients already sum the tokens of the ``ep`` ranks (the all-to-all's
+    backward), so they are divided by the same count as every other gradient, the whole data-parallel size."""
     dims = mesh.dims
-    fsdp_mesh = mesh[("dp_replicate", "dp_shard_cp")] if dims.dp_replicate > 1 else mesh["dp_shard_cp"]
+    replicated = ("dp_replicate",) if dims.dp_replicate > 1 else ()
+    fsdp_mesh = mesh[(*replicated, "dp_shard_cp")] if replicated else mesh["dp_shard_cp"]
     policy = MixedPrecisionPolicy(
         param_dtype=torch.bfloat16 if exp.precision == "bf16" else None, reduce_dtype=torch.float32
     )
     reshard = exp.distributed.reshard_after_forward
+    if dims.ep > 1:
+        expert_mesh = mesh[(*replicated, "dp_shard_mod_ep_cp")] if replicated else mesh["dp_shard_mod_ep_cp"]
+        for layer in moe_layers(model):
+            experts = fully_shard(layer.experts, mesh=expert_mesh, mp_policy=policy, reshard_after_forward=reshard)
+            experts.set_gradient_divide_factor(float(fsdp_mesh.size()))
+            # A divide factor other than the group size makes FSDP2 reduce-scatter with PREMUL_SUM, which gloo lacks;
+            # a plain SUM then a division is the same. Not on a group of one: torch then divides twice.
+            if dims.dp_shard_mod_ep * dims.cp > 1:
+                experts.set_force_sum_reduction_for_comms(True)
     for unit in units:
         fully_shard(unit, mesh=fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
     fully_shard(model, mesh=fsdp_mesh, mp_policy=policy, reshard_after_forward=reshard)
@@ -73,6 +88,10 @@ def parallelize(
         if not plan.sequence_keys:
             raise ValueError(f"no context-parallel plan for {type(model).__name__}; set experiment.distributed.cp=1")
         install_context_parallel(model, mesh.group("cp"))
+    if dims is not None and dims.ep > 1:
+        if not shard_experts(model, mesh["ep"]):
+            name = type(model).__name__
+            raise ValueError(f"{name} has no mixture-of-experts layers; set experiment.distributed.ep=1")
     units = fsdp_units(model)
     if exp.activation_checkpointing:
         units = checkpoint_activations(model, units)

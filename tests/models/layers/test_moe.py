@@ -193,6 +193,17 @@ def test_init_weights_draws_each_expert_like_a_dense_linear():
     assert transformer.blocks[0].mlp.router.weight.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+def test_xavier_draws_each_expert_within_its_own_glorot_bound():
+    torch.manual_seed(0)
+    transformer = build_transformer(64, 2, 2, mlp="swiglu", rope=None, multiple_of=32, moe={"num_experts": 8})
+    init_weights(transformer, "xavier", depth=2)
+    experts = transformer.blocks[0].mlp.experts
+    bound = math.sqrt(6.0 / (experts.dim + experts.hidden_dim))  # one expert's fans, not the stacked tensor's
+    for weight, scale in ((experts.w1, 1.0), (experts.w3, 1.0), (experts.w2, 0.5)):
+        assert weight.abs().max().item() <= scale * bound
+        assert weight.abs().max().item() == pytest.approx(scale * bound, rel=0.01)  # uniform: the bound is reached
+
+
 def test_router_runs_in_fp32_under_bf16_autocast():
     torch.manual_seed(0)
     moe = MoEFeedForward(16, 24, 4, top_k=2)

@@ -44,29 +44,44 @@ def _collective(name: str, group: str, size: int, calls: int, sent: float) -> li
 def data_parallel_collectives(params: Sequence[ParamShape], num_units: int, layout: Layout) -> list[Collective]:
     """FSDP: every unit (``num_units`` of them, and the root) is all-gathered in each forward and, when resharded
     after forward, again in each backward; gradients of the trainable parameters are reduce-scattered once per step
-    (no sync between micro-steps), and under HSDP their shards all-reduced across replicas. DDP: one bucketed
+    (no sync between micro-steps), and under HSDP their shards all-reduced across replicas. Under expert parallelism
+    the experts of each MoE layer are a unit of their own, sharded over the ranks beside ``ep``. DDP: one bucketed
     all-reduce of fp32 gradients per step."""
-    dims, precision, micro = layout.dims, layout.precision, layout.grad_accum_steps
-    units = num_units + 1
-    trainable = [param for param in params if param.trainable]
+    dims = layout.dims
     if layout.wrapper == "ddp":
         group = dims.dp * dims.cp
-        grads = FP32 * local_numel(trainable, layout)
+        grads = FP32 * local_numel([param for param in params if param.trainable], layout)
         return _collective("DDP all-reduce grads", "dp·cp", group, 1, _ring_all_reduce(grads, group))
     if layout.wrapper not in ("fsdp", "hsdp"):
         return []
-    group = layout.shard_group
+    if layout.expert_parallel == 1:
+        return _fsdp_collectives("", params, num_units + 1, "dp_shard·cp", layout.shard_group, layout)
+    experts = [param for param in params if param.expert]
+    others = [param for param in params if not param.expert]
+    expert_units = len({param.unit for param in experts})
+    return _fsdp_collectives("", others, num_units + 1, "dp_shard·cp", layout.shard_group, layout) + _fsdp_collectives(
+        "expert ", experts, expert_units, "dp_shard_mod_ep·cp", layout.expert_shard_group, layout
+    )
+
+
+def _fsdp_collectives(
+    kind: str, params: Sequence[ParamShape], units: int, group_name: str, group: int, layout: Layout
+) -> list[Collective]:
+    """The all-gathers, reduce-scatters (and HSDP all-reduces) of ``units`` FSDP units holding ``params``;
+    ``kind`` ("" or "expert ") prefixes what the lines name."""
+    precision, micro, replicas = layout.precision, layout.grad_accum_steps, layout.dims.dp_replicate
     # a rank sends its shard to every all-gather, and receives its shard of a reduce-scatter
-    shard, trained = local_numel(params, layout, group), local_numel(trainable, layout, group)
+    shard = local_numel(params, layout, group)
+    trained = local_numel([param for param in params if param.trainable], layout, group)
     gather = micro * (group - 1) * shard * precision.param
-    found = _collective("FSDP all-gather params (forward)", "dp_shard·cp", group, micro * units, gather)
+    found = _collective(f"FSDP all-gather {kind}params (forward)", group_name, group, micro * units, gather)
     if layout.reshard_after_forward:
-        found += _collective("FSDP all-gather params (backward)", "dp_shard·cp", group, micro * units, gather)
+        found += _collective(f"FSDP all-gather {kind}params (backward)", group_name, group, micro * units, gather)
     scatter = (group - 1) * trained * precision.reduce
-    found += _collective("FSDP reduce-scatter grads", "dp_shard·cp", group, units, scatter)
+    found += _collective(f"FSDP reduce-scatter {kind}grads", group_name, group, units, scatter)
     if layout.wrapper == "hsdp":
-        replicas = _ring_all_reduce(trained * precision.reduce, dims.dp_replicate)
-        found += _collective("HSDP all-reduce grads", "dp_replicate", dims.dp_replicate, units, replicas)
+        all_reduce = _ring_all_reduce(trained * precision.reduce, replicas)
+        found += _collective(f"HSDP all-reduce {kind}grads", "dp_replicate", replicas, units, all_reduce)
     return found
 
 

@@ -118,17 +118,14 @@ def active_params(total: int, layers: Sequence[MoELayer]) -> int:
     return total - sum(layer.expert_params for layer in layers) + sum(layer.active_params for layer in layers)
 
 
-def check_expert_parallel(ep: int, layers: Sequence[MoELayer], layout: Layout) -> None:
-    """A one-line ConfigError when ``ep`` cannot shard these experts over this mesh's data-parallel ranks."""
-    if ep < 1:
-        raise ConfigError(f"the expert-parallel size must be >= 1, got {ep}")
+def check_expert_parallel(layers: Sequence[MoELayer], layout: Layout) -> None:
+    """A one-line ConfigError when the layout's ``ep`` cannot shard these experts (that it divides ``dp_shard``
+    is the mesh's own check)."""
+    ep = layout.expert_parallel
     if ep == 1:
         return
     if not layers:
         raise ConfigError(f"expert parallelism (ep={ep}) needs MoE layers; the model has none")
-    data_parallel = layout.dims.dp * layout.dims.cp
-    if data_parallel % ep:
-        raise ConfigError(f"ep={ep} must divide the {data_parallel} data-parallel ranks (dp·cp)")
     for layer in layers:
         if layer.num_experts % ep:
             raise ConfigError(f"ep={ep} must divide {layer.name}'s num_experts={layer.num_experts}")
@@ -137,10 +134,11 @@ def check_expert_parallel(ep: int, layers: Sequence[MoELayer], layout: Layout) -
 def expert_parallel_params(
     params: Sequence[ParamShape], expert_names: Container[str], ep: int
 ) -> tuple[ParamShape, ...]:
-    """``params`` as one rank of ``ep`` holds them: each expert weight's slice of ``E/ep`` experts."""
-    if ep == 1:
-        return tuple(params)
-    return tuple(replace(p, shape=(p.shape[0] // ep, *p.shape[1:])) if p.name in expert_names else p for p in params)
+    """``params`` as one rank of ``ep`` holds them: each expert weight (marked ``expert``) a slice of ``E/ep``
+    experts."""
+    return tuple(
+        replace(p, shape=(p.shape[0] // ep, *p.shape[1:]), expert=True) if p.name in expert_names else p for p in params
+    )
 
 
 def all_to_all_bytes(layer: MoELayer, ep: int) -> float:

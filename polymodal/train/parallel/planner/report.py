@@ -151,7 +151,6 @@ def plan_report(
     headroom: float = 0.10,
     reserved_gib: float = 1.0,
     mask: LMMask = "document",
-    expert_parallel: int = 1,
     dropless: DroplessCapacity = "worst",
 ) -> PlanReport:
     """Plan ``cfg`` on ``gpus`` GPUs of ``gpu_memory_gb`` GiB each (default GPU count: the product of the
@@ -159,7 +158,7 @@ def plan_report(
     ``gpu_memory_gb·(1 - headroom) - reserved_gib`` (allocator fragmentation; CUDA context and NCCL buffers).
     A transformer LM's attention mask is ``mask`` (``TokenLayout``): ``"document"`` (rows of packed documents,
     the bound) or ``"causal"`` (every row one document). MoE layers (``planner.experts``): their experts are
-    sharded over ``expert_parallel`` data-parallel ranks, dropless ones planned at the ``dropless`` capacity."""
+    sharded over ``experiment.distributed.ep`` ranks, dropless ones planned at the ``dropless`` capacity."""
     if mask not in LM_MASKS:
         raise ValueError(f"mask must be one of {LM_MASKS}, got {mask!r}")
     if dropless not in DROPLESS_CAPACITIES:
@@ -189,7 +188,6 @@ def plan_report(
         activation_checkpointing=exp.activation_checkpointing,
         reshard_after_forward=settings.reshard_after_forward,
         loss_parallel=settings.loss_parallel,
-        expert_parallel=expert_parallel,
     )
     with torch.device("meta"):
         model = instantiate(cfg.model)
@@ -203,7 +201,7 @@ def plan_report(
     if shape is None:
         refuse_tensor_and_context_parallel(model, dims)
         measured = measure_model(cfg, model, trainable, layout, dropless)
-        check_expert_parallel(expert_parallel, measured.moe_layers, layout)
+        check_expert_parallel(measured.moe_layers, layout)
         found = data_parallel_collectives(measured.rank_params(layout), measured.num_units, layout)
         return report(
             model=measured,
@@ -211,7 +209,7 @@ def plan_report(
             memory=tuple(measured_memory_lines(measured, layout)),
             collectives=tuple(found + expert_parallel_collectives(measured.moe_layers, layout)),
         )
-    check_expert_parallel(expert_parallel, (), layout)
+    check_expert_parallel((), layout)
     token_layout = TokenLayout(**vars(layout), seq_len=_positive_int(cfg, "data.seq_len"), mask=mask)
     _check_divisible(shape, token_layout)
     block_saved = tuple(block_saved_tensors(shape.block, token_layout))
@@ -337,7 +335,6 @@ def plan_main(
     gpus: int | None = None,
     gpu_memory_gb: float = 80.0,
     mask: LMMask = "document",
-    expert_parallel: int = 1,
     dropless: DroplessCapacity = "worst",
 ) -> int:
     """``polymodal plan``: print the plan; exit status 0 when the configured run fits, 1 when it does not."""
@@ -346,7 +343,6 @@ def plan_main(
         gpus=gpus,
         gpu_memory_gb=gpu_memory_gb,
         mask=mask,
-        expert_parallel=expert_parallel,
         dropless=dropless,
     )
     print(format_plan(report))

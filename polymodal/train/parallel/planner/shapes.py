@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
@@ -53,7 +53,8 @@ class BlockShape:
 class ParamShape:
     """One distinct parameter: its shape, the dim tensor parallelism splits (None: replicated), the FSDP unit
     holding it (its index; None: the root), whether a matmul uses it (autocast keeps a bf16 copy) and whether the
-    optimizer trains it (it then has a gradient and optimizer state)."""
+    optimizer trains it (it then has a gradient and optimizer state); ``expert``: a stacked expert weight of an
+    MoE layer, which expert parallelism cuts along dim 0 and FSDP shards over the ranks beside ``ep``."""
 
     name: str
     shape: tuple[int, ...]
@@ -61,6 +62,7 @@ class ParamShape:
     unit: int | None
     matmul: bool
     trainable: bool = True
+    expert: bool = False
 
     @property
     def in_block(self) -> bool:
@@ -95,8 +97,7 @@ class Precision:
 
 @dataclass(frozen=True)
 class Layout:
-    """What the planner needs about a run: the mesh, the data-parallel wrapper, the micro-batch; and the
-    ``expert_parallel`` ranks each MoE layer's experts are sharded over (``planner.experts``)."""
+    """What the planner needs about a run: the mesh, the data-parallel wrapper, the micro-batch."""
 
     dims: ParallelDims
     wrapper: Wrapper
@@ -106,12 +107,21 @@ class Layout:
     activation_checkpointing: bool
     reshard_after_forward: bool
     loss_parallel: bool
-    expert_parallel: int = field(default=1, kw_only=True)
+
+    @property
+    def expert_parallel(self) -> int:
+        """Ranks each MoE layer's experts are sharded over (``planner.experts``)."""
+        return self.dims.ep
 
     @property
     def shard_group(self) -> int:
         """Ranks that one FSDP unit is sharded over (1 when parameters are not sharded)."""
         return self.dims.dp_shard * self.dims.cp if self.wrapper in ("fsdp", "hsdp") else 1
+
+    @property
+    def expert_shard_group(self) -> int:
+        """Ranks that FSDP shards an expert-parallel slice of experts over: those beside ``ep``."""
+        return self.shard_group // self.expert_parallel
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 what the data-parallel wrapper adds (DDP's gradient buckets, FSDP's gathered parameters).
 
 Each parameter is first cut by tensor parallelism (``tp_local_shape``), then sharded by FSDP2 over the shard group
-(``fsdp_shard_numel``: rank 0 holds the largest shard). The trainer keeps fp32 master weights whatever the
+(``fsdp_shard_numel``: rank 0 holds the largest shard); an expert-parallel slice of experts over the ranks beside
+``ep`` (``sharded_numel``). The trainer keeps fp32 master weights whatever the
 precision; gradients and optimizer state exist for trainable parameters only.
 """
 
@@ -33,6 +34,14 @@ def local_numel(params: Sequence[ParamShape], layout: Layout, group: int = 1) ->
     return _numel([tp_local_shape(param, layout.dims.tp) for param in params], group)
 
 
+def sharded_numel(params: Sequence[ParamShape], layout: Layout) -> int:
+    """Elements this rank holds of ``params`` under its data-parallel wrapper: experts sharded over
+    ``expert_shard_group`` ranks, everything else over ``shard_group``."""
+    experts = [param for param in params if param.expert]
+    others = [param for param in params if not param.expert]
+    return local_numel(others, layout, layout.shard_group) + local_numel(experts, layout, layout.expert_shard_group)
+
+
 def unit_numels(params: Sequence[ParamShape], layout: Layout) -> tuple[int, list[int]]:
     """Elements of this rank's tensor-parallel slice in the FSDP root and in each unit, largest unit first."""
     units: dict[int, list[ParamShape]] = defaultdict(list)
@@ -48,11 +57,13 @@ def state_lines(params: Sequence[ParamShape], layout: Layout, unit: str = "unit"
     tensor), then DDP's buckets or FSDP's gathered parameters (the root for the whole step, plus the units
     gathered at once: two with ``reshard_after_forward``, one in use and one prefetched, else all of them).
     ``unit`` names a unit in the notes ("block")."""
-    group, tp = layout.shard_group, layout.dims.tp
+    group, tp, ep = layout.shard_group, layout.dims.tp, layout.expert_parallel
     trainable = [param for param in params if param.trainable]
-    held = local_numel(params, layout, group)
-    trained = local_numel(trainable, layout, group)
+    held = sharded_numel(params, layout)
+    trained = sharded_numel(trainable, layout)
     how = f"sharded over dp_shard·cp={group}" if group > 1 else "replicated" if layout.wrapper == "ddp" else "whole"
+    if ep > 1:
+        how += f", experts over ep={ep} × dp_shard_mod_ep·cp={layout.expert_shard_group}"
     if tp > 1:
         how += f", tp={tp}"
     sharded = layout.wrapper in ("fsdp", "hsdp")
