@@ -4,10 +4,13 @@
 same head weight, hidden states and targets (about ``--labelled`` of the positions labelled, the rest ``-100``),
 with Lumina-mGPT's z-loss weight (1e-5):
 
-* (A) chunked: ``VocabularyHead(loss_chunk_size=--chunk-size)`` writes the loss sums of
-  ``polymodal.models.token_loss.chunked_token_loss`` and ``NextTokenLoss`` turns them into the loss;
-* (B) full: the same head with ``loss_chunk_size=None`` writes ``[B, T, V]`` logits and ``NextTokenLoss`` takes
-  the loss from them in float32 (cross-entropy, a log-sum-exp for the z-loss, an arg-max for the accuracy).
+* (A) chunked: ``VocabularyHead(loss_chunk_size=--chunk-size, loss_z_loss_weight=...)`` writes the loss sums of
+  ``polymodal.models.token_loss.chunked_token_loss``, computing their gradients in the forward pass as the shipped
+  configs do, and ``NextTokenLoss`` turns them into the loss;
+* (B) ``--against full`` (default): the same head with ``loss_chunk_size=None`` writes ``[B, T, V]`` logits and
+  ``NextTokenLoss`` takes the loss from them in float32 (cross-entropy, a log-sum-exp for the z-loss, an arg-max
+  for the accuracy); ``--against recompute``: the chunked head without ``loss_z_loss_weight``, which recomputes each
+  chunk's logits in backward.
 
 A step is forward + backward (gradients of the hidden states and the weight).
 
@@ -33,6 +36,7 @@ loss, the metrics (LM) and the gradients, then:
 
     python benchmarks/chunked_loss.py              # 8 x 1024 positions, dim 512, vocabulary 65,536; ~2 minutes
     python benchmarks/chunked_loss.py --positions 2048 --vocab 16384 --rounds 5
+    python benchmarks/chunked_loss.py --against recompute   # gradients in forward vs recomputed in backward
     python benchmarks/chunked_loss.py --model fourm          # 4M tiny, 16 x (128 + 128) tokens
 """
 
@@ -74,6 +78,7 @@ class Side:
     runs a step and returns what it computed (:attr:`compared`)."""
 
     compared = "loss, metrics and gradients"  # what :meth:`outputs` returns
+    label = "chunked"  # how the printout names this side
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -88,9 +93,15 @@ class Side:
 class LMSide(Side):
     """A head over the shared weight with ``NextTokenLoss``."""
 
-    def __init__(self, weight: torch.nn.Parameter, chunk_size: int | None, hidden: Tensor, targets: Tensor):
+    def __init__(
+        self, weight: torch.nn.Parameter, chunk_size: int | None, hidden: Tensor, targets: Tensor, forward_grads: bool
+    ):
         super().__init__(hidden.device)
-        self.head = VocabularyHead(weight.shape[1], weight.shape[0], loss_chunk_size=chunk_size)
+        self.label = "full" if chunk_size is None else "chunked" if forward_grads else "recompute"
+        z_weight = Z_LOSS_WEIGHT if forward_grads else None
+        self.head = VocabularyHead(
+            weight.shape[1], weight.shape[0], loss_chunk_size=chunk_size, loss_z_loss_weight=z_weight
+        )
         self.head.proj.weight = weight
         self.objective = NextTokenLoss(z_loss_weight=Z_LOSS_WEIGHT)
         self.hidden, self.targets = hidden, targets
@@ -126,6 +137,7 @@ class FourMSide(Side):
     def __init__(self, model: FourM, batch: dict[str, dict[str, Tensor]]):
         super().__init__(model.mask_token.device)
         self.model, self.batch = model, batch
+        self.label = "full" if model.loss_chunk_size is None else "chunked"
         self.objective = FourMLoss()
 
     def step(self) -> Tensor:
@@ -186,7 +198,10 @@ def build_lm(args: argparse.Namespace, device: torch.device) -> tuple[Side, Side
         f"LM head: {batch} x {args.seq_len} positions ({labelled} labelled), dim {args.dim}, vocabulary "
         f"{args.vocab}, chunk {args.chunk_size}, z-loss {Z_LOSS_WEIGHT:g}, float32 on {device}"
     )
-    return LMSide(weight, args.chunk_size, hidden, targets), LMSide(weight, None, hidden, targets), what
+    ours = LMSide(weight, args.chunk_size, hidden, targets, forward_grads=True)
+    recompute = args.against == "recompute"
+    baseline = LMSide(weight, args.chunk_size if recompute else None, hidden, targets, forward_grads=False)
+    return ours, baseline, f"{what}; B: {'chunked, logits recomputed in backward' if recompute else 'full logits'}"
 
 
 def build_fourm_sides(args: argparse.Namespace, device: torch.device) -> tuple[Side, Side, str]:
@@ -218,20 +233,21 @@ def run(args: argparse.Namespace) -> Result:
     ours, theirs = chunked.outputs(), full.outputs()  # also the warm-up step of each
     difference = max(_relative_difference(a, b) for a, b in zip(ours, theirs, strict=True))
     loss = ours[0].item()
-    print(f"loss: chunked {loss:.7f}, full {theirs[0].item():.7f}, |difference| {abs(loss - theirs[0].item()):.1e}")
+    a, b = chunked.label, full.label
+    print(f"loss: {a} {loss:.7f}, {b} {theirs[0].item():.7f}, |difference| {abs(loss - theirs[0].item()):.1e}")
     print(f"max relative difference over {chunked.compared}: {difference:.1e}", flush=True)
     del ours, theirs
 
     peaks = (peak_bytes(chunked.step, device), peak_bytes(full.step, device))
     how = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "profiler allocation events"
     print(f"peak memory of a step ({how}), MiB:")
-    print(f"  chunked (A) {peaks[0] / MIB:10.1f}\n  full (B)    {peaks[1] / MIB:10.1f}")
-    print(f"  ratio full/chunked {peaks[1] / peaks[0]:.1f}", flush=True)
+    print(f"  {a + ' (A)':12}{peaks[0] / MIB:10.1f}\n  {b + ' (B)':12}{peaks[1] / MIB:10.1f}")
+    print(f"  ratio {b}/{a} {peaks[1] / peaks[0]:.1f}", flush=True)
 
     timings = compare(chunked.seconds, full.seconds, args.rounds)
     print(f"time per step (forward + backward), s, over {args.rounds} rounds:")
     print(f"  {'':12}{'median':>9}{'best':>9}")
-    for label, seconds in (("chunked (A)", timings.ours_s), ("full (B)", timings.baseline_s)):
+    for label, seconds in ((f"{a} (A)", timings.ours_s), (f"{b} (B)", timings.baseline_s)):
         print(f"  {label:12}{statistics.median(seconds):9.3f}{min(seconds):9.3f}")
     median_ratio = statistics.median(timings.ours_s) / statistics.median(timings.baseline_s)
     best_ratio = min(timings.ours_s) / min(timings.baseline_s)
@@ -249,6 +265,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     lm.add_argument("--seq-len", type=int, default=1024, help="T; --positions must be a multiple of it")
     lm.add_argument("--vocab", type=int, default=65536)
     lm.add_argument("--labelled", type=float, default=0.5, help="share of positions with a target")
+    lm.add_argument(
+        "--against",
+        choices=("full", "recompute"),
+        default="full",
+        help="B: full logits, or the chunked head that recomputes its logits in backward",
+    )
     fourm = parser.add_argument_group("--model fourm")
     fourm.add_argument("--size", choices=sorted(SIZES), default="tiny", help="4M size (trunk widths and depths)")
     fourm.add_argument("--batch", type=int, default=16, help="samples per step")

@@ -105,7 +105,11 @@ def llm_sides(args: argparse.Namespace) -> tuple[Timed, Timed, str]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    ours = build_llm(args.vocab, args.dim, args.depth, args.heads, args.heads, args.seq_len, multiple_of=256)
+    z_loss_weight = 1e-4  # configs/llm/model.yaml's, also given to the head (gradients in its forward pass)
+    ours = build_llm(
+        args.vocab, args.dim, args.depth, args.heads, args.heads, args.seq_len, multiple_of=256,
+        loss_z_loss_weight=z_loss_weight,
+    )  # fmt: skip
     config = LlamaConfig(
         vocab_size=args.vocab,
         hidden_size=args.dim,
@@ -127,7 +131,7 @@ def llm_sides(args: argparse.Namespace) -> tuple[Timed, Timed, str]:
         "document_ids": torch.zeros_like(inputs),
         "position_ids": torch.arange(args.seq_len).expand_as(inputs),
     }
-    objective = NextTokenLoss(z_loss_weight=1e-4)
+    objective = NextTokenLoss(z_loss_weight=z_loss_weight)
     ours_run = compiled_blocks(ours) if args.compile else ours
     theirs_run = torch.compile(theirs) if args.compile else theirs
     what = (
@@ -236,12 +240,15 @@ def fourm_sides(args: argparse.Namespace) -> tuple[Timed, Timed, str]:
     )
     torch.manual_seed(0)
     sizes = {} if args.fourm_dim is None else {"dim": args.fourm_dim}
-    ours = build_fourm(args.size, registry, num_encoder_tokens=args.tokens, num_decoder_tokens=args.tokens, **sizes)
+    objective = FourMLoss()
+    ours = build_fourm(  # as configs/fourm/base/model.yaml: the heads' loss gradients made in their forward pass
+        args.size, registry, num_encoder_tokens=args.tokens, num_decoder_tokens=args.tokens,
+        loss_z_loss_weight=objective.z_loss_weight, **sizes,
+    )  # fmt: skip
     table_size = sum(embedding.token_emb.num_embeddings for embedding in ours.encoder_embeddings.values())
     layout, vocab_sizes = plain_layout(ours, masked, table_size)
     size = SIZES[args.size]
     plain = PlainFourM(ours.dim, (size.encoder_depth, size.decoder_depth), size.num_heads, table_size, vocab_sizes)
-    objective = FourMLoss()
     ours_run = compiled_blocks(ours) if args.compile else ours
     plain_run = torch.compile(plain) if args.compile else plain
     what = (

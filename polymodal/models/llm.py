@@ -147,6 +147,7 @@ def build_llm(
     residual_dropout: float = 0.0,
     res_post_norm: bool = False,
     loss_chunk_size: int | None = 1024,
+    loss_z_loss_weight: float | None = None,
     attention: AttentionImpl = "sdpa",
     moe: dict[str, Any] | None = None,
 ) -> CausalLM:
@@ -156,7 +157,8 @@ def build_llm(
     and ``multiple_of``; ``qk_norm``, ``norm_eps``, ``residual_dropout`` and ``res_post_norm`` are as in
     :func:`~polymodal.models.layers.block.build_transformer`. Given ``target_ids`` the head writes the next-token
     loss sums, ``loss_chunk_size`` labelled positions at a time, instead of logits (``None``: always logits; see
-    :class:`~polymodal.models.parts.VocabularyHead`). ``attention="flex"`` runs rows of several documents through
+    :class:`~polymodal.models.parts.VocabularyHead`), and with ``loss_z_loss_weight`` (the objective's) also their
+    gradients, in the forward pass. ``attention="flex"`` runs rows of several documents through
     FlexAttention block masks (``docs/attention.md``); rows of one document take SDPA's ``is_causal`` either way.
     ``moe`` makes every feed-forward a mixture of SwiGLU experts (``docs/moe.md``); the trunk then also writes
     ``moe_stats``."""
@@ -183,7 +185,7 @@ def build_llm(
         TokenEmbedding(vocab_size, dim),
         DocumentCausalMask(),
         TransformerTrunk(transformer, attention=attention),
-        VocabularyHead(dim, vocab_size, loss_chunk_size=loss_chunk_size),
+        VocabularyHead(dim, vocab_size, loss_chunk_size=loss_chunk_size, loss_z_loss_weight=loss_z_loss_weight),
         init_std=init_std,
     )
     model.initialize_weights()

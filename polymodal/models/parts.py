@@ -205,6 +205,9 @@ class VocabularyHead(LinearHead):
     computed here, inside this module's forward, because that is where FSDP2 has the weight gathered.
     ``NextTokenLoss`` reads the sums. Without targets (generation), or with ``loss_chunk_size=None`` (a metric
     that wants the logits; tensor parallelism, which shards the weight, sets it), it writes the logits.
+    ``loss_z_loss_weight``: the z-loss weight of the objective that reads the sums (``NextTokenLoss``); given it, the
+    loss's gradients are computed during this forward pass and backward only scales them, one matmul fewer (see
+    :mod:`polymodal.models.token_loss`; an objective that weighs the sums otherwise still gets exact gradients).
     """
 
     def __init__(
@@ -218,6 +221,7 @@ class VocabularyHead(LinearHead):
         target_key: str = "target_ids",
         write_key: str = "logits",
         loss_key: str = "token_loss",
+        loss_z_loss_weight: float | None = None,
     ):
         super().__init__(dim, vocab_size, read_key, write_key, bias)
         if loss_chunk_size is not None and loss_chunk_size < 1:
@@ -226,6 +230,7 @@ class VocabularyHead(LinearHead):
         self.write_keys = (write_key, loss_key)
         self.loss_chunk_size = loss_chunk_size
         self.ignore_index = ignore_index
+        self.loss_z_loss_weight = loss_z_loss_weight
 
     def forward(self, data: DataDict) -> DataDict:
         hidden_key, target_key = self.read_keys
@@ -240,5 +245,6 @@ class VocabularyHead(LinearHead):
             data[target_key],
             self.loss_chunk_size,
             self.ignore_index,
+            self.loss_z_loss_weight,
         )
         return data

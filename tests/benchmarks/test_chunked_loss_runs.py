@@ -21,6 +21,15 @@ def test_tiny_run_prints_equal_losses_peaks_and_times(benchmark, capsys):
     assert min(result.peak_bytes) > 0 and len(result.step_s[0]) == len(result.step_s[1]) == 2
 
 
+def test_against_the_recomputing_head_both_sides_agree(benchmark, capsys):
+    result = benchmark.main([*TINY, "--against", "recompute"])
+    output = capsys.readouterr().out
+    assert "B: chunked, logits recomputed in backward" in output
+    assert re.search(r"loss: chunked \d+\.\d+, recompute \d+\.\d+", output)
+    assert re.search(r"recompute \(B\)\s+\d+\.\d{3}\s+\d+\.\d{3}", output)
+    assert result.max_difference < 1e-5
+
+
 def test_an_all_ignored_batch_is_loss_zero_on_both_sides(benchmark, capsys):
     result = benchmark.main([*TINY, "--labelled", "0", "--rounds", "1"])
     assert result.loss == 0.0 and result.max_difference == 0.0

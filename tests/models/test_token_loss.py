@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from polymodal.models.llm import build_llm
 from polymodal.models.parts import VocabularyHead
@@ -26,13 +27,15 @@ def head_inputs(bias: bool, dtype=torch.float64, ignored: float = 0.4, shape=(3,
     return hidden, weight, bias_, targets
 
 
-def chunked_and_full(hidden, weight, bias, targets, chunk_size, z_loss_weight):
-    """``(loss, metrics, gradients)`` of the chunked path, then of the logits path, through one objective."""
+def chunked_and_full(hidden, weight, bias, targets, chunk_size, z_loss_weight, forward_grads_for=None):
+    """``(loss, metrics, gradients)`` of the chunked path, then of the logits path, through one objective;
+    ``forward_grads_for``: the z-loss weight the chunked path computes its gradients for in the forward pass."""
     objective = NextTokenLoss(z_loss_weight=z_loss_weight)
     inputs = [tensor for tensor in (hidden, weight, bias) if tensor is not None]
     results = []
+    chunked = chunked_token_loss(hidden, weight, bias, targets, chunk_size, z_loss_weight=forward_grads_for)
     for data in (
-        {"token_loss": chunked_token_loss(hidden, weight, bias, targets, chunk_size)},
+        {"token_loss": chunked},
         {"logits": F.linear(hidden, weight, bias), "target_ids": targets},
     ):
         loss, metrics = objective(data)
@@ -58,6 +61,29 @@ def test_loss_metrics_and_gradients_equal_the_logits_path_in_float64(chunk_size,
     chunked, full = chunked_and_full(*head_inputs(bias), chunk_size, z_loss_weight)
     assert_same(chunked, full, tolerance=1e-6)
     assert set(chunked[1]) == {"cross_entropy", "accuracy", "log_z_squared"} | ({"z_loss"} if z_loss_weight else set())
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("z_loss_weight", [0.0, 0.1], ids=["no-z", "z"])
+@pytest.mark.parametrize("chunk_size", [4, 1000])
+def test_gradients_computed_in_forward_equal_the_logits_path(chunk_size, z_loss_weight, bias):
+    chunked, full = chunked_and_full(*head_inputs(bias), chunk_size, z_loss_weight, forward_grads_for=z_loss_weight)
+    assert_same(chunked, full, tolerance=1e-6)
+
+
+def test_gradients_for_another_z_loss_weight_are_recomputed_in_backward():
+    chunked, full = chunked_and_full(*head_inputs(bias=True), 4, z_loss_weight=0.1, forward_grads_for=0.3)
+    assert_same(chunked, full, tolerance=1e-6)
+
+
+@pytest.mark.parametrize(("forward_grads_for", "backward_matmuls"), [(None, True), (0.1, False)])
+def test_backward_of_forward_computed_gradients_runs_no_matmul(forward_grads_for, backward_matmuls):
+    hidden, weight, bias, targets = head_inputs(bias=True)
+    sums = chunked_token_loss(hidden, weight, bias, targets, 4, z_loss_weight=forward_grads_for)
+    loss, _ = NextTokenLoss(z_loss_weight=0.1)({"token_loss": sums})
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    assert (counter.get_total_flops() > 0) == backward_matmuls
 
 
 def test_float32_agrees_to_float32_precision():

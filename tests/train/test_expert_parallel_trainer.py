@@ -26,6 +26,7 @@ MOE_OVERRIDES = [
     "~loss.z_loss_weight",
     "+loss.objectives.lm._target_=polymodal.objectives.lm.NextTokenLoss",
     "+loss.objectives.lm.z_loss_weight=1.0e-4",
+    "model.loss_z_loss_weight=${loss.objectives.lm.z_loss_weight}",
     "+loss.objectives.moe._target_=polymodal.objectives.moe.MoEAuxLoss",
     "+loss.objectives.moe.balance_weight=0.01",
     "+loss.objectives.moe.z_loss_weight=0.001",

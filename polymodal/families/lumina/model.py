@@ -32,6 +32,7 @@ def build_chameleon(
     norm_eps: float = 1e-5,
     init_std: float = 0.02,
     loss_chunk_size: int | None = 1024,
+    loss_z_loss_weight: float | None = None,
 ) -> CausalLM:
     """A Chameleon decoder with an untied head; its batch is the LLM's (``input_ids``, ``document_ids``,
     ``position_ids``; logits under ``logits``, or with ``target_ids`` the loss sums of the head's chunked loss, see
@@ -57,6 +58,7 @@ def build_chameleon(
         tie_embeddings=False,
         init_std=init_std,
         loss_chunk_size=loss_chunk_size,
+        loss_z_loss_weight=loss_z_loss_weight,
     )
 
 

@@ -154,6 +154,8 @@ class FourM(ReadWriteBlock):
         tie_embeddings: sequence heads share their decoder token table.
         loss_chunk_size: :meth:`forward` writes each target modality's loss sums (:meth:`loss_sums`, this many
             target rows projected at a time) under ``loss_key`` instead of its logits; None: it writes the logits.
+        loss_z_loss_weight: the z-loss weight of the ``FourMLoss`` that reads the sums; given it, their gradients
+            are computed in the forward pass (``polymodal.models.token_loss``: one matmul fewer per target row).
         logits_key / targets_key / loss_key: where :meth:`forward` writes ``{modality: logits}``, ``{modality: target
             ids}`` and ``{modality: TokenLossSums}``.
         attention: the decoder's self-attention kernel, ``"sdpa"`` (dense bool mask) or ``"flex"`` (a FlexAttention
@@ -182,6 +184,7 @@ class FourM(ReadWriteBlock):
         num_decoder_tokens: int | None = None,
         tie_embeddings: bool = True,
         loss_chunk_size: int | None = 1024,
+        loss_z_loss_weight: float | None = None,
         logits_key: str = "logits",
         targets_key: str = "targets",
         loss_key: str = "token_loss",
@@ -208,6 +211,7 @@ class FourM(ReadWriteBlock):
         super().__init__(read_keys=list(modalities), write_keys=[logits_key, targets_key, loss_key])
         self.modalities = modalities
         self.loss_chunk_size = loss_chunk_size
+        self.loss_z_loss_weight = loss_z_loss_weight
         self.dim = dim
         self.num_encoder_tokens = num_encoder_tokens
         self.num_decoder_tokens = num_decoder_tokens
@@ -376,7 +380,9 @@ class FourM(ReadWriteBlock):
         sums, targets = {}, {}
         for name, (states, target_ids) in self._target_rows(hidden, queries).items():
             head = self.decoder_embeddings[name].to_logits
-            sums[name] = chunked_token_loss(states, head.weight, head.bias, target_ids, chunk_size)
+            sums[name] = chunked_token_loss(
+                states, head.weight, head.bias, target_ids, chunk_size, z_loss_weight=self.loss_z_loss_weight
+            )
             targets[name] = target_ids
         return sums, targets
 

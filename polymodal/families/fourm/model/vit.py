@@ -47,7 +47,8 @@ PIXEL_STEM = "rgb"
 FOURM_ONLY_PREFIXES = ("decoder.", "decoder_embeddings.", "context_proj.", "mask_token")
 # FourM arguments that only concern the decoder side or the masked-batch selection.
 DECODER_ARGUMENTS = ("decoder_depth", "drop_path_decoder", "num_encoder_tokens", "num_decoder_tokens",
-                     "tie_embeddings", "loss_chunk_size", "logits_key", "targets_key", "loss_key")  # fmt: skip
+                     "tie_embeddings", "loss_chunk_size", "loss_z_loss_weight", "logits_key", "targets_key",
+                     "loss_key")  # fmt: skip
 
 
 class ClassificationHead(nn.Module):

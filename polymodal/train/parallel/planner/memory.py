@@ -180,6 +180,9 @@ def _logits_line(model: ModelShape, layout: TokenLayout) -> MemoryLine:
         fp32_weight = 2 * FP32 * weight if precision.param != FP32 else 0
         size = FP32 * min(chunk, layout.tokens) * model.vocab_size + fp32_weight
         note = "estimate, one chunk" + (" + fp32 head weight and its gradient" if fp32_weight else "")
+        if model.loss_grads_in_forward:  # the weight's and the rows' gradients, held from forward to backward
+            size += FP32 * (weight + layout.tokens * model.block.dim)
+            note += " + the loss gradients made in forward"
         return same("logits of one loss chunk", size, note)
     vocab = model.vocab_size // layout.dims.tp if layout.loss_parallel else model.vocab_size
     # Two fp32 logit-sized gradients inside the loss backward; in bf16 also the head's own logits (kept by the output

@@ -77,6 +77,7 @@ class ModelShape:
     params: tuple[ParamShape, ...]
     head_weight: str  # the name of the head's weight in ``params`` (the embedding's when they are tied)
     loss_chunk_size: int | None = None  # positions per chunk of the head's own loss; None: the head writes logits
+    loss_grads_in_forward: bool = False  # the head's loss computes its gradients in forward (``loss_z_loss_weight``)
 
     @property
     def num_params(self) -> int:
@@ -236,7 +237,8 @@ def model_shape(model: nn.Module, trainable: Container[int] | None = None) -> Mo
     (head,) = heads
     head_weight = next(name for name, param in model.named_parameters() if param is head.proj.weight)
     chunk = head.loss_chunk_size if isinstance(head, VocabularyHead) else None
-    return ModelShape(shapes.pop(), len(blocks), head.proj.out_features, params, head_weight, chunk)
+    early = chunk is not None and head.loss_z_loss_weight is not None
+    return ModelShape(shapes.pop(), len(blocks), head.proj.out_features, params, head_weight, chunk, early)
 
 
 def tp_local_shape(param: ParamShape, tp: int) -> tuple[int, ...]:

@@ -58,8 +58,13 @@ def loss_and_gradients(model, compute):
         ("token", False, 0.1, True),
     ],
 )
-def test_chunked_loss_matches_cross_entropy_on_the_heads_logits(mode, count_empty, z_loss_weight, tie_embeddings):
-    model = tiny_fourm(loss_chunk_size=5, tie_embeddings=tie_embeddings)  # several chunks per modality
+@pytest.mark.parametrize("forward_grads", [False, True], ids=["grads-in-backward", "grads-in-forward"])
+def test_chunked_loss_matches_cross_entropy_on_the_heads_logits(
+    mode, count_empty, z_loss_weight, tie_embeddings, forward_grads
+):
+    model = tiny_fourm(  # several chunks per modality
+        loss_chunk_size=5, tie_embeddings=tie_embeddings, loss_z_loss_weight=z_loss_weight if forward_grads else None
+    )
     batch = batch_with_an_empty_modality()
     objective = FourMLoss(mode=mode, count_empty_modalities=count_empty, z_loss_weight=z_loss_weight)
     output = {}
