@@ -61,14 +61,15 @@ def chunked_token_loss(
 
 class _HeadGrads:
     """Gradients of the rows, the weight and the bias, accumulated chunk by chunk from each chunk's logits'
-    gradient (``None`` for an input that needs none)."""
+    gradient in the compute ``dtype`` (``None`` for an input that needs none), handed out in the inputs' dtypes."""
 
     def __init__(
         self, hidden: Tensor, weight: Tensor, bias: Tensor | None, needs: tuple[bool, ...], dtype: torch.dtype
     ):
-        self.hidden = torch.empty_like(hidden) if needs[0] else None
+        self.hidden = torch.empty(hidden.shape, dtype=dtype, device=hidden.device) if needs[0] else None
         self.weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if needs[1] else None
         self.bias = torch.zeros(bias.shape, dtype=dtype, device=bias.device) if needs[2] and bias is not None else None
+        self.dtypes = (hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
 
     def add(self, rows: slice, chunk: Tensor, weight: Tensor, grad_logits: Tensor) -> None:
         if self.hidden is not None:
@@ -78,13 +79,13 @@ class _HeadGrads:
         if self.bias is not None:
             self.bias += grad_logits.sum(0)
 
-    def scaled(self, scale: Tensor | None, weight: Tensor, bias: Tensor | None) -> tuple[Tensor | None, ...]:
+    def scaled(self, scale: Tensor | None = None) -> tuple[Tensor | None, ...]:
         """Each gradient (times ``scale`` if given) in its input's dtype, as autograd wants them."""
         found = []
-        for grad, like in ((self.hidden, self.hidden), (self.weight, weight), (self.bias, bias)):
+        for grad, dtype in zip((self.hidden, self.weight, self.bias), self.dtypes, strict=True):
             if grad is not None and scale is not None:
                 grad.mul_(scale)
-            found.append(None if grad is None else grad.to(like.dtype))
+            found.append(None if grad is None else grad.to(dtype))
         return tuple(found)
 
 
@@ -145,7 +146,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         hidden, weight, bias, targets, log_z = ctx.saved_tensors
         early, ctx.early = ctx.early, None
         if early is not None and torch.isclose(grad_log_z_squared, ctx.z_loss_weight * grad_cross_entropy, rtol=1e-5):
-            return (*early.scaled(grad_cross_entropy.to(log_z.dtype), weight, bias), None, None, None)
+            return (*early.scaled(grad_cross_entropy.to(log_z.dtype)), None, None, None)
         dtype = log_z.dtype
         row_scale = grad_cross_entropy + 2 * grad_log_z_squared * log_z
         target_grad = -grad_cross_entropy.to(dtype)
@@ -162,7 +163,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     _logits_grad_(logits.sub_(log_z[rows, None]).exp_(), row_scale[rows], targets[rows], target_grad),
                 )
                 del logits  # before the next chunk's logits are made, not after
-        return (*grads.scaled(None, weight, bias), None, None, None)
+        return (*grads.scaled(), None, None, None)
 
 
 def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:

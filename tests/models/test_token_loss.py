@@ -131,10 +131,11 @@ def test_chunk_logits_are_float32_under_bf16_autocast_forward_and_backward():
     assert relative > 1e-4  # what bf16 logits would have cost
 
 
-def test_bf16_inputs_are_computed_in_float32_and_get_bf16_gradients():
+@pytest.mark.parametrize("forward_grads_for", [None, 0.0], ids=["grads-in-backward", "grads-in-forward"])
+def test_bf16_inputs_are_computed_in_float32_and_get_bf16_gradients(forward_grads_for):
     """FSDP2 mixed precision hands the head bf16 weights and hidden states."""
     hidden, weight, _, targets = head_inputs(bias=False, dtype=torch.bfloat16)
-    sums = chunked_token_loss(hidden, weight, None, targets, 4)
+    sums = chunked_token_loss(hidden, weight, None, targets, 4, z_loss_weight=forward_grads_for)
     as_float = [tensor.detach().float().requires_grad_() for tensor in (hidden, weight)]
     reference = chunked_token_loss(*as_float[:2], None, targets, 4)
     assert sums.cross_entropy.dtype == torch.float32
