@@ -241,7 +241,7 @@ def fourm_sides(args: argparse.Namespace) -> tuple[Timed, Timed, str]:
     torch.manual_seed(0)
     sizes = {} if args.fourm_dim is None else {"dim": args.fourm_dim}
     objective = FourMLoss()
-    ours = build_fourm(  # as configs/fourm/base/model.yaml: the heads' loss gradients made in their forward pass
+    ours = build_fourm(  # the heads' loss gradients made in their forward pass (FourM's loss_z_loss_weight)
         args.size, registry, num_encoder_tokens=args.tokens, num_decoder_tokens=args.tokens,
         loss_z_loss_weight=objective.z_loss_weight, **sizes,
     )  # fmt: skip
