@@ -44,17 +44,25 @@ def apply_debug_settings(cfg: Any) -> None:
     cfg.experiment.output_dir = f"{cfg.experiment.output_dir}-debug"
 
 
+def fit(cfg: Any) -> tuple[dict[str, Any], bool]:
+    """Train; returns the result and whether this is the main rank. The trainer is released on return: its model's
+    data-parallel state holds the process groups, which must not outlive ``teardown_distributed``."""
+    from polymodal.train.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    return trainer.fit(), trainer.env.is_main
+
+
 def run(args: argparse.Namespace) -> int:
     from polymodal.config import load_config
     from polymodal.distributed.env import teardown_distributed
-    from polymodal.train.trainer import Trainer, TrainingPreempted, TrainingStopped
+    from polymodal.train.trainer import TrainingPreempted, TrainingStopped
 
     cfg = load_config(args.config, args.overrides)
     if args.debug:
         apply_debug_settings(cfg)
     try:
-        trainer = Trainer(cfg)
-        result = trainer.fit()
+        result, is_main = fit(cfg)
     except TrainingPreempted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_TRAINING_STOPPED
     finally:
         teardown_distributed()
-    if trainer.env.is_main:
+    if is_main:
         val = result["val"].get("loss")
         print(f"finished at step {result['step']}" + (f", validation loss {val:.4f}" if val is not None else ""))
     return 0

@@ -9,6 +9,7 @@ the device: NCCL on CUDA, gloo on CPU.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -87,9 +88,12 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Di
 
 
 def teardown_distributed() -> None:
-    """Forget the published data-parallel group, then destroy the process groups: a group object still referenced
-    from a module global would otherwise be destroyed during interpreter shutdown, after its backend's threads."""
+    """Forget the published data-parallel group, collect what still refers to groups, then destroy the process
+    groups. A group object that outlives this (held by a module global or a model's FSDP/DDP state) is destroyed
+    during interpreter shutdown instead, when gloo's worker threads can no longer release their tensors: the
+    process then aborts (``terminate called without an active exception``) after a successful run."""
     set_data_parallel_group(None)
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
 
