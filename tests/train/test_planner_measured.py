@@ -30,7 +30,7 @@ from polymodal.train.parallel.planner import (
     plan_report,
 )
 from polymodal.train.parallel.planner import report as report_module
-from polymodal.train.parallel.planner.integer_values import IntegerValues
+from polymodal.train.parallel.planner.known_values import KnownValues
 from polymodal.train.parallel.planner.live_bytes import LiveBytes
 from polymodal.train.parallel.plans import fsdp_units
 
@@ -339,10 +339,10 @@ def test_storages_are_counted_once_by_identity_on_the_meta_device():
     assert recorder.key(torch.empty(8, device="meta")) != gone  # ...so no later storage takes its identity
 
 
-def test_shapes_that_follow_integer_values_resolve_on_fake_tensors():
+def test_shapes_that_follow_known_values_resolve_on_fake_tensors():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(), IntegerValues() as values:
+    with FakeTensorMode(), KnownValues() as values:
         ids = torch.arange(12)
         selected = (ids % 3 == 0).view(3, 4)
         hidden = torch.empty(3, 4, 5)
@@ -354,6 +354,24 @@ def test_shapes_that_follow_integer_values_resolve_on_fake_tensors():
         assert values.value(torch.empty(3, dtype=torch.long)) is None  # uninitialised memory is no value
         with pytest.raises(ConfigError, match="cannot be planned"):  # a shape autograd sees, from activations
             hidden.requires_grad_()[hidden.sum(-1) > 0]
+
+
+def test_scalars_computed_from_known_values_are_known_on_fake_tensors():
+    """The gradient backward starts from and the loss's weighting are known, so checks on them decide as in a
+    real step; a scalar computed from activations stays unknown."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(), KnownValues() as values:
+        labelled = torch.arange(10) < 4
+        hidden = torch.empty(3, requires_grad=True)
+        loss = hidden.sum() / labelled.sum()
+        seed = torch.ones_like(loss)  # its value does not read the loss's
+        per_token = seed / labelled.sum()
+        known = values.value(seed), values.value(per_token)
+        assert bool(torch.isclose(0.5 * per_token, 0.125 * seed))
+        assert values.value(loss) is None
+        assert values.value(torch.empty((), dtype=torch.float32)) is None  # uninitialised memory is no value
+    assert [value.tolist() for value in known] == [1.0, 0.25]
 
 
 def test_live_bytes_counts_new_storages_until_their_last_tensor_dies():

@@ -17,9 +17,9 @@ reduce-scatter of a full buffer of ``N`` bytes over ``n`` ranks: ``(n-1)/n·N``;
 Modules: ``shapes`` (parameter and block shapes of a meta-device model; the run's layout and precision),
 ``states`` (training state lines), ``memory`` (a transformer LM's saved tensors and memory lines),
 ``communication`` (collectives per step), ``experts`` (MoE layers: dropless capacity, active parameters, expert
-parallelism), ``measured`` (the plan of any other model) on ``fake_run`` (the
-micro-step on fake tensors), ``integer_values`` (values of integer tensors on fake tensors), ``saved_storages``
-and ``live_bytes`` (counting storages), ``report`` (config reading, ``PlanReport``, ``format_plan``,
+parallelism), ``measured`` (the plan of any other model) on ``fake_run`` (the micro-step on fake tensors),
+``known_values`` (values of integer tensors and scalars on fake tensors), ``saved_storages`` and ``live_bytes``
+(counting storages), ``report`` (config reading, ``PlanReport``, ``format_plan``,
 ``plan_main``).
 """
 

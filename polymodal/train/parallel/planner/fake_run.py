@@ -9,8 +9,9 @@ activations with ``nn.GroupNorm`` (the image tokenizers) saves bf16 where a GPU 
 
 What the meta device cannot do is stood in for:
 
-* values: :class:`~polymodal.train.parallel.planner.integer_values.IntegerValues` keeps the values of integer
-  tensors, so shapes that follow the batch's masks resolve;
+* values: :class:`~polymodal.train.parallel.planner.known_values.KnownValues` keeps the values of integer
+  tensors, so shapes that follow the batch's masks resolve, and of the scalars computed from known values (the
+  loss's weighting, the gradients backward starts from);
 * attention: SDPA runs the flash-attention kernel of torch's CPU build whatever the backend would choose. It saves
   what a GPU's flash and memory-efficient kernels save: queries, keys, values, output, an fp32 log-sum-exp per
   query and head, and a boolean mask as an additive bias in the query dtype, never the ``T×T`` probabilities
@@ -35,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map_only
 
 from polymodal.models.meta import call_block
-from polymodal.train.parallel.planner.integer_values import IntegerValues
+from polymodal.train.parallel.planner.known_values import KnownValues
 from polymodal.train.parallel.planner.live_bytes import LiveBytes
 from polymodal.train.parallel.planner.saved_storages import SavedStorages, SavedTensors
 
@@ -127,7 +128,7 @@ def fsdp_mixed_precision(model: nn.Module, units: list[nn.Module], dtype: torch.
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the only real computation is on small integer tensors (``IntegerValues``), which a
+    """One intra-op thread: the only real computation is on integer tensors and scalars (``KnownValues``), which a
     thread pool on a shared CPU slows down many times over."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -155,7 +156,7 @@ def measure_step(
         materialise(model, DEVICE)
         if param_dtype is not None:
             fsdp_mixed_precision(model, units, param_dtype)
-        with IntegerValues(), FlashAttention():
+        with KnownValues(), FlashAttention():
             inputs, loss_block = batch(DEVICE), objective()
             model.train()
             recorder = SavedStorages(units)

@@ -1,11 +1,15 @@
-"""The values of the integer and boolean tensors of a run on fake tensors, so that shapes that follow them resolve.
+"""The values of the integer and boolean tensors of a run on fake tensors, so that shapes that follow them resolve,
+and of the scalars computed from them.
 
 Fake tensors (meta tensors that report a device) have shapes and no values. A few shapes in a model follow values:
 boolean indexing (4M's heads keep the selected tokens: ``hidden[selected]``), ``nonzero``, ``bincount``; and
 Python control flow reads some (``.item()``, ``if mask.any():``). Those values come from the batch's integer
-tensors (token ids, selection masks), not from floating-point activations. So :class:`IntegerValues` runs every
+tensors (token ids, selection masks), not from floating-point activations. So :class:`KnownValues` runs every
 operation whose output is an integer or boolean tensor, and whose inputs it knows, a second time on the CPU on
-real values, and keeps the result beside the fake tensor.
+real values, and keeps the result beside the fake tensor. It does the same for one-element floating-point
+tensors: the loss's weighting (a count's reciprocal, a weight) and the gradients backward starts from
+(``ones_like(loss)``, whose value does not read the loss's) are known, so a check on them (the chunked head loss
+asks whether its incoming gradients have the ratio it computed its gradients for) takes the path a real run takes.
 
 An operation the fake tensors cannot run for want of values is then run on the known values, and boolean index
 tensors are replaced by the index lists of their true elements (so the indexed tensor needs no values). A value
@@ -38,10 +42,24 @@ UNINITIALISED = (
     aten.new_empty.default,
     aten.new_empty_strided.default,
 )
+# Outputs whose values do not read their input's values: known whatever the input.
+VALUE_FREE = (
+    aten.ones_like.default,
+    aten.zeros_like.default,
+    aten.full_like.default,
+    aten.new_ones.default,
+    aten.new_zeros.default,
+    aten.new_full.default,
+)
 
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and not value.is_floating_point() and not value.is_complex()
+
+
+def _is_kept(value: Any) -> bool:
+    """An integer or boolean tensor, or a one-element tensor (module docstring)."""
+    return _is_integer(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
 
 
 def _differentiable(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
@@ -62,7 +80,7 @@ def _mutated(func: torch._ops.OpOverload, args: Sequence[Any], kwargs: dict[str,
     return written
 
 
-class IntegerValues(TorchDispatchMode):
+class KnownValues(TorchDispatchMode):
     """Push inside a ``FakeTensorMode`` (module docstring); ``value(tensor)`` is the known CPU value, or None."""
 
     def __init__(self) -> None:
@@ -81,15 +99,16 @@ class IntegerValues(TorchDispatchMode):
         except (DynamicOutputShapeException, DataDependentOutputException):
             return self._run_on_values(func, args, kwargs, _differentiable(args, kwargs))
         inputs = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)]
-        known = func not in UNINITIALISED and all(self.value(tensor) is not None for tensor in inputs)
-        if known and any(_is_integer(leaf) for leaf in tree_flatten(output)[0]):
+        value_free = func in VALUE_FREE
+        known = func not in UNINITIALISED and (value_free or all(self.value(tensor) is not None for tensor in inputs))
+        if known and any(_is_kept(leaf) for leaf in tree_flatten(output)[0]):
             try:
-                self._remember(output, self._on_values(func, args, kwargs, fill=False))
+                self._remember(output, self._on_values(func, args, kwargs, fill=value_free))
             except (RuntimeError, NotImplementedError):  # not on the CPU, or not for these dtypes: unknown
                 known = False
         if not known:
             for tensor in _mutated(func, args, kwargs):
-                if _is_integer(tensor):
+                if _is_kept(tensor):
                     self._forget_storage(tensor)
         return output
 
@@ -149,7 +168,7 @@ class IntegerValues(TorchDispatchMode):
 
     def _remember(self, fake: Any, real: Any) -> None:
         for fake_leaf, real_leaf in zip(tree_flatten(fake)[0], tree_flatten(real)[0], strict=True):
-            if _is_integer(fake_leaf) and isinstance(real_leaf, torch.Tensor):
+            if _is_kept(fake_leaf) and isinstance(real_leaf, torch.Tensor):
                 self._values[fake_leaf] = real_leaf
 
     def _forget_storage(self, tensor: torch.Tensor) -> None:
