@@ -138,16 +138,14 @@ $(VIT_FOLDER)/.done: | $(STAMP)
 runs/aimv1-tiny/.done runs/aimv2-tiny/.done runs/aimv2_moe-tiny/.done runs/clip-tiny/.done: $(SCENES)/.done $(WORDPIECE)
 runs/vit-tiny/.done: $(VIT_FOLDER)/.done
 
-# VISION_THREADS=1 with `make -j2` trains two recipes at once, one thread each (as the tokenizers above).
-VISION_ENV = env $(if $(VISION_THREADS),OMP_NUM_THREADS=$(VISION_THREADS))
-
+# One recipe at a time on all cores: each tiny config's step count fills about 7 minutes of a 2-core machine.
 $(VISION_RUNS): runs/%-tiny/.done:
-	$(VISION_ENV) $(BIN)/polymodal train --config configs/$*/tiny.yaml
-	$(VISION_ENV) $(BIN)/polymodal eval --model runs/$*-tiny --evaluator all --table > runs/$*-tiny/baselines.md
+	$(BIN)/polymodal train --config configs/$*/tiny.yaml
+	$(BIN)/polymodal eval --model runs/$*-tiny --evaluator all --table > runs/$*-tiny/baselines.md
 	touch $@
 
 vision-demo: $(STAMP)
-	$(MAKE) -j2 VISION_THREADS=1 $(VISION_RUNS)
+	$(MAKE) $(VISION_RUNS)
 	for r in $(VISION_RECIPES); do printf '\n### %s\n\n' "$$r"; cat runs/$$r-tiny/baselines.md; done > $(VISION_TABLE)
 	@cat $(VISION_TABLE)
 	@echo "table: $(VISION_TABLE)   loss curves: $(foreach r,$(VISION_RECIPES),runs/$(r)-tiny/loss.png)"
@@ -156,5 +154,6 @@ vision-demo: $(STAMP)
 llm-demo: $(STAMP)
 	$(VENV)/bin/polymodal train --config configs/llm/tiny.yaml
 
+# --durations: the slowest tests are named at the end of every run, to keep the suite inside its time budget.
 test: $(STAMP)
-	$(VENV_PY) -m pytest -q
+	$(VENV_PY) -m pytest -q --durations=25

@@ -9,13 +9,16 @@ entry (``sweep.epochs=10``, ``val.max_samples=200``; ``+key=value`` adds a key).
 ``--init random`` evaluates the weights the run started from instead (rebuilt from its config and seed): the
 untrained baseline of the same evaluator. ``--table`` prints a Markdown table of every score beside the same score
 of the initial weights and its trivial baseline (the evaluators report the majority class's accuracy or chance as
-``baseline_<metric>``).
+``baseline_<metric>``), and how far the trained score is above the better of the two in standard errors of the
+difference (from the number of held-out items each evaluator reports as ``samples``): 2 or more is beyond sampling
+noise at about 95 %.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -89,14 +92,34 @@ def _evaluate(args: argparse.Namespace, initial: bool) -> dict[str, float]:
 
 def baseline_table(trained: Mapping[str, float], initial: Mapping[str, float]) -> str:
     """A Markdown table of every score that has a trivial baseline (``<name>/baseline_<metric>``: the majority
-    class or chance): the trained weights' score, the initial weights' and the baseline."""
-    rows = ["| evaluator/metric | trained | random init | majority / chance |", "|---|---:|---:|---:|"]
+    class or chance): the trained weights' score, the initial weights' and the baseline, and the trained score's
+    margin over the better of the two in standard errors (when the evaluator reports its ``samples``)."""
+    from polymodal.train.evaluators import SAMPLES
+
+    rows = [
+        "| evaluator/metric | trained | random init | majority / chance | margin (standard errors) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for key, value in trained.items():
         name, _, metric = key.rpartition("/")
         baseline = trained.get(f"{name}/{BASELINE_PREFIX}{metric}")
-        if baseline is not None and not metric.startswith(BASELINE_PREFIX):
-            rows.append(f"| {key} | {value:.3f} | {initial[key]:.3f} | {baseline:.3f} |")
+        if baseline is None or metric.startswith(BASELINE_PREFIX):
+            continue
+        samples = trained.get(f"{name}/{SAMPLES}")
+        reference = max(initial[key], baseline)
+        margin = "—" if samples is None else f"{margin_in_standard_errors(value, reference, samples):+.1f}"
+        rows.append(f"| {key} | {value:.3f} | {initial[key]:.3f} | {baseline:.3f} | {margin} |")
     return "\n".join(rows)
+
+
+def margin_in_standard_errors(score: float, reference: float, samples: float) -> float:
+    """How far ``score`` is above ``reference``, both fractions of the same ``samples`` held-out items, in standard
+    errors of their difference (normal approximation, the two taken as independent: for two scores of the same
+    items, which agree more often than independent ones, this overstates the error)."""
+    variance = (score * (1 - score) + reference * (1 - reference)) / samples
+    if variance == 0:  # both scores 0 or 1: no sampling spread to measure against
+        return 0.0 if score == reference else math.copysign(math.inf, score - reference)
+    return (score - reference) / math.sqrt(variance)
 
 
 def _read_config(path: str) -> DictConfig:

@@ -27,7 +27,7 @@ from typing import Any
 from polymodal.config import ConfigError, instantiate
 from polymodal.config.arguments import check_target_arguments
 from polymodal.train.evaluators.clip import Retrieval, ZeroShotClassification
-from polymodal.train.evaluators.context import EvalContext, Evaluator, EvaluatorFailed, run_evaluators
+from polymodal.train.evaluators.context import SAMPLES, EvalContext, Evaluator, EvaluatorFailed, run_evaluators
 from polymodal.train.evaluators.data import ImageSplit, TextEncoder
 from polymodal.train.evaluators.probes import AttentiveProbe, LinearProbe, ProbeTraining
 from polymodal.train.evaluators.sides import ImageSide, TextSide
@@ -47,6 +47,7 @@ __all__ = [
     "ZeroShotClassification",
     "build_evaluators",
     "run_evaluators",
+    "SAMPLES",
 ]
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from polymodal.config.arguments import settings_from
-from polymodal.train.evaluators.context import EvalContext
+from polymodal.train.evaluators.context import SAMPLES, EvalContext
 from polymodal.train.evaluators.data import IMAGE, ImageSplit
 from polymodal.train.evaluators.features import embed_images, embed_texts, image_features
 from polymodal.train.evaluators.sides import ImageSide, TextSide
@@ -93,7 +93,8 @@ class ZeroShotClassification(_ImageText):
         labels = images["label"]
         # The best any constant answer scores: the most frequent class's share (at least chance, 1 / classes).
         baseline = float(torch.bincount(labels).max()) / len(labels)
-        return {"top1": float((predictions == labels).float().mean()), "baseline_top1": baseline}
+        top1 = float((predictions == labels).float().mean())
+        return {"top1": top1, "baseline_top1": baseline, SAMPLES: float(len(labels))}
 
 
 def recall_at(similarity: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
@@ -129,7 +130,7 @@ class Retrieval(_ImageText):
 
         pairs = context.map_items(len(self.data), self.batch_size, compute)
         similarity = F.normalize(pairs["image"], dim=-1) @ F.normalize(pairs["text"], dim=-1).T
-        metrics = {}
+        metrics = {SAMPLES: float(len(similarity))}
         for direction, scores in (("image_to_text", similarity), ("text_to_image", similarity.T)):
             for k, recall in recall_at(scores, self.KS).items():
                 metrics[f"{direction}_R@{k}"] = recall

@@ -22,6 +22,9 @@ from torch import nn
 
 from polymodal.models.meta import DataDict, call_block, checking_keys
 
+# The metric naming how many held-out items an evaluator's scores are fractions of (their standard errors need it).
+SAMPLES = "samples"
+
 
 class Evaluator(Protocol):
     """An evaluator: ``evaluate(context)`` returns named numbers; every rank calls it with its own context."""

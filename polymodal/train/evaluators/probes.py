@@ -25,7 +25,7 @@ from polymodal.config.arguments import settings_from
 from polymodal.data.multimodal.loader import BatchTransform
 from polymodal.models.meta import ReadWriteBlock
 from polymodal.models.pooling import AttentivePoolingHead
-from polymodal.train.evaluators.context import EvalContext
+from polymodal.train.evaluators.context import SAMPLES, EvalContext
 from polymodal.train.evaluators.data import IMAGE, ImageSplit
 from polymodal.train.evaluators.features import Pool, image_features
 
@@ -192,9 +192,11 @@ class _Probe(ABC):
         """The probe's sweep on the (features, labels) of the train and the val split."""
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
-        """The best sweep point, and the accuracy of always answering the training split's most frequent class."""
+        """The best sweep point, the accuracy of always answering the training split's most frequent class, and the
+        number of held-out samples both are measured on."""
         train, val = self.features(context)
-        return {**self.fit(train, val).metrics(), "baseline_accuracy": majority_accuracy(train[1], val[1])}
+        baseline = majority_accuracy(train[1], val[1])
+        return {**self.fit(train, val).metrics(), "baseline_accuracy": baseline, SAMPLES: float(len(val[1]))}
 
     def features(self, context: EvalContext) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """(features, labels) of the train and the val split."""

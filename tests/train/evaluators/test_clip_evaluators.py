@@ -50,7 +50,11 @@ def test_zero_shot_top1_matches_a_plain_computation(eval_data, single_thread):
     labels = [int(label) for label in everything["label"]]
     expected = sum(p == label for p, label in zip(predicted, labels, strict=True)) / len(split)
     most_frequent_share = max(labels.count(label) for label in set(labels)) / len(split)
-    assert result == {"zs/top1": pytest.approx(expected), "zs/baseline_top1": pytest.approx(most_frequent_share)}
+    assert result == {
+        "zs/top1": pytest.approx(expected),
+        "zs/baseline_top1": pytest.approx(most_frequent_share),
+        "zs/samples": len(split),
+    }
 
 
 def test_retrieval_recalls_match_a_plain_computation(eval_data, single_thread):
@@ -80,6 +84,7 @@ def test_retrieval_recalls_match_a_plain_computation(eval_data, single_thread):
         "ret/image_to_text_R@5": recall(5, True),
         "ret/text_to_image_R@1": recall(1, False),
         "ret/text_to_image_R@5": recall(5, False),
+        "ret/samples": count,
     }
     for direction in ("image_to_text", "text_to_image"):  # a random ranking's recall@k: k of the candidates
         expected.update({f"ret/baseline_{direction}_R@1": 1 / count, f"ret/baseline_{direction}_R@5": 5 / count})

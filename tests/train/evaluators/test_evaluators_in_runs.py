@@ -2,6 +2,7 @@
 in the evaluators section is a one-line error, and `polymodal eval --evaluator` runs one on the trained run."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from trainer_configs import experiment_block, optim_header
 
 from polymodal import cli
 from polymodal.checkpoint.weights import load_trained_model
+from polymodal.commands.evaluator import margin_in_standard_errors
 from polymodal.config import ConfigError, load_config
 from polymodal.runs import load_run
 from polymodal.train.evaluators import EvalContext, build_evaluators, run_evaluators
@@ -75,7 +77,8 @@ def trained_run(eval_data, tmp_path_factory) -> tuple[Path, list[dict]]:
         result = Trainer(load_config(write_config(directory, eval_data["folder"]))).fit()
     finally:
         torch.set_num_threads(threads)
-    assert set(result["eval"]) == {f"linear_probe/{m}" for m in ("accuracy", "lr", "weight_decay", "baseline_accuracy")}
+    metrics = ("accuracy", "lr", "weight_decay", "baseline_accuracy", "samples")
+    assert set(result["eval"]) == {f"linear_probe/{m}" for m in metrics}
     records = [json.loads(line) for line in (directory / "run" / "metrics.jsonl").read_text().splitlines()]
     return directory / "run", records
 
@@ -146,8 +149,10 @@ evaluators:
 """)
     argv = ["eval", "--model", str(run_dir), "--evaluator", "quick_probe", "--config", str(evaluators)]
     assert cli.main(argv) == 0
-    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines()[-4:])
-    assert set(lines) == {f"quick_probe/{m}" for m in ("accuracy", "lr", "weight_decay", "baseline_accuracy")}
+    lines = dict(line.split() for line in capsys.readouterr().out.strip().splitlines()[-5:])
+    metrics = ("accuracy", "lr", "weight_decay", "baseline_accuracy", "samples")
+    assert set(lines) == {f"quick_probe/{m}" for m in metrics}
+    assert float(lines["quick_probe/samples"]) == 5
     assert float(lines["quick_probe/accuracy"]) * 5 == pytest.approx(round(float(lines["quick_probe/accuracy"]) * 5))
 
 
@@ -171,11 +176,29 @@ def test_the_baseline_table_sets_trained_beside_initial_weights_and_the_majority
     header, rule, *rows = capsys.readouterr().out.strip().splitlines()[-3:]
     assert header.startswith("| evaluator/metric | trained | random init |") and rule.startswith("|---")
     (row,) = rows  # the accuracy: lr and weight decay have no baseline
-    name, trained, initial, majority = (cell.strip() for cell in row.strip("|").split("|"))
+    name, trained, initial, majority, margin = (cell.strip() for cell in row.strip("|").split("|"))
     assert name == "linear_probe/accuracy"
     assert float(trained) == pytest.approx(scores["trained"][name], abs=5e-4)
     assert float(initial) == pytest.approx(scores["random"][name], abs=5e-4)
     assert float(majority) == pytest.approx(scores["trained"]["linear_probe/baseline_accuracy"], abs=5e-4)
+    score, reference = scores["trained"][name], max(scores["random"][name], float(majority))
+    samples = scores["trained"]["linear_probe/samples"]
+    spread = math.sqrt((score * (1 - score) + reference * (1 - reference)) / samples)
+    expected = 0.0 if spread == 0 and score == reference else (score - reference) / spread
+    assert float(margin) == pytest.approx(expected, abs=0.051)
+
+
+@pytest.mark.parametrize(
+    ("score", "reference", "samples", "expected"),
+    [
+        (0.6, 0.5, 100, 0.1 / math.sqrt((0.24 + 0.25) / 100)),  # the two-proportion normal approximation
+        (0.5, 0.6, 100, -0.1 / math.sqrt((0.25 + 0.24) / 100)),
+        (1.0, 0.0, 10, math.inf),  # no spread: a sure difference
+        (1.0, 1.0, 10, 0.0),
+    ],
+)
+def test_margins_are_in_standard_errors_of_the_difference(score, reference, samples, expected):
+    assert margin_in_standard_errors(score, reference, samples) == pytest.approx(expected)
 
 
 def test_overrides_need_a_named_evaluator(trained_run, capsys):
