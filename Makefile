@@ -124,7 +124,7 @@ lumina-demo: $(STAMP)
 	@echo "pictures: $(LUMINA)/generations/generations.png $(LUMINA)/eval/samples.png $(LUMINA)/loss.png"
 	@echo "numbers:  $(LUMINA)/eval/eval.json"
 
-# The l3m recipes on the synthetic world: AIMv1, AIMv2, CLIP and a supervised ViT, each trained from its tiny config
+# The l3m recipes on the synthetic world: AIMv1, AIMv2, AIMv2-MoE, CLIP and a supervised ViT, each trained from its tiny config
 # and evaluated on held-out scenes beside the same evaluators on its initial weights and the trivial baselines.
 VIT_FOLDER := data/scenes_imagefolder_object
 VISION_RECIPES := aimv1 aimv2 aimv2_moe clip vit

@@ -1,12 +1,14 @@
 """The family's recipe end to end, as `make lumina-demo` runs it at a smaller size: synthetic conversations, a BPE
-and the session's trained rgb tokenizer, records, ``configs/lumina/tiny.yaml`` trained for 600 of its 1,400 steps,
-then the held-out evaluation on 128 scenes.
+and the session's trained rgb tokenizer, records, ``configs/lumina/tiny.yaml`` trained for 400 of its 1,400 steps,
+then the held-out evaluation on 128 scenes with a smaller judge (2,000 renders, 600 steps).
 
-What 600 steps learn, measured: captions beat the constant caption on every metric (mean 0.37 vs 0.29), while the
-generated images are judged no better than against another scene's caption yet (0.323 vs 0.323 colour precision)
-— text → image separates from that floor only at the demo's full budget (README, docs/lumina.md § The demo). So
-the test asks of text → image what this budget can prove: every image block is well formed, and the judge, shown
-the real images through the run's tokenizer, does beat the floor (the evaluation can tell a match)."""
+What 400 steps learn, measured (4.5 minutes alone on 2 cores, 170 s of it training): captions beat the constant
+caption on every metric (mean 0.39 vs 0.29). Whether the generated images beat the floor (the same images judged
+against another scene's caption) at this budget varies from run to run: 0.43 vs 0.40 in one measurement, 0.323 vs
+0.323 in an earlier one at 600 steps — text → image separates from the floor reliably only at the demo's full
+budget (README, docs/lumina.md § The demo). So the test asks of text → image what this budget can prove: every
+image block is well formed, and the judge, shown the real images through the run's tokenizer, does beat the floor
+(0.53 vs 0.40: the evaluation can tell a match)."""
 
 import pytest
 
@@ -21,7 +23,7 @@ from polymodal.runs import load_run
 from polymodal.train.trainer import Trainer
 
 SCENES = 800
-STEPS = 600
+STEPS = 400
 JUDGE = JudgeSettings(num_scenes=2000, steps=600)
 
 
@@ -32,7 +34,7 @@ def mean_scores(task: dict, scorers: tuple[str, ...]) -> tuple[float, ...]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # about 5 minutes alone on 2 cores; twice that on a busy machine
+@pytest.mark.timeout(1200)  # about 4.5 minutes alone on 2 cores; twice that on a busy machine
 def test_tiny_recipe_beats_both_baselines_on_held_out_scenes(trained_rgb_tokenizer, tmp_path):
     conversations = write_conversations(tmp_path / "conversations", SCENES, workers=2)
     bpe = tmp_path / "bpe.json"
