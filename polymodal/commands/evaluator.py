@@ -116,6 +116,8 @@ def margin_in_standard_errors(score: float, reference: float, samples: float) ->
     """How far ``score`` is above ``reference``, both fractions of the same ``samples`` held-out items, in standard
     errors of their difference (normal approximation, the two taken as independent: for two scores of the same
     items, which agree more often than independent ones, this overstates the error)."""
+    if samples <= 0:
+        raise ValueError(f"a margin needs at least one held-out item, got samples={samples}")
     variance = (score * (1 - score) + reference * (1 - reference)) / samples
     if variance == 0:  # both scores 0 or 1: no sampling spread to measure against
         return 0.0 if score == reference else math.copysign(math.inf, score - reference)

@@ -33,6 +33,7 @@ from polymodal.train.evaluators.probes import AttentiveProbe, LinearProbe, Probe
 from polymodal.train.evaluators.sides import ImageSide, TextSide
 
 __all__ = [
+    "SAMPLES",
     "AttentiveProbe",
     "EvalContext",
     "Evaluator",
@@ -47,7 +48,6 @@ __all__ = [
     "ZeroShotClassification",
     "build_evaluators",
     "run_evaluators",
-    "SAMPLES",
 ]
 
 

@@ -201,6 +201,11 @@ def test_margins_are_in_standard_errors_of_the_difference(score, reference, samp
     assert margin_in_standard_errors(score, reference, samples) == pytest.approx(expected)
 
 
+def test_a_margin_without_held_out_items_is_refused():
+    with pytest.raises(ValueError, match="at least one held-out item"):
+        margin_in_standard_errors(0.6, 0.5, 0)
+
+
 def test_overrides_need_a_named_evaluator(trained_run, capsys):
     run_dir, _ = trained_run
     argv = ["eval", "--model", str(run_dir), "--evaluator", "all", "sweep.epochs=3"]
