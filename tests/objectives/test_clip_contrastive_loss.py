@@ -1,6 +1,7 @@
 """CLIPContrastiveLoss against a plain computation and open_clip's ClipLoss; over 2 real processes (gloo) with the
-gather through the published data-parallel group, it matches one process on the global batch, and a group that
-leaves the other rank out gathers nothing from it (the loss never gathers over WORLD)."""
+gather through the published data-parallel group, it matches one process on the global batch (also with NegCLIP's
+hard negatives), and a group that leaves the other rank out gathers nothing from it (the loss never gathers over
+WORLD)."""
 
 import importlib.util
 import os
@@ -37,10 +38,24 @@ def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return image, text, torch.tensor(2.3)  # log of the logit scale
 
 
-def loss_and_grads(image, text, log_scale, loss=None):
-    """Our loss (or ``loss``, called as open_clip's) on leaf copies, and the gradients of features and log scale."""
+def hard_negatives() -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch's hard negative captions (near their captions) and which of them are real ones."""
+    _, text, _ = global_batch()
+    negatives = F.normalize(text + 0.5 * torch.randn(text.shape, generator=torch.Generator().manual_seed(1)), dim=-1)
+    return negatives, torch.tensor([True, False, True, True, True, False])
+
+
+def loss_and_grads(image, text, log_scale, loss=None, negatives=None):
+    """Our loss (or ``loss``, called as open_clip's) on leaf copies, and the gradients of features and log scale;
+    ``negatives``: (hard negative captions, valid) appended to the text rows (and their gradient rows) for our loss
+    with hard negatives."""
+    if negatives is not None:
+        text = torch.cat([text, negatives[0]])
     image, text, log_scale = (t.clone().requires_grad_() for t in (image, text, log_scale))
-    if loss is None:
+    if loss is None and negatives is not None:
+        batch = {"image_embeds": image, "text_embeds": text, "logit_scale": log_scale.exp()}
+        value, metrics = CLIPContrastiveLoss(hard_negative_key="valid")({**batch, "valid": negatives[1]})
+    elif loss is None:
         value, metrics = CLIPContrastiveLoss()(
             {"image_embeds": image, "text_embeds": text, "logit_scale": log_scale.exp()}
         )
@@ -56,6 +71,41 @@ def plain_clip_loss(image, text, scale):
     image_to_text = -(similarity.diag() - similarity.exp().sum(dim=1).log())
     text_to_image = -(similarity.diag() - similarity.exp().sum(dim=0).log())
     return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+def plain_negclip_loss(image, text, negatives, valid, scale):
+    """NegCLIP written out: each image's candidates are every caption and every valid hard negative; each
+    caption's candidates are every image."""
+    candidates = torch.cat([text, negatives[valid]])
+    image_to_text = -torch.stack(
+        [scale * image[i] @ text[i] - (scale * candidates @ image[i]).exp().sum().log() for i in range(len(image))]
+    )
+    similarity = scale * image @ text.T
+    text_to_image = -(similarity.diag() - similarity.exp().sum(dim=0).log())
+    return (image_to_text.mean() + text_to_image.mean()) / 2
+
+
+def test_hard_negatives_match_the_plain_computation():
+    image, text, log_scale = global_batch()
+    negatives, valid = hard_negatives()
+    ours = loss_and_grads(image, text, log_scale, negatives=(negatives, valid))
+    plain = loss_and_grads(
+        image, text, log_scale, lambda i, t, s: plain_negclip_loss(i, *t.chunk(2), valid, s), (negatives, valid)
+    )
+    for got, want in zip(ours[:4], plain[:4], strict=True):
+        torch.testing.assert_close(got, want)
+    wins = ((image * text).sum(-1) > (image * negatives).sum(-1))[valid]
+    assert ours[4]["hard_negative_accuracy"].item() == pytest.approx(wins.float().mean().item())
+    assert ours[0] > loss_and_grads(image, text, log_scale)[0]  # the extra candidates make it harder
+
+
+def test_hard_negative_batches_need_twice_the_text_rows():
+    loss = CLIPContrastiveLoss(hard_negative_key="valid")
+    batch = {"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(3, 4), "logit_scale": torch.tensor(1.0)}
+    with pytest.raises(ValueError, match="2B rows"):
+        loss({**batch, "valid": torch.ones(3, dtype=torch.bool)})
+    plain, _ = loss(batch)  # a batch without the key (validation) gets the plain loss
+    torch.testing.assert_close(plain, CLIPContrastiveLoss()(batch)[0])
 
 
 def test_single_process_loss_matches_the_plain_computation():
@@ -81,7 +131,7 @@ def test_single_process_loss_matches_open_clip():
 
 def test_bad_shapes_are_clear_errors():
     loss = CLIPContrastiveLoss()
-    with pytest.raises(ValueError, match="same shape"):
+    with pytest.raises(ValueError, match=r"text_embeds \[3, D\]"):
         loss({"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(2, 4), "logit_scale": torch.tensor(1.0)})
     with pytest.raises(ValueError, match="scalar"):
         loss({"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(3, 4), "logit_scale": torch.ones(2)})
@@ -101,6 +151,8 @@ def worker(rank: int, port: int, results) -> None:
     alone = [dist.new_group([r]) for r in range(WORLD)]
     set_data_parallel_group(both)
     results[f"dp{rank}"] = loss_and_grads(image, text, log_scale)[:4]
+    negatives, valid = hard_negatives()
+    results[f"negclip{rank}"] = loss_and_grads(image, text, log_scale, negatives=(negatives[rows], valid[rows]))[:4]
     if HAS_OPEN_CLIP:
         clip_loss = open_clip_loss_class()(local_loss=True, gather_with_grad=True, rank=rank, world_size=WORLD)
         results[f"open_clip{rank}"] = loss_and_grads(image, text, log_scale, clip_loss)[:4]
@@ -123,10 +175,16 @@ def two_rank_results() -> dict:
         return dict(results)
 
 
-def test_two_ranks_equal_one_process_on_the_global_batch(two_rank_results):
+@pytest.mark.parametrize("case", ["dp", "negclip"])
+def test_two_ranks_equal_one_process_on_the_global_batch(two_rank_results, case):
     image, text, log_scale = global_batch()
-    loss, image_grad, text_grad, scale_grad, _ = loss_and_grads(image, text, log_scale)
-    per_rank = [two_rank_results[f"dp{rank}"] for rank in range(WORLD)]
+    negatives = hard_negatives() if case == "negclip" else None
+    loss, image_grad, text_grad, scale_grad, _ = loss_and_grads(image, text, log_scale, negatives=negatives)
+    per_rank = [two_rank_results[f"{case}{rank}"] for rank in range(WORLD)]
+    if negatives is not None:  # each rank's text gradient rows: its captions, then its hard negatives
+        captions, negative_rows = text_grad.chunk(2)
+        pairs = zip(captions.chunk(WORLD), negative_rows.chunk(WORLD), strict=True)
+        text_grad = torch.cat([torch.cat(pair) for pair in pairs])
     tolerance = dict(atol=1e-6, rtol=1e-6)
     # each rank's loss is the mean over its rows: their mean is the global loss
     torch.testing.assert_close(torch.stack([r[0] for r in per_rank]).mean(), loss, **tolerance)
