@@ -60,7 +60,7 @@ def test_the_fourm_snippet_generates_depth_and_captions(tmp_path, monkeypatch, c
     model = OmegaConf.to_container(load_config("fourm/tiny").model, resolve=True)
     run = checkpointed_run(tmp_path / "runs" / "fourm-tiny", model)
     wordpiece = save_tokenizer(train_wordpiece(synthetic_scene_texts(40), 8192), tmp_path / "wordpiece.json")
-    depth = export_tiny_tokenizer(tmp_path / "tok-depth", "depth", codebook_size=256)  # as tok_depth@64
+    depth = export_tiny_tokenizer(tmp_path / "tok-depth", "depth", codebook_size=1000)  # as tok_depth@64
     copy_tokenizers({"text": wordpiece, "tok_depth@64": depth}, run / "tokenizers")
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)

@@ -159,7 +159,7 @@ data:
 
 VQ_TOKENIZER = """
 defaults:
-  - {repo}/configs/tokenizers/depth_tiny.yaml
+  - {repo}/configs/tokenizers/normal_tiny.yaml
 constants:
   data_root: {root}
   image_size: 16
@@ -179,7 +179,7 @@ RECIPES = {"vit": optim_header() + VIT, "vq_tokenizer": VQ_TOKENIZER}
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scenes")
-    write_shards(root, num_samples=16, samples_per_shard=4, seed=5, size=16, modalities=("rgb", "depth", "label"))
+    write_shards(root, num_samples=16, samples_per_shard=4, seed=5, size=16, modalities=("rgb", "normal", "label"))
     return root
 
 

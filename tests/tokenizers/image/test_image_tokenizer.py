@@ -291,16 +291,16 @@ def test_tiny_recipe_trains_logs_psnr_and_exported_weights_give_the_same_codes(t
 
 
 class PoisonedLoader:
-    """The training loader, with NaN depth maps in the batches numbered ``poisoned`` (1-based)."""
+    """The training loader, with NaN ``key`` maps in the batches numbered ``poisoned`` (1-based)."""
 
-    def __init__(self, loader, poisoned: set[int]):
-        self.loader, self.poisoned, self.served = loader, poisoned, 0
+    def __init__(self, loader, poisoned: set[int], key: str):
+        self.loader, self.poisoned, self.key, self.served = loader, poisoned, key, 0
 
     def __next__(self):
         batch = next(self.loader)
         self.served += 1
         if self.served in self.poisoned:
-            batch["depth"] = torch.full_like(batch["depth"], float("nan"))
+            batch[self.key] = torch.full_like(batch[self.key], float("nan"))
         return batch
 
     def __getattr__(self, name):
@@ -309,13 +309,14 @@ class PoisonedLoader:
 
 @pytest.mark.parametrize("policy", ["skip", "stop"])
 def test_a_nan_batch_leaves_the_ema_codebook_as_it_was(policy, tmp_path):
-    """The VQ codebook's EMA statistics update inside forward: a non-finite step must not commit them."""
+    """The VQ codebook's EMA statistics update inside forward: a non-finite step must not commit them (the normal
+    map recipe's VQ codebook)."""
     root = tmp_path / "scenes"
-    write_shards(root, num_samples=16, samples_per_shard=4, seed=3, size=SIZE, modalities=("depth",))
+    write_shards(root, num_samples=16, samples_per_shard=4, seed=3, size=SIZE, modalities=("normal",))
     nonfinite = f"{{policy: {policy}, max_skips: 5}}"
-    config = write_recipe(tmp_path / "depth.yaml", "depth_tiny", root, tmp_path / "run", nonfinite=nonfinite)
+    config = write_recipe(tmp_path / "normal.yaml", "normal_tiny", root, tmp_path / "run", nonfinite=nonfinite)
     trainer = Trainer(load_config(config))
-    trainer.data.train = PoisonedLoader(trainer.data.train, {3, 4})
+    trainer.data.train = PoisonedLoader(trainer.data.train, {3, 4}, "normal")
     quantizer_state = {}
 
     def remember_before_step_3(step=trainer.train_step):
