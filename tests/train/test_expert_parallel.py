@@ -72,6 +72,7 @@ def worker(rank: int, port: int, capacity_factor, errors) -> None:
         for name, param in layer.experts.named_parameters():
             torch.testing.assert_close(param.grad.to_local(), getattr(reference.experts, name).grad[mine], **TOL)
             torch.testing.assert_close(param.full_tensor(), getattr(reference.experts, name), **TOL)
+        dist.barrier()  # neither rank tears its gloo pairs down while the other is still using them
     except Exception as error:  # reported to the parent, which fails the test with the message
         errors.put(f"rank {rank}: {type(error).__name__}: {error}")
         raise
