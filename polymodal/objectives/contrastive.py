@@ -65,6 +65,9 @@ class CLIPContrastiveLoss(Objective):
             shapes = f"{tuple(image.shape)} and {tuple(text.shape)}"
             hint = "" if negative_valid is None else f" (with hard negatives {text_key} has 2B rows)"
             raise ValueError(f"{image_key} must be [B, D] and {text_key} [{rows}, D]{hint}, got {shapes}")
+        if negative_valid is not None and negative_valid.shape != image.shape[:1]:
+            shape, rows = tuple(negative_valid.shape), image.shape[0]
+            raise ValueError(f"{self.hard_negative_key} must be bool [B={rows}], one per caption, got {shape}")
         if scale.numel() != 1:
             raise ValueError(f"{scale_key} must be a scalar, got shape {tuple(scale.shape)}")
         with torch.autocast(device_type=image.device.type, enabled=False):

@@ -104,6 +104,9 @@ def test_hard_negative_batches_need_twice_the_text_rows():
     batch = {"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(3, 4), "logit_scale": torch.tensor(1.0)}
     with pytest.raises(ValueError, match="2B rows"):
         loss({**batch, "valid": torch.ones(3, dtype=torch.bool)})
+    doubled = {**batch, "text_embeds": torch.randn(6, 4)}
+    with pytest.raises(ValueError, match=r"valid must be bool \[B=3\]"):
+        loss({**doubled, "valid": torch.ones(6, dtype=torch.bool)})
     plain, _ = loss(batch)  # a batch without the key (validation) gets the plain loss
     torch.testing.assert_close(plain, CLIPContrastiveLoss()(batch)[0])
 
