@@ -48,7 +48,7 @@ def test_include_is_relative_to_the_file_that_names_it_and_lands_in_the_saved_co
     repo = Path(__file__).resolve().parents[2]
     monkeypatch.chdir(tmp_path)  # not the repository: paths in the config must not depend on the working directory
     cfg = load_config(repo / "configs" / "fourm" / "tiny.yaml")
-    alphas_file = repo / "configs" / "fourm" / "alphas" / "mix_rgb2all_all2all_a0.5.yaml"
+    alphas_file = repo / "configs" / "fourm" / "alphas" / "mix_rgb2all_capbias_all2all.yaml"
     expected = yaml.safe_load(alphas_file.read_text())
     assert OmegaConf.to_container(cfg.data.alphas) == expected
     save_config(cfg, tmp_path / "run" / "config.yaml")

@@ -8,6 +8,11 @@ modalities (upstream weighted each modality by ``n_tokens * vocab_size``; we wei
 z-loss (PaLM; ``z_loss_weight``, 0 by default as 4M) adds the mean ``(log Z)²``, combined over modalities the same
 way.
 
+``modality_weights`` (not in 4M; every modality 1 by default) scales a modality's part of either mean: the modality
+mode becomes ``Σ w_m · mean_m / Σ w_m`` over the modalities with targets, the token mode ``Σ w_m · sum_m /
+Σ w_m · n_m``. A small model trained on many targets at once learns each of them in proportion to its share of the
+gradient; a weight steers that share without changing which tokens are masked.
+
 The per-modality sums come from the model (``FourM`` with ``loss_chunk_size`` computes them from its decoder output
 and head weights, a chunk of rows at a time, without full logits), or from ``{modality: [n, V] logits}`` in float32.
 A modality without targets still contributes ``0 * cross_entropy``, so its head is part of the graph (a zero
@@ -16,6 +21,7 @@ gradient) on every rank and data-parallel gradient reductions see the same param
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -41,13 +47,19 @@ class FourMLoss(Objective):
         logits_key: str = "logits",
         targets_key: str = "targets",
         sums_key: str = "token_loss",
+        modality_weights: Mapping[str, float] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        weights = dict(modality_weights or {})
+        bad = {name: weight for name, weight in weights.items() if not (math.isfinite(weight) and weight > 0)}
+        if bad:
+            raise ValueError(f"modality_weights must be finite and > 0, got {bad}")
         super().__init__(read_keys=[sums_key, logits_key, targets_key])
         self.mode = mode
         self.count_empty_modalities = count_empty_modalities
         self.z_loss_weight = z_loss_weight
+        self.modality_weights = weights
 
     def forward(self, data: DataDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sums_key, logits_key, targets_key = self.read_keys
@@ -58,6 +70,11 @@ class FourMLoss(Objective):
         if not outputs:
             raise ValueError("no target modality in the batch: nothing to compute a loss on")
         sums = outputs if sums_key in data else _sums_from_logits(outputs, targets)
+        unknown = set(self.modality_weights) - set(sums)
+        if unknown:
+            raise ValueError(f"modality_weights name modalities that are not targets: {sorted(unknown)}; "
+                             f"the targets are {sorted(sums)}")  # fmt: skip
+        weights = [self.modality_weights.get(name, 1.0) for name in sums]
         counts = [targets[name].numel() for name in sums]  # every target row is labelled; no device sync
         anchor = sum(modality.cross_entropy for modality in sums.values()) * 0.0  # keeps every head in the graph
         metrics = {}
@@ -65,20 +82,26 @@ class FourMLoss(Objective):
             metrics[f"{name}/loss"] = (modality.cross_entropy / max(count, 1)).detach()
             metrics[f"{name}/accuracy"] = (modality.correct / max(count, 1)).detach()
             metrics[f"{name}/tokens"] = torch.tensor(count, device=anchor.device)
-        loss = self._combine([modality.cross_entropy for modality in sums.values()], counts)
+        loss = self._combine([modality.cross_entropy for modality in sums.values()], counts, weights)
         if self.z_loss_weight:
-            z_loss = self.z_loss_weight * self._combine([modality.log_z_squared for modality in sums.values()], counts)
+            log_z_squared = [modality.log_z_squared for modality in sums.values()]
+            z_loss = self.z_loss_weight * self._combine(log_z_squared, counts, weights)
             metrics["z_loss"] = z_loss.detach()
             loss = loss + z_loss
         return loss + anchor, metrics
 
-    def _combine(self, totals: Sequence[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
-        """The per-modality sums ``totals`` as one mean, by ``mode`` (module docstring)."""
+    def _combine(self, totals: Sequence[torch.Tensor], counts: Sequence[int], weights: Sequence[float]) -> torch.Tensor:
+        """The per-modality sums ``totals`` as one weighted mean, by ``mode`` (module docstring)."""
+        parts = list(zip(totals, counts, weights, strict=True))
         if self.mode == "token":
-            return sum(totals) / max(sum(counts), 1)
-        means = [total / count for total, count in zip(totals, counts, strict=True) if count]
-        denominator = len(counts) if self.count_empty_modalities else max(len(means), 1)
-        return sum(means, torch.zeros_like(totals[0])) / denominator
+            return sum(weight * total for total, _, weight in parts) / max(
+                sum(weight * count for _, count, weight in parts), 1e-12
+            )
+        present = [(total / count, weight) for total, count, weight in parts if count]
+        numerator = sum((weight * mean for mean, weight in present), torch.zeros_like(totals[0]))
+        counted = parts if self.count_empty_modalities else present
+        denominator = sum(weight for *_, weight in counted)
+        return numerator / denominator if denominator else numerator
 
 
 def _sums_from_logits(

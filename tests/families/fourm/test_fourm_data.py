@@ -360,7 +360,9 @@ def test_alphas_that_contradict_the_domains_are_rejected(world, tmp_path):
         make_data(world, alphas=str(tmp_path / "nowhere.yaml"))
 
 
-@pytest.mark.parametrize("alphas", ["all2all_a0.5.yaml", "mix_rgb2all_all2all_a0.5.yaml"])
+@pytest.mark.parametrize(
+    "alphas", ["all2all_a0.5.yaml", "mix_rgb2all_all2all_a0.5.yaml", "mix_rgb2all_capbias_all2all.yaml"]
+)
 def test_synthetic_world_configs_agree_with_each_other(alphas):
     configs = Path(__file__).parents[3] / "configs"
     data = OmegaConf.to_container(load_config(configs / "fourm/tiny.yaml").data)

@@ -41,6 +41,20 @@ def test_token_mode_weights_by_token_count_not_vocabulary():
     torch.testing.assert_close(with_z, loss + 0.01 * log_z_squared)
 
 
+def test_modality_weights_scale_each_modalitys_part_of_the_mean():
+    data = outputs({"caption": 5, "tok_rgb": 20, "tok_depth": 0}, VOCAB)
+    means = {m: F.cross_entropy(data["logits"][m], data["targets"][m]) for m in ("caption", "tok_rgb")}
+    weights = {"caption": 4.0, "tok_depth": 2.0}
+    loss, metrics = FourMLoss(modality_weights=weights)(data)
+    torch.testing.assert_close(loss, (4.0 * means["caption"] + means["tok_rgb"]) / 5.0)
+    torch.testing.assert_close(metrics["caption/loss"], means["caption"])  # the metrics stay unweighted
+    upstream, _ = FourMLoss(count_empty_modalities=True, modality_weights=weights)(data)
+    torch.testing.assert_close(upstream, (4.0 * means["caption"] + means["tok_rgb"]) / 7.0)
+    token, _ = FourMLoss(mode="token", modality_weights=weights)(data)
+    torch.testing.assert_close(token, (4.0 * 5 * means["caption"] + 20 * means["tok_rgb"]) / (4.0 * 5 + 20))
+    torch.testing.assert_close(FourMLoss(modality_weights={"tok_rgb": 1.0})(data)[0], FourMLoss()(data)[0])
+
+
 def test_heads_without_targets_still_get_a_zero_gradient():
     data = outputs({"caption": 5, "tok_depth": 0}, VOCAB)
     weight = torch.randn(11, 4, requires_grad=True)
@@ -52,7 +66,12 @@ def test_heads_without_targets_still_get_a_zero_gradient():
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="mode must be one of"):
         FourMLoss(mode="mod")
+    for weight in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="modality_weights must be finite and > 0"):
+            FourMLoss(modality_weights={"caption": weight})
     data = outputs({"caption": 5}, VOCAB)
+    with pytest.raises(ValueError, match=r"modality_weights name modalities that are not targets: \['tok_semseg'\]"):
+        FourMLoss(modality_weights={"tok_semseg": 2.0})(data)
     data["targets"]["caption"] = data["targets"]["caption"][:3]
     with pytest.raises(ValueError, match="modality 'caption': logits"):
         FourMLoss()(data)

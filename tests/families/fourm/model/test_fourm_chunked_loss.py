@@ -2,8 +2,9 @@
 
 The reference runs the same model step by step to ``predict`` (every head's full logits), then takes 4M's loss from
 them with ``F.cross_entropy`` and ``torch.logsumexp``: per modality ``sum CE / n`` averaged over the modalities
-with targets (or over all of them), or ``sum CE / sum n``; the z-loss the same over ``logsumexp²``; plus
-``0 * sum(logits)`` over every head. The loss, the metrics and every parameter's gradient must agree.
+with targets (or over all of them), or ``sum CE / sum n``, each modality's part scaled by its weight (1 unless
+given); the z-loss the same over ``logsumexp²``; plus ``0 * sum(logits)`` over every head. The loss, the metrics
+and every parameter's gradient must agree.
 """
 
 import pytest
@@ -22,7 +23,7 @@ def batch_with_an_empty_modality() -> dict:
     return batch
 
 
-def reference_loss(model, batch, mode: str, count_empty: bool, z_loss_weight: float):
+def reference_loss(model, batch, mode: str, count_empty: bool, z_loss_weight: float, weights: dict):
     inputs = model.embed_inputs(batch)
     queries = model.embed_targets(batch)
     hidden = model.decode(queries, model.decoder_context(model.encode(inputs), inputs), inputs.valid)
@@ -31,11 +32,13 @@ def reference_loss(model, batch, mode: str, count_empty: bool, z_loss_weight: fl
     log_z_squared = {name: torch.logsumexp(logits[name], dim=-1).square().sum() for name in logits}
     counts = {name: targets[name].numel() for name in logits}
     present = [name for name in logits if counts[name]]
+    weight = {name: weights.get(name, 1.0) for name in logits}
 
     def combine(sums: dict) -> torch.Tensor:
         if mode == "token":
-            return sum(sums[name] for name in present) / sum(counts.values())
-        return sum(sums[name] / counts[name] for name in present) / (len(logits) if count_empty else len(present))
+            return sum(weight[name] * sums[name] for name in present) / sum(weight[n] * counts[n] for n in present)
+        averaged = logits if count_empty else present
+        return sum(weight[name] * sums[name] / counts[name] for name in present) / sum(weight[n] for n in averaged)
 
     anchor = 0.0 * sum(value.sum() for value in logits.values())
     accuracy = {name: (logits[name].argmax(-1) == targets[name]).float().mean() for name in present}
@@ -49,24 +52,32 @@ def loss_and_gradients(model, compute):
     return loss.detach(), extra, {name: param.grad for name, param in model.named_parameters()}
 
 
+WEIGHTS = {"caption": 3.0, EMPTY: 0.5}
+
+
 @pytest.mark.parametrize(
-    ("mode", "count_empty", "z_loss_weight", "tie_embeddings"),
+    ("mode", "count_empty", "z_loss_weight", "tie_embeddings", "weights"),
     [
-        ("modality", False, 0.0, True),
-        ("modality", True, 0.1, True),
-        ("token", False, 0.0, False),
-        ("token", False, 0.1, True),
+        ("modality", False, 0.0, True, {}),
+        ("modality", True, 0.1, True, {}),
+        ("token", False, 0.0, False, {}),
+        ("token", False, 0.1, True, {}),
+        ("modality", True, 0.1, True, WEIGHTS),
+        ("modality", False, 0.0, False, WEIGHTS),
+        ("token", False, 0.1, True, WEIGHTS),
     ],
 )
 @pytest.mark.parametrize("forward_grads", [False, True], ids=["grads-in-backward", "grads-in-forward"])
 def test_chunked_loss_matches_cross_entropy_on_the_heads_logits(
-    mode, count_empty, z_loss_weight, tie_embeddings, forward_grads
+    mode, count_empty, z_loss_weight, tie_embeddings, weights, forward_grads
 ):
     model = tiny_fourm(  # several chunks per modality
         loss_chunk_size=5, tie_embeddings=tie_embeddings, loss_z_loss_weight=z_loss_weight if forward_grads else None
     )
     batch = batch_with_an_empty_modality()
-    objective = FourMLoss(mode=mode, count_empty_modalities=count_empty, z_loss_weight=z_loss_weight)
+    objective = FourMLoss(
+        mode=mode, count_empty_modalities=count_empty, z_loss_weight=z_loss_weight, modality_weights=weights
+    )
     output = {}
 
     def chunked():
@@ -76,7 +87,7 @@ def test_chunked_loss_matches_cross_entropy_on_the_heads_logits(
     loss, metrics, grads = loss_and_gradients(model, chunked)
     assert "logits" not in output and set(output["token_loss"]) == set(output["targets"])
     expected, accuracy, expected_grads = loss_and_gradients(
-        model, lambda: reference_loss(model, batch, mode, count_empty, z_loss_weight)
+        model, lambda: reference_loss(model, batch, mode, count_empty, z_loss_weight, weights)
     )
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
     for name, grad in expected_grads.items():
