@@ -19,7 +19,8 @@ def test_readme_config_paths_work_outside_the_repository(tmp_path, monkeypatch):
     assert find_config("configs/llm/tiny.yaml") == shipped_configs() / "llm" / "tiny.yaml"
     assert find_config("llm/tiny") == shipped_configs() / "llm" / "tiny.yaml"
     cfg = load_config("configs/fourm/tiny.yaml", ["constants.dim=64"])
-    assert cfg.model.dim == 64 and "input_alphas" in cfg.data.alphas["caption"]  # included from beside the file
+    assert cfg.model.dim == 64
+    assert "input_alphas" in cfg.data.alphas.alphas_mixture["caption"]  # included from beside the file
 
 
 def test_list_show_and_copy(tmp_path, capsys, monkeypatch):
