@@ -52,7 +52,7 @@ class FourMLoss(Objective):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         weights = dict(modality_weights or {})
-        bad = {name: weight for name, weight in weights.items() if not (math.isfinite(weight) and weight > 0)}
+        bad = {name: weight for name, weight in weights.items() if not _positive_number(weight)}
         if bad:
             raise ValueError(f"modality_weights must be finite and > 0, got {bad}")
         super().__init__(read_keys=[sums_key, logits_key, targets_key])
@@ -102,6 +102,10 @@ class FourMLoss(Objective):
         counted = parts if self.count_empty_modalities else present
         denominator = sum(weight for *_, weight in counted)
         return numerator / denominator if denominator else numerator
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _sums_from_logits(

@@ -66,7 +66,7 @@ def test_heads_without_targets_still_get_a_zero_gradient():
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="mode must be one of"):
         FourMLoss(mode="mod")
-    for weight in (0.0, -1.0, float("nan"), float("inf")):
+    for weight in (0.0, -1.0, float("nan"), float("inf"), "2", True):
         with pytest.raises(ValueError, match="modality_weights must be finite and > 0"):
             FourMLoss(modality_weights={"caption": weight})
     data = outputs({"caption": 5}, VOCAB)
