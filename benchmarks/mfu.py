@@ -12,15 +12,24 @@ cached (``polymodal/train/mfu.py``). CPU MFU is a regression number for this box
   pre-tokenized synthetic world built in a temporary directory (128 scenes; untrained image tokenizers give valid
   codes, which is all a step needs).
 
+With ``--procs N`` every case runs as ``torchrun`` with N data-parallel (DDP) ranks of ``--threads`` threads each
+and the same global batch (each rank takes 1/N of it); the trainer's MFU then divides by N times one rank's peak.
+It answers whether a small model uses a CPU's cores better as processes (no thread waits for another inside an op)
+than as threads (one optimizer step, no all-reduce); on the 2-core box of benchmarks/README.md, threads won.
+
     python benchmarks/mfu.py                           # 4 cases, ~2 minutes on 2 CPU cores
     python benchmarks/mfu.py --cases llm-fp32 --steps 5
+    python benchmarks/mfu.py --procs 2 --threads 1     # 2 DDP processes x 1 thread
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -80,20 +89,34 @@ def run_settings(output_dir: Path, precision: str, warmup: int, steps: int) -> l
     ]
 
 
-def llm_config(output_dir: Path, cache_dir: Path, precision: str, warmup: int, steps: int) -> DictConfig:
+@dataclass(frozen=True)
+class CaseRun:
+    """A shipped config, the command-line overrides of one case and the global batch they keep."""
+
+    config: Path
+    overrides: list[str]
+    global_batch: int
+
+    def per_rank(self, procs: int) -> list[str]:
+        """The overrides with the global batch split over ``procs`` data-parallel ranks."""
+        if self.global_batch % procs:
+            raise ValueError(f"the global batch {self.global_batch} does not split over {procs} processes")
+        return [*self.overrides, f"constants.batch_size={self.global_batch // procs}"]
+
+
+def llm_case(output_dir: Path, cache_dir: Path, precision: str, warmup: int, steps: int) -> CaseRun:
     model = [
         "constants.dim=512",
         "constants.depth=8",
         "constants.num_heads=8",
         "constants.num_kv_heads=8",
         "constants.seq_len=256",
-        "constants.batch_size=8",
         "constants.vocab_size=8192",
         "constants.multiple_of=256",
         "constants.tie_embeddings=false",
         f"constants.cache_dir={cache_dir}",
     ]
-    return load_config(REPO / "configs/llm/tiny.yaml", model + run_settings(output_dir, precision, warmup, steps))
+    return CaseRun(REPO / "configs/llm/tiny.yaml", model + run_settings(output_dir, precision, warmup, steps), 8)
 
 
 def build_fourm_world(root: Path) -> dict[str, str]:
@@ -124,30 +147,58 @@ def build_fourm_world(root: Path) -> dict[str, str]:
     }
 
 
-def fourm_config(output_dir: Path, world: dict[str, str], precision: str, warmup: int, steps: int) -> DictConfig:
+def fourm_case(output_dir: Path, world: dict[str, str], precision: str, warmup: int, steps: int) -> CaseRun:
     world_settings = [f"{key}={value}" for key, value in world.items()]
-    return load_config(
-        REPO / "configs/fourm/tiny.yaml", world_settings + run_settings(output_dir, precision, warmup, steps)
-    )
+    overrides = world_settings + run_settings(output_dir, precision, warmup, steps)
+    config = REPO / "configs/fourm/tiny.yaml"
+    return CaseRun(config, overrides, load_config(config, overrides).constants.batch_size)  # the shipped batch
 
 
-def measure(case: str, config: DictConfig, warmup: int) -> CaseResult:
-    """``fit()`` the case; the medians of what the trainer logged for the steps after ``warmup``."""
-    trainer = Trainer(config)
+def measure(case: str, run: CaseRun, warmup: int, procs: int, threads: int | None) -> CaseResult:
+    """Train the case, in this process or as ``procs`` torchrun ranks; the medians of what the trainer logged for
+    the steps after ``warmup``."""
+    config = load_config(run.config, run.per_rank(procs))
     started = time.perf_counter()
-    trainer.fit()
+    if procs == 1:
+        trainer = Trainer(config)
+        trainer.fit()
+        peak_flops = trainer.exp.peak_flops or device_peak_flops(trainer.env.device, trainer.dtype)  # cached
+    else:
+        launch_ranks(run, procs, threads)
+        peak_flops = procs * rank_peak_flops(config)
     wall_s = time.perf_counter() - started
-    rows = [json.loads(line) for line in (trainer.output_dir / "metrics.jsonl").read_text().splitlines()]
+    metrics = Path(config.experiment.output_dir) / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     measured = [row for row in rows if row["split"] == "train" and row["step"] > warmup]
     tokens = [row["tokens_per_s"] for row in measured if "tokens_per_s" in row]
     return CaseResult(
         case=case,
-        peak_flops=trainer.exp.peak_flops or device_peak_flops(trainer.env.device, trainer.dtype),  # cached: no probe
+        peak_flops=peak_flops,
         mfu=statistics.median(row["mfu"] for row in measured),
         samples_per_s=statistics.median(row["samples_per_s"] for row in measured),
         tokens_per_s=statistics.median(tokens) if tokens else None,
         wall_s=wall_s,
     )
+
+
+def launch_ranks(run: CaseRun, procs: int, threads: int | None) -> None:
+    """``polymodal train`` under ``torchrun --standalone`` with ``procs`` DDP ranks of ``threads`` threads each."""
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = str(threads or 1)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+        "-m", "polymodal", "train", "--config", str(run.config), *run.per_rank(procs),
+        "experiment.distributed.strategy=ddp",
+    ]  # fmt: skip
+    finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    if finished.returncode != 0:
+        raise RuntimeError(f"torchrun failed ({finished.returncode}):\n{finished.stderr[-4000:]}")
+
+
+def rank_peak_flops(config: DictConfig) -> float:
+    """One rank's peak: the probe the ranks cached, read under this process's thread count (set to theirs)."""
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[config.experiment.precision]
+    return device_peak_flops(torch.device(config.experiment.device), dtype)
 
 
 def report(result: CaseResult) -> str:
@@ -164,7 +215,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=2, help="measured steps per case (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=1, help="steps run before measuring")
     parser.add_argument("--cache-dir", type=Path, default=None, help="the LLM's tokenizer and token cache")
-    args = parse_with_threads(parser, argv, positive=["steps", "warmup"])
+    parser.add_argument(
+        "--procs", type=int, default=1, help="data-parallel processes per case (torchrun, DDP, --threads each)"
+    )
+    args = parse_with_threads(parser, argv, positive=["steps", "warmup", "procs"])
+    if args.procs > 1 and args.threads is None:
+        args.threads = 1  # the ranks' thread count, under which this process reads their cached peak
     return args
 
 
@@ -185,11 +241,11 @@ def run(args: argparse.Namespace) -> list[CaseResult]:
             model, precision = case.split("-")
             output_dir = work / case
             if model == "llm":
-                config = llm_config(output_dir, cache_dir, precision, args.warmup, args.steps)
+                run_case = llm_case(output_dir, cache_dir, precision, args.warmup, args.steps)
             else:
                 world = world or build_fourm_world(work / "fourm_world")
-                config = fourm_config(output_dir, world, precision, args.warmup, args.steps)
-            results.append(measure(case, config, args.warmup))
+                run_case = fourm_case(output_dir, world, precision, args.warmup, args.steps)
+            results.append(measure(case, run_case, args.warmup, args.procs, args.threads))
             print(report(results[-1]), flush=True)
     return results
 

@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/mfu.py: the tiny 4M case trains through the trainer and prints its logged MFU."""
 
 import pytest
+import torch
 
 BENCHMARK = "mfu"
 
@@ -13,8 +14,24 @@ def test_fourm_case_prints_the_logged_mfu(benchmark, capsys):
     assert 0 < result.mfu < 1 and result.samples_per_s > 0 and result.tokens_per_s > 0  # 4M's data is tokens
 
 
-@pytest.mark.parametrize("argv", [["--steps", "0"], ["--warmup", "0"], ["--cases", "llm-fp16"]])
+@pytest.mark.parametrize("argv", [["--steps", "0"], ["--warmup", "0"], ["--procs", "0"], ["--cases", "llm-fp16"]])
 def test_bad_arguments_are_rejected(benchmark, argv, capsys):
     with pytest.raises(SystemExit):
         benchmark.main(argv)
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_fourm_case_runs_as_two_ddp_processes(benchmark, capsys):
+    (result,) = benchmark.main(["--cases", "fourm-fp32", "--steps", "1", "--warmup", "1", "--procs", "2"])
+    assert "fourm-fp32" in capsys.readouterr().out
+    torch.set_num_threads(1)  # the ranks' thread count: their cached peak
+    one_rank_peak = benchmark.device_peak_flops(torch.device("cpu"), torch.float32)
+    assert result.peak_flops == pytest.approx(2 * one_rank_peak)
+    assert 0 < result.mfu < 1 and result.samples_per_s > 0
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(benchmark):
+    with pytest.raises(ValueError, match="global batch 8 does not split over 3 processes"):
+        benchmark.main(["--cases", "llm-fp32", "--procs", "3"])
