@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/mfu.py: the tiny 4M case trains through the trainer and prints its logged MFU."""
+"""Smoke tests of benchmarks/mfu.py: the tiny 4M case trains through the trainer, in this process and as two DDP
+processes, and prints its logged MFU; bad arguments are refused."""
 
 import pytest
 import torch
