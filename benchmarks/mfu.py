@@ -91,17 +91,17 @@ def run_settings(output_dir: Path, precision: str, warmup: int, steps: int) -> l
 
 @dataclass(frozen=True)
 class CaseRun:
-    """A shipped config, the command-line overrides of one case and the global batch they keep."""
+    """A shipped config and the command-line overrides of one case."""
 
     config: Path
     overrides: list[str]
-    global_batch: int
 
     def per_rank(self, procs: int) -> list[str]:
-        """The overrides with the global batch split over ``procs`` data-parallel ranks."""
-        if self.global_batch % procs:
-            raise ValueError(f"the global batch {self.global_batch} does not split over {procs} processes")
-        return [*self.overrides, f"constants.batch_size={self.global_batch // procs}"]
+        """The overrides with the case's global batch (``constants.batch_size``) split over ``procs`` ranks."""
+        global_batch = load_config(self.config, self.overrides).constants.batch_size
+        if global_batch % procs:
+            raise ValueError(f"the global batch {global_batch} does not split over {procs} processes")
+        return [*self.overrides, f"constants.batch_size={global_batch // procs}"]
 
 
 def llm_case(output_dir: Path, cache_dir: Path, precision: str, warmup: int, steps: int) -> CaseRun:
@@ -111,12 +111,13 @@ def llm_case(output_dir: Path, cache_dir: Path, precision: str, warmup: int, ste
         "constants.num_heads=8",
         "constants.num_kv_heads=8",
         "constants.seq_len=256",
+        "constants.batch_size=8",
         "constants.vocab_size=8192",
         "constants.multiple_of=256",
         "constants.tie_embeddings=false",
         f"constants.cache_dir={cache_dir}",
     ]
-    return CaseRun(REPO / "configs/llm/tiny.yaml", model + run_settings(output_dir, precision, warmup, steps), 8)
+    return CaseRun(REPO / "configs/llm/tiny.yaml", model + run_settings(output_dir, precision, warmup, steps))
 
 
 def build_fourm_world(root: Path) -> dict[str, str]:
@@ -149,22 +150,23 @@ def build_fourm_world(root: Path) -> dict[str, str]:
 
 def fourm_case(output_dir: Path, world: dict[str, str], precision: str, warmup: int, steps: int) -> CaseRun:
     world_settings = [f"{key}={value}" for key, value in world.items()]
-    overrides = world_settings + run_settings(output_dir, precision, warmup, steps)
-    config = REPO / "configs/fourm/tiny.yaml"
-    return CaseRun(config, overrides, load_config(config, overrides).constants.batch_size)  # the shipped batch
+    return CaseRun(
+        REPO / "configs/fourm/tiny.yaml", world_settings + run_settings(output_dir, precision, warmup, steps)
+    )
 
 
 def measure(case: str, run: CaseRun, warmup: int, procs: int, threads: int | None) -> CaseResult:
     """Train the case, in this process or as ``procs`` torchrun ranks; the medians of what the trainer logged for
     the steps after ``warmup``."""
-    config = load_config(run.config, run.per_rank(procs))
+    overrides = run.per_rank(procs)
+    config = load_config(run.config, overrides)
     started = time.perf_counter()
     if procs == 1:
         trainer = Trainer(config)
         trainer.fit()
         peak_flops = trainer.exp.peak_flops or device_peak_flops(trainer.env.device, trainer.dtype)  # cached
     else:
-        launch_ranks(run, procs, threads)
+        launch_ranks(run.config, overrides, procs, threads)
         peak_flops = procs * rank_peak_flops(config)
     wall_s = time.perf_counter() - started
     metrics = Path(config.experiment.output_dir) / "metrics.jsonl"
@@ -181,13 +183,13 @@ def measure(case: str, run: CaseRun, warmup: int, procs: int, threads: int | Non
     )
 
 
-def launch_ranks(run: CaseRun, procs: int, threads: int | None) -> None:
+def launch_ranks(config: Path, overrides: list[str], procs: int, threads: int | None) -> None:
     """``polymodal train`` under ``torchrun --standalone`` with ``procs`` DDP ranks of ``threads`` threads each."""
     env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = str(threads or 1)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-        "-m", "polymodal", "train", "--config", str(run.config), *run.per_rank(procs),
+        "-m", "polymodal", "train", "--config", str(config), *overrides,
         "experiment.distributed.strategy=ddp",
     ]  # fmt: skip
     finished = subprocess.run(command, env=env, capture_output=True, text=True)
