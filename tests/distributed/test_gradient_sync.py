@@ -1,23 +1,14 @@
 """Gradient accumulation under DDP communicates only on the final micro-step (2 real processes, gloo)."""
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from parallel_runs import spawn_gloo
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from polymodal.distributed.env import gradient_sync
 
 MICRO_STEPS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_model() -> nn.Module:
@@ -29,9 +20,7 @@ def micro_batch(rank: int, micro: int) -> torch.Tensor:
     return torch.randn(5, 4, generator=torch.Generator().manual_seed(100 * rank + micro))
 
 
-def worker(rank: int, world: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int) -> dict:
     model = DistributedDataParallel(make_model())
     calls = []
 
@@ -49,20 +38,12 @@ def worker(rank: int, world: int, port: int, results) -> None:
         micro_now[0] = micro
         with gradient_sync(model, enabled=micro == MICRO_STEPS - 1):
             (model(micro_batch(rank, micro)).square().mean() / MICRO_STEPS).backward()
-    results[rank] = {
-        "calls": calls,
-        "grads": [p.grad.clone() for p in model.parameters()],
-    }
-    dist.destroy_process_group()
+    return {"calls": calls, "grads": [p.grad.clone() for p in model.parameters()]}
 
 
 def test_accumulation_syncs_once_and_matches_the_full_batch_gradient():
     world = 2
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(world, free_port(), results), nprocs=world, join=True)
-        results = dict(results)
-
+    results = spawn_gloo(worker, world)
     for rank in range(world):
         assert results[rank]["calls"], "no gradient communication at all"
         assert set(results[rank]["calls"]) == {MICRO_STEPS - 1}, "communicated on a non-final micro-step"

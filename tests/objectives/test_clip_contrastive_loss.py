@@ -4,15 +4,13 @@ hard negatives), and a group that leaves the other rank out gathers nothing from
 WORLD)."""
 
 import importlib.util
-import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from parallel_runs import spawn_gloo
 
 from polymodal.distributed.groups import set_data_parallel_group
 from polymodal.objectives.contrastive import CLIPContrastiveLoss
@@ -140,42 +138,33 @@ def test_bad_shapes_are_clear_errors():
         loss({"image_embeds": torch.randn(3, 4), "text_embeds": torch.randn(3, 4), "logit_scale": torch.ones(2)})
 
 
-def worker(rank: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def worker(rank: int, world: int) -> dict[str, object]:
+    """This rank's loss and gradients under each group, keyed by case, and the error when no group is published."""
     image, text, log_scale = global_batch()
     rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
     image, text = image[rows], text[rows]
+    results = {}
     try:
         CLIPContrastiveLoss()({"image_embeds": image, "text_embeds": text, "logit_scale": log_scale.exp()})
     except RuntimeError as error:
-        results[f"unpublished{rank}"] = str(error)
-    both = dist.new_group([0, 1])  # every rank creates every group, in the same order
-    alone = [dist.new_group([r]) for r in range(WORLD)]
+        results["unpublished"] = str(error)
+    both = dist.new_group(list(range(world)))  # every rank creates every group, in the same order
+    alone = [dist.new_group([r]) for r in range(world)]
     set_data_parallel_group(both)
-    results[f"dp{rank}"] = loss_and_grads(image, text, log_scale)[:4]
+    results["dp"] = loss_and_grads(image, text, log_scale)[:4]
     negatives, valid = hard_negatives()
-    results[f"negclip{rank}"] = loss_and_grads(image, text, log_scale, negatives=(negatives[rows], valid[rows]))[:4]
+    results["negclip"] = loss_and_grads(image, text, log_scale, negatives=(negatives[rows], valid[rows]))[:4]
     if HAS_OPEN_CLIP:
-        clip_loss = open_clip_loss_class()(local_loss=True, gather_with_grad=True, rank=rank, world_size=WORLD)
-        results[f"open_clip{rank}"] = loss_and_grads(image, text, log_scale, clip_loss)[:4]
+        clip_loss = open_clip_loss_class()(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
+        results["open_clip"] = loss_and_grads(image, text, log_scale, clip_loss)[:4]
     set_data_parallel_group(alone[rank])
-    results[f"alone{rank}"] = loss_and_grads(image, text, log_scale)[:4]
-    dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    results["alone"] = loss_and_grads(image, text, log_scale)[:4]
+    return results
 
 
 @pytest.fixture(scope="module")
-def two_rank_results() -> dict:
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(free_port(), results), nprocs=WORLD, join=True)
-        return dict(results)
+def two_rank_results() -> dict[int, dict[str, object]]:
+    return spawn_gloo(worker, WORLD)
 
 
 @pytest.mark.parametrize("case", ["dp", "negclip"])
@@ -183,7 +172,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(two_rank_results, case)
     image, text, log_scale = global_batch()
     negatives = hard_negatives() if case == "negclip" else None
     loss, image_grad, text_grad, scale_grad, _ = loss_and_grads(image, text, log_scale, negatives=negatives)
-    per_rank = [two_rank_results[f"{case}{rank}"] for rank in range(WORLD)]
+    per_rank = [two_rank_results[rank][case] for rank in range(WORLD)]
     if negatives is not None:  # each rank's text gradient rows: its captions, then its hard negatives
         captions, negative_rows = text_grad.chunk(2)
         pairs = zip(captions.chunk(WORLD), negative_rows.chunk(WORLD), strict=True)
@@ -201,7 +190,7 @@ def test_two_ranks_equal_one_process_on_the_global_batch(two_rank_results, case)
 @pytest.mark.skipif(not HAS_OPEN_CLIP, reason="open_clip is not installed")
 def test_two_ranks_match_open_clip_local_loss_gather_with_grad(two_rank_results):
     for rank in range(WORLD):
-        for got, want in zip(two_rank_results[f"dp{rank}"], two_rank_results[f"open_clip{rank}"], strict=True):
+        for got, want in zip(two_rank_results[rank]["dp"], two_rank_results[rank]["open_clip"], strict=True):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
 
 
@@ -210,11 +199,11 @@ def test_a_group_without_the_other_rank_gathers_nothing_from_it(two_rank_results
     for rank in range(WORLD):
         rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
         local = loss_and_grads(image[rows], text[rows], log_scale)[:4]
-        for got, want in zip(two_rank_results[f"alone{rank}"], local, strict=True):
+        for got, want in zip(two_rank_results[rank]["alone"], local, strict=True):
             torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
-        assert not torch.allclose(two_rank_results[f"alone{rank}"][0], two_rank_results[f"dp{rank}"][0])
+        assert not torch.allclose(two_rank_results[rank]["alone"][0], two_rank_results[rank]["dp"][0])
 
 
 def test_several_processes_without_a_published_group_is_an_error(two_rank_results):
     for rank in range(WORLD):
-        assert "no data-parallel group was published" in two_rank_results[f"unpublished{rank}"]
+        assert "no data-parallel group was published" in two_rank_results[rank]["unpublished"]

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from parallel_runs import free_port
 
 from polymodal.train.logging import read_metrics
 
@@ -35,12 +35,6 @@ LAUNCHER_VARIABLES = frozenset(
 )
 # Logged by whichever rank tokenizes the corpus into the cache: only rank 0 may (main_process_first).
 CACHE_BUILT = "tokenizing the train split"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**variables: str) -> dict[str, str]:

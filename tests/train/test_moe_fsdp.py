@@ -1,12 +1,8 @@
 """MoE blocks as FSDP2 units (2 real gloo processes): each rank's loss, router statistics included, and the averaged
 gradients equal one process computing both ranks' batches with the unsharded model."""
 
-import os
-import socket
-
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from parallel_runs import spawn_gloo
 from torch.distributed.fsdp import fully_shard
 
 from polymodal.models.layers.block import build_transformer
@@ -16,12 +12,6 @@ from polymodal.objectives.lm import NextTokenLoss
 from polymodal.objectives.moe import MoEAuxLoss
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_model() -> MetaModel:
@@ -41,32 +31,21 @@ def loss_of(model: MetaModel, rank: int) -> torch.Tensor:
     return objective(model(batch))[0]
 
 
-def worker(rank: int, port: int, errors) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
-        reference = make_model()
-        losses = [loss_of(reference, r) for r in range(WORLD)]
-        (sum(losses) / WORLD).backward()
+def worker(rank: int, world: int) -> None:
+    reference = make_model()
+    losses = [loss_of(reference, r) for r in range(world)]
+    (sum(losses) / world).backward()
 
-        model = make_model()
-        for block in model.trunk.transformer.blocks:
-            fully_shard(block)
-        fully_shard(model)
-        loss = loss_of(model, rank)
-        loss.backward()
-        torch.testing.assert_close(loss, losses[rank].detach(), rtol=1e-5, atol=1e-6)
-        for (name, param), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
-            torch.testing.assert_close(param.grad.full_tensor(), expected.grad, rtol=1e-5, atol=1e-6, msg=name)
-    except Exception as error:  # reported to the parent, which fails the test with the message
-        errors.put(f"rank {rank}: {type(error).__name__}: {error}")
-        raise
-    finally:
-        dist.destroy_process_group()
+    model = make_model()
+    for block in model.trunk.transformer.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    loss = loss_of(model, rank)
+    loss.backward()
+    torch.testing.assert_close(loss, losses[rank].detach(), rtol=1e-5, atol=1e-6)
+    for (name, param), expected in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(param.grad.full_tensor(), expected.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_fsdp2_moe_blocks_match_one_process():
-    errors = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(worker, args=(free_port(), errors), nprocs=WORLD, start_method="spawn")
-    assert errors.empty(), errors.get()
+    spawn_gloo(worker, WORLD)

@@ -3,13 +3,10 @@
 Each test spawns real processes on gloo and compares against a plain single-process computation.
 """
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from parallel_runs import spawn_gloo
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
@@ -25,29 +22,6 @@ from polymodal.train.optim import freeze_parameters
 from polymodal.train.parallel.mesh import Mesh, ParallelDims
 from polymodal.train.parallel.parallelize import parallelize
 from polymodal.train.parallel.plans import ContextParallelAttention, head_writes_logits, plan_for, split_sequence
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(worker, world: int, *args) -> dict:
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_entry, args=(worker, world, free_port(), results, args), nprocs=world, join=True)
-        return dict(results)
-
-
-def _entry(rank, worker, world, port, results, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        results[rank] = worker(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
 
 
 def tiny_llm(**overrides):
@@ -106,7 +80,7 @@ def tensor_parallel_worker(rank, world):
 
 
 def test_tensor_parallel_plan_shards_weights_and_matches_one_process():
-    results = spawn(tensor_parallel_worker, 2)
+    results = spawn_gloo(tensor_parallel_worker, 2)
     reference = tiny_llm()
     loss = loss_of(reference, lm_batch())
     loss.backward()
@@ -164,7 +138,7 @@ def qk_norm_tensor_parallel_worker(rank, world, settings):
 def test_tensor_parallel_with_qk_norm_matches_one_process(settings):
     """A shared QK-norm is replicated (its gradient summed over the ranks' heads), a per-head one sharded with the
     heads; both in pre-norm and Chameleon's res-post-norm ("swin norm") block order."""
-    results = spawn(qk_norm_tensor_parallel_worker, 2, settings)
+    results = spawn_gloo(qk_norm_tensor_parallel_worker, 2, settings)
     reference = randomised_norms(tiny_llm(**settings))
     loss = loss_of(reference, lm_batch())
     loss.backward()
@@ -190,7 +164,7 @@ def frozen_tensor_parallel_worker(rank, world):
 def test_tensor_parallel_keeps_frozen_parameters_frozen():
     """A parameter frozen before tensor parallelism stays frozen, whatever style replaced it by a DTensor (torch's
     SequenceParallel norms and our per-head norms included)."""
-    got = spawn(frozen_tensor_parallel_worker, 2)[0]
+    got = spawn_gloo(frozen_tensor_parallel_worker, 2)[0]
     assert got["trunk.transformer.blocks.0.attn.q_norm.weight"] == (True, False)
     for name, (is_dtensor, requires_grad) in got.items():
         assert is_dtensor and requires_grad == (not name.startswith("trunk.transformer.blocks.0.")), name
@@ -213,7 +187,7 @@ def without_targets(batch: dict) -> dict:
 
 @pytest.mark.parametrize("one_document", [False, True], ids=["document-mask", "causal-mask"])
 def test_context_parallel_splits_the_sequence_and_matches_one_process(one_document):
-    results = spawn(context_parallel_worker, 2, one_document)
+    results = spawn_gloo(context_parallel_worker, 2, one_document)
     with torch.no_grad():
         full = tiny_llm()(without_targets(lm_batch(one_document=one_document)))["logits"]
         sums = tiny_llm()(lm_batch(one_document=one_document))["token_loss"]
@@ -247,7 +221,7 @@ def causal_context_parallel_worker(rank, world):
 def test_context_parallel_kernel_attends_causally_from_each_ranks_offset():
     """Outputs and gradients of a CausalMask split over 2 ranks against the dense causal mask on one process; a
     FlexAttention block mask is refused."""
-    results = spawn(causal_context_parallel_worker, 2)
+    results = spawn_gloo(causal_context_parallel_worker, 2)
     *full, weights = attention_inputs()
     full = [tensor.requires_grad_() for tensor in full]
     out = masked_attention(*full, causal_mask(12)[None, None])
@@ -265,7 +239,7 @@ def hsdp_worker(rank, world):
 
 
 def test_hsdp_shards_within_and_replicates_across_groups():
-    results = spawn(hsdp_worker, 4)
+    results = spawn_gloo(hsdp_worker, 4)
     assert results[3]["placements"] == [str(Replicate()), str(Shard(0))] and results[3]["mesh"] == (2, 2)
 
 
@@ -285,7 +259,7 @@ def meta_init_worker(rank, world):
 
 
 def test_meta_device_build_initialises_identically_on_every_rank():
-    results = spawn(meta_init_worker, 2)
+    results = spawn_gloo(meta_init_worker, 2)
     assert results[0]["checksums"] == results[1]["checksums"]
     assert 0.01 < results[0]["q_std"] < 0.03  # trunc-normal(0.02), not the garbage of uninitialised memory
 
@@ -304,7 +278,7 @@ def fsdp_accumulation_worker(rank, world):
 
 
 def test_fsdp_accumulation_reduces_gradients_once_at_the_final_micro_step():
-    results = spawn(fsdp_accumulation_worker, 2)
+    results = spawn_gloo(fsdp_accumulation_worker, 2)
     reference = tiny_llm()
     batches = [lm_batch(batch=1) for _ in range(2)]
     batches[1]["input_ids"] = batches[1]["input_ids"].flip(1)
@@ -325,7 +299,7 @@ def gather_worker(rank, world):
 
 
 def test_gather_with_gradient_matches_a_single_process_reference():
-    results = spawn(gather_worker, 2)
+    results = spawn_gloo(gather_worker, 2)
     features = [torch.randn(3, 4, generator=torch.Generator().manual_seed(r), requires_grad=True) for r in range(2)]
     everyone = torch.cat(features)
     total = sum(torch.nn.functional.cross_entropy(features[r] @ everyone.T, torch.arange(3) + 3 * r) for r in range(2))
@@ -369,7 +343,7 @@ def quiet_mesh_worker(rank, world):
 
 
 def test_mesh_views_come_without_deprecation_warnings():
-    results = spawn(quiet_mesh_worker, 2)
+    results = spawn_gloo(quiet_mesh_worker, 2)
     for rank, result in results.items():
         assert result["views"] == {"dp": 2, "dp_shard_cp": 1, "dp_cp": 2, "hsdp": 2}
         assert result["ranks"] == (rank, 0, 2)

@@ -9,8 +9,7 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from parallel_runs import spawn_gloo
 
 from polymodal.distributed.env import on_any_rank
 from polymodal.train.preemption import StopSignals
@@ -50,29 +49,16 @@ def test_sigusr1_checkpoints_the_current_step_and_the_next_run_resumes_there(tin
     assert f"finished at step {step + 2}" in resumed.stdout
 
 
-def _agreement_worker(rank: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        with StopSignals() as stop:
-            (before,) = on_any_rank([stop.received is not None], torch.device("cpu"))
-            if rank == 1:
-                os.kill(os.getpid(), signal.SIGTERM)  # only one rank is told
-            (after,) = on_any_rank([stop.received is not None], torch.device("cpu"))
-        results[rank] = (before, after, stop.received)
-    finally:
-        dist.destroy_process_group()
+def _agreement_worker(rank: int, _world: int) -> tuple:
+    with StopSignals() as stop:
+        (before,) = on_any_rank([stop.received is not None], torch.device("cpu"))
+        if rank == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # only one rank is told
+        (after,) = on_any_rank([stop.received is not None], torch.device("cpu"))
+    return before, after, stop.received
 
 
 def test_every_rank_stops_when_one_rank_is_signalled():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_agreement_worker, args=(port, results), nprocs=2, join=True)
-        results = dict(results)
+    results = spawn_gloo(_agreement_worker, 2)
     assert results[0] == (False, True, None)
     assert results[1] == (False, True, signal.SIGTERM)

@@ -2,13 +2,12 @@
 tp 2, so dp 1) the two ranks are TP peers holding the same batch, and the CLIP loss must not gather the peer's copy."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from parallel_runs import spawn_gloo
 
 from polymodal.config import load_config
 from polymodal.distributed.collectives import all_gather_with_grad
@@ -26,24 +25,15 @@ def features() -> dict[str, torch.Tensor]:
     return {"image_embeds": image, "text_embeds": text, "logit_scale": torch.tensor(10.0)}
 
 
-def worker(rank: int, config, out, port: int, results) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
-    )
+def worker(rank: int, world: int, config, out) -> dict:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))  # as torchrun sets them
     trainer = Trainer(load_config(config, [f"experiment.distributed.tp={WORLD}", f"experiment.output_dir={out}"]))
     loss, _ = CLIPContrastiveLoss()(features())
     result = {"dp_ranks": dist.get_process_group_ranks(data_parallel_group()), "dp_rank": trainer.mesh.dp_rank}
     set_data_parallel_group(dist.group.WORLD)  # what a loss gathering over WORLD would compute
     result |= {"loss": loss, "world_loss": CLIPContrastiveLoss()(features())[0]}
     assert all_gather_with_grad(features()["image_embeds"]).shape[0] == 6  # WORLD does gather the peer's copy
-    results[rank] = result
-    dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return result
 
 
 @pytest.mark.slow
@@ -51,10 +41,7 @@ def test_trainer_publishes_the_data_parallel_group_of_its_mesh(tmp_path, text_co
     monkeypatch.setenv("POLYMODAL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     config = tiny_config_writer(tmp_path, text_corpus)
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(worker, args=(config, tmp_path / "run", free_port(), results), nprocs=WORLD, join=True)
-        results = dict(results)
+    results = spawn_gloo(worker, WORLD, config, tmp_path / "run")
     assert [results[rank]["dp_ranks"] for rank in range(WORLD)] == [[0], [1]]  # each rank its own data slice
     assert [results[rank]["dp_rank"] for rank in range(WORLD)] == [0, 0]  # the TP peers read the same batch
     one_process, _ = CLIPContrastiveLoss()(features())

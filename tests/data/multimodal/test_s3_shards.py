@@ -1,10 +1,10 @@
 """MultimodalShards over s3:// against a real S3-compatible server (moto in server mode on localhost)."""
 
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from parallel_runs import free_port
 
 from polymodal.data.multimodal import MultimodalShards, SampleError
 from polymodal.data.multimodal import shard_index as shard_index_module
@@ -17,12 +17,6 @@ from test_shards import MODALITIES, assert_sample_equal, pattern_of, read_tar, r
 
 BUCKET = "polymodal-shards"
 CREDENTIALS = {"key": "testing", "secret": "testing"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

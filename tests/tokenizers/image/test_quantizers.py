@@ -2,14 +2,11 @@
 
 import itertools
 import math
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from parallel_runs import spawn_gloo
 
 from polymodal.tokenizers.image.quantizers import FSQ, QuantizerOutput, VectorQuantizer, codebook_perplexity
 
@@ -217,12 +214,6 @@ def test_vector_quantizer_rejects_bad_input():
 # --- distributed EMA sync (2 real processes, gloo) -------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rank_batch(rank: int, step: int) -> torch.Tensor:
     return torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(10 * step + rank))
 
@@ -232,33 +223,31 @@ def make_quantizer(dead_code_threshold: float) -> VectorQuantizer:
     return VectorQuantizer(dim=3, codebook_size=24, dead_code_threshold=dead_code_threshold).train()
 
 
-def distributed_worker(rank: int, world: int, port: int, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def distributed_worker(rank: int, _world: int) -> dict[float, dict[str, torch.Tensor]]:
+    """This rank's quantizer state after three synced steps, per dead-code threshold."""
+    states = {}
     for threshold in (0.0, 1.0):
         vq = make_quantizer(threshold)
         torch.manual_seed(100 + rank)  # different restart samples per rank: rank 0's must win
         for step in range(3):
             vq(rank_batch(rank, step))
-        results[(rank, threshold)] = {k: v.clone() for k, v in vq.state_dict().items()}
-    dist.destroy_process_group()
+        states[threshold] = {k: v.clone() for k, v in vq.state_dict().items()}
+    return states
 
 
 def test_distributed_ranks_keep_identical_codebooks_equal_to_the_full_batch_ema():
-    world = 2
-    results = mp.Manager().dict()
-    mp.spawn(distributed_worker, args=(world, free_port(), results), nprocs=world)
+    results = spawn_gloo(distributed_worker, 2)
     for threshold in (0.0, 1.0):
-        for key, value in results[(0, threshold)].items():
-            assert torch.equal(value, results[(1, threshold)][key]), (threshold, key)
-    assert not torch.equal(results[(0, 1.0)]["embedding"], results[(0, 0.0)]["embedding"])  # restarts happened
+        for key, value in results[0][threshold].items():
+            assert torch.equal(value, results[1][threshold][key]), (threshold, key)
+    assert not torch.equal(results[0][1.0]["embedding"], results[0][0.0]["embedding"])  # restarts happened
 
     # The synced EMA equals one process seeing both ranks' batches.
     single = make_quantizer(0.0)
     for step in range(3):
         single(torch.cat([rank_batch(0, step), rank_batch(1, step)]))
     for key, value in single.state_dict().items():
-        torch.testing.assert_close(results[(0, 0.0)][key], value)
+        torch.testing.assert_close(results[0][0.0][key], value)
 
 
 # --- FSQ -------------------------------------------------------------------------------------------

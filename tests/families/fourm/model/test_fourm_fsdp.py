@@ -5,13 +5,10 @@ FSDP averages gradients over ranks, so the one-process reference backpropagates 
 losses. Losses are compared per step (fp32; only the reduction order differs).
 """
 
-import os
-import socket
-
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from fourm_test_batches import random_batch, tiny_fourm, tiny_registry
+from parallel_runs import spawn_gloo
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.fsdp import FSDPModule
 
@@ -23,29 +20,13 @@ from polymodal.train.parallel.parallelize import parallelize
 STEPS, WORLD = 3, 2
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _entry(rank, port, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results[rank] = fsdp_losses(rank)
-    finally:
-        dist.destroy_process_group()
-
-
 def half(batch: dict, part: int) -> dict:
     return {
         name: {key: value[2 * part : 2 * part + 2] for key, value in entry.items()} for name, entry in batch.items()
     }
 
 
-def fsdp_losses(rank: int) -> dict:
+def fsdp_losses(rank: int, _world: int) -> dict:
     exp = ExperimentConfig(distributed=DistributedConfig(), activation_checkpointing=True)
     mesh = Mesh.build(ParallelDims.from_config(exp.distributed, WORLD), "cpu")
     model, train_model = parallelize(tiny_fourm(), mesh, exp, torch.device("cpu"))
@@ -77,10 +58,7 @@ def single_process_losses() -> list[float]:
 
 
 def test_fsdp_with_activation_checkpointing_matches_one_process():
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_entry, args=(free_port(), results), nprocs=WORLD, join=True)
-        results = dict(results)
+    results = spawn_gloo(fsdp_losses, WORLD)
     expected = single_process_losses()
     assert results[0]["units"] == 4  # 2 encoder + 2 decoder blocks, each sharded and checkpointed
     for rank in range(WORLD):
