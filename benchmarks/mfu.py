@@ -8,7 +8,7 @@ cached (``polymodal/train/mfu.py``). CPU MFU is a regression number for this box
 
 * ``llm``: ``configs/llm/tiny.yaml`` at dim 512, 8 layers, 8 heads (no GQA), T 256, batch 8, vocab 8192, untied head,
   on its stdlib-docstring data (the BPE tokenizer is trained once and cached under ``--cache-dir``).
-* ``fourm``: ``configs/fourm/tiny.yaml`` as shipped (128 wide, 2+2 layers, 64+128 tokens, batch 32) on a tiny
+* ``fourm``: ``configs/fourm/tiny.yaml`` as shipped (128 wide, 2+2 layers, 64+128 tokens, batch 16) on a tiny
   pre-tokenized synthetic world built in a temporary directory (128 scenes; untrained image tokenizers give valid
   codes, which is all a step needs).
 

@@ -27,8 +27,10 @@ where a class map is expected is ``wrong_mode``.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import math
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,12 +84,50 @@ def decode_image(modality: str, data: bytes) -> torch.Tensor:
     return tensor
 
 
+NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER_LENGTH_BYTES = {1: 2, 2: 4}  # format version -> width of the little-endian header length
+
+
+@functools.lru_cache(maxsize=256)
+def npy_layout(preamble: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of an ``.npy`` preamble (magic, version, header), parsed by numpy.
+
+    Cached on the preamble's bytes: the arrays of one modality share a header, and numpy parses it with
+    ``ast.literal_eval``, which costs more than copying a small array."""
+    stream = io.BytesIO(preamble)
+    major, _ = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read_header(stream)
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """``np.load(io.BytesIO(data), allow_pickle=False)`` of an ``.npy`` file, C-contiguous, with the header parsed once
+    per distinct header. Anything else is a ``ValueError`` (``np.load`` would open a zip as an ``.npz``)."""
+    if not data.startswith(NPY_MAGIC):
+        raise ValueError(f"not an .npy array: it starts with {data[:8]!r}, not {NPY_MAGIC!r}")
+    length_bytes = _NPY_HEADER_LENGTH_BYTES.get(data[6]) if len(data) > 6 else None
+    if length_bytes is None:  # a format version numpy parses differently (or none): numpy reads it or says why
+        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False), order="C")
+    header_start = 8 + length_bytes
+    offset = header_start + int.from_bytes(data[8:header_start], "little")
+    shape, fortran_order, dtype = npy_layout(data[:offset])
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects, which are not loaded (allow_pickle=False)")
+    if any(size < 0 for size in shape):
+        raise ValueError(f"negative size in the array's shape {shape}")
+    count, stored = math.prod(shape), len(data) - offset
+    if stored < count * dtype.itemsize:
+        raise ValueError(f"truncated array: {count * dtype.itemsize} bytes of data expected, {stored} found")
+    flat = np.frombuffer(data, dtype, count, offset)
+    return np.array(flat.reshape(shape, order="F" if fortran_order else "C"), order="C")  # a writable copy
+
+
 def decode_array(modality: str, data: bytes) -> torch.Tensor:
     try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
+        array = load_npy(data)
     except (OSError, ValueError, EOFError) as error:
         raise DecodeError("corrupt_array", f"{modality}: {error}") from error
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    tensor = torch.from_numpy(array)
     if modality.endswith("depth") and not modality.startswith(TOKEN_FOLDER_PREFIX) and tensor.ndim == 2:
         return tensor.float().unsqueeze(0)
     return tensor
