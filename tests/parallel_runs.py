@@ -30,8 +30,8 @@ def spawn_gloo(worker: Callable[..., Any], world: int, *args: Any) -> dict[int, 
     """Run ``worker(rank, world, *args)`` in ``world`` spawned processes (one thread each) joined by a gloo group;
     returns what each rank returned. A rank that raises fails the caller with its traceback.
 
-    The worker's locals are gone before the group is torn down (``teardown_distributed`` collects what still refers to
-    it): a group outliving the interpreter's shutdown aborts the process after a passing run."""
+    The worker's locals are gone before the group is torn down by ``teardown_distributed``, as ``polymodal train``
+    tears down: gloo threads still releasing work at interpreter shutdown abort the process after a passing run."""
     with mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_gloo_rank, args=(worker, world, free_port(), results, args), nprocs=world, join=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -87,15 +88,26 @@ def setup_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Di
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=chosen)
 
 
+BACKEND_DRAIN_SECONDS = 0.1
+
+
 def teardown_distributed() -> None:
-    """Forget the published data-parallel group, collect what still refers to groups, then destroy the process
-    groups. A group object that outlives this (held by a module global or a model's FSDP/DDP state) is destroyed
-    during interpreter shutdown instead, when gloo's worker threads can no longer release their tensors: the
-    process then aborts (``terminate called without an active exception``) after a successful run."""
+    """Forget the published data-parallel group, collect what still refers to groups, destroy the process groups,
+    then let the backend's worker threads finish while the interpreter is alive.
+
+    A gloo worker thread releases a collective's work object just after the caller's ``wait()`` has returned, and
+    releasing it drops Python tensors, which takes the GIL. ``destroy_process_group`` does not join those threads
+    (a group that anything still refers to, a DTensor's or FSDP's state included, lives on), so a thread still
+    waiting for the GIL when the interpreter shuts down is killed inside that destructor and the process aborts
+    (``terminate called without an active exception``) after a successful run: seen about once in ten 2-process
+    expert-parallel runs on a busy 2-core machine (a core dump shows the thread in ``~AsyncBarrierWork``). Sleeping
+    releases the GIL to those threads; a tenth of a second, once per run, is ample for a thread that only has to be
+    scheduled."""
     set_data_parallel_group(None)
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(BACKEND_DRAIN_SECONDS)
 
 
 def barrier() -> None:
