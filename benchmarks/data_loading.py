@@ -16,7 +16,9 @@ sides alternate A/B, B/A, ... for ``--rounds`` rounds per worker count, and the 
 Resume: ours restores a position with ``load_state_dict`` and fetches one batch; a streaming pipeline can only
 iterate and discard the batches before it. Both include starting the workers. Member reads: the raw reads of
 random samples' members through :class:`~polymodal.data.multimodal.member_reader.MemberReader` (a descriptor
-kept open per shard) against one open + read + close per member, as the reader did before.
+kept open per shard) against one open + read + close per member, as the reader did before. Array decodes: the
+``.npy`` members of random samples decoded from their bytes by ``load_npy`` (numpy's header parse once per distinct
+header) against ``np.load`` on the same bytes, as ``decode_member`` did before.
 
     python benchmarks/data_loading.py                      # 2,000 samples at 64 px, ~1 minute on 2 cores
     python benchmarks/data_loading.py --data /tmp/scenes   # write once, reuse on the next run
@@ -38,12 +40,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import webdataset as wds
 from timing import Comparison, check_at_least, compare, platform_line, rate_table
 from webdataset.tariterators import tarfile_samples
 
 from polymodal.data.multimodal import MultimodalShards, ResumableLoader, collate_with_absent
-from polymodal.data.multimodal.decode import decode_member
+from polymodal.data.multimodal.decode import decode_member, load_npy
 from polymodal.data.multimodal.member_reader import MemberReader
 from polymodal.data.multimodal.shard_index import MemberLocation
 from polymodal.data.synth.writers import write_shards
@@ -275,6 +278,36 @@ def member_read_report(dataset: MultimodalShards, rounds: int, samples: int = 20
     return "\n".join(lines + rate_table("members", labels, rate(result.ours_s), rate(result.baseline_s)))
 
 
+def seconds_to_decode(load: Callable[[bytes], np.ndarray], payloads: Sequence[bytes]) -> float:
+    start = time.perf_counter()
+    for payload in payloads:
+        load(payload)
+    return time.perf_counter() - start
+
+
+def npy_decode_report(dataset: MultimodalShards, rounds: int, samples: int = 2000) -> str:
+    """Decoding the ``.npy`` members of ``samples`` random samples from their bytes: ``load_npy`` (ours, numpy's
+    header parse once per distinct header) against ``np.load`` on the bytes (ours before; every header parsed)."""
+    order = random.Random(SEED).sample(range(len(dataset)), min(samples, len(dataset)))
+    reader = MemberReader(dataset.fs)
+    payloads = [
+        reader.read(location.url, location.offset, location.size)
+        for sample_id in order
+        for location in dataset.locate_members(sample_id)[1].values()
+        if location.extension.endswith(".npy")
+    ]
+    if not payloads:
+        return "npy decodes: the shards hold no .npy members"
+    numpy_load = lambda payload: np.load(io.BytesIO(payload), allow_pickle=False)  # noqa: E731
+    result = compare(
+        lambda: seconds_to_decode(load_npy, payloads), lambda: seconds_to_decode(numpy_load, payloads), rounds
+    )
+    rate = lambda seconds: [len(payloads) / s for s in seconds]  # noqa: E731
+    lines = [f"npy decodes, {len(payloads)} arrays of {len(order)} random samples, {rounds} rounds:"]
+    labels = ("load_npy (ours)", "np.load (before)", "ratio")
+    return "\n".join(lines + rate_table("arrays", labels, rate(result.ours_s), rate(result.baseline_s)))
+
+
 def profile_ours(dataset: MultimodalShards, batch_size: int, batches: int, top: int) -> str:
     """cProfile of ours in the main process (workers=0): the top functions by own time."""
     loader = ours_loader(dataset, batch_size, workers=0)
@@ -335,6 +368,7 @@ def run(root: Path, cache_dir: Path, args: argparse.Namespace) -> list[WorkerRes
         print(resume_report(result, args.resume_batch), flush=True)
         results.append(result)
     print(member_read_report(dataset, args.rounds), flush=True)
+    print(npy_decode_report(dataset, args.rounds), flush=True)
     if args.profile:
         print(profile_ours(dataset, args.batch_size, args.batches, args.profile), flush=True)
     return results

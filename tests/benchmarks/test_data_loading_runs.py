@@ -24,6 +24,8 @@ def test_small_run_prints_both_throughputs_and_ratios(benchmark, tree, capsys):
     assert len(re.findall(r"ours \(A\)\s+\d+\s+\d+", output)) == 2
     assert len(re.findall(r"webdataset \(B\)\s+\d+\s+\d+", output)) == 2
     assert len(re.findall(r"ratio ours/baseline\s+\d+\.\d+\s+\d+\.\d+", output)) == 4
+    assert re.search(r"npy decodes, \d+ arrays of 64 random samples", output)
+    assert re.search(r"load_npy \(ours\)\s+\d+\s+\d+\n.*np\.load \(before\)\s+\d+\s+\d+\n.*ratio\s+\d+\.\d+", output)
     assert [r.workers for r in results] == [0, 2]
     for result in results:
         for comparison in (result.throughput, result.resume):
