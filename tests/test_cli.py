@@ -220,6 +220,10 @@ def test_engine_help_imports_neither_torch_nor_any_family(verb):
     assert not [m for m in modules if m.startswith("polymodal.families")]
 
 
+def test_a_config_mistake_is_reported_before_torch_is_imported(tiny_config):
+    assert not _heavy(modules_loaded_by(["train", "--config", str(tiny_config), "experiment.totl_steps=5"]))
+
+
 @pytest.mark.parametrize("verb", ["pretokenize-4m", "eval-4m"])
 def test_family_verb_help_imports_only_its_family_command_line(verb):
     modules = modules_loaded_by([verb, "--help"])

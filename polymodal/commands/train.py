@@ -55,12 +55,13 @@ def fit(cfg: Any) -> tuple[dict[str, Any], bool]:
 
 def run(args: argparse.Namespace) -> int:
     from polymodal.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # before torch is imported: a config mistake fails at once
+    if args.debug:
+        apply_debug_settings(cfg)
     from polymodal.distributed.env import teardown_distributed
     from polymodal.train.trainer import TrainingPreempted, TrainingStopped
 
-    cfg = load_config(args.config, args.overrides)
-    if args.debug:
-        apply_debug_settings(cfg)
     try:
         result, is_main = fit(cfg)
     except TrainingPreempted as stop:
