@@ -9,7 +9,7 @@ cached (``polymodal/train/mfu.py``). CPU MFU is a regression number for this box
 * ``llm``: ``configs/llm/tiny.yaml`` at dim 512, 8 layers, 8 heads (no GQA), T 256, batch 8, vocab 8192, untied head,
   on its stdlib-docstring data (the BPE tokenizer is trained once and cached under ``--cache-dir``).
 * ``fourm``: ``configs/fourm/tiny.yaml`` as shipped (128 wide, 2+2 layers, 64+128 tokens, batch 16) on a tiny
-  pre-tokenized synthetic world built in a temporary directory (128 scenes; untrained image tokenizers give valid
+  pre-tokenized synthetic world built in a temporary directory (256 scenes; untrained image tokenizers give valid
   codes, which is all a step needs).
 
 With ``--procs N`` every case runs as ``torchrun`` with N data-parallel (DDP) ranks of ``--threads`` threads each
@@ -20,6 +20,7 @@ than as threads (one optimizer step, no all-reduce); on the 2-core box of benchm
     python benchmarks/mfu.py                           # 4 cases, ~2 minutes on 2 CPU cores
     python benchmarks/mfu.py --cases llm-fp32 --steps 5
     python benchmarks/mfu.py --procs 2 --threads 1     # 2 DDP processes x 1 thread
+    python benchmarks/mfu.py --cases fourm-fp32 --override constants.batch_size=64   # overrides for every case
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -62,6 +63,7 @@ FOURM_CODEBOOKS = {"rgb": 1000, "depth": 256, "normal": 256, "semseg": 128}  # c
 @dataclass(frozen=True)
 class CaseResult:
     case: str
+    batch_size: int  # the global batch
     peak_flops: float
     mfu: float
     samples_per_s: float
@@ -121,12 +123,12 @@ def llm_case(output_dir: Path, cache_dir: Path, precision: str, warmup: int, ste
 
 
 def build_fourm_world(root: Path) -> dict[str, str]:
-    """128 synthetic scenes in 4 shards of a batch each (3 train, 1 val), pre-tokenized by untrained tiny image
+    """256 synthetic scenes in 4 shards of 64 (3 train, 1 val: batches up to 64), pre-tokenized by untrained tiny image
     tokenizers, and a WordPiece tokenizer of their captions: the ``constants`` overrides that point
     configs/fourm/tiny.yaml at them."""
     scenes = root / "scenes"
     modalities = (*FOURM_CODEBOOKS, "caption", "det")
-    write_shards(scenes, num_samples=128, samples_per_shard=32, seed=3, size=64, modalities=modalities)
+    write_shards(scenes, num_samples=256, samples_per_shard=64, seed=3, size=64, modalities=modalities)
     tokenizers = {}
     for modality, codebook_size in FOURM_CODEBOOKS.items():
         torch.manual_seed(codebook_size)
@@ -175,6 +177,7 @@ def measure(case: str, run: CaseRun, warmup: int, procs: int, threads: int | Non
     tokens = [row["tokens_per_s"] for row in measured if "tokens_per_s" in row]
     return CaseResult(
         case=case,
+        batch_size=config.constants.batch_size * procs,
         peak_flops=peak_flops,
         mfu=statistics.median(row["mfu"] for row in measured),
         samples_per_s=statistics.median(row["samples_per_s"] for row in measured),
@@ -205,10 +208,8 @@ def rank_peak_flops(config: DictConfig) -> float:
 
 def report(result: CaseResult) -> str:
     tokens = f"{result.tokens_per_s:10.0f}" if result.tokens_per_s is not None else f"{'-':>10}"
-    return (
-        f"  {result.case:12}{result.mfu * result.peak_flops / 1e9:12.1f}{result.peak_flops / 1e9:12.1f}"
-        f"{result.mfu:8.3f}{result.samples_per_s:10.2f}{tokens}{result.wall_s:8.0f}"
-    )
+    rates = f"{result.mfu * result.peak_flops / 1e9:12.1f}{result.peak_flops / 1e9:12.1f}{result.mfu:8.3f}"
+    return f"  {result.case:12}{result.batch_size:6d}{rates}{result.samples_per_s:10.2f}{tokens}{result.wall_s:8.0f}"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -219,6 +220,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=None, help="the LLM's tokenizer and token cache")
     parser.add_argument(
         "--procs", type=int, default=1, help="data-parallel processes per case (torchrun, DDP, --threads each)"
+    )
+    parser.add_argument(
+        "--override",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every case, after its own (e.g. constants.batch_size=64); repeatable",
     )
     args = parse_with_threads(parser, argv, positive=["steps", "warmup", "procs"])
     if args.procs > 1 and args.threads is None:
@@ -234,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> list[CaseResult]:
 
 def run(args: argparse.Namespace) -> list[CaseResult]:
     results = []
-    print(f"  {'case':12}{'GFLOP/s':>12}{'peak GF/s':>12}{'MFU':>8}{'samples/s':>10}{'tok/s':>10}{'wall s':>8}")
+    columns = f"{'batch':>6}{'GFLOP/s':>12}{'peak GF/s':>12}{'MFU':>8}{'samples/s':>10}{'tok/s':>10}{'wall s':>8}"
+    print(f"  {'case':12}{columns}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache_dir = args.cache_dir or cache_root()
@@ -247,6 +257,7 @@ def run(args: argparse.Namespace) -> list[CaseResult]:
             else:
                 world = world or build_fourm_world(work / "fourm_world")
                 run_case = fourm_case(output_dir, world, precision, args.warmup, args.steps)
+            run_case = replace(run_case, overrides=[*run_case.overrides, *args.overrides])
             results.append(measure(case, run_case, args.warmup, args.procs, args.threads))
             print(report(results[-1]), flush=True)
     return results

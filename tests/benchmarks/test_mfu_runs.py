@@ -4,6 +4,8 @@ processes, and prints its logged MFU; bad arguments are refused."""
 import pytest
 import torch
 
+from polymodal.config.errors import ConfigError
+
 BENCHMARK = "mfu"
 
 
@@ -13,6 +15,21 @@ def test_fourm_case_prints_the_logged_mfu(benchmark, capsys):
     output = capsys.readouterr().out
     assert "fourm-fp32" in output and "MFU" in output
     assert 0 < result.mfu < 1 and result.samples_per_s > 0 and result.tokens_per_s > 0  # 4M's data is tokens
+
+
+@pytest.mark.usefixtures("restore_threads")
+def test_overrides_reach_every_case_and_the_batch_is_reported(benchmark, capsys):
+    argv = ["--cases", "fourm-fp32", "--steps", "1", "--warmup", "1", "--threads", "1"]
+    argv += ["--override", "constants.batch_size=8"]
+    (result,) = benchmark.main(argv)
+    assert result.batch_size == 8
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert table[0][:2] == ["case", "batch"] and table[-1][:2] == ["fourm-fp32", "8"]
+
+
+def test_a_misspelt_override_is_refused(benchmark):
+    with pytest.raises(ConfigError, match="did you mean 'constants.batch_size'"):
+        benchmark.main(["--cases", "fourm-fp32", "--override", "constants.batch_sise=8"])
 
 
 @pytest.mark.parametrize("argv", [["--steps", "0"], ["--warmup", "0"], ["--procs", "0"], ["--cases", "llm-fp16"]])
