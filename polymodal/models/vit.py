@@ -8,11 +8,14 @@ start.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
+from torchvision.transforms.v2 import Normalize
 
+from polymodal.models.layers.conv_stem import ConvStem
 from polymodal.models.layers.norm import NormKind, norm_factory
 from polymodal.models.layers.patch_embed import PatchEmbed, PatchSize, grid_size
 from polymodal.models.layers.posembed import sincos_2d
@@ -20,6 +23,8 @@ from polymodal.models.meta import DataDict, ReadWriteBlock
 
 PosEmbed = Literal["sincos", "learned"]
 POS_EMBEDS = ("sincos", "learned")
+Stem = Literal["linear", "conv"]
+STEMS = ("linear", "conv")
 INIT_STD = 0.02
 
 
@@ -43,6 +48,10 @@ class ViTPreprocessor(ReadWriteBlock):
             AIMv2 an RMSNorm); None for none.
         patch_norm_eps: its epsilon.
         patch_bias: bias of the patch projection.
+        stem: ``"linear"``, the papers' patch projection, or ``"conv"``, a convolutional stem (ViT_C,
+            :class:`~polymodal.models.layers.conv_stem.ConvStem`) that learns local shapes from less data; not for
+            models whose targets are a patch's own pixels (AIM), as its convolutions see the neighbouring patches.
+        pixel_mean, pixel_std: standardise the pixels per channel first (for images in [0, 1]); None for neither.
         read_key: the images; write_key: the tokens; extra_tokens_key: where E, an int, is written.
 
     Initialisation: :meth:`reset_parameters` covers the CLS, registers and learned positions (N(0, 0.02)); the patch
@@ -61,6 +70,9 @@ class ViTPreprocessor(ReadWriteBlock):
         patch_norm: NormKind | None = None,
         patch_norm_eps: float = 1e-6,
         patch_bias: bool = True,
+        stem: Stem = "linear",
+        pixel_mean: Sequence[float] | None = None,
+        pixel_std: Sequence[float] | None = None,
         read_key: str = "image",
         write_key: str = "tokens",
         extra_tokens_key: str = "num_extra_tokens",
@@ -70,9 +82,17 @@ class ViTPreprocessor(ReadWriteBlock):
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS} or None, got {pos_embed!r}")
         if num_registers < 0:
             raise ValueError(f"num_registers must be >= 0, got {num_registers}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if (pixel_mean is None) != (pixel_std is None):
+            raise ValueError("give both pixel_mean and pixel_std, or neither")
         image_hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
-        self.patch_embed = PatchEmbed(patch_size, in_channels, dim, bias=patch_bias)
+        self.standardise = Normalize(list(pixel_mean), list(pixel_std)) if pixel_mean is not None else None
+        if stem == "conv":
+            self.patch_embed: PatchEmbed | ConvStem = ConvStem(patch_size, in_channels, dim)
+        else:
+            self.patch_embed = PatchEmbed(patch_size, in_channels, dim, bias=patch_bias)
         self.grid = grid_size(self.image_hw, self.patch_embed.patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
         self.dim = dim
@@ -105,6 +125,8 @@ class ViTPreprocessor(ReadWriteBlock):
         if images.dim() != 4 or tuple(images.shape[-2:]) != self.image_hw:
             expected = f"[B, C, {self.image_hw[0]}, {self.image_hw[1]}]"
             raise ValueError(f"images must be {expected}, got {tuple(images.shape)}")
+        if self.standardise is not None:
+            images = self.standardise(images)
         tokens = self.patch_embed(images)
         if self.patch_norm is not None:
             tokens = self.patch_norm(tokens)

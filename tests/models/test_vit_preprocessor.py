@@ -74,3 +74,29 @@ def test_patch_norm_uses_its_epsilon():
     projected = pre.patch_embed(images)
     expected = projected / (projected.pow(2).mean(-1, keepdim=True) + 0.5).sqrt()
     torch.testing.assert_close(pre({"image": images})["tokens"], expected)
+
+
+def test_pixel_statistics_standardise_the_images_before_the_projection():
+    torch.manual_seed(0)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.1]
+    standardising = ViTPreprocessor(8, 4, dim=8, cls_token=True, pixel_mean=mean, pixel_std=std)
+    plain = ViTPreprocessor(8, 4, dim=8, cls_token=True)
+    plain.load_state_dict(standardising.state_dict())
+    images = torch.rand(2, 3, 8, 8)
+    by_hand = (images - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(standardising({"image": images})["tokens"], plain({"image": by_hand})["tokens"])
+    with pytest.raises(ValueError, match="give both pixel_mean and pixel_std"):
+        ViTPreprocessor(8, 4, dim=8, pixel_mean=mean)
+
+
+def test_a_convolutional_stem_gives_the_same_token_layout():
+    torch.manual_seed(0)
+    pre = ViTPreprocessor(16, 4, dim=8, pos_embed="learned", cls_token=True, stem="conv")
+    images = torch.rand(2, 3, 16, 16)
+    data = pre({"image": images})
+    feature_map = pre.patch_embed.layers(images)  # [B, dim, 4, 4]
+    patches = feature_map.permute(0, 2, 3, 1).reshape(2, 16, 8) + pre.pos_embed[0]
+    assert data["num_extra_tokens"] == 1
+    torch.testing.assert_close(data["tokens"], torch.cat([pre.cls_token.expand(2, -1, -1), patches], dim=1))
+    with pytest.raises(ValueError, match="stem must be one of"):
+        ViTPreprocessor(16, 4, dim=8, stem="hmlp")

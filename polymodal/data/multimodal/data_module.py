@@ -15,8 +15,9 @@ Sources. ``train`` and ``val`` are each one location or a dict ``{name: location
 the same ``weights``) and every sample then carries its ``"source"`` name. With ``format: shards`` (default) a
 location is a 4M shard pattern and each source loads the configured modalities its pattern has. With
 ``format: imagefolder`` a location is an ImageFolder root (see :mod:`polymodal.data.multimodal.imagefolder`)
-whose ``train/`` resp. ``val/`` split is read; it provides ``rgb``, ``label`` and ``caption``. Every
-configured modality must come from at least one source.
+whose ``train/`` resp. ``val/`` split is read; it provides ``rgb``, ``label`` and ``caption``, and the scene labels
+``colour_label`` and ``shape_label`` from the split's ``attributes.json`` (``label_attribute: count`` then names
+the three as the shards do). Every configured modality must come from at least one source.
 
 Batches. Training samples get :class:`AlignedAugment` (random resized crop with ``scale``, horizontal flip with
 probability ``hflip``: 0 for captions that say left and right), validation samples the centre square crop; ``rgb``
@@ -32,8 +33,9 @@ is then a list of strings, None where absent) and the batch gets ``caption_ids``
 
 Mixup/CutMix. ``mixup: {num_classes: 10, mixup_alpha: 0.8, cutmix_alpha: 1.0, prob: 1.0, switch_prob: 0.5,
 label_smoothing: 0.1}`` (the keys of :class:`~polymodal.data.multimodal.mixup.MixupCutmix`; unknown keys are
-errors) mixes the training batches after collation and replaces ``label`` with soft targets [B, num_classes]; the
-loss must then not smooth again (``loss.label_smoothing: 0``). Validation batches keep their integer labels.
+errors) mixes the training batches after collation and replaces ``label`` with soft targets [B, num_classes] (and
+each label of ``extra_labels: {key: num_classes}`` likewise); the loss must then not smooth again
+(``loss.label_smoothing: 0``). Validation batches keep their integer labels.
 """
 
 from __future__ import annotations
@@ -55,12 +57,13 @@ from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
 from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, LABEL_NAMES, AlignedAugment, parse_modalities_spec
-from polymodal.data.synth.labels import check_attribute
+from polymodal.data.synth.labels import LABEL_MODALITIES, check_attribute
 from polymodal.tokenizers.carried import TEXT
 from polymodal.tokenizers.text.captions import CaptionEncoder
 
 FORMATS = ("shards", "imagefolder")
-IMAGEFOLDER_MODALITIES = ("rgb", "label", "caption")
+IMAGEFOLDER_ATTRIBUTE_LABELS = {m: a for a, m in LABEL_MODALITIES.items() if m != "label"}  # from attributes.json
+IMAGEFOLDER_MODALITIES = ("rgb", "label", "caption", *IMAGEFOLDER_ATTRIBUTE_LABELS)
 IMAGE_DTYPES = {
     "rgb": torch.float32,
     "depth": torch.float32,
@@ -213,7 +216,7 @@ class MultimodalData(SourcedData):
         specs = batch_specs(resolutions)
         mixing = mixup_transform(mixup, list(resolutions))
         if mixing is not None:
-            specs[mixing.label_key] = ((mixing.num_classes,), torch.float32)
+            specs.update({key: ((count,), torch.float32) for key, count in mixing.label_classes.items()})
         tokenized = [CAPTION] if caption_tokenizer is not None and CAPTION in resolutions else []
         shapeless = [name for name in resolutions if name not in specs and name not in tokenized]
         if shapeless:
@@ -222,8 +225,8 @@ class MultimodalData(SourcedData):
         for name, (shape, dtype) in specs.items():
             batch[name] = torch.zeros(batch_size, *shape, dtype=dtype, device=device)
             batch[f"{name}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
-        if mixing is not None:
-            batch[mixing.label_key][:, 0] = 1.0
+        for key in mixing.label_classes if mixing is not None else ():
+            batch[key][:, 0] = 1.0
         if tokenized:
             batch[f"{CAPTION}_ids"] = torch.zeros(batch_size, caption_tokens, dtype=torch.int64, device=device)
             batch[f"{CAPTION}_mask"] = torch.ones(batch_size, caption_tokens, dtype=torch.bool, device=device)
@@ -250,7 +253,8 @@ class MultimodalData(SourcedData):
         if self.format == "imagefolder":
             if not set(IMAGEFOLDER_MODALITIES) & set(self.modality_names):
                 raise ValueError(f"{split} source {name!r}: an ImageFolder gives {IMAGEFOLDER_MODALITIES}, none wanted")
-            return ImageFolderDataset(location, split=split, attribute=self.label_attribute)
+            extra_labels = {m: a for m, a in IMAGEFOLDER_ATTRIBUTE_LABELS.items() if m in self.modality_names}
+            return ImageFolderDataset(location, split=split, attribute=self.label_attribute, extra_labels=extra_labels)
         available = expand_shard_pattern(location)
         wanted = [m for m in self.modality_names if m in available]
         if not wanted:
@@ -278,7 +282,7 @@ def mixup_transform(mixup: Mapping[str, Any] | None, modalities: list[str]) -> M
     if mixup is None:
         return None
     transform = build_section(MixupCutmix, mixup, "data.mixup")
-    missing = [key for key in (transform.image_key, transform.label_key) if key not in modalities]
+    missing = [key for key in (transform.image_key, *transform.label_classes) if key not in modalities]
     if missing:
         raise ValueError(f"data.mixup mixes {missing}, which are not in modalities {modalities}")
     return transform

@@ -12,8 +12,9 @@ Class ids. Label ``i`` is the ``i``-th entry of the class list, taken from (firs
 Other attributes. A split may hold ``<split>/attributes.json`` (:data:`ATTRIBUTES_FILE`) with more labels of the
 same images, ``{"classes": {attribute: [class names in id order]}, "labels": {file stem: {attribute: class id}}}``;
 ``attribute=`` then makes ``label`` (and the captions) that attribute's, whatever folder an image sits in (file
-names must then be unique in the split). The
-synthetic scenes carry ``count``, ``colour`` and ``shape`` there, so one tree serves a probe of each.
+names must then be unique in the split), and ``extra_labels={key: attribute}`` adds each such attribute's class id
+to every sample as ``key`` (int64), for a model with one head per attribute. The synthetic scenes carry ``count``,
+``colour``, ``shape`` and ``object`` there, so one tree serves a probe of each.
 
 Samples are ordered by (folder) class id, then file name, so sample ids are stable across runs and machines and do
 not depend on ``attribute``. Files with other extensions are ignored. A listed class may lack a folder in a split
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ class ImageFolderDataset(Dataset):
         caption_templates: each is formatted with the class name to give one caption phrasing.
         attribute: take ``label`` from this attribute of ``<split>/attributes.json`` instead of the class folder;
             ``classes`` then still names the folders, and ``self.classes`` becomes the attribute's class names.
+        extra_labels: ``{sample key: attribute}``: each sample also holds that attribute's class id under the key.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class ImageFolderDataset(Dataset):
         classes: Sequence[str] | None = None,
         caption_templates: Sequence[str] = DEFAULT_CAPTION_TEMPLATES,
         attribute: str | None = None,
+        extra_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.root = Path(root)
         split_dir = self.root / split
@@ -130,7 +133,14 @@ class ImageFolderDataset(Dataset):
         if not self.samples:
             raise ValueError(f"{split_dir} has no images in any class folder of {self.classes}")
         if attribute is not None:
-            self.classes, self.samples = _relabelled(split_dir, attribute, self.samples)
+            self.classes, labels = _attribute_ids(split_dir, attribute, self.samples)
+            self.samples = [(path, label) for (path, _), label in zip(self.samples, labels, strict=True)]
+        clashes = sorted({"rgb", "label", "caption"} & set(extra_labels or {}))
+        if clashes:
+            raise ValueError(f"extra_labels keys {clashes} would overwrite the sample's own rgb/label/caption")
+        self.extra_labels = {
+            key: _attribute_ids(split_dir, name, self.samples)[1] for key, name in (extra_labels or {}).items()
+        }
         self.captions = [[t.format(name) for t in caption_templates] for name in self.classes]
 
     def __len__(self) -> int:
@@ -142,6 +152,7 @@ class ImageFolderDataset(Dataset):
             "rgb": decode_rgb_file(path, sample_id),
             "label": torch.tensor(label, dtype=torch.int64),
             "caption": list(self.captions[label]),
+            **{key: torch.tensor(ids[sample_id], dtype=torch.int64) for key, ids in self.extra_labels.items()},
         }
 
 
@@ -149,10 +160,8 @@ def _image_files(class_dir: Path) -> list[Path]:
     return sorted(p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _relabelled(
-    split_dir: Path, attribute: str, samples: list[tuple[Path, int]]
-) -> tuple[list[str], list[tuple[Path, int]]]:
-    """``attribute``'s class names, and ``samples`` with their labels replaced by their ``attribute`` class id."""
+def _attribute_ids(split_dir: Path, attribute: str, samples: list[tuple[Path, int]]) -> tuple[list[str], list[int]]:
+    """``attribute``'s class names, and the ``attribute`` class id of each of ``samples``, in their order."""
     stems = Counter(path.stem for path, _ in samples)
     repeated = sorted(stem for stem, count in stems.items() if count > 1)
     if repeated:
@@ -164,4 +173,4 @@ def _relabelled(
     missing = [path.name for path, _ in samples if path.stem not in ids]
     if missing:
         raise ValueError(f"{split_dir / ATTRIBUTES_FILE} has no entry for {len(missing)} images, e.g. {missing[:3]}")
-    return classes, [(path, ids[path.stem]) for path, _ in samples]
+    return classes, [ids[path.stem] for path, _ in samples]

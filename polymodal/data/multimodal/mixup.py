@@ -22,7 +22,7 @@ switch between the two, hence this module. Beta draws need a NumPy generator: on
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -61,6 +61,8 @@ class MixupCutmix:
         switch_prob: probability of CutMix rather than Mixup when both are enabled.
         label_smoothing: smoothing of the targets (the loss must then not smooth again).
         image_key, label_key: the batch keys mixed.
+        extra_labels: ``{batch key: number of classes}`` of more integer labels of the same images (a model with
+            one head per attribute); each becomes soft targets mixed with the same draw.
     """
 
     num_classes: int
@@ -71,10 +73,17 @@ class MixupCutmix:
     label_smoothing: float = 0.1
     image_key: str = "rgb"
     label_key: str = "label"
+    extra_labels: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def label_classes(self) -> dict[str, int]:
+        """``{batch key: number of classes}`` of every label this transform mixes."""
+        return {self.label_key: self.num_classes, **self.extra_labels}
 
     def __post_init__(self) -> None:
-        if self.num_classes < 1:
-            raise ValueError(f"mixup num_classes must be >= 1, got {self.num_classes}")
+        for key, count in self.label_classes.items():
+            if count < 1:
+                raise ValueError(f"mixup needs >= 1 class for {key!r}, got {count}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError(f"mixup alphas must be >= 0, got mixup {self.mixup_alpha}, cutmix {self.cutmix_alpha}")
         for name in ("prob", "switch_prob"):
@@ -101,7 +110,7 @@ class MixupCutmix:
         return MixDraw(1.0 - (bottom - top) * (right - left) / (height * width), (top, bottom, left, right))
 
     def __call__(self, batch: Batch, generator: torch.Generator) -> Batch:
-        images, labels = self._checked(batch)
+        images = self._checked(batch)
         draw = self.draw(generator, images.shape[-2], images.shape[-1])
         partner = images.flip(0)
         if draw.box is not None:
@@ -110,24 +119,32 @@ class MixupCutmix:
             images[..., top:bottom, left:right] = partner[..., top:bottom, left:right]
         elif draw.lam < 1.0:
             images = images * draw.lam + partner * (1.0 - draw.lam)
-        targets = soft_targets(labels, self.num_classes, self.label_smoothing, draw.lam)
-        return {**batch, self.image_key: images, self.label_key: targets}
+        targets = {
+            key: soft_targets(batch[key], count, self.label_smoothing, draw.lam)
+            for key, count in self.label_classes.items()
+        }
+        return {**batch, self.image_key: images, **targets}
 
-    def _checked(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        for key in (self.image_key, self.label_key):
+    def _checked(self, batch: Batch) -> torch.Tensor:
+        """The images, once they and every label are checked."""
+        for key in (self.image_key, *self.label_classes):
             if key not in batch:
                 raise ValueError(f"mixup needs batch[{key!r}]; the batch has {sorted(batch)}")
-        images, labels = batch[self.image_key], batch[self.label_key]
+        images = batch[self.image_key]
         if images.ndim != 4 or not images.is_floating_point():
             raise ValueError(f"mixup needs float images [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
-        if labels.ndim != 1 or labels.is_floating_point() or labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"mixup needs integer labels [B={images.shape[0]}], got {labels.dtype} {tuple(labels.shape)}"
-            )
-        present = batch.get(f"{self.label_key}_present")
+        for key, count in self.label_classes.items():
+            self._check_labels(batch, key, count, images.shape[0])
+        return images
+
+    @staticmethod
+    def _check_labels(batch: Batch, key: str, count: int, batch_size: int) -> None:
+        labels = batch[key]
+        if labels.ndim != 1 or labels.is_floating_point() or labels.shape[0] != batch_size:
+            raise ValueError(f"mixup needs integer {key!r} [B={batch_size}], got {labels.dtype} {tuple(labels.shape)}")
+        present = batch.get(f"{key}_present")
         if present is not None and not bool(present.all()):
             rows = (~present).nonzero().flatten().tolist()
-            raise ValueError(f"mixup needs a {self.label_key!r} for every sample; rows {rows} lack one")
-        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < self.num_classes):
-            raise ValueError(f"labels must lie in [0, num_classes={self.num_classes}), got {labels.tolist()}")
-        return images, labels
+            raise ValueError(f"mixup needs a {key!r} for every sample; rows {rows} lack one")
+        if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < count):
+            raise ValueError(f"{key!r} must lie in [0, {count}), got {labels.tolist()}")

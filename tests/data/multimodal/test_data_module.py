@@ -256,6 +256,14 @@ def test_every_scene_label_reaches_the_batch_from_shards_and_from_an_imagefolder
     # the imagefolder holds scenes 4..7 in val, the shards written with the same seed hold scenes 0..7
     for attribute, name in zip(("count", "colour", "shape"), labels, strict=True):
         assert sorted(by_attribute[attribute]) == sorted(from_shards[name][4:].tolist())
+    # all three at once, under the shards' names: the same (count, colour, shape) triple for every scene
+    every = MultimodalData(
+        str(root), str(root), ["rgb", *labels], image_size=16, batch_size=4, format="imagefolder",
+        label_attribute="count",
+    )  # fmt: skip
+    batch = next(iter(every.val_batches(None)))
+    triples = sorted(zip(*(batch[name].tolist() for name in labels), strict=True))
+    assert triples == sorted(zip(*(from_shards[name][4:].tolist() for name in labels), strict=True))
     with pytest.raises(ValueError, match="unknown label attribute 'size'"):
         MultimodalData(str(root), str(root), ["rgb", "label"], image_size=16, batch_size=4, format="imagefolder",
                        label_attribute="size")  # fmt: skip

@@ -118,6 +118,25 @@ def test_any_attribute_of_a_synthetic_tree_can_be_the_label(tmp_path):
                 assert int(sample["label"]) == int(by_folder[sample_id]["label"])
 
 
+def test_extra_labels_give_every_attribute_of_a_synthetic_tree_at_once(tmp_path):
+    write_imagefolder(tmp_path, num_samples=8, val_fraction=0.25, seed=4, size=16, label="object")
+    extra = {"colour_label": "colour", "shape_label": "shape"}
+    dataset = ImageFolderDataset(tmp_path, split="train", attribute="count", extra_labels=extra)
+    plain = ImageFolderDataset(tmp_path, split="train")
+    assert [path for path, _ in dataset.samples] == [path for path, _ in plain.samples]
+    for sample_id, (path, _) in enumerate(dataset.samples):
+        labels = sample_labels(render_scene(4, int(path.stem), 16))
+        sample = dataset[sample_id]
+        assert int(sample["label"]) == labels["count"]
+        assert {key: (int(sample[key]), sample[key].dtype) for key in extra} == {
+            key: (labels[attribute], torch.int64) for key, attribute in extra.items()
+        }
+    with pytest.raises(ValueError, match=r"extra_labels keys \['label'\] would overwrite"):
+        ImageFolderDataset(tmp_path, extra_labels={"label": "shape"})
+    with pytest.raises(ValueError, match="has no label attribute 'size'"):
+        ImageFolderDataset(tmp_path, extra_labels={"size_label": "size"})
+
+
 def write_attributes(root, document, split="train"):
     (root / split / "attributes.json").write_text(json.dumps(document))
 

@@ -97,6 +97,26 @@ def test_loader_batches_equal_a_plain_mix_of_the_unmixed_batches(shards, tmp_pat
     assert val["label"].dtype == torch.int64 and torch.equal(val["rgb"], next(plain.val_batches(1))["rgb"])
 
 
+def test_extra_labels_are_mixed_with_the_same_draw_as_the_label():
+    transform = MixupCutmix(num_classes=5, extra_labels={"colour_label": 8, "shape_label": 4}, label_smoothing=0.1)
+    images = torch.rand(BATCH, 3, 16, 16)
+    labels = {"label": torch.tensor([0, 4, 2, 1]), "colour_label": torch.tensor([7, 0, 3, 3])}
+    labels["shape_label"] = torch.tensor([1, 2, 3, 0])
+    for seed in range(6):
+        draw = transform.draw(torch.Generator().manual_seed(seed), 16, 16)
+        mixed = transform({"rgb": images, **labels}, torch.Generator().manual_seed(seed))
+        for key, count in {"label": 5, "colour_label": 8, "shape_label": 4}.items():
+            expected_images, expected = reference_mix(images, labels[key], count, 0.1, draw)
+            torch.testing.assert_close(mixed[key], expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(mixed["rgb"], expected_images, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"mixup needs batch\['shape_label'\]"):
+        transform({"rgb": images, "label": labels["label"], "colour_label": labels["colour_label"]}, None)
+    with pytest.raises(ValueError, match=r"'colour_label' must lie in \[0, 8\)"):
+        transform({"rgb": images, **labels, "colour_label": torch.tensor([0, 8, 1, 1])}, torch.Generator())
+    with pytest.raises(ValueError, match=r"mixup needs >= 1 class for 'shape_label', got 0"):
+        MixupCutmix(num_classes=5, extra_labels={"shape_label": 0})
+
+
 def test_the_draw_follows_timm_batch_mode():
     """lam ~ Beta(alpha, alpha); the CutMix box has sides int(H sqrt(1-lam)) around its centre, clipped, and lam
     becomes the uncovered fraction."""
@@ -174,7 +194,7 @@ def test_bad_mixup_settings_are_one_line_errors(shards, tmp_path):
         make(shards, tmp_path, mixup={}, modalities=["rgb"])
     transform = MixupCutmix(num_classes=2)
     batch = {"rgb": torch.zeros(2, 3, 4, 4), "label": torch.tensor([0, 2])}
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=2\)"):
+    with pytest.raises(ValueError, match=r"'label' must lie in \[0, 2\)"):
         transform(batch, torch.Generator())
     with pytest.raises(ValueError, match=r"rows \[1\] lack one"):
         transform({**batch, "label": torch.tensor([0, 1]), "label_present": torch.tensor([True, False])}, None)
