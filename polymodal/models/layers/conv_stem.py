@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from polymodal.models.layers.patch_embed import PatchSize, grid_size, patch_hw
+from polymodal.models.layers.patch_embed import PatchGrid, PatchSize, patch_hw
 
 
-class ConvStem(nn.Module):
+class ConvStem(PatchGrid, nn.Module):
     """``[B, C, H, W] -> [B, (H / p) * (W / p), dim]`` through ``log2(p)`` stride-2 convolutions.
 
     Args:
@@ -48,12 +48,6 @@ class ConvStem(nn.Module):
         self.patch_size = (patch_h, patch_w)
         self.in_channels = in_channels
 
-    def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Token grid ``(h, w)`` of an image of size ``(H, W)``."""
-        return grid_size(image_hw, self.patch_size)
-
     def forward(self, images: Tensor) -> Tensor:
-        if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(f"images must be [B, C={self.in_channels}, H, W], got {tuple(images.shape)}")
-        self.grid_size(tuple(images.shape[-2:]))  # the same divisibility error as the linear projection
+        self.check_images(images)  # the same errors as the linear projection's
         return self.layers(images).flatten(2).transpose(1, 2)

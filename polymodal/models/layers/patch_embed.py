@@ -52,7 +52,25 @@ def unpatchify(patches: Tensor, patch_size: PatchSize, grid: tuple[int, int]) ->
     return images.reshape(batch, channels, grid_h * patch_h, grid_w * patch_w)
 
 
-class PatchEmbed(nn.Linear):
+class PatchGrid:
+    """What every patch embedding shares: its ``patch_size`` and ``in_channels``, the token grid of an image size,
+    and the check of its input images."""
+
+    patch_size: tuple[int, int]
+    in_channels: int
+
+    def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """Patch grid ``(h, w)`` of an image of size ``(H, W)``."""
+        return grid_size(image_hw, self.patch_size)
+
+    def check_images(self, images: Tensor) -> tuple[int, int]:
+        """The patch grid of ``images`` ``[B, C, H, W]``; a ValueError for another layout, channel count or size."""
+        if images.dim() != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"images must be [B, C={self.in_channels}, H, W], got {tuple(images.shape)}")
+        return self.grid_size((images.shape[-2], images.shape[-1]))
+
+
+class PatchEmbed(PatchGrid, nn.Linear):
     """``[B, C, H, W] -> [B, N, dim]``: :func:`patchify`, then a linear map of each flattened patch.
 
     It *is* the ``nn.Linear`` over ``ph * pw * C`` inputs (weight ``[dim, ph * pw * C]``), so a model holding it as
@@ -67,13 +85,8 @@ class PatchEmbed(nn.Linear):
         self.patch_size = (patch_h, patch_w)
         self.in_channels = in_channels
 
-    def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        """Patch grid ``(h, w)`` of an image of size ``(H, W)``."""
-        return grid_size(image_hw, self.patch_size)
-
     def forward(self, images: Tensor) -> Tensor:
-        if images.dim() != 4 or images.shape[1] != self.in_channels:
-            raise ValueError(f"images must be [B, C={self.in_channels}, H, W], got {tuple(images.shape)}")
+        self.check_images(images)
         return super().forward(patchify(images, self.patch_size))
 
     def extra_repr(self) -> str:
