@@ -24,7 +24,11 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="image height = width in pixels (conversations: the longer side, a multiple of 16)",
     )
     parser.add_argument("--samples-per-shard", type=int, default=1000, help="shards format only")
-    parser.add_argument("--modalities", help="comma-separated (default: all of them), shards format only")
+    parser.add_argument(
+        "--modalities",
+        help="comma-separated (default: all of the scene's), shards format only; twin_rgb and twin_caption add each "
+        "scene's shape twin (the scene with one object in another shape, hard negatives for CLIP)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.1, help="imagefolder format only")
     parser.add_argument(
         "--label",

@@ -58,13 +58,19 @@ def visible_areas(instance: np.ndarray, count: int) -> np.ndarray:
     return np.bincount(instance[instance >= 0].ravel(), minlength=count)
 
 
+def largest_visible(instance: np.ndarray, visible: Sequence[int], count: int) -> int:
+    """The index of the visible object of largest area in an ``instance`` map of ``count`` objects (the first of
+    equals in scene order)."""
+    if not visible:
+        raise ValueError("a scene needs at least one visible object to be labelled")
+    areas = visible_areas(instance, count)
+    return max(sorted(visible), key=lambda index: areas[index])  # max keeps the first of equals
+
+
 def scene_labels(objects: Sequence[SceneObject], instance: np.ndarray, visible: Sequence[int]) -> dict[str, int]:
     """The class id of every attribute, from the scene's ``objects``, its rendered ``instance`` map and the indices
     of its ``visible`` objects (those with a box)."""
-    if not visible:
-        raise ValueError("a scene needs at least one visible object to be labelled")
-    areas = visible_areas(instance, len(objects))
-    largest = objects[max(sorted(visible), key=lambda index: areas[index])]  # max keeps the first of equals
+    largest = objects[largest_visible(instance, visible, len(objects))]
     return with_object(
         {"count": len(visible) - 1, "colour": COLOURS.index(largest.colour), "shape": SHAPES.index(largest.shape)}
     )

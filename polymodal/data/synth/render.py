@@ -298,7 +298,7 @@ def visible_boxes(instance: np.ndarray, count: int) -> dict[int, list[float]]:
     return boxes
 
 
-def _visible_scene(seed: int, index: int, size: ImageSize) -> tuple[Scene, RayHits, dict[int, list[float]]]:
+def visible_scene(seed: int, index: int, size: ImageSize) -> tuple[Scene, RayHits, dict[int, list[float]]]:
     """Redraw until every object shows; if none of the attempts manage it, keep only the visible objects."""
     for attempt in range(_SCENE_ATTEMPTS):
         scene = sample_scene(seed, index, attempt)
@@ -319,7 +319,11 @@ def render_scene(seed: int, index: int, size: ImageSize = 64) -> dict:
     The scene labels (:mod:`~polymodal.data.synth.labels`) are int64 scalars under their modality names: ``label``
     (the count), ``colour_label`` and ``shape_label``.
     """
-    scene, hits, boxes = _visible_scene(seed, index, size)
+    return scene_sample(*visible_scene(seed, index, size))
+
+
+def scene_sample(scene: Scene, hits: RayHits, boxes: dict[int, list[float]]) -> dict:
+    """The sample of :func:`render_scene` from a scene, its ``hits`` and the boxes of its visible objects."""
     order = sorted(boxes)
     labels = [scene.objects[i].class_id for i in order]
     attributes = scene_labels(scene.objects, hits.instance, order)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -62,6 +63,11 @@ class Scene:
     checker_size: float  # checker tile edge in metres
 
 
+def keeps_clear(obj: SceneObject, others: Sequence[SceneObject]) -> bool:
+    """Whether ``obj``'s footprint stays at least the minimum gap away from every one of ``others``."""
+    return all(np.hypot(obj.x - o.x, obj.z - o.z) > obj.footprint + o.footprint + _MIN_GAP for o in others)
+
+
 def _place_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
     """Non-overlapping objects; a crowded draw that finds no free spot starts over (still deterministic)."""
     while True:
@@ -79,8 +85,9 @@ def _place_objects(rng: np.random.Generator, count: int) -> list[SceneObject]:
                 z = float(rng.uniform(*_Z_RANGE))
                 half_width = _HALF_WIDTH_NEAR + _WIDENING * (_Z_RANGE[1] - z)
                 x = float(rng.uniform(-half_width, half_width))
-                if all(np.hypot(x - o.x, z - o.z) > candidate.footprint + o.footprint + _MIN_GAP for o in objects):
-                    objects.append(replace(candidate, x=x, z=z))
+                placed = replace(candidate, x=x, z=z)
+                if keeps_clear(placed, objects):
+                    objects.append(placed)
                     break
         if len(objects) == count:
             return objects

@@ -33,6 +33,7 @@ from polymodal.data.synth.labels import (
 )
 from polymodal.data.synth.render import render_scene
 from polymodal.data.synth.scene import SHAPES
+from polymodal.data.synth.twins import render_scene_with_twin
 from polymodal.files import atomic_output
 from polymodal.progress import progress
 
@@ -46,6 +47,8 @@ MODALITY_EXTENSIONS = {
     "caption": "caption.json",
     **{modality: f"{modality}.txt" for modality in LABEL_MODALITIES.values()},
 }
+TWIN_MODALITY_EXTENSIONS = {"twin_rgb": "twin_rgb.png", "twin_caption": "twin_caption.json"}  # on request only
+SHARD_EXTENSIONS = {**MODALITY_EXTENSIONS, **TWIN_MODALITY_EXTENSIONS}
 CHUNK = 64  # samples per worker task for the per-sample layouts
 
 
@@ -74,6 +77,16 @@ def encode_sample(sample: dict) -> dict[str, bytes]:
         "det": json.dumps(det).encode(),
         "caption": json.dumps(sample["caption"]).encode(),
         **{modality: str(int(sample[modality])).encode() for modality in LABEL_MODALITIES.values()},
+        **_encoded_twin(sample),
+    }
+
+
+def _encoded_twin(sample: dict) -> dict[str, bytes]:
+    if "twin_rgb" not in sample:
+        return {}
+    return {
+        "twin_rgb": png_bytes(sample["twin_rgb"].permute(1, 2, 0).numpy()),
+        "twin_caption": json.dumps(sample["twin_caption"]).encode(),
     }
 
 
@@ -92,12 +105,13 @@ def attributes_bytes(labels: dict[str, dict[str, int]]) -> bytes:
 def _write_shard(
     root: Path, seed: int, size: int, modalities: tuple[str, ...], samples_per_shard: int, indices: range
 ) -> int:
-    encoded = [(sample_key(i), encode_sample(render_scene(seed, i, size))) for i in indices]
+    render = render_scene_with_twin if set(modalities) & set(TWIN_MODALITY_EXTENSIONS) else render_scene
+    encoded = [(sample_key(i), encode_sample(render(seed, i, size))) for i in indices]
     shard = f"shard-{indices.start // samples_per_shard:05d}.tar"
     for modality in modalities:
         with atomic_output(root / modality / shard) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for key, members in encoded:
-                info = tarfile.TarInfo(f"{key}.{MODALITY_EXTENSIONS[modality]}")
+                info = tarfile.TarInfo(f"{key}.{SHARD_EXTENSIONS[modality]}")
                 info.size = len(members[modality])
                 tar.addfile(info, io.BytesIO(members[modality]))
     return len(indices)
@@ -158,13 +172,17 @@ def write_shards(
     workers: int = 1,
     modalities: tuple[str, ...] = tuple(MODALITY_EXTENSIONS),
 ) -> list[Path]:
-    """4M layout ``root/<modality>/shard-NNNNN.tar``; every shard but the last holds ``samples_per_shard`` samples."""
+    """4M layout ``root/<modality>/shard-NNNNN.tar``; every shard but the last holds ``samples_per_shard`` samples.
+
+    ``modalities`` may also name the shape twins' ``twin_rgb`` and ``twin_caption``
+    (:mod:`~polymodal.data.synth.twins`), which are rendered only when asked for.
+    """
     check_counts(num_samples, workers)
     if samples_per_shard < 1:
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
-    unknown = set(modalities) - set(MODALITY_EXTENSIONS)
+    unknown = set(modalities) - set(SHARD_EXTENSIONS)
     if unknown or not modalities:
-        raise ValueError(f"unknown or no modalities {sorted(unknown)}; choose from {list(MODALITY_EXTENSIONS)}")
+        raise ValueError(f"unknown or no modalities {sorted(unknown)}; choose from {list(SHARD_EXTENSIONS)}")
     chunks = chunk_ranges(num_samples, samples_per_shard)
     job = partial(_write_shard, Path(root), seed, size, tuple(modalities), samples_per_shard)
     run_chunks(job, chunks, workers, "writing shards")
