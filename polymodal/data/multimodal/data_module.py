@@ -48,7 +48,7 @@ import torch
 
 from polymodal.config.validation import build_section
 from polymodal.data.largest import LargestBatch
-from polymodal.data.multimodal.captions import CollateCaptions, pick_text
+from polymodal.data.multimodal.captions import CollateCaptions, pick_text, pick_text_pair
 from polymodal.data.multimodal.collate import TensorSpec, collate_with_absent
 from polymodal.data.multimodal.imagefolder import ImageFolderDataset
 from polymodal.data.multimodal.loader import BatchTransform, MapDataset, Sample, chain_batch_transforms
@@ -56,7 +56,14 @@ from polymodal.data.multimodal.mixup import MixupCutmix
 from polymodal.data.multimodal.shard_patterns import expand_shard_pattern
 from polymodal.data.multimodal.shards import MultimodalShards
 from polymodal.data.multimodal.sources import SourcedData
-from polymodal.data.multimodal.transforms import EXPECTED_CHANNELS, LABEL_NAMES, AlignedAugment, parse_modalities_spec
+from polymodal.data.multimodal.transforms import (
+    EXPECTED_CHANNELS,
+    LABEL_NAMES,
+    TWIN_PREFIX,
+    AlignedAugment,
+    modality_kind,
+    parse_modalities_spec,
+)
 from polymodal.data.synth.labels import LABEL_MODALITIES, check_attribute
 from polymodal.tokenizers.carried import TEXT
 from polymodal.tokenizers.text.captions import CaptionEncoder
@@ -73,16 +80,18 @@ IMAGE_DTYPES = {
 }
 SOURCE_KEY = "source"
 CAPTION = "caption"
+TWIN_CAPTION = TWIN_PREFIX + CAPTION
 
 
 def batch_specs(resolutions: Mapping[str, int | None]) -> dict[str, TensorSpec]:
     """Per-sample (shape, dtype) of the tensor modalities after augmentation, used to fill absent ones."""
     specs: dict[str, TensorSpec] = {}
     for name, resolution in resolutions.items():
-        if name in IMAGE_DTYPES and resolution is not None:
-            channels = EXPECTED_CHANNELS[name]
+        kind = modality_kind(name)
+        if kind in IMAGE_DTYPES and resolution is not None:
+            channels = EXPECTED_CHANNELS[kind]
             shape = (resolution, resolution) if channels is None else (channels, resolution, resolution)
-            specs[name] = (shape, IMAGE_DTYPES[name])
+            specs[name] = (shape, IMAGE_DTYPES[kind])
     for name in LABEL_NAMES:
         if name in resolutions:
             specs[name] = ((), torch.int64)
@@ -100,7 +109,11 @@ class PrepareSample:
 
     def __call__(self, sample: Sample, generator: torch.Generator) -> Sample:
         out = self.augment({k: v for k, v in sample.items() if k in self.keep}, generator)
-        if self.pick_caption and CAPTION in out:
+        if self.pick_caption and TWIN_CAPTION in out and CAPTION in out:
+            out[CAPTION], out[TWIN_CAPTION] = pick_text_pair(
+                out[CAPTION], out[TWIN_CAPTION], generator, self.augment.train
+            )
+        elif self.pick_caption and CAPTION in out:
             out[CAPTION] = pick_text(out[CAPTION], generator, self.augment.train)
         return out
 
@@ -180,7 +193,9 @@ class MultimodalData(SourcedData):
         if caption_tokenizer is not None:
             if CAPTION not in self.modality_names:
                 raise ValueError(f"caption_tokenizer is set but {CAPTION!r} is not in modalities {self.modality_names}")
-            collate = CollateCaptions(collate, CaptionEncoder.from_file(caption_tokenizer, caption_tokens), CAPTION)
+            encoder = CaptionEncoder.from_file(caption_tokenizer, caption_tokens)
+            for key in (CAPTION, TWIN_CAPTION) if TWIN_CAPTION in self.modality_names else (CAPTION,):
+                collate = CollateCaptions(collate, encoder, key)
         self.mixup = mixup_transform(mixup, self.modality_names)
         pick_caption = caption_tokenizer is not None
         self._open_splits(

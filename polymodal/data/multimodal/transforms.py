@@ -15,6 +15,8 @@ Interpolation per modality (overridable with ``interpolation=``):
 * ``det``: boxes (xyxy pixels) follow the crop, resize and flip; they are clamped to the output
   canvas, and boxes whose area falls below 1 px² are dropped together with their labels (and names).
   Output boxes are in pixels of the ``det`` target resolution.
+* ``twin_rgb`` and ``twin_caption`` (a shape twin's picture and captions, :mod:`polymodal.data.synth.twins`) as
+  ``rgb`` and ``caption``: the twin gets its scene's crop and flip, so the two differ only where the shape does.
 * ``caption``, ``label`` and non-spatial keys not named in the spec pass through untouched. A spatial
   modality present in the sample but missing from the spec is an error (it would come out unaligned);
   a spec modality missing from the sample is simply skipped.
@@ -46,9 +48,11 @@ from torchvision.transforms.v2 import functional as F
 from polymodal.data.multimodal.skips import SampleError
 from polymodal.data.synth.labels import LABEL_MODALITIES
 
-IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg", "edges")
+TWIN_PREFIX = "twin_"  # a shape twin's modalities (polymodal.data.synth.twins): `twin_rgb` is an `rgb`, and so on
+TWIN_MODALITIES = ("twin_rgb", "twin_caption")
+IMAGE_MODALITIES = ("rgb", "depth", "normal", "semseg", "edges", "twin_rgb")
 LABEL_NAMES = tuple(LABEL_MODALITIES.values())  # the scene labels: count, colour, shape
-PASSTHROUGH_MODALITIES = ("caption", *LABEL_NAMES)
+PASSTHROUGH_MODALITIES = ("caption", "twin_caption", *LABEL_NAMES)
 KNOWN_MODALITIES = IMAGE_MODALITIES + ("det",) + PASSTHROUGH_MODALITIES
 
 DEFAULT_INTERPOLATION = {
@@ -67,6 +71,11 @@ MIN_BOX_AREA = 1.0
 NORMAL_EPS = 1e-6
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
+
+
+def modality_kind(name: str) -> str:
+    """The modality whose format ``name`` has: a twin's modality is its scene's (``twin_rgb`` -> ``rgb``)."""
+    return name.removeprefix(TWIN_PREFIX) if name in TWIN_MODALITIES else name
 
 
 def parse_modalities_spec(modalities_spec: Sequence[str], size: int | Mapping[str, int]) -> dict[str, int | None]:
@@ -179,7 +188,7 @@ class AlignedAugment:
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be a probability in [0, 1], got {hflip}")
         self.resolutions = parse_modalities_spec(modalities_spec, size)
-        self.interpolation = dict(DEFAULT_INTERPOLATION)
+        self.interpolation = {name: DEFAULT_INTERPOLATION[modality_kind(name)] for name in IMAGE_MODALITIES}
         for name, mode in (interpolation or {}).items():
             if name not in IMAGE_MODALITIES:
                 raise ValueError(f"interpolation given for {name!r}, which is not one of {IMAGE_MODALITIES}")
@@ -246,7 +255,7 @@ class AlignedAugment:
             result = _renormalise(result)
             if flip:
                 result[0] = -result[0]
-        if name == "rgb" and self.to_float:
+        if modality_kind(name) == "rgb" and self.to_float:
             result = result.to(torch.float32) / 255.0
         return result
 
@@ -275,13 +284,13 @@ def _validated_image_size(name: str, image: Any) -> tuple[int, int]:
     :class:`SampleError` (a property of the data, so the loader skips the sample)."""
     if not isinstance(image, torch.Tensor):
         raise ValueError(f"modality {name!r} must be a torch.Tensor, got {type(image).__name__}")
-    channels = EXPECTED_CHANNELS[name]
+    channels = EXPECTED_CHANNELS[modality_kind(name)]
     expected_ndim = 2 if channels is None else 3
     if image.ndim != expected_ndim or (channels is not None and image.shape[0] != channels):
         layout = "[H, W]" if channels is None else f"[{channels}, H, W]"
         raise SampleError("wrong_mode", None, f"modality {name!r} must have shape {layout}, got {tuple(image.shape)}")
-    if name == "rgb" and image.dtype != torch.uint8:
-        raise SampleError("wrong_mode", None, f"modality 'rgb' must be uint8, got {image.dtype}")
+    if modality_kind(name) == "rgb" and image.dtype != torch.uint8:
+        raise SampleError("wrong_mode", None, f"modality {name!r} must be uint8, got {image.dtype}")
     return int(image.shape[-2]), int(image.shape[-1])
 
 
