@@ -232,7 +232,7 @@ class MultimodalData(SourcedData):
         mixing = mixup_transform(mixup, list(resolutions))
         if mixing is not None:
             specs.update({key: ((count,), torch.float32) for key, count in mixing.label_classes.items()})
-        tokenized = [CAPTION] if caption_tokenizer is not None and CAPTION in resolutions else []
+        tokenized = [key for key in (CAPTION, TWIN_CAPTION) if caption_tokenizer is not None and key in resolutions]
         shapeless = [name for name in resolutions if name not in specs and name not in tokenized]
         if shapeless:
             raise ValueError(f"modalities {shapeless} are text of any length: a batch of them has no largest shape")
@@ -242,12 +242,12 @@ class MultimodalData(SourcedData):
             batch[f"{name}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
         for key in mixing.label_classes if mixing is not None else ():
             batch[key][:, 0] = 1.0
-        if tokenized:
-            batch[f"{CAPTION}_ids"] = torch.zeros(batch_size, caption_tokens, dtype=torch.int64, device=device)
-            batch[f"{CAPTION}_mask"] = torch.ones(batch_size, caption_tokens, dtype=torch.bool, device=device)
-            batch[f"{CAPTION}_eot"] = torch.full((batch_size,), caption_tokens - 1, dtype=torch.int64, device=device)
-            batch[f"{CAPTION}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
-            specs[CAPTION] = ((caption_tokens,), torch.int64)
+        for key in tokenized:
+            batch[f"{key}_ids"] = torch.zeros(batch_size, caption_tokens, dtype=torch.int64, device=device)
+            batch[f"{key}_mask"] = torch.ones(batch_size, caption_tokens, dtype=torch.bool, device=device)
+            batch[f"{key}_eot"] = torch.full((batch_size,), caption_tokens - 1, dtype=torch.int64, device=device)
+            batch[f"{key}_present"] = torch.ones(batch_size, dtype=torch.bool, device=device)
+            specs[key] = ((caption_tokens,), torch.int64)
         if batch_transform is not None:
             added = batch_transform(batch, torch.Generator().manual_seed(0))
             batch = {

@@ -90,3 +90,15 @@ def test_a_twin_caption_list_of_another_length_is_a_skipped_sample(scenes, tmp_p
 
     with pytest.raises(SampleError, match="as many texts"):
         pick_text_pair(["a", "b"], ["a"], torch.Generator(), train=True)
+
+
+def test_the_largest_batch_of_a_twins_config_is_folded_like_the_real_one(scenes, tmp_path):
+    real = next(make(scenes, tmp_path, FoldTwins()).train)
+    modalities = ["rgb", "caption", "shape_label", "twin_rgb", "twin_caption"]
+    largest = MultimodalData.largest_batch(
+        modalities, 32, BATCH, scenes["tokenizer"], LENGTH, batch_transform=FoldTwins()
+    ).batch
+    tensors = {key for key, value in real.items() if isinstance(value, torch.Tensor)}
+    assert tensors <= set(largest)
+    for key in tensors:
+        assert largest[key].shape == real[key].shape and largest[key].dtype == real[key].dtype, key
