@@ -33,6 +33,12 @@ from polymodal.models.layers.patch_embed import PatchEmbed
 from polymodal.models.llm import TokenEmbedding
 from polymodal.models.meta import DataDict, MetaModel, ModelSeries, ModuleBlock, ReadWriteBlock
 from polymodal.models.parts import TransformerTrunk
+from polymodal.models.resnet import (
+    build_clip_resnet_tower,
+    initialize_resnet_tower,
+    is_resnet_tower,
+    resnet_tower_train_flops,
+)
 
 Activation = Literal["gelu", "quick_gelu"]
 DEFAULT_TEMPERATURE = 0.07  # CLIP's initial softmax temperature: logit scale log(1 / 0.07)
@@ -313,18 +319,26 @@ class CLIP(ModelSeries):
         ``B x B`` logits are left out."""
         image_tower, text_tower = self.models["image_tower"], self.models["text_tower"]
         images, ids = batch[image_tower.read_keys[0]], batch[text_tower.read_keys[0]]
+        text_flops = tower_train_flops(text_tower, ids.shape[0], ids.shape[1], ids.shape[1])
+        if is_resnet_tower(image_tower):
+            return resnet_tower_train_flops(image_tower, images.shape[0], images.shape[-1]) + text_flops
         patch_embed = next(module for module in image_tower.modules() if isinstance(module, PatchEmbed))
         patches = math.prod(patch_embed.grid_size(tuple(images.shape[-2:])))
-        return tower_train_flops(image_tower, images.shape[0], patches, patches + 1) + tower_train_flops(
-            text_tower, ids.shape[0], ids.shape[1], ids.shape[1]
-        )
+        return tower_train_flops(image_tower, images.shape[0], patches, patches + 1) + text_flops
 
     def initialize_weights(self) -> None:
-        """Normal(0, 0.02) linears, embeddings and patch projection, with GPT-2 depth scaling of each tower's
-        residual projections; positions, class token and logit scale as their blocks define (OpenAI CLIP's)."""
+        """Normal(0, 0.02) linears, embeddings and patch projection, with GPT-2 depth scaling of each transformer
+        tower's residual projections; positions, class token and logit scale as their blocks define (OpenAI CLIP's);
+        a ResNet image tower as OpenAI's CLIP (:func:`~polymodal.models.resnet.initialize_resnet_tower`)."""
         for tower in (self.models["image_tower"], self.models["text_tower"]):
-            init_weights(tower, scheme="normal", std=0.02, depth=len(tower.trunk.transformer.blocks))
+            if is_resnet_tower(tower):
+                initialize_resnet_tower(tower)
+            else:
+                init_weights(tower, scheme="normal", std=0.02, depth=len(tower.trunk.transformer.blocks))
         self.models["logit_scale"].reset_parameters()
+
+
+IMAGE_TOWERS = {"vit": build_clip_image_tower, "resnet": build_clip_resnet_tower}
 
 
 def build_clip(
@@ -334,11 +348,15 @@ def build_clip(
     init_temperature: float = DEFAULT_TEMPERATURE,
     max_logit_scale: float = DEFAULT_MAX_LOGIT_SCALE,
     learnable_temperature: bool = True,
+    vision_tower: Literal["vit", "resnet"] = "vit",
 ) -> CLIP:
-    """A CLIP model: ``vision`` and ``text`` are the arguments of :func:`build_clip_image_tower` and
-    :func:`build_clip_text_tower` (without ``embed_dim``, the shared embedding width)."""
+    """A CLIP model: ``vision`` and ``text`` are the arguments of :func:`build_clip_image_tower` (``vision_tower:
+    resnet``: of :func:`~polymodal.models.resnet.build_clip_resnet_tower`) and :func:`build_clip_text_tower`
+    (without ``embed_dim``, the shared embedding width)."""
+    if vision_tower not in IMAGE_TOWERS:
+        raise ValueError(f"unknown vision_tower {vision_tower!r}; expected one of {list(IMAGE_TOWERS)}")
     model = CLIP(
-        build_clip_image_tower(embed_dim=embed_dim, **dict(vision)),
+        IMAGE_TOWERS[vision_tower](embed_dim=embed_dim, **dict(vision)),
         build_clip_text_tower(embed_dim=embed_dim, **dict(text)),
         LogitScale(init_temperature, max_logit_scale, learnable_temperature),
     )

@@ -28,9 +28,22 @@ EXPANSION = 4  # a bottleneck's output channels per inner channel
 DOWNSAMPLING = 32  # the stem's 4 times the three strided stages' 8
 
 
-def _conv_norm(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+def _conv_norm(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
     return conv, nn.BatchNorm2d(out_channels)
+
+
+def conv_macs(conv: nn.Conv2d, size: int) -> tuple[int, int]:
+    """Multiply-accumulates of ``conv`` on a ``size`` x ``size`` input, and its output side."""
+    (kernel_h, kernel_w), (stride, _), (padding, _) = conv.kernel_size, conv.stride, conv.padding
+    out = (size + 2 * padding - kernel_h) // stride + 1
+    return kernel_h * kernel_w * conv.in_channels * conv.out_channels // conv.groups * out * out, out
+
+
+def _pooled(pool: nn.Module, size: int) -> int:
+    return size // pool.kernel_size if isinstance(pool, nn.AvgPool2d) else size
 
 
 class Shortcut(nn.Module):
@@ -43,6 +56,9 @@ class Shortcut(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.conv(self.pool(x)))
+
+    def macs(self, size: int) -> int:
+        return conv_macs(self.conv, _pooled(self.pool, size))[0]
 
 
 class Bottleneck(nn.Module):
@@ -62,6 +78,15 @@ class Bottleneck(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.avgpool(F.relu(self.bn2(self.conv2(out))))
         return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+    def macs(self, size: int) -> tuple[int, int]:
+        """Multiply-accumulates on a ``size`` x ``size`` input, and the output side."""
+        first, _ = conv_macs(self.conv1, size)
+        second, out = conv_macs(self.conv2, size)
+        out = _pooled(self.avgpool, out)
+        third, _ = conv_macs(self.conv3, out)
+        shortcut = self.shortcut.macs(size) if isinstance(self.shortcut, Shortcut) else 0
+        return first + second + third + shortcut, out
 
 
 class ModifiedResNet(nn.Module):
@@ -90,6 +115,18 @@ class ModifiedResNet(nn.Module):
         x = F.relu(self.bn2(self.conv2(x)))
         x = self.avgpool(F.relu(self.bn3(self.conv3(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def macs(self, size: int) -> tuple[int, int]:
+        """Multiply-accumulates of the convolutions on a ``size`` x ``size`` image, and the feature map's side."""
+        total = 0
+        for conv in (self.conv1, self.conv2, self.conv3):
+            macs, size = conv_macs(conv, size)
+            total += macs
+        size = _pooled(self.avgpool, size)
+        for block in (*self.layer1, *self.layer2, *self.layer3, *self.layer4):
+            macs, size = block.macs(size)
+            total += macs
+        return total, size
 
     def reset_parameters(self) -> None:
         """PyTorch's default initialisation, then each residual branch's last norm at zero (every block starts as
@@ -125,10 +162,9 @@ class AttentionPool2d(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         batch, dim, height, width = features.shape
-        if (height * width + 1) != self.positional_embedding.shape[0]:
-            raise ValueError(
-                f"a {height}x{width} feature map; this pool was built for {self.positional_embedding.shape[0] - 1} positions"
-            )
+        positions = self.positional_embedding.shape[0] - 1
+        if height * width != positions:
+            raise ValueError(f"a {height}x{width} feature map; this pool was built for {positions} positions")
         tokens = features.flatten(2).transpose(1, 2)  # [B, h*w, C]
         tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
         tokens = tokens + self.positional_embedding.to(tokens.dtype)
@@ -139,6 +175,11 @@ class AttentionPool2d(nn.Module):
         query = heads(self.q_proj(tokens[:, :1]))
         pooled = F.scaled_dot_product_attention(query, heads(self.k_proj(tokens)), heads(self.v_proj(tokens)))
         return self.c_proj(pooled.transpose(1, 2).reshape(batch, dim))
+
+    def macs(self) -> int:
+        """Multiply-accumulates per image: one query, keys and values of every token, the attention, the output."""
+        tokens, dim = self.positional_embedding.shape
+        return dim * dim + 2 * tokens * dim * dim + 2 * tokens * dim + dim * self.c_proj.out_features
 
 
 class L2Normalize(ReadWriteBlock):
@@ -184,3 +225,21 @@ def build_clip_resnet_tower(
 def open_clip_resnet_key(key: str) -> str:
     """The name in this module of a tensor of open_clip's ``ModifiedResNet`` (``visual.`` stripped)."""
     return key.replace(".downsample.0.", ".shortcut.conv.").replace(".downsample.1.", ".shortcut.norm.")
+
+
+def resnet_tower_train_flops(tower: MetaModel, images: int, image_size: int) -> float:
+    """Forward + backward FLOPs of a :func:`build_clip_resnet_tower` tower on ``images`` square images (2 per
+    multiply-accumulate, backward twice the forward: :mod:`polymodal.models.flops`'s conventions)."""
+    trunk: ModifiedResNet = tower.trunk.module
+    pool: AttentionPool2d = tower.postprocessor.module
+    return 6.0 * images * (trunk.macs(image_size)[0] + pool.macs())
+
+
+def is_resnet_tower(tower: MetaModel) -> bool:
+    return isinstance(getattr(tower.trunk, "module", None), ModifiedResNet)
+
+
+def initialize_resnet_tower(tower: MetaModel) -> None:
+    """OpenAI CLIP's initialisation: the trunk's (:meth:`ModifiedResNet.reset_parameters`) and the pool's."""
+    tower.trunk.module.reset_parameters()
+    tower.postprocessor.module.reset_parameters()
