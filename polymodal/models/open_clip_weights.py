@@ -69,6 +69,11 @@ def clip_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
     (``pool_type: eos``).
     """
     vision, text = config["vision_cfg"], config["text_cfg"]
+    if isinstance(vision.get("layers"), list | tuple):
+        raise ValueError(
+            "open_clip vision_cfg: a ResNet tower (layers per stage) is not converted; build_clip(vision_tower="
+            "'resnet') builds one, and polymodal.models.resnet.open_clip_resnet_key names its tensors"
+        )
     _check_tower(vision, "vision_cfg")
     _check_tower(text, "text_cfg")
     if vision.get("pool_type", "tok") != "tok" or vision.get("pos_embed_type", "learnable") != "learnable":

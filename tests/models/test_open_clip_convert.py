@@ -96,3 +96,7 @@ def test_bad_state_dicts_and_configs_are_refused():
         build_from_open_clip_config(config(text={"ls_init_value": 1e-4}))
     with pytest.raises(ValueError, match="pool_type"):
         build_from_open_clip_config(config(text={"pool_type": "last"}))
+    resnet = config()
+    resnet["vision_cfg"] = resnet["vision_cfg"] | {"layers": [1, 1, 1, 1], "width": 16}
+    with pytest.raises(ValueError, match="ResNet tower"):
+        build_from_open_clip_config(resnet)
