@@ -23,7 +23,6 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.transforms.v2 import Normalize
 
 from polymodal.models.flops import matmul_params, transformer_train_flops_per_token
 from polymodal.models.layers.block import Transformer, build_transformer
@@ -37,6 +36,7 @@ from polymodal.models.resnet import (
     build_clip_resnet_tower,
     initialize_resnet_tower,
     is_resnet_tower,
+    pixel_standardisation,
     resnet_tower_train_flops,
 )
 
@@ -234,14 +234,9 @@ def build_clip_image_tower(
     """
     if image_size % patch_size:
         raise ValueError(f"image_size={image_size} is not divisible by patch_size={patch_size}")
-    if (pixel_mean is None) != (pixel_std is None):
-        raise ValueError("give both pixel_mean and pixel_std, or neither")
     hidden = "image_hidden"
     num_patches = (image_size // patch_size) ** 2
-    standardise = []
-    if pixel_mean is not None:
-        standardise = [ModuleBlock(Normalize(list(pixel_mean), list(pixel_std)), image_key, "image_standardised")]
-        image_key = "image_standardised"
+    standardise, image_key = pixel_standardisation(image_key, pixel_mean, pixel_std)
     preprocessor = [
         *standardise,
         ModuleBlock(PatchEmbed(patch_size, in_channels, dim, bias=False), image_key, hidden),

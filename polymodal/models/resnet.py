@@ -190,6 +190,20 @@ class L2Normalize(ReadWriteBlock):
         return data
 
 
+def pixel_standardisation(
+    image_key: str, pixel_mean: Sequence[float] | None, pixel_std: Sequence[float] | None
+) -> tuple[list[ModuleBlock], str]:
+    """The block that standardises ``image_key``'s pixels per channel (none without statistics), and the key the
+    tower reads next."""
+    if (pixel_mean is None) != (pixel_std is None):
+        raise ValueError("give both pixel_mean and pixel_std, or neither")
+    if pixel_mean is None:
+        return [], image_key
+    return [ModuleBlock(Normalize(list(pixel_mean), list(pixel_std)), image_key, "image_standardised")], (
+        "image_standardised"
+    )
+
+
 def build_clip_resnet_tower(
     image_size: int,
     layers: Sequence[int],
@@ -206,12 +220,7 @@ def build_clip_resnet_tower(
     (``image_pooled`` before the normalisation); ``pixel_mean``/``pixel_std`` as the ViT tower's."""
     if image_size % DOWNSAMPLING:
         raise ValueError(f"image_size={image_size} is not divisible by the ResNet's downsampling {DOWNSAMPLING}")
-    if (pixel_mean is None) != (pixel_std is None):
-        raise ValueError("give both pixel_mean and pixel_std, or neither")
-    standardise = []
-    if pixel_mean is not None:
-        standardise = [ModuleBlock(Normalize(list(pixel_mean), list(pixel_std)), image_key, "image_standardised")]
-        image_key = "image_standardised"
+    standardise, image_key = pixel_standardisation(image_key, pixel_mean, pixel_std)
     trunk = ModifiedResNet(layers, width, in_channels)
     pool = AttentionPool2d(image_size // DOWNSAMPLING, trunk.out_channels, num_heads, embed_dim)
     return MetaModel(
